@@ -1,0 +1,49 @@
+"""Shoal: a sharded vector database for CPU clusters, served over gRPC.
+
+    import numpy as np, shoal
+    c = shoal.Client("127.0.0.1:7070")
+    c.create_collection("docs", dim=384, metric="cosine")
+    c.upsert("docs", ids=np.arange(n), vectors=X)
+    res = c.search("docs", Q, k=10)
+"""
+
+from shoal._client import Client
+from shoal._config import CollectionConfig
+from shoal._errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    ShoalError,
+    Unauthenticated,
+    Unavailable,
+)
+from shoal._types import CollectionInfo, Hit, Point, SearchResult, ShardStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyExists",
+    "Client",
+    "CollectionConfig",
+    "CollectionInfo",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "Hit",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "Point",
+    "ResourceExhausted",
+    "SearchResult",
+    "ShardStats",
+    "ShoalError",
+    "Unauthenticated",
+    "Unavailable",
+    "__version__",
+]

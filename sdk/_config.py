@@ -1,0 +1,97 @@
+"""Collection settings, their defaults and Shoal's limits: the one place they are defined."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shoal._errors import InvalidArgument
+from shoal.v1 import types_pb2 as pb
+
+MAX_DIM = 16384
+MAX_K = 1024
+MAX_QUERIES = 10_000  # query rows in one search call
+MAX_BATCH_ROWS = 100_000  # points in one upsert, get or delete call
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # any gRPC message; larger ones get RESOURCE_EXHAUSTED
+MAX_NAME_LENGTH = 128
+MAX_STRING_ID_BYTES = 512
+SLOTS = 4096
+
+DEFAULT_M = 16
+DEFAULT_EF_CONSTRUCTION = 128
+DEFAULT_EF_SEARCH = 64
+
+METRICS = {"cosine": pb.METRIC_COSINE, "l2": pb.METRIC_L2, "ip": pb.METRIC_IP}
+PRECISIONS = {"f32": pb.PRECISION_F32, "bf16": pb.PRECISION_BF16, "f16": pb.PRECISION_F16,
+              "i8": pb.PRECISION_I8}
+ID_TYPES = {"uint64": pb.ID_TYPE_UINT64, "string": pb.ID_TYPE_STRING}
+
+
+def _name_of(table: dict[str, int], value: int, what: str) -> str:
+    for name, number in table.items():
+        if number == value:
+            return name
+    raise InvalidArgument(f"unknown {what} {value}; expected one of {sorted(table)}")
+
+
+@dataclass(frozen=True)
+class CollectionConfig:
+    """What a collection is created with; immutable afterwards."""
+
+    name: str
+    dim: int
+    metric: str = "cosine"
+    precision: str = "f32"
+    id_type: str = "uint64"
+    m: int = DEFAULT_M
+    ef_construction: int = DEFAULT_EF_CONSTRUCTION
+    ef_search: int = DEFAULT_EF_SEARCH
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        if not 1 <= self.dim <= MAX_DIM:
+            raise InvalidArgument(f"dim must be between 1 and {MAX_DIM}, got {self.dim}")
+        for field, table in (("metric", METRICS), ("precision", PRECISIONS), ("id_type", ID_TYPES)):
+            if getattr(self, field) not in table:
+                raise InvalidArgument(f"{field} must be one of {sorted(table)}, got {getattr(self, field)!r}")
+        if not 2 <= self.m <= 256:
+            raise InvalidArgument(f"m must be between 2 and 256, got {self.m}")
+        if not 1 <= self.ef_construction <= 4096:
+            raise InvalidArgument(f"ef_construction must be between 1 and 4096, got {self.ef_construction}")
+        if not 1 <= self.ef_search <= 4096:
+            raise InvalidArgument(f"ef_search must be between 1 and 4096, got {self.ef_search}")
+
+    def to_proto(self) -> pb.CollectionConfig:
+        """The wire form."""
+        return pb.CollectionConfig(
+            name=self.name, dim=self.dim, metric=METRICS[self.metric], precision=PRECISIONS[self.precision],
+            id_type=ID_TYPES[self.id_type], m=self.m, ef_construction=self.ef_construction,
+            ef_search=self.ef_search)
+
+    @classmethod
+    def from_proto(cls, msg: pb.CollectionConfig) -> CollectionConfig:
+        """Validate a wire config, filling zero fields with the defaults."""
+        return cls(
+            name=msg.name, dim=msg.dim,
+            metric=_name_of(METRICS, msg.metric or pb.METRIC_COSINE, "metric"),
+            precision=_name_of(PRECISIONS, msg.precision or pb.PRECISION_F32, "precision"),
+            id_type=_name_of(ID_TYPES, msg.id_type or pb.ID_TYPE_UINT64, "id_type"),
+            m=msg.m or DEFAULT_M, ef_construction=msg.ef_construction or DEFAULT_EF_CONSTRUCTION,
+            ef_search=msg.ef_search or DEFAULT_EF_SEARCH)
+
+
+def check_name(name: str) -> str:
+    """A collection name: 1-128 characters of letters, digits, '_', '-' and '.'."""
+    if not name:
+        raise InvalidArgument("collection name must not be empty")
+    if len(name) > MAX_NAME_LENGTH or not all(c.isascii() and (c.isalnum() or c in "_-.") for c in name):
+        raise InvalidArgument(
+            f"collection name {name[:MAX_NAME_LENGTH]!r} must be 1-{MAX_NAME_LENGTH} characters of "
+            "ASCII letters, digits, '_', '-' and '.'")
+    return name
+
+
+def check_k(k: int) -> int:
+    """A k between 1 and MAX_K."""
+    if not 1 <= k <= MAX_K:
+        raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
+    return k

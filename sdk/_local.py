@@ -1,0 +1,185 @@
+"""A local cluster: a coordinator and N shard processes on this machine, used by `shoal up` and the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shoal import _rpc
+from shoal._errors import FailedPrecondition, Unavailable
+
+START_TIMEOUT = 120.0
+STOP_TIMEOUT = 15.0
+
+
+def split_cores(shards: int, cores: list[int] | None = None) -> list[list[int]]:
+    """Split the available cores into `shards` contiguous groups (round-robin when there are fewer cores)."""
+    cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
+    if shards <= len(cores):
+        base, extra = divmod(len(cores), shards)
+        groups, start = [], 0
+        for i in range(shards):
+            size = base + (1 if i < extra else 0)
+            groups.append(cores[start:start + size])
+            start += size
+        return groups
+    return [[cores[i % len(cores)]] for i in range(shards)]
+
+
+def wait_serving(address: str, timeout: float) -> None:
+    """Block until the process at `address` reports SERVING over grpc.health.v1 (Watch, no polling)."""
+    deadline = time.monotonic() + timeout
+    with _rpc.channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Unavailable(f"{address} did not become SERVING within {timeout:.0f}s")
+            try:
+                for reply in stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=remaining,
+                                        wait_for_ready=True):
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise Unavailable(f"{address} did not become SERVING within {timeout:.0f}s") from exc
+                # Otherwise the stream broke (the process is starting or restarting): watch again.
+
+
+@dataclass
+class Process:
+    """One server process of the cluster and the address it listens on."""
+
+    role: str
+    args: list[str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+    address: str = ""
+
+    def start(self, timeout: float) -> str:
+        """Start the process and return its address once it has printed its listening line."""
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+        self.popen = subprocess.Popen([sys.executable, "-m", "shoal", *self.args], stdout=subprocess.PIPE,
+                                      stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        assert self.popen.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = b""
+        while not line.endswith(b"\n"):
+            ready, _, _ = select.select([self.popen.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(self.popen.stdout.fileno(), 1) if ready else b""
+            if not chunk:
+                self.kill()
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise Unavailable(f"{self.role} did not start; the end of {self.log_path}:\n{tail}")
+            line += chunk
+        self.address = line.decode().rsplit(" ", 1)[-1].strip()
+        return self.address
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """SIGTERM, wait for a clean exit, SIGKILL if it does not come; the exit code."""
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        return self.kill()
+
+    def kill(self) -> int | None:
+        """SIGKILL, as a crash would."""
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.kill()
+        code = self.popen.wait()
+        if self.popen.stdout:
+            self.popen.stdout.close()
+        return code
+
+
+@dataclass
+class LocalCluster:
+    """A coordinator and `shards` shard processes with data under `data`; a context manager."""
+
+    data: Path
+    shards: int = 2
+    port: int = 0
+    host: str = "127.0.0.1"
+    timeout: float = START_TIMEOUT
+    shard_procs: list[Process] = field(default_factory=list)
+    coordinator: Process | None = None
+
+    @property
+    def address(self) -> str:
+        """The coordinator's address: what clients connect to."""
+        assert self.coordinator is not None, "the cluster is not started"
+        return self.coordinator.address
+
+    def _check_layout(self) -> None:
+        """Refuse to reuse a data folder with another shard count: ids would land on the wrong shards."""
+        layout = self.data / "cluster.json"
+        if layout.exists():
+            existing = json.loads(layout.read_text())["shards"]
+            if existing != self.shards:
+                raise FailedPrecondition(
+                    f"{self.data} holds a cluster of {existing} shards; start it with --shards {existing} "
+                    "(changing the shard count of existing data is not supported yet)")
+        else:
+            layout.write_text(json.dumps({"shards": self.shards}) + "\n")
+
+    def start(self) -> LocalCluster:
+        """Start every shard, wait until they serve, then start the coordinator."""
+        self.data.mkdir(parents=True, exist_ok=True)
+        self._check_layout()
+        (self.data / "logs").mkdir(exist_ok=True)
+        try:
+            for i, cores in enumerate(split_cores(self.shards)):
+                proc = Process(f"shard-{i}", ["shard", "--data", str(self.data / f"shard-{i}"),
+                                              "--listen", f"{self.host}:0", "--cores", ",".join(map(str, cores))],
+                               self.data / "logs" / f"shard-{i}.log")
+                proc.start(self.timeout)
+                # Later restarts keep the port, so the coordinator's topology stays right.
+                proc.args[proc.args.index("--listen") + 1] = proc.address
+                self.shard_procs.append(proc)
+            for proc in self.shard_procs:
+                wait_serving(proc.address, self.timeout)
+            self.coordinator = Process(
+                "coordinator", ["coordinator", "--shards", ",".join(p.address for p in self.shard_procs),
+                                "--listen", f"{self.host}:{self.port}"], self.data / "logs" / "coordinator.log")
+            self.coordinator.start(self.timeout)
+            self.coordinator.args[self.coordinator.args.index("--listen") + 1] = self.coordinator.address
+            wait_serving(self.coordinator.address, self.timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def restart(self, proc: Process) -> None:
+        """Start a stopped or killed process again on its old address and wait until it serves."""
+        proc.start(self.timeout)
+        wait_serving(proc.address, self.timeout)
+
+    def stop(self) -> None:
+        """Stop the coordinator, then the shards, each with SIGTERM."""
+        for proc in [self.coordinator, *self.shard_procs]:
+            if proc is not None:
+                proc.stop()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

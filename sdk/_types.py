@@ -1,0 +1,126 @@
+"""Value objects the SDK returns: points, hits, search results and collection descriptions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shoal._config import CollectionConfig
+from shoal._wire import decode_counts, decode_ids, decode_matrix, decode_payload
+from shoal.v1 import types_pb2 as pb
+
+PointId = int | str
+
+
+@dataclass(frozen=True)
+class Point:
+    """A stored point: its id, vector (float32) and payload."""
+
+    id: PointId
+    vector: np.ndarray | None
+    payload: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the id, its distance (smaller is nearer), and on request payload and vector."""
+
+    id: PointId
+    distance: float
+    payload: dict[str, Any] | None = None
+    vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Results of a batch of queries: `ids` and `distances` are (q, k), nearest first.
+
+    Query i has `counts[i]` real hits; columns after them are padding (id 0 or "", distance inf).
+    `result[i]` gives query i's real hits as a list of `Hit`.
+    """
+
+    ids: np.ndarray
+    distances: np.ndarray
+    counts: np.ndarray
+    payloads: list[bytes] = field(default_factory=list, repr=False)
+    vectors: np.ndarray | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_proto(cls, msg: pb.SearchResponse) -> SearchResult:
+        """Decode a SearchResponse without copying the packed arrays."""
+        distances = decode_matrix(msg.distances, "distances")
+        q, k = distances.shape
+        ids = decode_ids(msg.ids).reshape(q, k)
+        vectors = decode_matrix(msg.vectors).reshape(q, k, -1) if msg.vectors.rows else None
+        return cls(ids=ids, distances=distances, counts=decode_counts(msg.counts),
+                   payloads=list(msg.payloads), vectors=vectors)
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def __getitem__(self, i: int) -> list[Hit]:
+        k = self.ids.shape[1]
+        hits = []
+        for j in range(int(self.counts[i])):
+            payload = decode_payload(self.payloads[i * k + j]) if self.payloads else None
+            vector = self.vectors[i, j] if self.vectors is not None else None
+            hits.append(Hit(_plain(self.ids[i, j]), float(self.distances[i, j]), payload, vector))
+        return hits
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return (self[i] for i in range(len(self)))
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    """One shard's share of a collection."""
+
+    address: str
+    count: int
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """A collection's config and its size on every shard."""
+
+    config: CollectionConfig
+    count: int
+    shards: list[ShardStats]
+
+    @property
+    def name(self) -> str:
+        """The collection's name."""
+        return self.config.name
+
+    @property
+    def dim(self) -> int:
+        """The vectors' dimension."""
+        return self.config.dim
+
+    @property
+    def memory_bytes(self) -> int:
+        """Index memory over all shards."""
+        return sum(s.memory_bytes for s in self.shards)
+
+    @classmethod
+    def from_proto(cls, msg: pb.CollectionInfo) -> CollectionInfo:
+        """Decode a CollectionInfo message."""
+        return cls(config=CollectionConfig.from_proto(msg.config), count=msg.count,
+                   shards=[ShardStats(s.address, s.count, s.memory_bytes) for s in msg.shards])
+
+
+def _plain(value: Any) -> PointId:
+    """A numpy scalar id as a plain int (strings stay strings)."""
+    return value if isinstance(value, str) else int(value)
+
+
+def points_from_proto(msg: pb.GetResponse) -> list[Point]:
+    """Decode a GetResponse into points, in the order the server answered."""
+    ids = decode_ids(msg.ids)
+    vectors = decode_matrix(msg.vectors) if msg.vectors.rows else None
+    return [Point(_plain(pid), vectors[i] if vectors is not None else None,
+                  decode_payload(msg.payloads[i]) if msg.payloads else None)
+            for i, pid in enumerate(ids)]

@@ -1,0 +1,111 @@
+"""The `shoal` command: the one place that composes the processes (server code is imported only here)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from shoal._errors import ShoalError
+
+DEFAULT_PORT = 7070
+
+
+def _cores(text: str) -> list[int]:
+    """Parse "0,1,4-5" into [0, 1, 4, 5]."""
+    cores: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cores.extend(range(int(lo), int(hi or lo) + 1))
+    return cores
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    """Run one shard process."""
+    from shoal.shard.server import run
+
+    run(Path(args.data), args.listen, args.cores)
+    return 0
+
+
+def cmd_coordinator(args: argparse.Namespace) -> int:
+    """Run one coordinator process."""
+    from shoal.coordinator.server import run
+
+    shards = args.shards.split(",") if args.shards else None
+    run(shards, Path(args.topology) if args.topology else None, args.listen)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start a local cluster and keep it running until Ctrl-C or SIGTERM."""
+    from shoal._local import LocalCluster
+
+    cluster = LocalCluster(data=Path(args.data), shards=args.shards, port=args.port, host=args.host)
+    # SIGTERM stops the cluster the same way Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        cluster.start()
+        print(f"Shoal is ready at {cluster.address} ({args.shards} shards, data in {args.data}, "
+              f"logs in {Path(args.data) / 'logs'}). Press Ctrl-C to stop.", flush=True)
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("stopping Shoal...", file=sys.stderr, flush=True)
+        cluster.stop()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print each shard's address, health, collections and point counts."""
+    from shoal._status import cluster_status
+
+    print(cluster_status(args.address))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    p = argparse.ArgumentParser(prog="shoal", description="Shoal: a sharded vector database served over gRPC.")
+    p.add_argument("--log-level", default="INFO", help="logging level of server processes (default INFO)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start a local cluster: a coordinator and N shards")
+    up.add_argument("--shards", type=int, default=2, help="number of shard processes (default 2)")
+    up.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"coordinator port (default {DEFAULT_PORT})")
+    up.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    up.add_argument("--data", default="./shoal-data", help="data folder (default ./shoal-data)")
+    up.set_defaults(func=cmd_up)
+
+    shard = sub.add_parser("shard", help="run one shard process")
+    shard.add_argument("--data", required=True, help="the shard's data folder")
+    shard.add_argument("--listen", default="127.0.0.1:7100", help="HOST:PORT to serve on (port 0: any free port)")
+    shard.add_argument("--cores", type=_cores, default=None, help="CPU cores to pin to, e.g. 0,1 or 0-3")
+    shard.set_defaults(func=cmd_shard)
+
+    coord = sub.add_parser("coordinator", help="run one coordinator process")
+    where = coord.add_mutually_exclusive_group(required=True)
+    where.add_argument("--shards", help="shard addresses HOST:PORT,HOST:PORT (slots split evenly)")
+    where.add_argument("--topology", help="JSON topology file mapping slot ranges to shard addresses")
+    coord.add_argument("--listen", default=f"127.0.0.1:{DEFAULT_PORT}", help="HOST:PORT to serve on")
+    coord.set_defaults(func=cmd_coordinator)
+
+    status = sub.add_parser("status", help="print the cluster's shards, health and point counts")
+    status.add_argument("--address", default=f"127.0.0.1:{DEFAULT_PORT}", help="a coordinator's address")
+    status.set_defaults(func=cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `shoal` command."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    try:
+        return int(args.func(args))
+    except ShoalError as exc:
+        print(f"shoal: {exc.code.name}: {exc.message}", file=sys.stderr)
+        return 1

@@ -1,0 +1,1 @@
+"""Generated gRPC modules for shoal.v1 (scripts/gen_protos.py)."""

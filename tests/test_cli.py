@@ -1,0 +1,63 @@
+"""The `shoal` command: `up` starts a working local cluster, `status` describes it, SIGTERM stops it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import shoal
+
+
+def _shoal(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "shoal", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_up_status_and_clean_stop(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    up = subprocess.Popen([sys.executable, "-m", "shoal", "up", "--shards", "2", "--port", "0", "--data", str(data)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert up.stdout is not None
+        line = up.stdout.readline()
+        match = re.search(r"Shoal is ready at (\S+) \(2 shards", line)
+        assert match, line + (up.stderr.read() if up.stderr else "")
+        address = match.group(1)
+        with shoal.Client(address) as client:
+            client.create_collection("docs", dim=3)
+            client.upsert("docs", ids=np.arange(10), vectors=np.random.default_rng(0).random((10, 3)))
+        status = _shoal("status", "--address", address)
+        assert status.returncode == 0, status.stderr
+        assert f"coordinator {address}: SERVING" in status.stdout
+        rows = [r for r in status.stdout.splitlines() if "docs (" in r]
+        assert len(rows) == 2 and all("SERVING" in r for r in rows)
+        assert sum(int(re.search(r"docs \((\d+)\)", r).group(1)) for r in rows) == 10  # type: ignore[union-attr]
+        children = [int(p) for p in re.findall(r"\[(\d+)\]", (data / "logs" / "shard-0.log").read_text())[:1]]
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=60) == 0
+        for pid in children:
+            assert not os.path.exists(f"/proc/{pid}") or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        for stream in (up.stdout, up.stderr):
+            if stream:
+                stream.close()
+
+
+def test_up_refuses_another_shard_count(tmp_path: Path) -> None:
+    (tmp_path / "cluster.json").write_text('{"shards": 3}\n')
+    result = _shoal("up", "--shards", "2", "--port", "0", "--data", str(tmp_path))
+    assert result.returncode == 1
+    assert "FAILED_PRECONDITION" in result.stderr and "--shards 3" in result.stderr
+
+
+def test_status_of_nothing_is_a_clear_error() -> None:
+    result = _shoal("status", "--address", "127.0.0.1:1")
+    assert result.returncode == 1 and "UNAVAILABLE" in result.stderr
