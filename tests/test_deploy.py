@@ -1,0 +1,365 @@
+"""Offline checks of the deployment files: Dockerfile, compose, Kubernetes manifests and the topology."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from concurrent import futures
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+SLOTS = 4096
+SHARDS = 3
+SHARD_PORT = 7100
+COORDINATOR_PORT = 7070
+# The oldest Kubernetes the manifests promise to work on (native gRPC probes are GA since 1.27) and the
+# newest one the validator knows.
+K8S_VERSIONS = ["1.29", "latest"]
+
+
+def _yaml() -> ModuleType:
+    return pytest.importorskip("yaml", reason="pyyaml (installed with kubernetes-validate) is missing")
+
+
+def _load_all(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in _yaml().safe_load_all(path.read_text()) if doc]
+
+
+@cache
+def _generator() -> ModuleType:
+    """deploy/k8s/topology.py, imported from its file: deploy/ is not a package."""
+    spec = importlib.util.spec_from_file_location("shoal_deploy_topology", K8S / "topology.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _dockerfile() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's instructions as (INSTRUCTION, arguments), one list per build stage."""
+    text = re.sub(r"\\\n", " ", "\n".join(
+        line for line in (ROOT / "Dockerfile").read_text().splitlines() if not line.lstrip().startswith("#")))
+    stages: list[list[tuple[str, str]]] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        instruction, _, rest = line.strip().partition(" ")
+        if instruction.upper() == "FROM":
+            stages.append([])
+        stages[-1].append((instruction.upper(), rest.strip()))
+    return stages
+
+
+def _one(stage: list[tuple[str, str]], instruction: str) -> str:
+    found = [rest for ins, rest in stage if ins == instruction]
+    assert len(found) == 1, f"the final stage needs exactly one {instruction}, has {found}"
+    return found[0]
+
+
+def _healthcheck_command() -> list[str]:
+    rest = _one(_dockerfile()[-1], "HEALTHCHECK")
+    cmd = json.loads(rest[rest.index("CMD") + 3:])
+    assert isinstance(cmd, list) and cmd[0] == "python", "exec form, run by the image's python"
+    return cmd
+
+
+def test_dockerfile_image_shape() -> None:
+    stages = _dockerfile()
+    assert all(stage[0][1].split()[0] == "python:3.11-slim" for stage in stages)
+    final = stages[-1]
+    user = _one(final, "USER").split(":")[0]
+    assert user not in ("", "root", "0")
+    assert json.loads(_one(final, "ENTRYPOINT")) == ["shoal"]
+    assert "/data" in _one(final, "VOLUME").replace('"', " ").replace("[", " ").replace("]", " ").split()
+    assert set(_one(final, "EXPOSE").split()) == {str(COORDINATOR_PORT), str(SHARD_PORT)}
+    _healthcheck_command()
+
+
+def test_dockerfile_copies_every_package_and_the_context_allows_them() -> None:
+    """`pip install .` in the image sees every package folder pyproject maps, and nothing ignores them."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    package_roots = {d.split("/")[0] for d in pyproject["tool"]["setuptools"]["package-dir"].values()}
+    sources: set[str] = set()
+    for stage in _dockerfile():
+        for ins, rest in stage:
+            if ins == "COPY" and not rest.startswith("--from"):
+                sources.update(rest.split()[:-1])
+    assert package_roots | {"pyproject.toml", "README.md"} <= sources
+    allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")}
+    for source in sources:
+        assert (ROOT / source).exists(), f"COPY {source}: missing from the repository"
+        assert source in allowed, f"COPY {source}: excluded from the build context by .dockerignore"
+
+
+def _run_healthcheck(port: int) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, *_healthcheck_command()[1:]]
+    env = {**os.environ, "SHOAL_HEALTH_PORT": str(port)}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_healthcheck_command_speaks_grpc_health() -> None:
+    """The image's HEALTHCHECK passes only while the server answers SERVING on SHOAL_HEALTH_PORT."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert _run_healthcheck(port).returncode == 1
+        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        ok = _run_healthcheck(port)
+        assert ok.returncode == 0, ok.stderr
+    finally:
+        server.stop(None).wait()
+    assert _run_healthcheck(port).returncode != 0, "nothing listens on the port any more"
+
+
+# --- compose ---------------------------------------------------------------------------------------------
+
+def _interpolate(value: Any) -> Any:
+    """Compose's ${VAR:-default}, taking the defaults, so checks do not depend on the caller's environment."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value) if isinstance(value, str) else value
+
+
+def _compose() -> dict[str, Any]:
+    return _yaml().safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+def _listen_port(command: list[str]) -> int:
+    return int(command[command.index("--listen") + 1].rpartition(":")[2])
+
+
+def test_compose_matches_the_compose_spec_schema() -> None:
+    pytest.importorskip("check_jsonschema", reason="check-jsonschema is missing")
+    import importlib.resources
+
+    import jsonschema
+
+    schema = json.loads(importlib.resources.files("check_jsonschema.builtin_schemas.vendor")
+                        .joinpath("compose-spec.json").read_text())
+    jsonschema.validators.validator_for(schema)(schema).validate(_compose())
+
+
+def test_compose_runs_a_coordinator_and_three_shards() -> None:
+    compose = _compose()
+    services = compose["services"]
+    shards = [f"shard-{i}" for i in range(SHARDS)]
+    assert set(services) == {"coordinator", *shards}
+    volumes = set()
+    for name in [*shards, "coordinator"]:
+        svc = services[name]
+        assert svc["build"]["context"] == ".." and (DEPLOY / svc["build"]["context"] / "Dockerfile").exists()
+        assert float(_interpolate(svc["cpus"])) > 0
+        assert int(svc["environment"]["SHOAL_HEALTH_PORT"]) == _listen_port(svc["command"]), \
+            "the image's HEALTHCHECK must probe the port the process listens on"
+        assert svc.get("healthcheck", {}).get("disable") is not True
+        assert svc.get("healthcheck", {}).get("test") is None, "keep the image's gRPC health check"
+    for name in shards:
+        svc = services[name]
+        assert svc["command"][0] == "shard"
+        assert svc["command"][svc["command"].index("--data") + 1] == "/data"
+        [mount] = svc["volumes"]
+        volume, _, target = mount.partition(":")
+        assert target == "/data" and volume in compose["volumes"], "each shard's data is on a named volume"
+        volumes.add(volume)
+    assert len(volumes) == SHARDS, "no two shards share a volume"
+    coordinator = services["coordinator"]
+    assert coordinator["depends_on"] == {s: {"condition": "service_healthy"} for s in shards}
+    assert coordinator["command"][0] == "coordinator"
+    topology_path = coordinator["command"][coordinator["command"].index("--topology") + 1]
+    [mount] = coordinator["volumes"]
+    source, target, mode = mount.split(":")
+    assert (source, target, mode) == ("./compose-topology.json", topology_path, "ro")
+
+
+def test_compose_topology_names_the_shard_services() -> None:
+    gen = _generator()
+    text = (DEPLOY / "compose-topology.json").read_text()
+    addresses = [f"shard-{i}:{SHARD_PORT}" for i in range(SHARDS)]
+    assert text == gen.to_json(gen.topology(addresses)), "regenerate it with deploy/k8s/topology.py --json"
+    services = _compose()["services"]
+    for shard in json.loads(text)["shards"]:
+        host, _, port = shard["address"].rpartition(":")
+        assert int(port) == _listen_port(services[host]["command"])
+
+
+# --- kubernetes ------------------------------------------------------------------------------------------
+
+def _kustomization() -> dict[str, Any]:
+    return _yaml().safe_load((K8S / "kustomization.yaml").read_text())
+
+
+def _manifests() -> list[dict[str, Any]]:
+    return [doc for name in _kustomization()["resources"] for doc in _load_all(K8S / name)]
+
+
+def _get(kind: str, name: str) -> dict[str, Any]:
+    [doc] = [d for d in _manifests() if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    listed = _kustomization()["resources"]
+    on_disk = sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert sorted(listed) == on_disk
+    namespace = _kustomization()["namespace"]
+    assert _get("Namespace", namespace)["metadata"]["name"] == namespace
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_manifests_validate_against_kubernetes_schemas(version: str) -> None:
+    kv = pytest.importorskip("kubernetes_validate.utils", reason="kubernetes-validate is not installed")
+    if version == "latest":
+        version = kv.latest_version()
+    for doc in _manifests():
+        try:
+            kv.validate(doc, version, strict=True)
+        except kv.ValidationError as e:
+            path = ".".join(str(p) for p in e.path)
+            where = f"{doc['kind']}/{doc['metadata']['name']}"
+            pytest.fail(f"{where} on Kubernetes {version}: {path}: {e.message}")
+
+
+def _check_pod(template: dict[str, Any], port: int) -> dict[str, Any]:
+    """Checks every Shoal pod must pass; returns its one container."""
+    spec = template["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] != 0
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    [container] = spec["containers"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert [p["containerPort"] for p in container["ports"]] == [port]
+    assert container["args"][container["args"].index("--listen") + 1] == f"0.0.0.0:{port}"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"] == {"port": port}, f"{probe} must be a native gRPC health probe"
+    res = container["resources"]
+    assert res["requests"] == res["limits"], "requests equal limits: a Guaranteed pod"
+    assert str(res["limits"]["cpu"]).isdigit() and int(res["limits"]["cpu"]) >= 1, "whole cores"
+    assert "memory" in res["limits"]
+    assert template["metadata"]["labels"].items() >= spec["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["labelSelector"][
+        "matchLabels"].items()
+    return container
+
+
+def _pdb_for(labels: dict[str, str]) -> dict[str, Any]:
+    [pdb] = [d for d in _manifests() if d["kind"] == "PodDisruptionBudget"
+             and labels.items() >= d["spec"]["selector"]["matchLabels"].items()]
+    return pdb
+
+
+def test_shards_are_a_statefulset_with_volumes_and_a_headless_service() -> None:
+    sts = _get("StatefulSet", "shoal-shard")
+    spec = sts["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["replicas"] == SHARDS
+    assert labels.items() >= spec["selector"]["matchLabels"].items()
+    container = _check_pod(spec["template"], SHARD_PORT)
+    assert container["args"][:1] == ["shard"]
+    assert container["args"][container["args"].index("--data") + 1] == "/data"
+    [claim] = spec["volumeClaimTemplates"]
+    assert {"name": claim["metadata"]["name"], "mountPath": "/data"} in container["volumeMounts"]
+    svc = _get("Service", spec["serviceName"])
+    assert svc["spec"]["clusterIP"] == "None"
+    assert labels.items() >= svc["spec"]["selector"].items()
+    assert [p["port"] for p in svc["spec"]["ports"]] == [SHARD_PORT]
+    pdb = _pdb_for(labels)["spec"]
+    assert pdb.get("maxUnavailable") == 0 or pdb.get("minAvailable") == SHARDS
+
+
+def test_coordinators_are_a_deployment_behind_a_service_with_the_topology() -> None:
+    dep = _get("Deployment", "shoal-coordinator")
+    spec = dep["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["replicas"] == 2
+    assert labels.items() >= spec["selector"]["matchLabels"].items()
+    container = _check_pod(spec["template"], COORDINATOR_PORT)
+    assert container["args"][:1] == ["coordinator"]
+    topology = Path(container["args"][container["args"].index("--topology") + 1])
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == str(topology.parent)]
+    [volume] = [v for v in spec["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert topology.name in _get("ConfigMap", volume["configMap"]["name"])["data"]
+    [svc] = [d for d in _manifests() if d["kind"] == "Service" and d["spec"].get("type") == "ClusterIP"]
+    assert labels.items() >= svc["spec"]["selector"].items()
+    assert [p["port"] for p in svc["spec"]["ports"]] == [COORDINATOR_PORT]
+    assert _pdb_for(labels)["spec"]["minAvailable"] >= 1
+
+
+# --- topology --------------------------------------------------------------------------------------------
+
+def _expected_addresses() -> list[str]:
+    sts = _get("StatefulSet", "shoal-shard")
+    namespace = _kustomization()["namespace"]
+    name, service = sts["metadata"]["name"], sts["spec"]["serviceName"]
+    return [f"{name}-{i}.{service}.{namespace}.svc.cluster.local:{SHARD_PORT}"
+            for i in range(sts["spec"]["replicas"])]
+
+
+def _configmap_json() -> str:
+    return _get("ConfigMap", "shoal-topology")["data"]["topology.json"]
+
+
+def test_configmap_is_what_the_generator_writes() -> None:
+    gen = _generator()
+    assert [gen.statefulset_address(i, "shoal") for i in range(SHARDS)] == _expected_addresses()
+    topo = gen.topology(_expected_addresses())
+    assert _configmap_json() == gen.to_json(topo)
+    assert (K8S / "topology-configmap.yaml").read_text() == gen.configmap(topo, "shoal"), (
+        "regenerate: python deploy/k8s/topology.py --shards 3 --namespace shoal"
+        " > deploy/k8s/topology-configmap.yaml")
+
+
+def test_configmap_topology_covers_every_slot_once() -> None:
+    doc = json.loads(_configmap_json())
+    assert doc["version"] == 1
+    assert [s["address"] for s in doc["shards"]] == _expected_addresses()
+    ranges = [tuple(s["slots"]) for s in doc["shards"]]
+    assert ranges == [(i * SLOTS // SHARDS, (i + 1) * SLOTS // SHARDS) for i in range(SHARDS)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == SLOTS
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False)), "contiguous"
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, SLOTS])
+def test_generator_splits_slots_evenly(n: int) -> None:
+    shards = _generator().topology([f"s{i}:1" for i in range(n)])["shards"]
+    owned = np.zeros(SLOTS, dtype=int)
+    for s in shards:
+        start, end = s["slots"]
+        assert start < end
+        owned[start:end] += 1
+    assert (owned == 1).all()
+    sizes = [end - start for start, end in (s["slots"] for s in shards)]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_coordinator_loader_reads_the_configmap(tmp_path: Path) -> None:
+    """The coordinator's loader (Topology.from_file) reads the ConfigMap and routes slots to its shards."""
+    from shoal.coordinator.topology import Topology
+
+    path = tmp_path / "topology.json"
+    path.write_text(_configmap_json())
+    topo = Topology.from_file(path)
+    expected = _expected_addresses()
+    assert list(topo.addresses) == expected
+    assert topo.to_dict() == json.loads(_configmap_json())
+    assert topo.to_dict() == Topology.even(expected).to_dict()
+    probes = np.array([0, 1364, 1365, 2729, 2730, SLOTS - 1])
+    assert [expected[i] for i in topo.shard_of_slots(probes)] == [expected[i] for i in (0, 0, 1, 1, 2, 2)]
