@@ -185,7 +185,8 @@ def bench_shoal(report: Report, base: np.ndarray, queries: np.ndarray, truth: np
             report.points.append(Point("shoal", f"batch{bsz}", ef, recall(found, truth[: len(found)]),
                                        len(found) / wall, *percentiles(lat)))
             single = queries[: args.single]
-            found, lat, wall = concurrent(lambda i, ef=ef: client.search("bench", single[i], k=10, ef=ef).ids,
+            found, lat, wall = concurrent(
+                lambda i, ef=ef, single=single: client.search("bench", single[i], k=10, ef=ef).ids,
                                           len(single), args.clients)
             report.points.append(Point("shoal", f"single-{args.clients}clients", ef,
                                        recall(found, truth[: len(found)]), len(found) / wall, *percentiles(lat)))

@@ -9,6 +9,7 @@ from shoal.v1 import types_pb2 as pb
 
 MAX_DIM = 16384
 MAX_K = 1024
+MAX_EF = 4096  # the same bound as a collection's ef_search
 MAX_QUERIES = 10_000  # query rows in one search call
 MAX_BATCH_ROWS = 100_000  # points in one upsert, get or delete call
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # any gRPC message; larger ones get RESOURCE_EXHAUSTED
@@ -95,3 +96,10 @@ def check_k(k: int) -> int:
     if not 1 <= k <= MAX_K:
         raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
     return k
+
+
+def check_ef(ef: int) -> int:
+    """A per-search ef: 0 (the collection's default) up to MAX_EF."""
+    if not 0 <= ef <= MAX_EF:
+        raise InvalidArgument(f"ef must be between 0 (the collection's default) and {MAX_EF}, got {ef}")
+    return ef

@@ -31,8 +31,5 @@ def hash_str(ids: list[str] | np.ndarray) -> np.ndarray:
 
 def slots_of(ids: np.ndarray | list[str]) -> np.ndarray:
     """The slot (0..4095) of each id: uint64 arrays by splitmix64, strings by blake2b."""
-    if isinstance(ids, np.ndarray) and ids.dtype == np.uint64:
-        h = hash_u64(ids)
-    else:
-        h = hash_str(ids)
+    h = hash_u64(ids) if isinstance(ids, np.ndarray) and ids.dtype == np.uint64 else hash_str(ids)
     return (h % np.uint64(SLOTS)).astype(np.int64)

@@ -51,9 +51,9 @@ def channel(address: str) -> grpc.Channel:
     return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
-def aio_channel(address: str) -> grpc.aio.Channel:
-    """An asyncio channel to a Shoal process."""
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+def aio_channel(address: str, extra_options: Iterable[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+    """An asyncio channel to a Shoal process, with any options its caller adds."""
+    return grpc.aio.insecure_channel(address, options=[*CHANNEL_OPTIONS, *extra_options])
 
 
 async def _translate(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
@@ -118,6 +118,8 @@ def aio_server() -> grpc.aio.Server:
 def add_standard_services(server: grpc.aio.Server, service_names: Iterable[str]) -> health.aio.HealthServicer:
     """Add grpc.health.v1 (starting NOT_SERVING) and server reflection; return the health servicer."""
     servicer = health.aio.HealthServicer()
+    # grpc's servicer starts the overall status as SERVING; a process is not serving until it says so.
+    servicer._server_status[""] = health_pb2.HealthCheckResponse.NOT_SERVING
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     names = list(service_names)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
@@ -134,10 +136,13 @@ async def set_serving(servicer: health.aio.HealthServicer, service_names: Iterab
 def bind(server: grpc.aio.Server, listen: str) -> str:
     """Bind `listen` (port 0 picks a free port) and return the real address."""
     host, _, port = listen.rpartition(":")
-    bound = server.add_insecure_port(listen)
-    if bound == 0:
-        raise SystemExit(f"cannot listen on {listen}: the address is taken or invalid")
-    return f"{host}:{bound}" if int(port) == 0 else listen
+    try:
+        bound = server.add_insecure_port(listen)
+    except RuntimeError:
+        bound = 0
+    if bound == 0 or not host or not port.isdigit():
+        raise SystemExit(f"cannot listen on {listen!r}: give HOST:PORT of a free port on this machine")
+    return f"{host}:{bound}"
 
 
 async def wait_for_signal() -> None:

@@ -11,13 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from shoal._config import MAX_BATCH_ROWS, MAX_STRING_ID_BYTES
+from shoal._config import MAX_BATCH_ROWS, MAX_QUERIES, MAX_STRING_ID_BYTES
 from shoal._errors import InvalidArgument
 from shoal.v1 import types_pb2 as pb
 
 _F32 = np.dtype("<f4")
 _U64 = np.dtype("<u8")
 _U32 = np.dtype("<u4")
+RESERVED_ID = np.uint64(2**64 - 1)  # usearch's marker for a free slot: a point with it could never be found
 
 
 def encode_matrix(x: np.ndarray) -> pb.Matrix:
@@ -103,8 +104,11 @@ def check_ids(ids: np.ndarray, id_type: str | None = None, *, allow_empty: bool 
                 raise InvalidArgument(f"string id {s[:40]!r} must be 1-{MAX_STRING_ID_BYTES} bytes of UTF-8")
         if len(set(ids)) != len(ids):
             raise InvalidArgument(f"duplicate id in the batch: {_first_duplicate(ids)!r}")
-    elif len(np.unique(ids)) != len(ids):
-        raise InvalidArgument(f"duplicate id in the batch: {_first_duplicate(ids)}")
+    else:
+        if len(np.unique(ids)) != len(ids):
+            raise InvalidArgument(f"duplicate id in the batch: {_first_duplicate(ids)}")
+        if (ids == RESERVED_ID).any():
+            raise InvalidArgument(f"id {RESERVED_ID} (2**64 - 1) is reserved")
     return ids
 
 
@@ -125,6 +129,15 @@ def check_vectors(x: np.ndarray, dim: int | None = None, what: str = "vectors") 
         row = int(np.argwhere(~np.isfinite(x))[0][0])
         raise InvalidArgument(f"{what} row {row} contains NaN or Inf")
     return x
+
+
+def check_queries(queries: np.ndarray, dim: int | None = None) -> np.ndarray:
+    """Reject an empty or oversized query batch, a wrong dimension, NaN or Inf."""
+    if len(queries) == 0:
+        raise InvalidArgument("the query batch is empty: give at least one query")
+    if len(queries) > MAX_QUERIES:
+        raise InvalidArgument(f"a search takes at most {MAX_QUERIES} queries per call, got {len(queries)}")
+    return check_vectors(queries, dim, "queries")
 
 
 def check_upsert(ids: np.ndarray, vectors: np.ndarray, payloads: Sequence[bytes], id_type: str | None = None,

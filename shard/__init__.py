@@ -1,0 +1,1 @@
+"""The shard process: RocksDB storage, usearch indexes and the Shard gRPC service."""

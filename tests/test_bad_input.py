@@ -44,6 +44,7 @@ def unchanged(client: shoal.Client, coll: str) -> None:
                for p in points)
 
 
+OVER = MAX_MESSAGE_BYTES // (DIM * 4) + 10  # rows of a message just over the size limit
 NAN = X[:2].copy()
 NAN[1, 1] = np.nan
 INF_Q = X[:1].copy()
@@ -65,7 +66,8 @@ SDK_CASES: list[tuple[str, Callable[[shoal.Client, str], Any], type[shoal.ShoalE
     ("k too large", lambda c, n: c.search(n, X[:1], k=MAX_K + 1), shoal.InvalidArgument, f"and {MAX_K}"),
     ("unknown collection", lambda c, n: c.upsert("nope", ids=[1], vectors=X[:1]), shoal.NotFound, "nope"),
     ("unknown collection search", lambda c, n: c.search("nope", X[:1]), shoal.NotFound, "nope"),
-    ("existing collection", lambda c, n: c.create_collection(n, dim=DIM + 3), shoal.AlreadyExists, n),
+    ("existing collection", lambda c, n: c.create_collection(n, dim=DIM + 3), shoal.AlreadyExists,
+     "already exists"),
     ("payload not an object", lambda c, n: c.upsert(n, ids=[100], vectors=X[:1], payloads=[[1, 2]]),  # type: ignore[list-item]
      shoal.InvalidArgument, "payload must be a dict"),
     ("string ids in an integer collection", lambda c, n: c.upsert(n, ids=["a"], vectors=X[:1]),
@@ -116,8 +118,7 @@ WIRE_CASES: list[tuple[str, Callable[[str], tuple[str, Any]], grpc.StatusCode, s
      grpc.StatusCode.INVALID_ARGUMENT, "empty"),
     ("unknown collection", lambda n: ("Count", pb.CountRequest(collection="nope")),
      grpc.StatusCode.NOT_FOUND, "nope"),
-    ("message over the size limit", lambda n: ("Upsert", _upsert(
-        n, np.arange(100, 100 + MAX_MESSAGE_BYTES // (DIM * 4) + 10), np.ones((MAX_MESSAGE_BYTES // (DIM * 4) + 10, DIM)))),
+    ("message over the size limit", lambda n: ("Upsert", _upsert(n, np.arange(100, 100 + OVER), np.ones((OVER, DIM)))),
      grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
 ]
 

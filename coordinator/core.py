@@ -1,0 +1,201 @@
+"""The coordinator's operations on decoded inputs: validate, route or fan out to the shards, combine."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Protocol, TypeVar
+
+import numpy as np
+from grpc import StatusCode
+
+from shoal._config import MAX_QUERIES, CollectionConfig, check_k, check_name
+from shoal._errors import AlreadyExists, Internal, InvalidArgument, NotFound, ShoalError
+from shoal._wire import check_ids, check_upsert, check_vectors, encode_ids, encode_matrix
+from shoal.coordinator.codec import found_from_proto, topk_from_proto
+from shoal.coordinator.merge import Found, TopK, merge, merge_found
+from shoal.coordinator.topology import Topology
+from shoal.v1 import types_pb2 as pb
+
+T = TypeVar("T")
+
+# When shards fail differently, the request's own fault is the most useful answer (retrying cannot fix
+# it), then an unreachable shard, then a passed deadline; anything else (a bug) comes last.
+_REQUEST_FAULTS = (StatusCode.INVALID_ARGUMENT, StatusCode.NOT_FOUND, StatusCode.ALREADY_EXISTS,
+                   StatusCode.FAILED_PRECONDITION, StatusCode.RESOURCE_EXHAUSTED,
+                   StatusCode.PERMISSION_DENIED, StatusCode.UNAUTHENTICATED)
+_ERROR_RANK = {**dict.fromkeys(_REQUEST_FAULTS, 0),
+               StatusCode.UNAVAILABLE: 1, StatusCode.DEADLINE_EXCEEDED: 2}
+
+
+def pick_error(errors: Sequence[BaseException]) -> BaseException:
+    """The one error to answer with when several shard calls failed (the first of the most telling kind)."""
+    def rank(exc: BaseException) -> int:
+        if not isinstance(exc, Exception):
+            return -1  # cancellation and the like must not be swallowed
+        return _ERROR_RANK.get(exc.code, 3) if isinstance(exc, ShoalError) else 3
+    return min(errors, key=rank)
+
+
+class ShardConnection(Protocol):
+    """What the core needs from a shard connection (ShardClient in production)."""
+
+    address: str
+
+    async def create_collection(self, request: pb.CreateCollectionRequest,
+                                timeout: float | None) -> pb.CreateCollectionResponse: ...
+    async def drop_collection(self, request: pb.DropCollectionRequest,
+                              timeout: float | None) -> pb.DropCollectionResponse: ...
+    async def list_collections(self, timeout: float | None) -> pb.ListCollectionsResponse: ...
+    async def describe_collection(self, request: pb.DescribeCollectionRequest,
+                                  timeout: float | None) -> pb.CollectionInfo: ...
+    async def upsert(self, request: pb.UpsertRequest, timeout: float | None) -> pb.UpsertResponse: ...
+    async def get(self, request: pb.GetRequest, timeout: float | None) -> pb.GetResponse: ...
+    async def delete(self, request: pb.DeleteRequest, timeout: float | None) -> pb.DeleteResponse: ...
+    async def count(self, request: pb.CountRequest, timeout: float | None) -> pb.CountResponse: ...
+    async def search(self, request: pb.SearchRequest, timeout: float | None) -> pb.SearchResponse: ...
+
+
+class Coordinator:
+    """Every public operation over the shards of one topology; holds no collection state.
+
+    Writes that fail on some shards may have been applied on others; upserts and deletes are
+    idempotent, so the caller retries the whole call.
+    """
+
+    def __init__(self, topology: Topology, shards: Sequence[ShardConnection]) -> None:
+        if len(shards) != len(topology.addresses):
+            raise ValueError(f"{len(shards)} shard connections for {len(topology.addresses)} shards")
+        self.topology = topology
+        self.shards = list(shards)
+
+    async def _fan_out(self, shard_indexes: Iterable[int], call: Callable[[int], Awaitable[T]]) -> list[T]:
+        """Call the given shards concurrently; every call finishes before the answer or the error."""
+        results = await asyncio.gather(*(call(i) for i in shard_indexes), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise pick_error(errors)
+        return results  # type: ignore[return-value]
+
+    async def _all(self, call: Callable[[ShardConnection], Awaitable[T]]) -> list[T]:
+        return await self._fan_out(range(len(self.shards)), lambda i: call(self.shards[i]))
+
+    async def create_collection(self, config: CollectionConfig, timeout: float | None) -> pb.CollectionInfo:
+        """Create the collection on every shard; AlreadyExists when no shard had to create it."""
+        request = pb.CreateCollectionRequest(config=config.to_proto())
+        answers = await self._all(lambda s: s.create_collection(request, timeout))
+        if not any(a.created for a in answers):
+            raise AlreadyExists(f"collection '{config.name}' already exists")
+        return self._combine_info([a.info for a in answers])
+
+    async def drop_collection(self, name: str, timeout: float | None) -> None:
+        """Drop the collection on every shard; NotFound when no shard had it."""
+        check_name(name)
+        request = pb.DropCollectionRequest(name=name)
+
+        async def drop(shard: ShardConnection) -> bool:
+            try:
+                return bool((await shard.drop_collection(request, timeout)).dropped)
+            except NotFound:
+                return False
+
+        if not any(await self._all(drop)):
+            raise NotFound(f"collection '{name}' does not exist")
+
+    async def list_collections(self, timeout: float | None) -> list[str]:
+        """The names of the collections any shard has, sorted."""
+        answers = await self._all(lambda s: s.list_collections(timeout))
+        return sorted({name for a in answers for name in a.names})
+
+    async def describe_collection(self, name: str, timeout: float | None) -> pb.CollectionInfo:
+        """The config, the total count and one ShardStats per shard."""
+        check_name(name)
+        request = pb.DescribeCollectionRequest(name=name)
+        return self._combine_info(await self._all(lambda s: s.describe_collection(request, timeout)))
+
+    def _combine_info(self, infos: Sequence[pb.CollectionInfo]) -> pb.CollectionInfo:
+        stats = [pb.ShardStats(address=address, count=info.count,
+                               memory_bytes=sum(s.memory_bytes for s in info.shards))
+                 for address, info in zip(self.topology.addresses, infos, strict=True)]
+        return pb.CollectionInfo(config=infos[0].config, count=sum(s.count for s in stats), shards=stats)
+
+    async def upsert(self, name: str, ids: np.ndarray, vectors: np.ndarray, payloads: Sequence[bytes],
+                     timeout: float | None) -> int:
+        """Write each point to the shard of its slot, one batch per shard; the number upserted."""
+        check_name(name)
+        check_upsert(ids, vectors, payloads)
+        payloads = list(payloads)
+
+        def request(positions: np.ndarray) -> pb.UpsertRequest:
+            return pb.UpsertRequest(
+                collection=name, ids=encode_ids(ids[positions]), vectors=encode_matrix(vectors[positions]),
+                payloads=[payloads[i] for i in positions.tolist()] if payloads else [])
+
+        groups = self.topology.route(ids)
+        answers = await self._fan_out(groups, lambda i: self.shards[i].upsert(request(groups[i]), timeout))
+        return sum(a.upserted for a in answers)
+
+    async def get(self, name: str, ids: np.ndarray, with_vectors: bool, with_payload: bool,
+                  timeout: float | None) -> Found:
+        """The points that exist among `ids`, in request order."""
+        check_name(name)
+        check_ids(ids)
+        groups = self.topology.route(ids)
+
+        async def get(i: int) -> Found:
+            shard = self.shards[i]
+            request = pb.GetRequest(collection=name, ids=encode_ids(ids[groups[i]]),
+                                    with_vectors=with_vectors, with_payload=with_payload)
+            answer = await shard.get(request, timeout)
+            try:
+                return found_from_proto(answer, with_vectors, with_payload)
+            except (ValueError, InvalidArgument) as exc:
+                raise Internal(f"shard {shard.address} answered get with a bad result: {exc}") from exc
+
+        parts = await self._fan_out(groups, get)
+        try:
+            return merge_found(ids, parts)
+        except ValueError as exc:
+            raise Internal(f"the shards' get results do not fit the request: {exc}") from exc
+
+    async def delete(self, name: str, ids: np.ndarray, timeout: float | None) -> int:
+        """Delete points by id, one batch per shard; the number that existed."""
+        check_name(name)
+        check_ids(ids)
+        groups = self.topology.route(ids)
+        answers = await self._fan_out(groups, lambda i: self.shards[i].delete(
+            pb.DeleteRequest(collection=name, ids=encode_ids(ids[groups[i]])), timeout))
+        return sum(a.deleted for a in answers)
+
+    async def count(self, name: str, timeout: float | None) -> int:
+        """The number of points over all shards."""
+        check_name(name)
+        request = pb.CountRequest(collection=name)
+        return sum(a.count for a in await self._all(lambda s: s.count(request, timeout)))
+
+    async def search(self, name: str, queries: np.ndarray, k: int, ef: int, with_payload: bool,
+                     with_vectors: bool, timeout: float | None) -> TopK:
+        """The global top-k of each query: every shard's local top-k, merged."""
+        check_name(name)
+        check_k(k)
+        if len(queries) == 0:
+            raise InvalidArgument("the query batch is empty: give at least one query")
+        if len(queries) > MAX_QUERIES:
+            raise InvalidArgument(
+                f"the batch has {len(queries)} queries; at most {MAX_QUERIES} are allowed per call")
+        check_vectors(queries, what="queries")
+        request = pb.SearchRequest(collection=name, queries=encode_matrix(queries), k=k, ef=ef,
+                                   with_payload=with_payload, with_vectors=with_vectors)
+
+        async def search(shard: ShardConnection) -> TopK:
+            answer = await shard.search(request, timeout)
+            try:
+                return topk_from_proto(answer, len(queries), with_payload)
+            except (ValueError, InvalidArgument) as exc:
+                raise Internal(f"shard {shard.address} answered search with a bad result: {exc}") from exc
+
+        parts = await self._all(search)
+        try:
+            return merge(parts, k)
+        except ValueError as exc:
+            raise Internal(f"the shards' search results do not fit together: {exc}") from exc

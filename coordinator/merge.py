@@ -1,0 +1,177 @@
+"""Merge the shards' local top-k lists into the global top-k of every query (pure numpy)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TopK:
+    """Results of q queries in k columns, nearest first; columns from counts[i] on are padding.
+
+    ids: (q, k) uint64, or object array of str; distances: (q, k) float32; counts: (q,) integers;
+    payloads: (q, k) object array of bytes, or None; vectors: (q, k, dim) float32, or None.
+    """
+
+    ids: np.ndarray
+    distances: np.ndarray
+    counts: np.ndarray
+    payloads: np.ndarray | None = None
+    vectors: np.ndarray | None = None
+
+    @property
+    def queries(self) -> int:
+        """The number of queries (rows)."""
+        return int(self.ids.shape[0])
+
+    @property
+    def k(self) -> int:
+        """The number of columns."""
+        return int(self.ids.shape[1])
+
+
+def empty(q: int, k: int, *, string_ids: bool, payloads: bool = False, dim: int | None = None) -> TopK:
+    """A result of q queries with k columns of padding only."""
+    return TopK(
+        ids=np.full((q, k), "", dtype=object) if string_ids else np.zeros((q, k), dtype=np.uint64),
+        distances=np.full((q, k), np.inf, dtype=np.float32),
+        counts=np.zeros(q, dtype=np.uint32),
+        payloads=np.full((q, k), b"", dtype=object) if payloads else None,
+        vectors=np.zeros((q, k, dim), dtype=np.float32) if dim is not None else None)
+
+
+def valid_mask(part: TopK) -> np.ndarray:
+    """(q, k) booleans: True where a column holds a real hit rather than padding."""
+    counts = np.minimum(np.asarray(part.counts, dtype=np.int64), part.k)
+    return np.arange(part.k)[None, :] < counts[:, None]
+
+
+def merge(parts: Sequence[TopK], k: int) -> TopK:
+    """The global top-k per query over all parts; ties go to the earlier part, then the earlier column.
+
+    Padding never beats a real hit, whatever its distance. Payloads and vectors travel with their hit
+    when any part carries them (a part without them contributes empty payloads and zero vectors).
+    """
+    if not parts:
+        raise ValueError("merge needs at least one part")
+    q = parts[0].queries
+    if any(p.queries != q for p in parts):
+        raise ValueError(f"the parts answer different numbers of queries: {[p.queries for p in parts]}")
+    string_ids = any(p.ids.dtype == object for p in parts)
+    with_payloads = any(p.payloads is not None for p in parts)
+    dims = {p.vectors.shape[2] for p in parts if p.vectors is not None and p.vectors.size}
+    if len(dims) > 1:
+        raise ValueError(f"the parts carry vectors of different dimensions: {sorted(dims)}")
+    dim = dims.pop() if dims else (0 if any(p.vectors is not None for p in parts) else None)
+
+    valid = np.concatenate([valid_mask(p) for p in parts], axis=1)
+    distances = np.concatenate([np.asarray(p.distances, dtype=np.float32) for p in parts], axis=1)
+    ids = np.concatenate([_ids_as(p, string_ids) for p in parts], axis=1)
+
+    # lexsort is stable and sorts by its last key first: real hits first, then by distance.
+    order = np.lexsort((distances, ~valid), axis=-1)[:, :k]
+    taken = order.shape[1]
+    out = empty(q, k, string_ids=string_ids, payloads=with_payloads, dim=dim)
+    counts = np.minimum(valid.sum(axis=1), k).astype(np.uint32)
+    real = np.arange(taken)[None, :] < counts[:, None]
+
+    def place(target: np.ndarray, source: np.ndarray) -> None:
+        picked = np.take_along_axis(source, order.reshape(order.shape + (1,) * (source.ndim - 2)), axis=1)
+        target[:, :taken][real] = picked[real]
+
+    place(out.ids, ids)
+    place(out.distances, distances)
+    if out.payloads is not None:
+        place(out.payloads, np.concatenate([_payloads_of(p) for p in parts], axis=1))
+    if out.vectors is not None and dim is not None:
+        place(out.vectors, np.concatenate([_vectors_of(p, dim) for p in parts], axis=1))
+    return TopK(out.ids, out.distances, counts, out.payloads, out.vectors)
+
+
+def _ids_as(part: TopK, string_ids: bool) -> np.ndarray:
+    if not string_ids or part.ids.dtype == object:
+        return part.ids
+    # A shard with no hits may encode its padding as integer zeros even in a string collection.
+    if valid_mask(part).any():
+        raise ValueError("the parts disagree on the id type: some carry integer ids, some string ids")
+    return np.full(part.ids.shape, "", dtype=object)
+
+
+def _payloads_of(part: TopK) -> np.ndarray:
+    if part.payloads is not None:
+        return part.payloads
+    return np.full(part.ids.shape, b"", dtype=object)
+
+
+def _vectors_of(part: TopK, dim: int) -> np.ndarray:
+    if part.vectors is not None and part.vectors.shape[2] == dim:
+        return part.vectors
+    return np.zeros((*part.ids.shape, dim), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Found:
+    """Points found by id: ids (n,); vectors (n, dim) float32 or None; payloads (n,) of bytes or None."""
+
+    ids: np.ndarray
+    vectors: np.ndarray | None = None
+    payloads: np.ndarray | None = None
+
+
+def merge_found(requested: np.ndarray, parts: Sequence[Found]) -> Found:
+    """All parts' found points in the order their ids have in `requested` (ids not found stay absent)."""
+    string_ids = requested.dtype == object
+    found = [p for p in parts if len(p.ids)]
+    ids = (np.concatenate([p.ids for p in found]) if found
+           else np.zeros(0, dtype=object if string_ids else np.uint64))
+    if len(ids) and (ids.dtype == object) != string_ids:
+        raise ValueError("the found ids are not of the requested id type")
+    positions = _positions(requested, ids)
+    if len(np.unique(positions)) != len(positions):
+        raise ValueError("an id was found more than once")
+    order = np.argsort(positions, kind="stable")
+
+    vectors = None
+    if any(p.vectors is not None for p in parts):
+        dims = {p.vectors.shape[1] for p in found if p.vectors is not None}
+        if len(dims) > 1:
+            raise ValueError(f"the found vectors have different dimensions: {sorted(dims)}")
+        dim = dims.pop() if dims else max(p.vectors.shape[1] for p in parts if p.vectors is not None)
+        stacked = [p.vectors if p.vectors is not None else np.zeros((len(p.ids), dim), np.float32)
+                   for p in found]
+        if any(len(v) != len(p.ids) for v, p in zip(stacked, found, strict=True)):
+            raise ValueError("a part has a different number of vectors than ids")
+        vectors = np.concatenate(stacked)[order] if stacked else np.zeros((0, dim), dtype=np.float32)
+
+    payloads = None
+    if any(p.payloads is not None for p in parts):
+        blobs = [p.payloads if p.payloads is not None else np.full(len(p.ids), b"", dtype=object)
+                 for p in found]
+        if any(len(b) != len(p.ids) for b, p in zip(blobs, found, strict=True)):
+            raise ValueError("a part has a different number of payloads than ids")
+        payloads = np.concatenate(blobs)[order] if blobs else np.zeros(0, dtype=object)
+    return Found(ids[order], vectors, payloads)
+
+
+def _positions(requested: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The index in `requested` of each id; ValueError for an id that was not requested."""
+    if requested.dtype == object:
+        index = {s: i for i, s in enumerate(requested)}
+        try:
+            return np.array([index[s] for s in ids], dtype=np.int64)
+        except KeyError as exc:
+            raise ValueError(f"id {exc.args[0]!r} was found but not requested") from None
+    if len(ids) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if len(requested) == 0:
+        raise ValueError("ids were found but none were requested")
+    sorter = np.argsort(requested, kind="stable")
+    loc = np.minimum(np.searchsorted(requested, ids, sorter=sorter), len(requested) - 1)
+    positions = sorter[loc]
+    stray = requested[positions] != ids
+    if stray.any():
+        raise ValueError(f"id {int(ids[stray][0])} was found but not requested")
+    return positions.astype(np.int64)

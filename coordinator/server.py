@@ -1,0 +1,94 @@
+"""The coordinator process: serve the Shoal service over a topology until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health
+
+from shoal._rpc import add_standard_services, aio_server, bind, set_serving, wait_for_signal
+from shoal.coordinator.core import Coordinator
+from shoal.coordinator.servicer import ShoalServicer
+from shoal.coordinator.shards import ShardPool
+from shoal.coordinator.topology import Topology, TopologyError
+from shoal.v1 import shoal_pb2, shoal_pb2_grpc
+
+log = logging.getLogger("shoal.coordinator")
+
+SERVICE_NAME = shoal_pb2.DESCRIPTOR.services_by_name["Shoal"].full_name
+STOP_GRACE_SECONDS = 5.0
+
+
+def load_topology(shards: list[str] | None, topology_file: Path | None) -> Topology:
+    """The topology from `--shards a,b,c` (an even split) or from a JSON file; exactly one must be given."""
+    if bool(shards) == (topology_file is not None):
+        raise TopologyError("give either shard addresses or a topology file, not both and not neither")
+    if topology_file is not None:
+        return Topology.from_file(topology_file)
+    return Topology.even(shards or [])
+
+
+class CoordinatorServer:
+    """A coordinator's gRPC server, its health and its shard connections: start, mark serving, stop."""
+
+    def __init__(self, topology: Topology, listen: str) -> None:
+        self.topology = topology
+        self.listen = listen
+        self.address = ""
+        self._server: grpc.aio.Server | None = None
+        self._pool: ShardPool | None = None
+        self._health: health.aio.HealthServicer | None = None
+
+    async def start(self) -> str:
+        """Bind and start (health still NOT_SERVING); return the bound address."""
+        server = aio_server()
+        self.address = bind(server, self.listen)
+        self._server, self._pool = server, ShardPool(self.topology.addresses)
+        core = Coordinator(self.topology, self._pool.clients)
+        shoal_pb2_grpc.add_ShoalServicer_to_server(ShoalServicer(core), server)
+        self._health = add_standard_services(server, [SERVICE_NAME])
+        await server.start()
+        return self.address
+
+    async def serving(self) -> None:
+        """Report SERVING; a coordinator does not wait for its shards, it reports them per call."""
+        if self._health is None:
+            raise RuntimeError("start() the server first")
+        await set_serving(self._health, [SERVICE_NAME], True)
+
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """NOT_SERVING, let calls in flight finish for up to `grace` seconds, close the shard connections."""
+        if self._health is not None:
+            await set_serving(self._health, [SERVICE_NAME], False)
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self._pool is not None:
+            await self._pool.close()
+
+
+async def serve(topology: Topology, listen: str) -> None:
+    """Serve until SIGTERM or SIGINT, announcing the bound address on stdout."""
+    server = CoordinatorServer(topology, listen)
+    signalled = asyncio.create_task(wait_for_signal())
+    await asyncio.sleep(0)  # the signal handlers are in place before anyone can learn the address
+    try:
+        address = await server.start()
+        print(f"shoal coordinator listening on {address}", flush=True)
+        log.info("topology version %d: %s", topology.version, ", ".join(topology.addresses))
+        await server.serving()
+        await signalled
+    finally:
+        signalled.cancel()
+        await server.stop()
+
+
+def run(shards: list[str] | None, topology_file: Path | None, listen: str) -> None:
+    """Run a coordinator over `shards` (an even split) or a topology file until SIGTERM or SIGINT."""
+    try:
+        topology = load_topology(shards, topology_file)
+    except TopologyError as exc:
+        raise SystemExit(f"invalid topology: {exc}") from None
+    asyncio.run(serve(topology, listen))

@@ -1,0 +1,232 @@
+"""Long-lived connections to the shards: one channel each, and one multiplexed search stream each."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from shoal._errors import DeadlineExceeded, Internal, ShoalError, Unavailable, error_for_code, status_from_value
+from shoal._rpc import aio_channel
+from shoal.v1 import shard_pb2_grpc
+from shoal.v1 import types_pb2 as pb
+
+log = logging.getLogger("shoal.coordinator")
+
+# A channel in reconnect backoff after its shard went away is replaced by a fresh one, so a restarted
+# shard is used at once instead of after gRPC's backoff (up to 2 s); at most this often per shard.
+RECONNECT_INTERVAL_SECONDS = 0.05
+SHARD_CHANNEL_OPTIONS = [
+    # Channels to one address otherwise share a subchannel, and with it the backoff a fresh one escapes.
+    ("grpc.use_local_subchannel_pool", 1),
+]
+
+
+
+def shard_error(address: str, code: grpc.StatusCode, details: str) -> ShoalError:
+    """The catalogue error for a shard call that failed with `code`: unreachable shards become Unavailable."""
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        return Unavailable(f"shard {address} is unavailable: {details or code.name}")
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"shard {address} did not answer before the deadline")
+    error = error_for_code(code, details or code.name)
+    if type(error) is ShoalError:
+        # A code outside the catalogue (UNKNOWN, UNIMPLEMENTED, ...) is a bug or a version mismatch.
+        log.error("shard %s failed with %s: %s", address, code.name, details)
+        return Internal(f"shard {address} failed with {code.name}; see the coordinator log")
+    return error
+
+
+def _check_timeout(address: str, timeout: float | None) -> None:
+    if timeout is not None and timeout <= 0:
+        raise DeadlineExceeded(f"the deadline passed before shard {address} was asked")
+
+
+class SearchStream:
+    """One long-lived SearchStream to a shard, multiplexing many searches by request_id."""
+
+    def __init__(self, stub: Any, address: str) -> None:
+        self.address = address
+        self.broken = False
+        self._pending: dict[int, asyncio.Future[pb.SearchResponse]] = {}
+        self._outbox: asyncio.Queue[pb.SearchRequest] = asyncio.Queue()
+        self._call = stub.SearchStream()
+        self._writer = asyncio.create_task(self._write(), name=f"search-stream-writer {address}")
+        self._reader = asyncio.create_task(self._read(), name=f"search-stream-reader {address}")
+
+    async def ask(self, request: pb.SearchRequest, request_id: int,
+                  timeout: float | None) -> pb.SearchResponse:
+        """Send one search and wait for its answer, at most `timeout` seconds."""
+        if self.broken:
+            raise Unavailable(f"shard {self.address} is unavailable: the search stream is closed")
+        future: asyncio.Future[pb.SearchResponse] = asyncio.get_running_loop().create_future()
+        message = pb.SearchRequest()
+        message.CopyFrom(request)
+        message.request_id = request_id
+        self._pending[request_id] = future
+        self._outbox.put_nowait(message)
+        try:
+            answer = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(f"shard {self.address} did not answer before the deadline") from None
+        finally:
+            self._pending.pop(request_id, None)
+        if answer.error_code:
+            raise shard_error(self.address, status_from_value(answer.error_code), answer.error_message)
+        return answer
+
+    async def close(self) -> None:
+        """End the stream, failing the searches still waiting."""
+        self._break("the coordinator is shutting down")
+        await asyncio.gather(self._writer, self._reader, return_exceptions=True)
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                message = await self._outbox.get()
+                if message.request_id in self._pending:  # else its caller gave up already
+                    await self._call.write(message)
+        except Exception as exc:  # whatever ends the stream, the waiting searches must hear of it
+            self._break(_reason(exc))
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                answer = await self._call.read()
+                if answer is grpc.aio.EOF:
+                    self._break("the shard ended the search stream")
+                    return
+                future = self._pending.get(answer.request_id)
+                if future is not None and not future.done():
+                    future.set_result(answer)
+        except Exception as exc:  # whatever ends the stream, the waiting searches must hear of it
+            self._break(_reason(exc))
+
+    def _break(self, reason: str) -> None:
+        """Mark the stream broken and fail every waiting search; the next search opens a new stream."""
+        if self.broken:
+            return
+        self.broken = True
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(Unavailable(f"shard {self.address} is unavailable: {reason}"))
+        self._pending.clear()
+        self._call.cancel()
+        current = asyncio.current_task()
+        for task in (self._writer, self._reader):
+            if task is not current:
+                task.cancel()
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return str(exc.details() or exc.code().name)
+    if not isinstance(exc, (grpc.RpcError, asyncio.InvalidStateError, grpc.aio.UsageError)):
+        log.error("search stream failed unexpectedly", exc_info=exc)
+    return str(exc) or type(exc).__name__
+
+
+class ShardClient:
+    """The coordinator's connection to one shard: every Shard RPC, with errors in the catalogue."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        # One counter across reopened streams, so a late answer can never match a newer question.
+        self._request_ids = itertools.count(1)
+        self._open()
+
+    def _open(self) -> None:
+        self._channel = aio_channel(self.address, SHARD_CHANNEL_OPTIONS)
+        self._stub = shard_pb2_grpc.ShardStub(self._channel)
+        self._stream: SearchStream | None = None
+        self._opened = time.monotonic()
+
+    async def _ready_stub(self) -> Any:
+        """The stub to call: on a fresh channel when the current one waits out a reconnect backoff."""
+        if (self._channel.get_state() is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+                and time.monotonic() - self._opened >= RECONNECT_INTERVAL_SECONDS):
+            channel, stream = self._channel, self._stream
+            self._open()
+            if stream is not None:
+                await stream.close()
+            await channel.close()
+        return self._stub
+
+    async def _unary(self, method: str, request: Any, timeout: float | None) -> Any:
+        _check_timeout(self.address, timeout)
+        call = getattr(await self._ready_stub(), method)
+        try:
+            return await call(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise shard_error(self.address, exc.code(), exc.details() or "") from exc
+
+    async def create_collection(self, request: pb.CreateCollectionRequest,
+                                timeout: float | None) -> pb.CreateCollectionResponse:
+        """Create a collection on this shard (idempotent for the same config)."""
+        return await self._unary("CreateCollection", request, timeout)
+
+    async def drop_collection(self, request: pb.DropCollectionRequest,
+                              timeout: float | None) -> pb.DropCollectionResponse:
+        """Drop a collection on this shard."""
+        return await self._unary("DropCollection", request, timeout)
+
+    async def list_collections(self, timeout: float | None) -> pb.ListCollectionsResponse:
+        """The collections this shard has."""
+        return await self._unary("ListCollections", pb.ListCollectionsRequest(), timeout)
+
+    async def describe_collection(self, request: pb.DescribeCollectionRequest,
+                                  timeout: float | None) -> pb.CollectionInfo:
+        """This shard's view of a collection."""
+        return await self._unary("DescribeCollection", request, timeout)
+
+    async def upsert(self, request: pb.UpsertRequest, timeout: float | None) -> pb.UpsertResponse:
+        """Upsert points that all live in this shard's slots."""
+        return await self._unary("Upsert", request, timeout)
+
+    async def get(self, request: pb.GetRequest, timeout: float | None) -> pb.GetResponse:
+        """Fetch points by id from this shard."""
+        return await self._unary("Get", request, timeout)
+
+    async def delete(self, request: pb.DeleteRequest, timeout: float | None) -> pb.DeleteResponse:
+        """Delete points by id from this shard."""
+        return await self._unary("Delete", request, timeout)
+
+    async def count(self, request: pb.CountRequest, timeout: float | None) -> pb.CountResponse:
+        """The number of points of a collection on this shard."""
+        return await self._unary("Count", request, timeout)
+
+    async def search(self, request: pb.SearchRequest, timeout: float | None) -> pb.SearchResponse:
+        """This shard's local top-k, asked over the long-lived search stream (opened on first use)."""
+        _check_timeout(self.address, timeout)
+        stub = await self._ready_stub()
+        if self._stream is None or self._stream.broken:
+            self._stream = SearchStream(stub, self.address)
+        return await self._stream.ask(request, next(self._request_ids), timeout)
+
+    async def close(self) -> None:
+        """End the search stream and close the channel."""
+        if self._stream is not None:
+            await self._stream.close()
+        await self._channel.close()
+
+
+class ShardPool:
+    """One ShardClient per shard address, in topology order."""
+
+    def __init__(self, addresses: Sequence[str]) -> None:
+        self.clients = [ShardClient(address) for address in addresses]
+
+    def __getitem__(self, index: int) -> ShardClient:
+        return self.clients[index]
+
+    def __len__(self) -> int:
+        return len(self.clients)
+
+    async def close(self) -> None:
+        """Close every connection."""
+        await asyncio.gather(*(client.close() for client in self.clients))

@@ -1,0 +1,221 @@
+"""The usearch side of a shard: one index per collection, and the one worker thread that calls them all.
+
+usearch indexes are not safe to call from several Python threads at once (every call uses the thread
+contexts 0..threads-1), so every usearch call of the shard runs on the IndexWorker thread, in arrival
+order. Queued searches of the same collection, k and ef are coalesced into one batch call.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+from usearch.index import Index, Matches
+
+from shoal._config import CollectionConfig
+from shoal._errors import Unavailable
+
+log = logging.getLogger("shoal.shard.index")
+
+T = TypeVar("T")
+
+METRICS = {"cosine": "cos", "l2": "l2sq", "ip": "ip"}
+DTYPES = {"f32": "f32", "bf16": "bf16", "f16": "f16", "i8": "i8"}
+MAX_DRAIN = 1024  # queue items taken at once; bounds the latency a long burst adds to the first item
+
+
+@dataclass(frozen=True)
+class Hits:
+    """Raw results of q queries: internal keys and distances (q x k), real hits per query."""
+
+    keys: np.ndarray  # uint64, 0 in padding
+    distances: np.ndarray  # float32, +inf in padding
+    counts: np.ndarray  # uint32
+
+    @classmethod
+    def empty(cls, q: int, k: int) -> Hits:
+        """q rows of padding only."""
+        return cls(np.zeros((q, k), np.uint64), np.full((q, k), np.inf, np.float32), np.zeros(q, np.uint32))
+
+
+class VectorIndex:
+    """One collection's usearch index; call it only on the index worker thread."""
+
+    def __init__(self, config: CollectionConfig, threads: int) -> None:
+        self.config = config
+        self.threads = threads
+        self.count = 0  # live points, refreshed by every update; read from any thread
+        self._index = Index(ndim=config.dim, metric=METRICS[config.metric], dtype=DTYPES[config.precision],
+                            connectivity=config.m, expansion_add=config.ef_construction,
+                            expansion_search=config.ef_search)
+
+    def upsert(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Add points, replacing those whose keys are present."""
+        present = np.atleast_1d(self._index.contains(keys))
+        if present.any():
+            self._index.remove(keys[present])
+        self._index.add(keys, vectors, threads=self.threads)
+        self.count = len(self._index)
+
+    def extend(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Add points whose keys are not present (rebuilding from storage)."""
+        self._index.add(keys, vectors, threads=self.threads)
+        self.count = len(self._index)
+
+    def remove(self, keys: np.ndarray) -> None:
+        """Remove points by key (all of them must be present)."""
+        if len(keys):
+            self._index.remove(keys)
+            self.count = len(self._index)
+
+    def search(self, queries: np.ndarray, k: int, ef: int) -> Hits:
+        """The k nearest keys of every query; exact when ef covers the whole index."""
+        size = len(self._index)
+        if size == 0 or len(queries) == 0:
+            return Hits.empty(len(queries), k)
+        ef = ef or self.config.ef_search
+        exact = ef >= size
+        if not exact:
+            self._index.expansion_search = ef  # type: ignore[misc]  # usearch declares the setter apart
+        found = self._index.search(queries, k, threads=self.threads, exact=exact)
+        if isinstance(found, Matches):  # usearch answers a single query with a trimmed 1-D result
+            hits = Hits.empty(1, k)
+            n = len(found.keys)
+            hits.keys[0, :n] = found.keys
+            hits.distances[0, :n] = found.distances
+            hits.counts[0] = n
+            return hits
+        counts = found.counts.astype(np.uint32)
+        real = np.arange(k)[None, :] < counts[:, None]
+        return Hits(np.where(real, found.keys, 0).astype(np.uint64),
+                    np.where(real, found.distances, np.inf).astype(np.float32), counts)
+
+    def memory_bytes(self) -> int:
+        """Bytes usearch holds for this index."""
+        return int(self._index.memory_usage)
+
+
+@dataclass
+class _Search:
+    index: VectorIndex
+    queries: np.ndarray
+    k: int
+    ef: int
+    future: Future[Hits]
+
+
+@dataclass
+class _Call:
+    fn: Callable[[], Any]
+    future: Future[Any]
+
+
+@dataclass
+class _Apply:
+    steps: list[tuple[Future[Any], Callable[[], Any]]]
+
+
+class IndexWorker:
+    """The one thread that calls usearch: updates, searches and calls in arrival order."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[_Search | _Call | _Apply | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="shoal-index", daemon=True)
+        self._stopped = False
+        self._lock = threading.Lock()  # no item may be queued behind the stop marker
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish everything queued, then end the thread."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _put(self, item: _Search | _Call | _Apply) -> None:
+        with self._lock:
+            if self._stopped:
+                raise Unavailable("the shard is shutting down")
+            self._queue.put(item)
+
+    def search(self, index: VectorIndex, queries: np.ndarray, k: int, ef: int) -> Future[Hits]:
+        """Queue a search; the future resolves to its Hits."""
+        future: Future[Hits] = Future()
+        self._put(_Search(index, queries, k, ef, future))
+        return future
+
+    def call(self, fn: Callable[[], T]) -> Future[T]:
+        """Run fn on the worker thread, after everything queued before it."""
+        future: Future[T] = Future()
+        self._put(_Call(fn, future))
+        return future
+
+    def apply(self, steps: list[tuple[Future[Any], Callable[[], Any]]]) -> None:
+        """Run each step's function in order and resolve its (already running) future with the result."""
+        self._put(_Apply(steps))
+
+    def _run(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            while len(items) < MAX_DRAIN and not self._queue.empty():
+                items.append(self._queue.get())
+            searches: list[_Search] = []
+            for item in items:
+                if isinstance(item, _Search):
+                    searches.append(item)
+                    continue
+                # Searches never move past an update: a search queued after it must see it.
+                self._searches(searches)
+                searches = []
+                if item is None:
+                    return
+                if isinstance(item, _Apply):
+                    for future, fn in item.steps:
+                        _resolve(future, fn)
+                elif item.future.set_running_or_notify_cancel():
+                    _resolve(item.future, item.fn)
+            self._searches(searches)
+
+    def _searches(self, searches: list[_Search]) -> None:
+        groups: dict[tuple[int, int, int], list[_Search]] = {}
+        for s in searches:
+            if s.future.set_running_or_notify_cancel():
+                groups.setdefault((id(s.index), s.k, s.ef), []).append(s)
+        for group in groups.values():
+            first = group[0]
+            try:
+                queries = group[0].queries if len(group) == 1 else np.concatenate([s.queries for s in group])
+                hits = first.index.search(queries, first.k, first.ef)
+            except Exception as exc:
+                log.exception("search failed")
+                for s in group:
+                    s.future.set_exception(exc)
+                continue
+            start = 0
+            for s in group:
+                end = start + len(s.queries)
+                part = slice(start, end)
+                s.future.set_result(Hits(hits.keys[part], hits.distances[part], hits.counts[part]))
+                start = end
+
+
+def _resolve(future: Future[Any], fn: Callable[[], Any]) -> None:
+    try:
+        result = fn()
+    except Exception as exc:
+        log.exception("index worker task failed")
+        future.set_exception(exc)
+    else:
+        future.set_result(result)

@@ -1,0 +1,59 @@
+"""The shard process: pin to cores, serve the Shard service, load data, stop cleanly on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from shoal._rpc import add_standard_services, aio_server, bind, set_serving, wait_for_signal
+from shoal.shard.core import Shard
+from shoal.shard.servicer import ShardServicer
+from shoal.v1 import shard_pb2, shard_pb2_grpc
+
+log = logging.getLogger("shoal.shard")
+
+SERVICE = shard_pb2.DESCRIPTOR.services_by_name["Shard"].full_name
+GRACE_SECONDS = 5
+
+
+def run(data: Path, listen: str, cores: list[int] | None) -> None:
+    """Run a shard on `listen` with its data under `data` until SIGTERM or SIGINT."""
+    if cores:
+        os.sched_setaffinity(0, cores)
+    threads = len(cores) if cores else len(os.sched_getaffinity(0))
+    asyncio.run(_serve(Path(data), listen, threads))
+
+
+async def _serve(data: Path, listen: str, threads: int) -> None:
+    shard = Shard(data, threads=threads)
+    server = aio_server()
+    servicer = ShardServicer(shard)
+    shard_pb2_grpc.add_ShardServicer_to_server(servicer, server)
+    health = add_standard_services(server, [SERVICE])
+    await set_serving(health, [SERVICE], False)
+    servicer.address = bind(server, listen)
+    signalled = asyncio.create_task(wait_for_signal())
+    await server.start()
+    print(f"shoal shard listening on {servicer.address}", flush=True)
+    loading = asyncio.create_task(asyncio.to_thread(shard.open))
+    try:
+        await asyncio.wait({signalled, loading}, return_when=asyncio.FIRST_COMPLETED)
+        if loading.done():
+            if loading.exception() is not None:  # a shard that cannot load its data must not serve
+                log.error("shard cannot load its data from %s", data, exc_info=loading.exception())
+                raise SystemExit(1)
+            await set_serving(health, [SERVICE], True)
+            log.info("shard serving on %s with %d threads, data in %s", servicer.address, threads, data)
+            await signalled
+        log.info("shard on %s stopping", servicer.address)
+    finally:
+        await set_serving(health, [SERVICE], False)
+        await server.stop(grace=GRACE_SECONDS)
+        signalled.cancel()
+        with contextlib.suppress(Exception):
+            await loading  # the load thread cannot be interrupted; its failure is already raised above
+        await asyncio.to_thread(shard.close)
+        log.info("shard on %s stopped", servicer.address)

@@ -1,0 +1,132 @@
+"""The Shard gRPC service: decode, call the core (on a thread where it blocks), encode."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from shoal._config import CollectionConfig
+from shoal._errors import ShoalError
+from shoal._wire import decode_ids, decode_matrix, encode_counts, encode_ids, encode_matrix
+from shoal.shard.core import CollectionStats, Shard
+from shoal.shard.results import SearchResult
+from shoal.v1 import shard_pb2_grpc
+from shoal.v1 import types_pb2 as pb
+
+log = logging.getLogger("shoal.shard.servicer")
+
+
+class ShardServicer(shard_pb2_grpc.ShardServicer):
+    """The coordinator-facing service of one shard."""
+
+    def __init__(self, shard: Shard, address: str = "") -> None:
+        self._shard = shard
+        self.address = address  # reported in ShardStats; set once the port is bound
+
+    def _info(self, stats: CollectionStats) -> pb.CollectionInfo:
+        shard = pb.ShardStats(address=self.address, count=stats.count, memory_bytes=stats.memory_bytes)
+        return pb.CollectionInfo(config=stats.config.to_proto(), count=stats.count, shards=[shard])
+
+    async def CreateCollection(self, request: pb.CreateCollectionRequest,
+                               context: grpc.aio.ServicerContext) -> pb.CreateCollectionResponse:
+        config = CollectionConfig.from_proto(request.config)
+        stats, created = await asyncio.to_thread(self._shard.create_collection, config)
+        return pb.CreateCollectionResponse(info=self._info(stats), created=created)
+
+    async def DropCollection(self, request: pb.DropCollectionRequest,
+                             context: grpc.aio.ServicerContext) -> pb.DropCollectionResponse:
+        dropped = await asyncio.to_thread(self._shard.drop_collection, request.name)
+        return pb.DropCollectionResponse(dropped=dropped)
+
+    async def ListCollections(self, request: pb.ListCollectionsRequest,
+                              context: grpc.aio.ServicerContext) -> pb.ListCollectionsResponse:
+        return pb.ListCollectionsResponse(names=self._shard.list_collections())
+
+    async def DescribeCollection(self, request: pb.DescribeCollectionRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.CollectionInfo:
+        return self._info(await asyncio.to_thread(self._shard.describe, request.name))
+
+    async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
+        ids, vectors = decode_ids(request.ids), decode_matrix(request.vectors)
+        future = await asyncio.to_thread(self._shard.submit_upsert, request.collection, ids, vectors,
+                                         request.payloads)
+        return pb.UpsertResponse(upserted=await asyncio.wrap_future(future))
+
+    async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
+        points = await asyncio.to_thread(self._shard.get, request.collection, decode_ids(request.ids),
+                                         request.with_vectors, request.with_payload)
+        response = pb.GetResponse(ids=encode_ids(points.ids), payloads=points.payloads or [])
+        if points.vectors is not None:
+            response.vectors.CopyFrom(encode_matrix(points.vectors))
+        return response
+
+    async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
+        ids = decode_ids(request.ids)
+        future = await asyncio.to_thread(self._shard.submit_delete, request.collection, ids)
+        return pb.DeleteResponse(deleted=await asyncio.wrap_future(future))
+
+    async def Count(self, request: pb.CountRequest, context: grpc.aio.ServicerContext) -> pb.CountResponse:
+        return pb.CountResponse(count=self._shard.count(request.collection))
+
+    async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
+        return await self._search(request)
+
+    async def SearchStream(self, request_iterator: AsyncIterator[pb.SearchRequest],
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.SearchResponse]:
+        answers: asyncio.Queue[pb.SearchResponse | None] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def answer(request: pb.SearchRequest) -> None:
+            await answers.put(await self._stream_answer(request))
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(answer(request))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                await asyncio.gather(*list(pending))
+            finally:
+                await answers.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await answers.get()) is not None:
+                yield response
+            await reader  # a broken request stream fails the call
+        finally:
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()
+
+    async def _stream_answer(self, request: pb.SearchRequest) -> pb.SearchResponse:
+        """A stream answer: the result, or this request's error without breaking the stream."""
+        try:
+            return await self._search(request)
+        except ShoalError as exc:
+            code, message = exc.code, exc.message
+        except Exception:
+            log.exception("unexpected error in SearchStream request %d", request.request_id)
+            code, message = grpc.StatusCode.INTERNAL, "internal error in SearchStream; see the server log"
+        return pb.SearchResponse(request_id=request.request_id, error_code=code.value[0],
+                                 error_message=message)
+
+    async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
+        queries = decode_matrix(request.queries, "queries")
+        future = self._shard.submit_search(request.collection, queries, request.k, request.ef,
+                                           request.with_payload, request.with_vectors)
+        return encode_search(await asyncio.wrap_future(future), request.request_id)
+
+
+def encode_search(result: SearchResult, request_id: int) -> pb.SearchResponse:
+    """The wire form of a search result."""
+    response = pb.SearchResponse(k=result.k, ids=encode_ids(result.ids.ravel()),
+                                 distances=encode_matrix(result.distances),
+                                 counts=encode_counts(result.counts), payloads=result.payloads or [],
+                                 request_id=request_id)
+    if result.vectors is not None:
+        response.vectors.CopyFrom(encode_matrix(result.vectors))
+    return response

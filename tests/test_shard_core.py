@@ -1,0 +1,322 @@
+"""The shard core without gRPC: storage, group commit, index and search against exact numpy answers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from shoal._config import CollectionConfig
+from shoal._errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from shoal.shard.committer import Committer
+from shoal.shard.core import Shard
+from shoal.shard.index import Hits, IndexWorker
+from shoal.shard.results import resolve_hits
+from shoal.shard.storage import Storage, pack_key
+from tests.conftest import brute_force, clustered
+
+DIM = 16
+
+
+@pytest.fixture
+def shard(tmp_path: Path) -> Iterator[Shard]:
+    """An open shard with a uint64 collection "u" and a string-id collection "s" (l2)."""
+    with Shard(tmp_path, threads=2) as s:
+        s.create_collection(CollectionConfig("u", DIM))
+        s.create_collection(CollectionConfig("s", DIM, metric="l2", id_type="string"))
+        yield s
+
+
+def payloads(n: int, start: int = 0) -> list[bytes]:
+    return [b'{"i":%d}' % i for i in range(start, start + n)]
+
+
+def test_upsert_then_get_returns_the_exact_bytes_in_request_order(shard: Shard) -> None:
+    x = clustered(100, DIM, seed=1)
+    assert shard.upsert("u", np.arange(100, dtype=np.uint64), x, payloads(100)) == 100
+    points = shard.get("u", [7, 1000, 3, 99])
+    assert points.ids.tolist() == [7, 3, 99]
+    assert points.vectors is not None and points.vectors.tobytes() == x[[7, 3, 99]].tobytes()
+    assert points.payloads == [b'{"i":7}', b'{"i":3}', b'{"i":99}']
+    bare = shard.get("u", [5], with_vectors=False, with_payload=False)
+    assert bare.ids.tolist() == [5] and bare.vectors is None and bare.payloads is None
+    assert shard.count("u") == 100
+
+
+def test_upsert_replaces_an_existing_id(shard: Shard) -> None:
+    x = clustered(50, DIM, seed=2)
+    shard.upsert("u", np.arange(50, dtype=np.uint64), x, payloads(50))
+    new = -x[:1]
+    shard.upsert("u", [0], new, [b'{"new":true}'])
+    points = shard.get("u", [0])
+    assert points.vectors is not None and points.vectors.tobytes() == new.tobytes()
+    assert points.payloads == [b'{"new":true}']
+    assert shard.count("u") == 50
+    hit = shard.search("u", new, k=1)
+    assert hit.ids[0, 0] == 0 and hit.distances[0, 0] == pytest.approx(0, abs=1e-5)
+    shard.upsert("u", [1], x[1:2])  # no payload: the old one goes too
+    assert shard.get("u", [1]).payloads == [b""]
+
+
+def test_deleted_points_never_come_back(shard: Shard) -> None:
+    x = clustered(300, DIM, seed=3)
+    shard.upsert("u", np.arange(300, dtype=np.uint64), x)
+    gone = np.arange(0, 300, 3, dtype=np.uint64)
+    assert shard.delete("u", np.append(gone, np.uint64(5000))) == len(gone)
+    assert shard.delete("u", gone) == 0
+    assert shard.count("u") == 200
+    assert shard.get("u", gone).ids.size == 0
+    for ef in (0, 4096):  # approximate and exact
+        found = shard.search("u", x[gone], k=20, ef=ef)
+        assert not np.isin(found.ids, gone[gone > 0]).any()
+
+
+def test_string_ids_round_trip_replace_search_and_delete(shard: Shard) -> None:
+    x = clustered(20, DIM, seed=4)
+    names = np.array([f"doc-{i}" for i in range(20)], dtype=object)
+    assert shard.upsert("s", names, x, payloads(20)) == 20
+    assert shard.upsert("s", ["doc-3", "new"], x[:2]) == 2
+    assert shard.count("s") == 21
+    points = shard.get("s", ["new", "nope", "doc-3", "doc-4"])
+    assert points.ids.tolist() == ["new", "doc-3", "doc-4"]
+    assert points.vectors is not None and points.vectors.tobytes() == np.stack([x[1], x[0], x[4]]).tobytes()
+    found = shard.search("s", x[4:6], k=25, with_payload=True, with_vectors=True)
+    assert found.ids[0, 0] == "doc-4" and found.ids[1, 0] == "doc-5"
+    assert found.counts.tolist() == [21, 21] and found.ids[0, 21:].tolist() == ["", "", "", ""]
+    assert found.payloads is not None and found.payloads[0] == b'{"i":4}' and found.payloads[21] == b""
+    assert found.vectors is not None and found.vectors.shape == (50, DIM) and not found.vectors[21:25].any()
+    assert shard.delete("s", ["doc-3", "nope"]) == 1
+    assert "doc-3" not in shard.search("s", x[:1], k=25).ids
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2", "ip"])
+def test_exact_search_equals_numpy_brute_force(tmp_path: Path, metric: str) -> None:
+    x = clustered(1000, DIM, seed=5)
+    q = clustered(30, DIM, seed=6)
+    with Shard(tmp_path, threads=2) as shard:
+        shard.create_collection(CollectionConfig("c", DIM, metric=metric))
+        shard.upsert("c", np.arange(1000, dtype=np.uint64), x)
+        found = shard.search("c", q, k=10, ef=1000)  # ef covers the index: brute force
+        order, dist = brute_force(x, q, 10, metric)
+        assert found.ids.tolist() == order.tolist()
+        np.testing.assert_allclose(found.distances, dist, rtol=1e-4, atol=1e-4)
+        approx = shard.search("c", q, k=10)
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approx.ids, order, strict=True)])
+        assert recall > 0.9
+
+
+def test_search_pads_when_fewer_points_than_k(shard: Shard) -> None:
+    x = clustered(3, DIM, seed=7)
+    shard.upsert("u", [10, 11, 12], x)
+    found = shard.search("u", x[:2], k=5, with_payload=True)
+    assert found.counts.tolist() == [3, 3]
+    assert found.ids[:, 3:].tolist() == [[0, 0], [0, 0]] and np.isinf(found.distances[:, 3:]).all()
+    assert found.payloads == [b""] * 10
+    empty = shard.search("s", x[:1], k=2)
+    assert empty.counts.tolist() == [0] and empty.ids.tolist() == [["", ""]]
+
+
+def test_coalesced_searches_answer_each_caller(shard: Shard) -> None:
+    x = clustered(500, DIM, seed=8)
+    shard.upsert("u", np.arange(500, dtype=np.uint64), x)
+    futures = [shard.submit_search("u", x[i:i + 2], k=3, ef=500) for i in range(0, 100, 2)]
+    futures.append(shard.submit_search("u", x[:1], k=7, ef=500))
+    order, _ = brute_force(x, x[:100], 3, "cosine")
+    got = np.concatenate([f.result().ids for f in futures[:-1]])
+    assert got.tolist() == order.tolist()
+    assert futures[-1].result().ids.shape == (1, 7)
+
+
+def test_restart_keeps_every_point(tmp_path: Path) -> None:
+    x = clustered(600, DIM, seed=9)
+    with Shard(tmp_path, threads=2) as shard:
+        shard.create_collection(CollectionConfig("u", DIM))
+        shard.create_collection(CollectionConfig("s", DIM, id_type="string"))
+        for start in range(0, 600, 200):
+            shard.upsert("u", np.arange(start, start + 200, dtype=np.uint64), x[start:start + 200],
+                         payloads(200, start))
+        shard.delete("u", np.arange(0, 600, 10, dtype=np.uint64))
+        shard.upsert("s", ["a", "b", "c"], x[:3])
+        shard.delete("s", ["b"])
+        shard.create_collection(CollectionConfig("gone", DIM, id_type="string"))
+        shard.upsert("gone", ["a"], x[:1])
+        assert shard.search("gone", x[:1], k=1, with_payload=True).ids[0, 0] == "a"
+        shard.drop_collection("gone")
+        sequence = shard.sequence
+    with Shard(tmp_path, threads=2) as shard:
+        assert shard.sequence == sequence
+        assert shard.list_collections() == ["s", "u"]
+        assert shard.count("u") == 540 and shard.count("s") == 2
+        live = np.array([i for i in range(600) if i % 10], dtype=np.uint64)
+        points = shard.get("u", live)
+        assert points.ids.tolist() == live.tolist()
+        assert points.vectors is not None and points.vectors.tobytes() == x[live.astype(np.intp)].tobytes()
+        assert points.payloads == [b'{"i":%d}' % i for i in live]
+        assert shard.search("u", x[1:2], k=1, ef=1000).ids[0, 0] == 1
+        shard.upsert("s", ["d"], x[3:4])  # a new string id after restart must not reuse a key
+        assert shard.get("s", ["a", "c", "d"]).vectors.tobytes() == x[[0, 2, 3]].tobytes()  # type: ignore[union-attr]
+
+
+NAN = np.array([[np.nan] * DIM, [0.0] * DIM])
+BAD: list[tuple[str, Callable[[Shard, np.ndarray], Any], type[Exception]]] = [
+    ("unknown collection upsert", lambda s, x: s.upsert("nope", [1], x[:1]), NotFound),
+    ("unknown collection search", lambda s, x: s.search("nope", x[:1], k=1), NotFound),
+    ("dim mismatch", lambda s, x: s.upsert("u", [1], x[:1, :8]), InvalidArgument),
+    ("nan", lambda s, x: s.upsert("u", [1, 2], NAN), InvalidArgument),
+    ("inf", lambda s, x: s.upsert("u", [1], np.full((1, DIM), np.inf)), InvalidArgument),
+    ("beyond float32", lambda s, x: s.upsert("u", [1], np.full((1, DIM), 1e39)), InvalidArgument),
+    ("empty batch", lambda s, x: s.upsert("u", [], np.zeros((0, DIM))), InvalidArgument),
+    ("duplicate ids", lambda s, x: s.upsert("u", [1, 1], x[:2]), InvalidArgument),
+    ("string id, uint64 collection", lambda s, x: s.upsert("u", ["a"], x[:1]), InvalidArgument),
+    ("int id, string collection", lambda s, x: s.upsert("s", [1], x[:1]), InvalidArgument),
+    ("payload not json", lambda s, x: s.upsert("u", [1], x[:1], [b"{not json"]), InvalidArgument),
+    ("payload not an object", lambda s, x: s.upsert("u", [1], x[:1], [b"[1, 2]"]), InvalidArgument),
+    ("payload count", lambda s, x: s.upsert("u", [1, 2], x[:2], [b"{}"]), InvalidArgument),
+    ("vector count", lambda s, x: s.upsert("u", [1, 2], x[:1]), InvalidArgument),
+    ("reserved id", lambda s, x: s.upsert("u", [2**64 - 1], x[:1]), InvalidArgument),
+    ("1-d vectors", lambda s, x: s.upsert("u", [1], x[0]), InvalidArgument),
+    ("duplicate delete", lambda s, x: s.delete("u", [1, 1]), InvalidArgument),
+    ("empty delete", lambda s, x: s.delete("u", []), InvalidArgument),
+    ("k 0", lambda s, x: s.search("u", x[:1], k=0), InvalidArgument),
+    ("k too large", lambda s, x: s.search("u", x[:1], k=1025), InvalidArgument),
+    ("query dim", lambda s, x: s.search("u", x[:1, :4], k=1), InvalidArgument),
+    ("nan query", lambda s, x: s.search("u", NAN[:1], k=1), InvalidArgument),
+    ("no queries", lambda s, x: s.search("u", x[:0], k=1), InvalidArgument),
+    ("ef too large", lambda s, x: s.search("u", x[:1], k=1, ef=5000), InvalidArgument),
+    ("create, other config", lambda s, x: s.create_collection(CollectionConfig("u", DIM + 1)), AlreadyExists),
+]
+
+
+@pytest.mark.parametrize("call, error", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_input_raises_and_changes_nothing(shard: Shard, call: Callable[[Shard, np.ndarray], Any],
+                                              error: type[Exception]) -> None:
+    x = clustered(10, DIM, seed=10)
+    shard.upsert("u", np.arange(5, dtype=np.uint64), x[:5], payloads(5))
+    shard.upsert("s", ["a"], x[:1])
+    with pytest.raises(error):
+        call(shard, x)
+    assert shard.count("u") == 5 and shard.count("s") == 1
+    assert shard.get("u", [1]).payloads == [b'{"i":1}']
+    assert shard.describe("u").config == CollectionConfig("u", DIM)
+
+
+def test_unknown_collection_error_names_it(shard: Shard) -> None:
+    with pytest.raises(NotFound, match="'missing'"):
+        shard.count("missing")
+
+
+def test_create_is_idempotent_and_drop_forgets(shard: Shard) -> None:
+    stats, created = shard.create_collection(CollectionConfig("u", DIM))
+    assert not created and stats.count == 0
+    shard.upsert("u", [1], clustered(1, DIM))
+    assert shard.drop_collection("u") and not shard.drop_collection("u")
+    with pytest.raises(NotFound):
+        shard.get("u", [1])
+    _, created = shard.create_collection(CollectionConfig("u", 4))
+    assert created and shard.count("u") == 0 and shard.get("u", [1]).ids.size == 0
+    assert shard.describe("u").memory_bytes > 0
+
+
+def test_concurrent_upserts_are_all_durable_and_visible(tmp_path: Path) -> None:
+    writers, batches, rows = 8, 10, 50
+    x = clustered(writers * batches * rows, DIM, seed=11)
+    start = threading.Barrier(writers)
+    errors: list[BaseException] = []
+
+    def write(core: Shard, w: int) -> None:
+        try:
+            start.wait()
+            for b in range(batches):
+                first = (w * batches + b) * rows
+                ids = np.arange(first, first + rows, dtype=np.uint64)
+                assert core.upsert("c", ids, x[first:first + rows]) == rows
+                assert core.get("c", ids[-1:]).ids.tolist() == [first + rows - 1]  # read your writes
+        except BaseException as exc:
+            errors.append(exc)
+
+    with Shard(tmp_path, threads=2) as core:
+        core.create_collection(CollectionConfig("c", DIM))
+        threads = [threading.Thread(target=write, args=(core, w)) for w in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert core.count("c") == len(x)
+        assert (core.search("c", x[::37], k=1, ef=4096).ids[:, 0] == np.arange(0, len(x), 37)).all()
+    with Shard(tmp_path, threads=2) as core:
+        assert core.count("c") == len(x)
+
+
+class CountingStorage(Storage):
+    """A Storage that counts WAL syncs."""
+
+    syncs = 0
+
+    def flush_wal(self) -> None:
+        self.syncs += 1
+        super().flush_wal()
+
+
+def test_group_commit_makes_a_burst_durable_with_one_sync(tmp_path: Path) -> None:
+    storage = CountingStorage(tmp_path)
+    worker = IndexWorker()
+    committer = Committer(storage, worker)
+    worker.start()
+    committer.start()
+    release = threading.Event()
+    entered = threading.Event()
+
+    def blocking() -> tuple[Any, Callable[[], str]]:
+        entered.set()
+        release.wait()
+        return None, lambda: "first"
+
+    def write(i: int) -> Callable[[], tuple[Any, Callable[[], int]]]:
+        def prepare() -> tuple[Any, Callable[[], int]]:
+            batch = Storage.batch()
+            batch.put(pack_key(i), b"x")
+            return batch, lambda: i
+        return prepare
+
+    try:
+        first = committer.submit(blocking)
+        entered.wait()
+        burst: list[Future[Any]] = [committer.submit(write(i)) for i in range(20)]
+        release.set()
+        assert first.result() == "first"
+        assert [f.result() for f in burst] == list(range(20))
+        assert storage.syncs == 1 and storage.seq == 20
+    finally:
+        committer.stop()
+        worker.stop()
+        storage.close()
+    with pytest.raises(Unavailable):
+        committer.submit(blocking)
+
+
+def test_hits_of_points_deleted_meanwhile_are_left_out(tmp_path: Path) -> None:
+    storage = Storage(tmp_path)
+    try:
+        store = storage.create(CollectionConfig("s", 2, id_type="string"))
+        batch = Storage.batch()
+        for key, name in ((1, b"a"), (3, b"c")):
+            store.put_id(batch, name, pack_key(key))
+            store.put_point(batch, pack_key(key), np.array([key, 0], "<f4").tobytes() + b'{"k":%d}' % key)
+        storage.write(batch)
+        distances = np.array([[0.1, 0.2, 0.3], [0.2, np.inf, np.inf]], np.float32)
+        hits = Hits(np.array([[1, 2, 3], [2, 0, 0]], np.uint64), distances, np.array([3, 1], np.uint32))
+        result = resolve_hits(store, hits, with_payload=True, with_vectors=True)
+        assert result.ids.tolist() == [["a", "c", ""], ["", "", ""]]
+        assert result.counts.tolist() == [2, 0]
+        expected = np.array([[0.1, 0.3, np.inf], [np.inf] * 3], np.float32)
+        np.testing.assert_array_equal(result.distances, expected)
+        assert result.payloads == [b'{"k":1}', b'{"k":3}', b"", b"", b"", b""]
+        assert result.vectors is not None and result.vectors[:, 0].tolist() == [1, 3, 0, 0, 0, 0]
+    finally:
+        storage.close()
