@@ -22,9 +22,11 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     # Batches of vectors are large; beyond this the peer answers RESOURCE_EXHAUSTED.
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    # Notice a dead peer within seconds, even on an idle long-lived stream.
+    # Notice a dead peer within seconds, even on an idle long-lived stream. gRPC waits for the ping's
+    # answer for ping_timeout (default 60 s), not keepalive_timeout; the latter sets TCP_USER_TIMEOUT.
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.ping_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     # Reconnect to a restarted peer quickly instead of backing off for minutes.
@@ -37,10 +39,16 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    # Accept the clients' keepalive pings instead of closing with "too many pings".
+    # Accept the clients' keepalive pings instead of closing with "too many pings": a coordinator pings
+    # its shards every 2 s (coordinator/shards.py), more often than gRPC's default policy allows.
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
     ("grpc.http2.max_ping_strikes", 0),
+    # Ping idle clients too, so the streams of a peer that vanished without closing its connection (a cut
+    # link, a powered-off host) are freed within 15 s instead of after TCP's two hours.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.ping_timeout_ms", 5_000),
     # One process owns its port: a second one must fail to bind, not share it.
     ("grpc.so_reuseport", 0),
 ]
@@ -52,8 +60,11 @@ def channel(address: str) -> grpc.Channel:
 
 
 def aio_channel(address: str, extra_options: Iterable[tuple[str, Any]] = ()) -> grpc.aio.Channel:
-    """An asyncio channel to a Shoal process, with any options its caller adds."""
-    return grpc.aio.insecure_channel(address, options=[*CHANNEL_OPTIONS, *extra_options])
+    """An asyncio channel to a Shoal process; the caller's options replace defaults of the same name."""
+    # gRPC keeps the first of two options with one name, so a default would silently win over an override.
+    options = dict(CHANNEL_OPTIONS)
+    options.update(extra_options)
+    return grpc.aio.insecure_channel(address, options=list(options.items()))
 
 
 async def _translate(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
