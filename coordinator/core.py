@@ -12,6 +12,7 @@ from grpc import StatusCode
 from shoal._config import MAX_QUERIES, CollectionConfig, check_k, check_name
 from shoal._errors import AlreadyExists, Internal, InvalidArgument, NotFound, ShoalError
 from shoal._wire import check_ids, check_upsert, check_vectors, encode_ids, encode_matrix
+from shoal.coordinator.batcher import DEFAULT_BATCHING, BatchConfig, SearchBatcher, Shape
 from shoal.coordinator.codec import found_from_proto, topk_from_proto
 from shoal.coordinator.merge import Found, TopK, merge, merge_found
 from shoal.coordinator.topology import Topology
@@ -63,11 +64,14 @@ class Coordinator:
     idempotent, so the caller retries the whole call.
     """
 
-    def __init__(self, topology: Topology, shards: Sequence[ShardConnection]) -> None:
+    def __init__(self, topology: Topology, shards: Sequence[ShardConnection], *,
+                 batching: BatchConfig | None = DEFAULT_BATCHING) -> None:
         if len(shards) != len(topology.addresses):
             raise ValueError(f"{len(shards)} shard connections for {len(topology.addresses)} shards")
         self.topology = topology
         self.shards = list(shards)
+        # None: every search fans out on its own (no coalescing).
+        self.batcher = SearchBatcher(self._search_shards, batching) if batching is not None else None
 
     async def _fan_out(self, shard_indexes: Iterable[int], call: Callable[[int], Awaitable[T]]) -> list[T]:
         """Call the given shards concurrently; every call finishes before the answer or the error."""
@@ -176,6 +180,14 @@ class Coordinator:
     async def search(self, name: str, queries: np.ndarray, k: int, ef: int, with_payload: bool,
                      with_vectors: bool, timeout: float | None) -> TopK:
         """The global top-k of each query: every shard's local top-k, merged."""
+        return await self.submit_search(name, queries, k, ef, with_payload, with_vectors, timeout)
+
+    def submit_search(self, name: str, queries: np.ndarray, k: int, ef: int, with_payload: bool,
+                      with_vectors: bool, timeout: float | None) -> asyncio.Future[TopK]:
+        """Validate a search (raising at once) and start it; the future resolves to its merged top-k.
+
+        A future rather than a coroutine, so a stream can wait for many searches without a task each.
+        """
         check_name(name)
         check_k(k)
         if len(queries) == 0:
@@ -184,18 +196,25 @@ class Coordinator:
             raise InvalidArgument(
                 f"the batch has {len(queries)} queries; at most {MAX_QUERIES} are allowed per call")
         check_vectors(queries, what="queries")
-        request = pb.SearchRequest(collection=name, queries=encode_matrix(queries), k=k, ef=ef,
-                                   with_payload=with_payload, with_vectors=with_vectors)
+        shape = Shape(name, queries.shape[1], k, ef, with_payload, with_vectors)
+        if self.batcher is not None:
+            return self.batcher.submit(shape, queries, timeout)
+        return asyncio.ensure_future(self._search_shards(shape, queries, timeout))
+
+    async def _search_shards(self, shape: Shape, queries: np.ndarray, timeout: float | None) -> TopK:
+        """One fan-out: every shard's local top-k of all `queries`, merged."""
+        request = pb.SearchRequest(collection=shape.collection, queries=encode_matrix(queries), k=shape.k,
+                                   ef=shape.ef, with_payload=shape.with_payload, with_vectors=shape.with_vectors)
 
         async def search(shard: ShardConnection) -> TopK:
             answer = await shard.search(request, timeout)
             try:
-                return topk_from_proto(answer, len(queries), with_payload)
+                return topk_from_proto(answer, len(queries), shape.with_payload)
             except (ValueError, InvalidArgument) as exc:
                 raise Internal(f"shard {shard.address} answered search with a bad result: {exc}") from exc
 
         parts = await self._all(search)
         try:
-            return merge(parts, k)
+            return merge(parts, shape.k)
         except ValueError as exc:
             raise Internal(f"the shards' search results do not fit together: {exc}") from exc

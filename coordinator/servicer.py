@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 
 import grpc
+import numpy as np
 
 from shoal._config import CollectionConfig
 from shoal._errors import ShoalError
 from shoal._wire import decode_ids, decode_matrix
 from shoal.coordinator.codec import found_to_proto, topk_to_proto, topology_to_proto
 from shoal.coordinator.core import Coordinator
+from shoal.coordinator.merge import TopK
 from shoal.v1 import shoal_pb2_grpc
 from shoal.v1 import types_pb2 as pb
 
@@ -20,6 +23,9 @@ log = logging.getLogger("shoal.coordinator")
 
 # Searches of one SearchStream in flight at once; beyond it the stream stops reading (backpressure).
 STREAM_WINDOW = 64
+# Messages of one UpsertStream being applied at once.
+UPSERT_WINDOW = 2
+
 
 def _timeout(context: grpc.aio.ServicerContext) -> float | None:
     """The seconds left before the caller's deadline (None without one)."""
@@ -62,14 +68,34 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
     async def UpsertStream(self, request_iterator: AsyncIterator[pb.UpsertRequest],
                            context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
         total = 0
-        # One message at a time, so a later message overwrites an earlier one with the same id.
-        async for request in request_iterator:
-            total += await self._upsert(request, context)
+        # Up to UPSERT_WINDOW messages are applied at once, so each shard works through its share at its own
+        # pace instead of waiting for the slowest shard after every message; a message that shares an id with
+        # one still running waits for it, so a later message still overwrites an earlier one.
+        running: dict[asyncio.Task[int], np.ndarray] = {}
+        try:
+            async for request in request_iterator:
+                ids = decode_ids(request.ids)
+                while running and (len(running) >= UPSERT_WINDOW
+                                   or any(_share_ids(ids, other) for other in running.values())):
+                    done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        del running[task]
+                        total += task.result()
+                running[asyncio.create_task(self._upsert(request, context, ids))] = ids
+            for task in list(running):
+                total += await task
+                del running[task]
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
         return pb.UpsertResponse(upserted=total)
 
-    async def _upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> int:
-        ids, vectors = decode_ids(request.ids), decode_matrix(request.vectors)
-        return await self._core.upsert(request.collection, ids, vectors, request.payloads, _timeout(context))
+    async def _upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext,
+                      ids: np.ndarray | None = None) -> int:
+        ids = decode_ids(request.ids) if ids is None else ids
+        return await self._core.upsert(request.collection, ids, decode_matrix(request.vectors), request.payloads,
+                                       _timeout(context))
 
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
         found = await self._core.get(request.collection, decode_ids(request.ids), request.with_vectors,
@@ -84,48 +110,41 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
         return pb.CountResponse(count=await self._core.count(request.collection, _timeout(context)))
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
-        return await self._search(request, context)
+        return topk_to_proto(await self._submit_search(request, context), request.request_id)
 
-    async def _search(self, request: pb.SearchRequest,
-                      context: grpc.aio.ServicerContext) -> pb.SearchResponse:
-        result = await self._core.search(
+    def _submit_search(self, request: pb.SearchRequest,
+                       context: grpc.aio.ServicerContext) -> asyncio.Future[TopK]:
+        return self._core.submit_search(
             request.collection, decode_matrix(request.queries, "queries"), request.k, request.ef,
             request.with_payload, request.with_vectors, _timeout(context))
-        return topk_to_proto(result, request.request_id)
-
-    async def _stream_answer(self, request: pb.SearchRequest,
-                             context: grpc.aio.ServicerContext) -> pb.SearchResponse:
-        """The answer to one question of a stream; a failure answers only that question."""
-        try:
-            return await self._search(request, context)
-        except ShoalError as exc:
-            code, message = exc.code, exc.message
-        except Exception:
-            log.exception("unexpected error in SearchStream")
-            code, message = grpc.StatusCode.INTERNAL, "internal error in SearchStream; see the server log"
-        return pb.SearchResponse(request_id=request.request_id, error_code=code.value[0],
-                                 error_message=message)
 
     async def SearchStream(self, request_iterator: AsyncIterator[pb.SearchRequest],
                            context: grpc.aio.ServicerContext) -> AsyncIterator[pb.SearchResponse]:
         answers: asyncio.Queue[pb.SearchResponse | None] = asyncio.Queue()  # None: no more answers
         window = asyncio.Semaphore(STREAM_WINDOW)
-        running: set[asyncio.Task[None]] = set()
+        # Each search is a future with a callback rather than a task: a stream of single queries is the
+        # hottest path there is, and a task per question costs more than the rest of its handling.
+        running: set[asyncio.Future[TopK]] = set()
 
-        async def answer(request: pb.SearchRequest) -> None:
-            try:
-                answers.put_nowait(await self._stream_answer(request, context))
-            finally:
-                window.release()
+        def answered(request_id: int, future: asyncio.Future[TopK]) -> None:
+            running.discard(future)
+            window.release()
+            if not future.cancelled():
+                answers.put_nowait(_stream_answer(request_id, future.exception() or future.result()))
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
                     await window.acquire()
-                    task = asyncio.create_task(answer(request))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-                if running:
+                    try:
+                        future = self._submit_search(request, context)
+                    except Exception as exc:  # a bad question: answer it and read on
+                        window.release()
+                        answers.put_nowait(_stream_answer(request.request_id, exc))
+                        continue
+                    running.add(future)
+                    future.add_done_callback(functools.partial(answered, request.request_id))
+                while running:
                     await asyncio.wait(set(running))
             finally:
                 answers.put_nowait(None)
@@ -136,6 +155,25 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
                 yield item
             await reader  # a broken request stream fails the call
         finally:
-            for task in (reader, *running):
-                task.cancel()
-            await asyncio.gather(reader, *running, return_exceptions=True)
+            for future in (reader, *running):
+                future.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+
+def _share_ids(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two batches of ids have one in common."""
+    if a.dtype == object or b.dtype == object:
+        return not set(a.tolist()).isdisjoint(b.tolist())
+    return bool(np.intersect1d(a, b).size)
+
+
+def _stream_answer(request_id: int, outcome: TopK | BaseException) -> pb.SearchResponse:
+    """The answer to one question of a stream; a failure answers only that question."""
+    if isinstance(outcome, TopK):
+        return topk_to_proto(outcome, request_id)
+    if isinstance(outcome, ShoalError):
+        code, message = outcome.code, outcome.message
+    else:
+        log.error("unexpected error in SearchStream", exc_info=outcome)
+        code, message = grpc.StatusCode.INTERNAL, "internal error in SearchStream; see the server log"
+    return pb.SearchResponse(request_id=request_id, error_code=code.value[0], error_message=message)

@@ -1,74 +1,86 @@
 """Benchmark Shoal against in-process usearch on the same data and cores, in the same run.
 
     python loadtest/bench.py --data ../shared/data/wordnet-minilm --n 100000
-    python loadtest/bench.py --generate 50000 --dim 128
+    python loadtest/bench.py --data ../shared/data/wordnet-minilm --n 100000 --precision f32,bf16,f16,i8
+    python loadtest/bench.py --generate 50000 --dim 128 --ef 16,32,64
+    python loadtest/bench.py --address 127.0.0.1:7070 ...    # a running cluster instead of a fresh local one
 
-Prints a table (recall@10, queries/s, latency percentiles, and the ratio Shoal / in-process at
-equal recall), and writes bench-results/bench.json and bench-results/bench.png.
+It starts a local cluster (or uses --address), loads the data through the SDK (durable acknowledgements),
+builds the same index in this process with usearch on the same cores, then sweeps ef. Systems and modes
+are measured interleaved, --repeat times, so both see the same machine load; ratios are taken per round
+and the median is reported. Modes:
+
+    usearch  all            every query in one call, on all cores (the ceiling the targets refer to)
+    usearch  batch          --batch queries per call, on all cores
+    usearch  single         one query per call, one thread
+    shoal    batch          one client, --batch queries per unary call, one call at a time
+    shoal    batch-stream   one client, --batch queries per message over one search stream, --pipeline in flight
+    shoal    single-unary   --clients asyncio clients, one query per unary call
+    shoal    single-stream  --clients asyncio clients, each one query at a time over its own search stream
+    shoal    single-sync    --clients threads with the blocking Client, one query per unary call
+
+Shoal's throughput at the target recall is interpolated on its recall-throughput curve and divided by
+in-process `all` at the same recall. The single-query modes are then run again at half their top load
+(open loop, latency from when each query was due) for p50/p95/p99. On a local cluster the CPU time of
+every process is reported per query, which shows where the time goes. Writes OUT/bench.json and
+OUT/bench.png (recall against queries/s, one panel per precision).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
+import platform
 import statistics
 import tempfile
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import usearch
+from loadgen import (
+    CpuMeter,
+    Run,
+    Session,
+    drive,
+    drive_threads,
+    ground_truth,
+    percentiles,
+    recall,
+    repeat_for,
+)
+from report import SINGLE_MODES, HalfLoad, Ingest, Point, plot, print_report, ratios, summarize
 from usearch.index import Index
 
 import shoal
 from shoal._local import LocalCluster
 
+K = 10  # neighbours per query: recall@10 throughout
 METRIC = {"cosine": "cos", "l2": "l2sq", "ip": "ip"}
-
-
-@dataclass
-class Point:
-    """One measured configuration: a system, a mode and an ef."""
-
-    system: str
-    mode: str
-    ef: int
-    recall: float
-    qps: float
-    p50_ms: float = 0.0
-    p95_ms: float = 0.0
-    p99_ms: float = 0.0
-
-
-@dataclass
-class Report:
-    """Everything one run measured."""
-
-    dataset: str
-    n: int
-    dim: int
-    queries: int
-    shards: int
-    precision: str
-    ingest_shoal_vps: float = 0.0
-    ingest_usearch_vps: float = 0.0
-    memory_shoal_bytes: int = 0
-    memory_usearch_bytes: int = 0
-    points: list[Point] = field(default_factory=list)
+USEARCH_MODES = ["all", "batch", "single"]
+SHOAL_MODES = ["batch", "batch-stream", "single-unary", "single-stream", "single-sync"]
 
 
 def load(args: argparse.Namespace) -> tuple[str, np.ndarray, np.ndarray]:
-    """The base vectors and queries: from a .npy dataset or generated clustered data."""
+    """Base vectors and held-out queries: from a .npy dataset or generated clustered data."""
     if args.data:
         path = Path(args.data)
-        base_file = path / "base.npy" if path.is_dir() else path
-        base = np.load(base_file, mmap_mode="r")[: args.n].astype(np.float32)
+        raw = np.load(path / "base.npy" if path.is_dir() else path, mmap_mode="r")
+        n = min(args.n, len(raw))
         qfile = path / "queries.npy" if path.is_dir() else None
-        queries = np.load(qfile).astype(np.float32) if qfile and qfile.exists() else base[-args.queries:]
-        return path.name, base, queries[: args.queries]
+        given = np.load(qfile).astype(np.float32) if qfile and qfile.exists() else np.zeros((0, raw.shape[1]))
+        missing = max(0, args.queries - len(given))
+        if missing and n + missing > len(raw):
+            n = max(1, len(raw) - missing)  # hold the queries out of the base
+        extra = np.asarray(raw[n:n + missing], dtype=np.float32)
+        queries = np.concatenate([given, extra]).astype(np.float32)[: args.queries]
+        return path.name if path.is_dir() else path.stem, np.asarray(raw[:n], dtype=np.float32), queries
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((100, args.dim)).astype(np.float32)
     pts = centers[rng.integers(0, 100, args.generate + args.queries)]
@@ -76,203 +88,279 @@ def load(args: argparse.Namespace) -> tuple[str, np.ndarray, np.ndarray]:
     return f"generated-{args.generate}x{args.dim}", pts[: args.generate], pts[args.generate:]
 
 
-def ground_truth(base: np.ndarray, queries: np.ndarray, k: int, metric: str) -> np.ndarray:
-    """Exact top-k ids by numpy, in blocks so memory stays bounded."""
-    out = np.empty((len(queries), k), dtype=np.int64)
-    b = base / np.linalg.norm(base, axis=1, keepdims=True) if metric == "cosine" else base
-    sq = (base * base).sum(1)
-    for lo in range(0, len(queries), 100):
-        q = queries[lo:lo + 100]
-        if metric == "cosine":
-            d = -(q / np.linalg.norm(q, axis=1, keepdims=True)) @ b.T
-        elif metric == "ip":
-            d = -q @ base.T
-        else:
-            d = sq[None, :] - 2 * q @ base.T
-        part = np.argpartition(d, k, axis=1)[:, :k]
-        order = np.argsort(np.take_along_axis(d, part, 1), axis=1)
-        out[lo:lo + 100] = np.take_along_axis(part, order, 1)
-    return out
+@contextlib.contextmanager
+def cluster(args: argparse.Namespace) -> Iterator[tuple[str, dict[str, int]]]:
+    """The address to benchmark and the pids of its processes (none for a cluster given by --address)."""
+    if args.address:
+        yield args.address, args.pids
+        return
+    with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp, \
+            LocalCluster(data=Path(tmp), shards=args.shards) as local:
+        pids = {f"shard{i}": p.popen.pid for i, p in enumerate(local.shard_procs) if p.popen}
+        if local.coordinator and local.coordinator.popen:
+            pids["coordinator"] = local.coordinator.popen.pid
+        yield local.address, pids
 
 
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean recall@k of found ids against the truth."""
-    k = truth.shape[1]
-    return float(np.mean([len(set(found[i, :k].tolist()) & set(truth[i].tolist())) / k for i in range(len(truth))]))
+def first_pass(run: Run, rows: int) -> np.ndarray:
+    """The answers of the first pass over the items, stacked as (queries, k)."""
+    return np.vstack([a.reshape(-1, K) for a in run.answers if a is not None])[:rows]
 
 
-def percentiles(latencies: list[float]) -> tuple[float, float, float]:
-    """p50, p95 and p99 in milliseconds."""
-    if len(latencies) < 2:
-        return (latencies[0] * 1e3,) * 3 if latencies else (0.0, 0.0, 0.0)
-    q = statistics.quantiles(latencies, n=100)
-    return q[49] * 1e3, q[94] * 1e3, q[98] * 1e3
+async def _noop() -> None:
+    return None
 
 
-def concurrent(fn: Callable[[int], np.ndarray], n: int, clients: int) -> tuple[np.ndarray, list[float], float]:
-    """Run fn(i) for i < n from `clients` threads; the ids of each, the latencies, and the wall time."""
-    results: list[np.ndarray | None] = [None] * n
-    lat: list[float] = []
-    lock = threading.Lock()
-    counter = iter(range(n))
+class Bench:
+    """One benchmark run: the data, both systems, and everything measured."""
 
-    def worker() -> None:
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            t = time.perf_counter()
-            results[i] = fn(i)
-            dt = time.perf_counter() - t
-            with lock:
-                lat.append(dt)
+    def __init__(self, args: argparse.Namespace, base: np.ndarray, queries: np.ndarray, truth: np.ndarray,
+                 address: str, pids: dict[str, int]) -> None:
+        self.args, self.base, self.queries, self.truth = args, base, queries, truth
+        self.address, self.meter = address, CpuMeter(pids)
+        self.threads = len(os.sched_getaffinity(0))
+        self.points: list[Point] = []
+        self.ingests: list[Ingest] = []
+        self.half_loads: list[HalfLoad] = []
+        self._add_cpu = self._upsert_cpu = 0.0  # CPU us per vector of the last load of each system
 
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return np.vstack(results), lat, time.perf_counter() - start  # type: ignore[arg-type]
+    # in-process usearch
 
+    def build(self, precision: str) -> tuple[Index, float]:
+        """The in-process index of the same data, and its add rate on all cores."""
+        a = self.args
+        index = Index(ndim=self.base.shape[1], metric=METRIC[a.metric], dtype=precision, connectivity=a.m,
+                      expansion_add=a.ef_construction)
+        t, cpu = time.perf_counter(), time.process_time()
+        index.add(np.arange(len(self.base), dtype=np.uint64), self.base, threads=self.threads)
+        self._add_cpu = (time.process_time() - cpu) / len(self.base) * 1e6
+        return index, len(self.base) / (time.perf_counter() - t)
 
-def bench_usearch(report: Report, base: np.ndarray, queries: np.ndarray, truth: np.ndarray,
-                  efs: list[int], args: argparse.Namespace) -> None:
-    """The ceiling: usearch in this process, on all the cores the cluster gets."""
-    threads = len(os.sched_getaffinity(0))
-    index = Index(ndim=base.shape[1], metric=METRIC[args.metric], dtype=args.precision, connectivity=args.m,
-                  expansion_add=args.ef_construction)
-    t = time.perf_counter()
-    index.add(np.arange(len(base), dtype=np.uint64), base, threads=threads)
-    report.ingest_usearch_vps = len(base) / (time.perf_counter() - t)
-    report.memory_usearch_bytes = int(index.memory_usage)
-    for ef in efs:
+    def usearch(self, index: Index, precision: str, mode: str, ef: int, rnd: int) -> None:
+        """Measure one in-process mode."""
         index.expansion_search = ef
-        t = time.perf_counter()
-        found = index.search(queries, 10, threads=threads).keys
-        dt = time.perf_counter() - t
-        report.points.append(Point("usearch", "batch", ef, recall(found, truth), len(queries) / dt))
-        single = queries[: args.single]
-        lat = []
-        t = time.perf_counter()
-        rows = []
-        for q in single:
-            s = time.perf_counter()
-            rows.append(index.search(q, 10, threads=1).keys)
-            lat.append(time.perf_counter() - s)
-        dt = time.perf_counter() - t
-        report.points.append(Point("usearch", "single-1thread", ef, recall(np.vstack(rows), truth[: len(single)]),
-                                   len(single) / dt, *percentiles(lat)))
+        q, b, seconds = self.queries, self.args.batch, self.args.seconds
+        cpu = time.process_time()
+        if mode == "all":
+            found, lat, wall = repeat_for(lambda: index.search(q, K, threads=self.threads).keys, seconds)
+            rows, lat = len(lat) * len(q), []
+        else:
+            if mode == "batch":
+                run = drive_threads(lambda i: index.search(q[i * b:(i + 1) * b], K, threads=self.threads).keys,
+                                    len(q) // b, 1, seconds)
+                rows = run.items * b
+            else:
+                run = drive_threads(lambda i: index.search(q[i], K, threads=1).keys[None, :], len(q), 1, seconds)
+                rows = run.items
+            found, lat, wall = first_pass(run, len(q)), run.latencies, run.wall
+        cpu_us = {"in-process": (time.process_time() - cpu) / rows * 1e6}
+        self._add(precision, "usearch", mode, ef, rnd, found, rows / wall, lat, cpu_us, rows / wall)
+
+    # Shoal
+
+    def ingest(self, precision: str, collection: str) -> float:
+        """Create the collection and load the data through the SDK; vectors per second, durably acknowledged."""
+        a = self.args
+        with shoal.Client(self.address, timeout=3600) as client:
+            if collection in client.list_collections():
+                if a.reuse and client.count(collection) == len(self.base):
+                    print(f"  reusing {collection}: ingest not measured", flush=True)
+                    return 0.0
+                client.drop_collection(collection)
+            client.create_collection(collection, dim=self.base.shape[1], metric=a.metric, precision=precision,
+                                     m=a.m, ef_construction=a.ef_construction)
+            self.meter.start()
+            t = time.perf_counter()
+            client.upsert(collection, ids=np.arange(len(self.base)), vectors=self.base)
+            wall = time.perf_counter() - t
+            cpu = self.meter.stop()
+            self._upsert_cpu = sum(cpu.values()) / len(self.base) * 1e6 if len(cpu) > 1 else 0.0
+            return len(self.base) / wall
+
+    def memory(self, collection: str) -> int:
+        """Index bytes of a collection over all shards."""
+        with shoal.Client(self.address) as client:
+            return client.describe_collection(collection).memory_bytes
+
+    def shoal(self, precision: str, collection: str, mode: str, ef: int, rnd: int) -> Run:
+        """Measure one Shoal mode and record it."""
+        self.meter.start()
+        if mode == "single-sync":
+            run = self._sync(collection, ef)
+        else:
+            run = asyncio.run(self._async(collection, mode, ef, None))
+        cpu = self.meter.stop()
+        rows = run.items * (self.args.batch if mode.startswith("batch") else 1)
+        found = first_pass(run, len(self.queries))
+        self._add(precision, "shoal", mode, ef, rnd, found, rows / run.wall, run.latencies,
+                  {name: sec / rows * 1e6 for name, sec in cpu.items()} if len(cpu) > 1 else {}, rows / run.wall)
+        return run
+
+    def _sync(self, collection: str, ef: int) -> Run:
+        q = self.queries
+        with shoal.Client(self.address, timeout=600) as client:
+            client.search(collection, q[:1], k=K, ef=ef)  # connect before the clock starts
+            return drive_threads(lambda i: client.search(collection, q[i], k=K, ef=ef).ids, len(q),
+                                 self.args.clients, self.args.seconds)
+
+    async def _async(self, collection: str, mode: str, ef: int, rate: float | None) -> Run:
+        q, b, a = self.queries, self.args.batch, self.args
+        async with shoal.AsyncClient(self.address, timeout=600) as client:
+            await client.search(collection, q[:1], k=K, ef=ef)  # connect before the clock starts
+
+            async def unary(rows: int) -> Any:
+                async def ask(i: int) -> np.ndarray:
+                    return (await client.search(collection, q[i * rows:(i + 1) * rows], k=K, ef=ef)).ids
+                return ask, _noop
+
+            async def stream(rows: int) -> Any:
+                feed: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+
+                async def requests() -> AsyncIterator[np.ndarray]:
+                    while (item := await feed.get()) is not None:
+                        yield item
+
+                results = client.search_stream(collection, requests(), k=K, ef=ef)
+
+                async def ask(i: int) -> np.ndarray:
+                    feed.put_nowait(q[i * rows:(i + 1) * rows])
+                    return (await anext(results)).ids
+
+                async def close() -> None:
+                    feed.put_nowait(None)
+                    async for _ in results:
+                        pass
+
+                return ask, close
+
+            session: Session
+            if mode == "batch":
+                return await drive(lambda: unary(b), len(q) // b, 1, a.seconds)
+            if mode == "batch-stream":
+                # One client pipelining batches: --pipeline streams of one batch in flight each, one channel.
+                return await drive(lambda: stream(b), len(q) // b, a.pipeline, a.seconds)
+            session = (lambda: unary(1)) if mode == "single-unary" else (lambda: stream(1))
+            return await drive(session, len(q), a.clients, a.seconds * (2 if rate else 1), rate)
+
+    def half_load(self, precision: str, collection: str) -> None:
+        """Run each single-query mode at half the throughput it reached at the target recall."""
+        mine = [p for p in self.points if p.precision == precision and p.system == "shoal"]
+        for mode in (m for m in self.args.modes if m in SINGLE_MODES and m != "single-sync"):
+            curve = sorted((p for p in mine if p.mode == mode), key=lambda p: p.ef)
+            ok = [p for p in curve if p.recall >= self.args.target_recall]
+            if not ok:
+                continue
+            ef = ok[0].ef
+            top = statistics.median(p.qps for p in curve if p.ef == ef)
+            run = asyncio.run(self._async(collection, mode, ef, top / 2))
+            self.half_loads.append(HalfLoad(precision, mode, ef, top / 2, run.items / run.wall,
+                                            *percentiles(run.latencies)))
+
+    def _add(self, precision: str, system: str, mode: str, ef: int, rnd: int, found: np.ndarray, qps: float,
+             latencies: list[float], cpu: dict[str, float] | None = None, rows_per_second: float = 0.0) -> None:
+        cpu = cpu or {}
+        point = Point(precision, system, mode, ef, rnd, recall(found, self.truth[: len(found)]), qps,
+                      *percentiles(latencies), cpu, sum(cpu.values()) * rows_per_second / 1e6)
+        self.points.append(point)
+        cpu_text = " ".join(f"{k}={v:.0f}" for k, v in point.cpu_us_per_query.items())
+        print(f"  {precision:<5} {system:<8} {mode:<14} ef={ef:<4} round {rnd}: recall {point.recall:.3f} "
+              f"{qps:9,.0f} q/s  p99 {point.p99_ms:6.2f} ms  {point.cores:.2f} cores  "
+              f"{('cpu us/q ' + cpu_text) if cpu_text else ''}", flush=True)
+
+    def run(self) -> None:
+        """Every precision: load both systems, sweep ef in interleaved rounds, then the half-load runs."""
+        a = self.args
+        for precision in a.precision:
+            collection = f"bench_{precision}"
+            print(f"{precision}: building the in-process index and loading Shoal ({len(self.base):,} vectors)",
+                  flush=True)
+            index, usearch_vps = self.build(precision)
+            shoal_vps = self.ingest(precision, collection)
+            n = len(self.base)
+            self.ingests.append(Ingest(precision, shoal_vps, usearch_vps, self.memory(collection) / n,
+                                       index.memory_usage / n, self._upsert_cpu, self._add_cpu))
+            print(f"  ingest: shoal {shoal_vps:,.0f} vectors/s, usearch {usearch_vps:,.0f}/s", flush=True)
+            for rnd in range(a.repeat):
+                for ef in a.ef:
+                    for mode in USEARCH_MODES:
+                        self.usearch(index, precision, mode, ef, rnd)
+                    for mode in a.modes:
+                        self.shoal(precision, collection, mode, ef, rnd)
+            self.half_load(precision, collection)
+            if a.address and not a.reuse:
+                with shoal.Client(self.address) as client:
+                    client.drop_collection(collection)
+            del index
 
 
-def bench_shoal(report: Report, base: np.ndarray, queries: np.ndarray, truth: np.ndarray, efs: list[int],
-                args: argparse.Namespace) -> None:
-    """Shoal through the SDK against a local cluster started for this run."""
-    with tempfile.TemporaryDirectory() as tmp, LocalCluster(data=Path(tmp), shards=args.shards) as cluster, \
-            shoal.Client(cluster.address, timeout=600) as client:
-        client.create_collection("bench", dim=base.shape[1], metric=args.metric, precision=args.precision,
-                                 m=args.m, ef_construction=args.ef_construction)
-        t = time.perf_counter()
-        client.upsert("bench", ids=np.arange(len(base)), vectors=base)
-        report.ingest_shoal_vps = len(base) / (time.perf_counter() - t)
-        report.memory_shoal_bytes = client.describe_collection("bench").memory_bytes
-        for ef in efs:
-            bsz = args.batch
-            found, lat, wall = concurrent(
-                lambda i, ef=ef, bsz=bsz: client.search("bench", queries[i * bsz:(i + 1) * bsz], k=10, ef=ef).ids,
-                len(queries) // bsz, 1)
-            report.points.append(Point("shoal", f"batch{bsz}", ef, recall(found, truth[: len(found)]),
-                                       len(found) / wall, *percentiles(lat)))
-            single = queries[: args.single]
-            found, lat, wall = concurrent(
-                lambda i, ef=ef, single=single: client.search("bench", single[i], k=10, ef=ef).ids,
-                                          len(single), args.clients)
-            report.points.append(Point("shoal", f"single-{args.clients}clients", ef,
-                                       recall(found, truth[: len(found)]), len(found) / wall, *percentiles(lat)))
-
-
-def ratio_at_recall(points: list[Point], mode: str, ceiling: list[Point], target: float) -> tuple[float, float]:
-    """(Shoal qps, ratio to in-process batch qps) at the lowest ef reaching `target` recall."""
-    mine = sorted((p for p in points if p.mode == mode and p.recall >= target), key=lambda p: p.ef)
-    ref = sorted((p for p in ceiling if p.recall >= target), key=lambda p: p.ef)
-    if not mine or not ref:
-        return 0.0, 0.0
-    return mine[0].qps, mine[0].qps / ref[0].qps
-
-
-def print_report(report: Report, target: float) -> None:
-    """The table a human reads."""
-    print(f"\n{report.dataset}: {report.n:,} x {report.dim}, {report.queries} queries, {report.shards} shards, "
-          f"{report.precision}")
-    print(f"ingest (durable, through the SDK): {report.ingest_shoal_vps:,.0f} vectors/s; in-process usearch "
-          f"add: {report.ingest_usearch_vps:,.0f}/s; ratio {report.ingest_shoal_vps / report.ingest_usearch_vps:.2f}")
-    print(f"index memory: shoal {report.memory_shoal_bytes / report.n:.0f} B/vector, usearch "
-          f"{report.memory_usearch_bytes / report.n:.0f} B/vector")
-    print(f"{'system':<8} {'mode':<20} {'ef':>5} {'recall@10':>9} {'qps':>9} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}")
-    for p in report.points:
-        print(f"{p.system:<8} {p.mode:<20} {p.ef:>5} {p.recall:>9.3f} {p.qps:>9,.0f} {p.p50_ms:>7.2f} "
-              f"{p.p95_ms:>7.2f} {p.p99_ms:>7.2f}")
-    ceiling = [p for p in report.points if p.system == "usearch" and p.mode == "batch"]
-    for mode in sorted({p.mode for p in report.points if p.system == "shoal"}):
-        qps, r = ratio_at_recall(report.points, mode, ceiling, target)
-        print(f"shoal {mode} at recall >= {target}: {qps:,.0f} qps = {r:.2f}x in-process batched usearch")
-
-
-def plot(report: Report, path: Path) -> None:
-    """Recall-throughput curves, one per system and mode, like ann-benchmarks' plots."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for system, mode in sorted({(p.system, p.mode) for p in report.points}):
-        pts = sorted((p for p in report.points if (p.system, p.mode) == (system, mode)), key=lambda p: p.ef)
-        ax.plot([p.recall for p in pts], [p.qps for p in pts], marker="o", label=f"{system} {mode}")
-    ax.set_xlabel("recall@10")
-    ax.set_ylabel("queries per second")
-    ax.set_yscale("log")
-    ax.set_title(f"{report.dataset} ({report.n:,} x {report.dim}, {report.precision}, {report.shards} shards)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
-def main() -> None:
-    """Parse arguments, run both systems, report."""
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="a dataset folder (base.npy, queries.npy) or a .npy file of base vectors")
+    p.add_argument("--data", help="a dataset folder (base.npy, optional queries.npy) or a .npy file of vectors")
     p.add_argument("--n", type=int, default=100_000, help="use the first N base rows (default 100,000)")
     p.add_argument("--generate", type=int, default=50_000, help="without --data: generate N clustered vectors")
     p.add_argument("--dim", type=int, default=128, help="without --data: dimension of generated vectors")
-    p.add_argument("--queries", type=int, default=1000, help="number of queries (default 1000)")
-    p.add_argument("--single", type=int, default=500, help="queries sent one per call (default 500)")
-    p.add_argument("--clients", type=int, default=16, help="concurrent single-query clients (default 16)")
-    p.add_argument("--batch", type=int, default=100, help="queries per batched call (default 100)")
-    p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--queries", type=int, default=1000,
+                   help="queries (default 1000): queries.npy, topped up with base rows after the first N")
+    p.add_argument("--address", help="benchmark a running cluster at HOST:PORT instead of starting one")
+    p.add_argument("--reuse", action="store_true",
+                   help="with --address: search bench_PRECISION as loaded by an earlier run if it holds N points "
+                        "(ingest is then not measured), and keep it afterwards")
+    p.add_argument("--pids", default="", help="with --address: NAME=PID,... of its processes on this machine, "
+                                              "to report their CPU time per query")
+    p.add_argument("--shards", type=int, default=2, help="shards of the local cluster (default 2)")
+    p.add_argument("--precision", default="f32", help="comma-separated: f32,bf16,f16,i8 (default f32)")
     p.add_argument("--metric", default="cosine", choices=sorted(METRIC))
-    p.add_argument("--precision", default="f32", choices=["f32", "bf16", "f16", "i8"])
     p.add_argument("--m", type=int, default=16)
     p.add_argument("--ef-construction", type=int, default=128)
-    p.add_argument("--ef", default="16,32,64,128", help="comma-separated ef sweep")
+    p.add_argument("--ef", default="16,24,32,48,64,96,128", help="comma-separated ef sweep")
+    p.add_argument("--modes", default=",".join(SHOAL_MODES), help=f"Shoal modes (default all: {SHOAL_MODES})")
+    p.add_argument("--batch", type=int, default=100, help="queries per batched call (default 100)")
+    p.add_argument("--clients", type=int, default=16, help="concurrent single-query clients (default 16)")
+    p.add_argument("--pipeline", type=int, default=4, help="batches in flight in batch-stream mode (default 4)")
+    p.add_argument("--seconds", type=float, default=2.0, help="minimum seconds per measurement (default 2)")
+    p.add_argument("--repeat", type=int, default=2, help="interleaved rounds of the whole sweep (default 2)")
     p.add_argument("--target-recall", type=float, default=0.95)
     p.add_argument("--out", default="bench-results", help="folder for bench.json and bench.png")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    args.ef = [int(e) for e in args.ef.split(",")]
+    args.precision = args.precision.split(",")
+    args.modes = args.modes.split(",")
+    args.pids = {name: int(pid) for name, _, pid in (item.partition("=") for item in args.pids.split(",") if item)}
+    unknown = set(args.modes) - set(SHOAL_MODES)
+    if unknown:
+        p.error(f"unknown modes {sorted(unknown)}; choose from {SHOAL_MODES}")
+    return args
 
+
+def main(argv: list[str] | None = None) -> None:
+    """Run both systems, print the report, write the JSON and the PNG."""
+    args = parse(argv)
     name, base, queries = load(args)
-    efs = [int(e) for e in args.ef.split(",")]
-    truth = ground_truth(base, queries, 10, args.metric)
-    report = Report(name, len(base), base.shape[1], len(queries), args.shards, args.precision)
-    bench_usearch(report, base, queries, truth, efs, args)
-    bench_shoal(report, base, queries, truth, efs, args)
-    print_report(report, args.target_recall)
+    truth = ground_truth(base, queries, K, args.metric)
+    started, load_before = time.time(), os.getloadavg()
+    with cluster(args) as (address, pids):
+        bench = Bench(args, base, queries, truth, address, pids)
+        bench.run()
+    summary = summarize(bench.points)
+    ratio_rows = ratios(bench.points, args.target_recall)
+    print_report(args, name, len(base), base.shape[1], len(queries), bench.threads, bench.ingests, bench.half_loads,
+                 summary, ratio_rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
-    plot(report, out / "bench.png")
-    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+    report = {
+        "dataset": name, "n": len(base), "dim": base.shape[1], "queries": len(queries), "k": K,
+        "config": {k: v for k, v in vars(args).items()},
+        "environment": {"cores": bench.threads, "usearch": usearch.__version__, "numpy": np.__version__,
+                        "python": platform.python_version(), "started": started,
+                        "seconds": time.time() - started, "loadavg_before": load_before,
+                        "loadavg_after": os.getloadavg()},
+        "ingest": [asdict(g) for g in bench.ingests], "summary": summary, "at_target_recall": ratio_rows,
+        "half_load": [asdict(h) for h in bench.half_loads], "points": [asdict(p) for p in bench.points],
+    }
+    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(name, len(base), summary, args.target_recall, out / "bench.png")
+    print(f"\nwrote {out / 'bench.json'} and {out / 'bench.png'}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
     res = c.search("docs", Q, k=10)
 """
 
+from shoal._aio import AsyncClient
 from shoal._client import Client
 from shoal._config import CollectionConfig
 from shoal._errors import (
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyExists",
+    "AsyncClient",
     "Client",
     "CollectionConfig",
     "CollectionInfo",

@@ -11,7 +11,7 @@ import numpy as np
 
 from shoal import _rpc
 from shoal._config import MAX_BATCH_ROWS, MAX_MESSAGE_BYTES, CollectionConfig, check_k
-from shoal._errors import InvalidArgument, error_for_code, from_rpc_error, status_from_value
+from shoal._errors import InvalidArgument, ShoalError, error_for_code, from_rpc_error, status_from_value
 from shoal._types import CollectionInfo, Point, SearchResult, points_from_proto
 from shoal._wire import as_id_array, check_upsert, encode_ids, encode_matrix, encode_payload
 from shoal.v1 import shoal_pb2_grpc
@@ -34,6 +34,41 @@ def _as_matrix(vectors: Any, what: str) -> np.ndarray:
     if x.ndim != 2:
         raise InvalidArgument(f"{what} must be a (n, dim) matrix or one (dim,) vector, got shape {x.shape}")
     return x
+
+
+def _upsert_plan(collection: str, ids: Any, vectors: Any, payloads: Sequence[dict[str, Any] | None] | None,
+                 batch_rows: int) -> tuple[int, int, Callable[[int], pb.UpsertRequest]]:
+    """Check a whole upload; (rows, rows per batch, the batch starting at a row) to send it in bounded batches."""
+    id_arr = as_id_array(ids)
+    x = _as_matrix(vectors, "vectors")
+    raw = [encode_payload(p) for p in payloads] if payloads is not None else []
+    # The whole upload is checked before the first batch is sent, so bad input changes nothing.
+    check_upsert(id_arr, x, raw, max_rows=None)
+    row_bytes = x.shape[1] * 4 + (max(map(len, raw)) if raw else 0) + 16
+    step = max(1, min(batch_rows, MAX_BATCH_ROWS, _BATCH_BYTES // row_bytes))
+
+    def batch(lo: int) -> pb.UpsertRequest:
+        hi = lo + step
+        return pb.UpsertRequest(collection=collection, ids=encode_ids(id_arr[lo:hi]),
+                                vectors=encode_matrix(x[lo:hi]), payloads=raw[lo:hi])
+
+    return len(id_arr), step, batch
+
+
+def _search_request(collection: str, queries: Any, k: int, ef: int | None, with_payload: bool,
+                    with_vectors: bool, request_id: int = 0) -> pb.SearchRequest:
+    """A SearchRequest of a (q, dim) matrix or one (dim,) vector."""
+    check_k(k)
+    return pb.SearchRequest(collection=collection, queries=encode_matrix(_as_matrix(queries, "queries")), k=k,
+                            ef=ef or 0, with_payload=with_payload, with_vectors=with_vectors,
+                            request_id=request_id)
+
+
+def _stream_outcome(reply: pb.SearchResponse) -> SearchResult | ShoalError:
+    """The result of one SearchStream answer, or its error (raised by the caller when its turn comes)."""
+    if reply.error_code:
+        return error_for_code(status_from_value(reply.error_code), reply.error_message)
+    return SearchResult.from_proto(reply)
 
 
 class _Progress:
@@ -109,29 +144,18 @@ class Client:
     def upsert(self, collection: str, ids: Any, vectors: Any, payloads: Sequence[dict[str, Any] | None] | None = None,
                *, progress: bool = False) -> int:
         """Insert or replace points; large uploads go in bounded batches over one stream. Returns the count."""
-        id_arr = as_id_array(ids)
-        x = _as_matrix(vectors, "vectors")
-        raw = [encode_payload(p) for p in payloads] if payloads is not None else []
-        # The whole upload is checked before the first batch is sent, so bad input changes nothing.
-        check_upsert(id_arr, x, raw, max_rows=None)
-        row_bytes = x.shape[1] * 4 + (max(map(len, raw)) if raw else 0) + 16
-        step = max(1, min(self.batch_rows, MAX_BATCH_ROWS, _BATCH_BYTES // row_bytes))
-        bar = _Progress(f"upsert {collection}", len(id_arr), progress)
+        rows, step, batch = _upsert_plan(collection, ids, vectors, payloads, self.batch_rows)
+        bar = _Progress(f"upsert {collection}", rows, progress)
 
-        def batch(lo: int) -> pb.UpsertRequest:
-            hi = lo + step
-            return pb.UpsertRequest(collection=collection, ids=encode_ids(id_arr[lo:hi]),
-                                    vectors=encode_matrix(x[lo:hi]), payloads=raw[lo:hi])
-
-        if len(id_arr) <= step:
+        if rows <= step:
             n = self._call(self._stub.Upsert, batch(0)).upserted
-            bar.advance(len(id_arr))
+            bar.advance(rows)
             return n
 
         def stream() -> Iterator[pb.UpsertRequest]:
-            for lo in range(0, len(id_arr), step):
+            for lo in range(0, rows, step):
                 yield batch(lo)
-                bar.advance(min(step, len(id_arr) - lo))
+                bar.advance(min(step, rows - lo))
 
         return self._call(self._stub.UpsertStream, stream(), timeout=None).upserted
 
@@ -151,34 +175,28 @@ class Client:
 
     # search
 
-    def _search_request(self, collection: str, queries: Any, k: int, ef: int | None, with_payload: bool,
-                        with_vectors: bool, request_id: int = 0) -> pb.SearchRequest:
-        check_k(k)
-        return pb.SearchRequest(collection=collection, queries=encode_matrix(_as_matrix(queries, "queries")), k=k,
-                                ef=ef or 0, with_payload=with_payload, with_vectors=with_vectors,
-                                request_id=request_id)
-
     def search(self, collection: str, queries: Any, k: int = 10, *, ef: int | None = None,
                with_payload: bool = False, with_vectors: bool = False) -> SearchResult:
         """The k nearest points of each query row ((q, dim) or one (dim,) vector), nearest first."""
-        request = self._search_request(collection, queries, k, ef, with_payload, with_vectors)
+        request = _search_request(collection, queries, k, ef, with_payload, with_vectors)
         return SearchResult.from_proto(self._call(self._stub.Search, request))
 
     def search_stream(self, collection: str, batches: Iterable[Any], k: int = 10, *, ef: int | None = None,
                       with_payload: bool = False, with_vectors: bool = False) -> Iterator[SearchResult]:
         """Pipeline many query batches over one stream; yields their results in the order given."""
-        requests = (self._search_request(collection, q, k, ef, with_payload, with_vectors, request_id=i)
+        requests = (_search_request(collection, q, k, ef, with_payload, with_vectors, request_id=i)
                     for i, q in enumerate(batches))
-        pending: dict[int, SearchResult] = {}
+        pending: dict[int, SearchResult | ShoalError] = {}
         want = 0
         try:
             for reply in self._stub.SearchStream(requests, timeout=None):
-                if reply.error_code:
-                    raise error_for_code(status_from_value(reply.error_code), reply.error_message)
-                pending[reply.request_id] = SearchResult.from_proto(reply)
+                pending[reply.request_id] = _stream_outcome(reply)
                 while want in pending:
-                    yield pending.pop(want)
+                    outcome = pending.pop(want)
                     want += 1
+                    if isinstance(outcome, ShoalError):
+                        raise outcome
+                    yield outcome
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
 

@@ -21,6 +21,9 @@ from shoal._errors import FailedPrecondition, Unavailable
 
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 15.0
+# A shard forks to snapshot its indexes; gRPC must be told at import to keep out of forks, or the shard
+# process starts itself over to set it.
+SHARD_ENV = {"GRPC_ENABLE_FORK_SUPPORT": "false"}
 
 
 def split_cores(shards: int, cores: list[int] | None = None) -> list[list[int]]:
@@ -66,12 +69,14 @@ class Process:
     log_path: Path
     popen: subprocess.Popen[bytes] | None = None
     address: str = ""
+    env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
 
     def start(self, timeout: float) -> str:
         """Start the process and return its address once it has printed its listening line."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
         self.popen = subprocess.Popen([sys.executable, "-m", "shoal", *self.args], stdout=subprocess.PIPE,
-                                      stderr=log, stdin=subprocess.DEVNULL)
+                                      stderr=log, stdin=subprocess.DEVNULL,
+                                      env={**os.environ, **self.env} if self.env else None)
         log.close()
         assert self.popen.stdout is not None
         deadline = time.monotonic() + timeout
@@ -118,6 +123,7 @@ class LocalCluster:
     port: int = 0
     host: str = "127.0.0.1"
     timeout: float = START_TIMEOUT
+    shard_env: dict[str, str] = field(default_factory=dict)  # e.g. SHOAL_SNAPSHOT_* settings for every shard
     shard_procs: list[Process] = field(default_factory=list)
     coordinator: Process | None = None
 
@@ -148,7 +154,7 @@ class LocalCluster:
             for i, cores in enumerate(split_cores(self.shards)):
                 proc = Process(f"shard-{i}", ["shard", "--data", str(self.data / f"shard-{i}"),
                                               "--listen", f"{self.host}:0", "--cores", ",".join(map(str, cores))],
-                               self.data / "logs" / f"shard-{i}.log")
+                               self.data / "logs" / f"shard-{i}.log", env={**SHARD_ENV, **self.shard_env})
                 proc.start(self.timeout)
                 # Later restarts keep the port, so the coordinator's topology stays right.
                 proc.args[proc.args.index("--listen") + 1] = proc.address

@@ -67,6 +67,36 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Copy every shard of a running cluster into a new folder."""
+    from shoal.shard.backup import backup_cluster
+
+    manifest = backup_cluster(args.address, Path(args.out))
+    for shard in manifest["shards"]:
+        cols = ", ".join(f"{n} (sequence {s})" for n, s in sorted(shard["collections"].items())) or "no collections"
+        print(f"{shard['address']} -> {Path(args.out) / shard['folder']}: {cols}")
+    print(f"backup of {len(manifest['shards'])} shards written to {args.out}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Make a data folder from a backup (a whole `shoal up` cluster, or one shard), optionally start it."""
+    from shoal.shard.backup import restore_local, restore_shard
+
+    if args.shard is not None:
+        restore_shard(Path(args.backup), args.shard, Path(args.data))
+        print(f"shard {args.shard} of {args.backup} restored into {args.data}; "
+              f"start it with: shoal shard --data {args.data} --listen HOST:PORT")
+        return 0
+    shards = restore_local(Path(args.backup), Path(args.data))
+    print(f"{shards} shards of {args.backup} restored into {args.data}", flush=True)
+    if not args.up:
+        print(f"start it with: shoal up --data {args.data} --shards {shards}")
+        return 0
+    args.shards = shards
+    return cmd_up(args)
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="shoal", description="Shoal: a sharded vector database served over gRPC.")
@@ -96,6 +126,23 @@ def parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="print the cluster's shards, health and point counts")
     status.add_argument("--address", default=f"127.0.0.1:{DEFAULT_PORT}", help="a coordinator's address")
     status.set_defaults(func=cmd_status)
+
+    backup = sub.add_parser("backup", help="copy every shard of a running cluster into a new folder")
+    backup.add_argument("--address", default=f"127.0.0.1:{DEFAULT_PORT}", help="a coordinator's address")
+    backup.add_argument("--out", required=True,
+                        help="a new folder, writable by every shard (each shard copies itself there)")
+    backup.set_defaults(func=cmd_backup)
+
+    restore = sub.add_parser("restore", help="make a data folder from a backup (and with --up, start it)")
+    restore.add_argument("backup", help="the backup folder (made by shoal backup)")
+    restore.add_argument("--data", required=True, help="the new data folder (must not exist or be empty)")
+    restore.add_argument("--shard", type=int, default=None,
+                         help="restore only this shard, as the data folder of one `shoal shard`")
+    restore.add_argument("--up", action="store_true", help="start the restored cluster, as `shoal up` would")
+    restore.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"with --up: coordinator port "
+                         f"(default {DEFAULT_PORT})")
+    restore.add_argument("--host", default="127.0.0.1", help="with --up: address to listen on")
+    restore.set_defaults(func=cmd_restore)
     return p
 
 

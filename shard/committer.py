@@ -4,6 +4,10 @@ Each job's `prepare` runs on the committer thread just before its batch is writt
 current state (earlier batches of the group are already written) without locks. A group of batches is
 made durable by one WAL sync; then the jobs' index updates run on the index worker, in order, and only
 then are the callers' futures resolved: an acknowledged write is durable and visible to search.
+
+A failed WAL sync or WAL append is fatal: the callers are failed, then the process exits. Retrying an
+fsync after an error can report success for data the kernel already dropped, and RocksDB refuses every
+later write after a failed append anyway; a restart recovers from what is really on disk.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from typing import Any
 
 from rocksdict import WriteBatch
 
-from shoal._errors import ShoalError, Unavailable
-from shoal.shard.index import IndexWorker
+from shoal._errors import ResourceExhausted, ShoalError, Unavailable
+from shoal.shard.faults import CrashPoints, fatal
+from shoal.shard.index import IndexWorker, Step
 from shoal.shard.storage import Storage
 
 log = logging.getLogger("shoal.shard.committer")
@@ -40,9 +45,13 @@ class _Job:
 class Committer:
     """Writes every job's batch, one WAL sync per group, then hands the index updates to the worker."""
 
-    def __init__(self, storage: Storage, worker: IndexWorker) -> None:
+    def __init__(self, storage: Storage, worker: IndexWorker, max_group: int = MAX_GROUP,
+                 crash: CrashPoints | None = None, on_fatal: Callable[[str], None] = fatal) -> None:
         self._storage = storage
         self._worker = worker
+        self._max_group = max_group
+        self._crash = crash or CrashPoints()
+        self._fatal = on_fatal
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="shoal-committer", daemon=True)
         self._stopped = False
@@ -78,7 +87,7 @@ class Committer:
             item = self._queue.get()
             while item is not None:
                 group.append(item)
-                if len(group) == MAX_GROUP or self._queue.empty():
+                if len(group) == self._max_group or self._queue.empty():
                     break
                 item = self._queue.get()
             stop = item is None
@@ -86,33 +95,52 @@ class Committer:
                 self._commit(group)
 
     def _commit(self, group: list[_Job]) -> None:
-        steps: list[tuple[Future[Any], Callable[[], Any]]] = []
+        steps: list[Step] = []
         unsynced: list[Future[Any]] = []
         for job in group:
             if not job.future.set_running_or_notify_cancel():
                 continue  # cancelled before anything was written
+            seq = None
             try:
                 batch, step = job.prepare()
                 if batch is not None:
                     self._storage.write(batch)
+                    seq = self._storage.seq
                     unsynced.append(job.future)
             except ShoalError as exc:
                 job.future.set_exception(exc)
                 continue
             except Exception as exc:
-                log.exception("a write failed")
-                job.future.set_exception(Unavailable(f"the shard could not write: {type(exc).__name__}"))
-                continue
-            steps.append((job.future, step))
+                if not str(exc).startswith("IO error"):
+                    log.exception("a write failed")
+                    job.future.set_exception(Unavailable(f"the shard could not write: {type(exc).__name__}"))
+                    continue
+                # RocksDB refuses every write after a failed WAL append, and the batches written before
+                # this one cannot be synced: fail them all, then start over from what is on disk.
+                log.error("RocksDB write failed: %s", exc)
+                error = (ResourceExhausted("the shard's disk is full") if "No space left" in str(exc)
+                         else Unavailable("the shard could not write to its disk"))
+                job.future.set_exception(error)
+                self._fail(group, Unavailable("the shard could not make the write durable"))
+                self._fatal(f"RocksDB write failed: {exc}")
+                return
+            steps.append((job.future, step, seq))
         if unsynced:
             try:
                 self._storage.flush_wal()
-            except Exception:
-                # TODO(durability): make this fatal; RocksDB may now hold writes nobody was told about.
-                log.exception("WAL sync failed; failing %d writes", len(unsynced))
-                failed = set(map(id, unsynced))
-                for future in unsynced:
-                    future.set_exception(Unavailable("the shard could not make the write durable"))
-                steps = [(f, s) for f, s in steps if id(f) not in failed]
+            except Exception as exc:
+                log.error("WAL sync failed: %s", exc)
+                self._fail(group, Unavailable("the shard could not make the write durable"))
+                self._fatal(f"WAL sync failed: {exc}")
+                return
+            self._crash("after-commit")
         if steps:
             self._worker.apply(steps)
+
+    @staticmethod
+    def _fail(group: list[_Job], error: ShoalError) -> None:
+        """Fail every job of the group that has no outcome yet."""
+        for job in group:
+            if job.future.done() or not (job.future.running() or job.future.set_running_or_notify_cancel()):
+                continue
+            job.future.set_exception(error)

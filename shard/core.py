@@ -1,9 +1,11 @@
 """The shard core: collections, writes, reads and searches on numpy arrays, with no gRPC in sight.
 
 Threads: callers validate on their own thread; writes run on the committer thread (committer.py), every
-usearch call on the index worker thread (index.py), and search results that need RocksDB look-ups on a
-small lookup pool. Two views of the collections exist: `_writing` (the committer's, ahead) and
-`_collections` (what callers see, changed on the index worker once a create or drop is durable).
+usearch call on the index worker thread (index.py), search results that need RocksDB look-ups on a small
+lookup pool, and index snapshots on the snapshot thread (snapshotter.py). Two views of the collections
+exist: `_writing` (the committer's, ahead) and `_collections` (what callers see, changed on the index
+worker once a create or drop is durable). Opening recovers every index (recovery.py); closing snapshots
+every changed one, so a graceful restart loads them instead of replaying anything.
 """
 
 from __future__ import annotations
@@ -20,28 +22,19 @@ import numpy as np
 from rocksdict import WriteBatch
 
 from shoal._config import CollectionConfig, check_ef, check_k, check_name
-from shoal._errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from shoal._errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shoal._wire import as_id_array, check_ids, check_queries, check_upsert
 from shoal.shard.committer import Committer
+from shoal.shard.faults import CrashPoints, fatal
 from shoal.shard.index import Hits, IndexWorker, VectorIndex
-from shoal.shard.results import SearchResult, resolve_hits
-from shoal.shard.storage import CollectionStore, Storage, pack_key, pack_keys, unpack_keys
+from shoal.shard.options import ShardOptions
+from shoal.shard.recovery import Collection, recover
+from shoal.shard.results import Points, SearchResult, Verification, resolve_hits
+from shoal.shard.snapshots import SnapshotFiles
+from shoal.shard.snapshotter import Snapshotter
+from shoal.shard.storage import CollectionStore, Storage, keys_bytes, pack_key, pack_keys, unpack_keys
 
 log = logging.getLogger("shoal.shard")
-
-
-
-@dataclass
-class Collection:
-    """A collection's storage and index, as one unit."""
-
-    store: CollectionStore
-    index: VectorIndex
-
-    @property
-    def config(self) -> CollectionConfig:
-        """The collection's config."""
-        return self.store.config
 
 
 @dataclass(frozen=True)
@@ -53,51 +46,52 @@ class CollectionStats:
     memory_bytes: int
 
 
-@dataclass(frozen=True)
-class Points:
-    """The found points of a get, in request order; vectors and payloads only when asked."""
-
-    ids: np.ndarray
-    vectors: np.ndarray | None
-    payloads: list[bytes] | None
-
-
 class Shard:
     """One shard's collections; open() before use, close() after."""
 
-    def __init__(self, data: Path, threads: int = 1) -> None:
+    def __init__(self, data: Path, threads: int = 1, options: ShardOptions | None = None) -> None:
         self.data = data
-        self.threads = threads
+        self.options = options if options is not None else ShardOptions(threads=threads)
+        self.threads = self.options.threads
+        self._crash = CrashPoints(self.options.crashpoint)
         self._storage: Storage | None = None
-        self._worker = IndexWorker()
+        self._worker = IndexWorker(on_fatal=fatal)
         self._committer: Committer | None = None
+        self._snapshotter: Snapshotter | None = None
         self._lookups = ThreadPoolExecutor(max_workers=4, thread_name_prefix="shoal-lookup")
         self._collections: dict[str, Collection] = {}
         self._writing: dict[str, Collection] = {}
         self._ready = False  # True between the end of open() and the start of close()
 
     def open(self) -> None:
-        """Open RocksDB and rebuild every index from it."""
+        """Open RocksDB and bring every index up to date with it (snapshot plus changes, or a rebuild)."""
         started = time.perf_counter()
-        self._storage = Storage(self.data / "rocksdb")
-        for store in self._storage.collections.values():
-            index = VectorIndex(store.config, self.threads)
-            for keys, vectors in store.scan():
-                index.extend(keys, vectors)
-            self._collections[store.name] = self._writing[store.name] = Collection(store, index)
-            log.info("collection %s: %d points indexed", store.name, index.count)
-        self._committer = Committer(self._storage, self._worker)
+        self._storage = storage = Storage(self.data / "rocksdb", self.options.min_free_bytes)
+        files = SnapshotFiles(self.data / "index")
+        for store in storage.collections.values():
+            self._collections[store.name] = self._writing[store.name] = recover(store, storage, files, self.threads)
+        self._worker.applied_seq = storage.seq  # every stored write is in the indexes now
+        self._committer = Committer(storage, self._worker, self.options.max_group, self._crash)
+        self._snapshotter = Snapshotter(files, storage, self._worker, lambda: self._collections,
+                                        self.options.snapshots, self._crash)
+        self._snapshotter.cleanup_on_start()
         self._worker.start()
         self._committer.start()
+        self._snapshotter.start()
         self._ready = True
         log.info("shard opened in %.1f s", time.perf_counter() - started)
 
     def close(self) -> None:
-        """Finish queued work, stop the threads and close RocksDB."""
+        """Finish queued work, stop the threads, snapshot every changed index and close RocksDB."""
         self._ready = False
+        if self._snapshotter is not None:
+            self._snapshotter.stop()
         if self._committer is not None:
             self._committer.stop()
             self._worker.stop()
+        if self._snapshotter is not None:
+            self._snapshotter.snapshot_all(fork=False)  # nothing else touches the indexes any more
+            self._snapshotter = None
         self._lookups.shutdown(wait=True)
         self._collections.clear()
         self._writing.clear()
@@ -225,6 +219,7 @@ class Shard:
                 coll.store.put_point(batch, key, record)
 
         def prepare() -> tuple[WriteBatch, Callable[[], int]]:
+            assert self._storage is not None
             store = self._writable(name, coll).store
             keys = ids
             if config.id_type == "string":
@@ -232,6 +227,7 @@ class Shard:
                 for key, record in zip(keys8, records, strict=True):
                     store.put_point(batch, key, record)
                 keys = unpack_keys(keys8)
+            self._storage.log_change(batch, store, keys_bytes(keys))
 
             def apply() -> int:
                 coll.index.upsert(keys, vectors)
@@ -268,6 +264,7 @@ class Shard:
         ids = self._ids(ids, config)
 
         def prepare() -> tuple[WriteBatch | None, Callable[[], int]]:
+            assert self._storage is not None
             store = self._writable(name, coll).store
             batch = Storage.batch()
             existing: list[bytes] = []
@@ -282,6 +279,8 @@ class Shard:
             for key in existing:
                 store.delete_point(batch, key)
             keys = unpack_keys(existing)
+            if existing:
+                self._storage.log_change(batch, store, b"".join(existing))
 
             def apply() -> int:
                 coll.index.remove(keys)
@@ -294,6 +293,53 @@ class Shard:
     def delete(self, name: str, ids: Any) -> int:
         """Delete points; returns how many existed, once durable and gone from search."""
         return self.submit_delete(name, ids).result()
+
+    # Durability
+
+    def verify(self, name: str) -> Verification:
+        """Compare the index's keys with RocksDB's (a full scan, holding writes back while it reads)."""
+        coll = self._collection(name)
+
+        def prepare() -> tuple[None, Callable[[], Verification]]:
+            # On the committer nothing else writes, and the step below sees every earlier write applied.
+            store = self._writable(name, coll).store
+            stored = store.stored_keys()
+            ids: np.ndarray = stored
+            unmapped = 0
+            if coll.config.id_type == "string":
+                unmapped = len(np.setxor1d(stored, store.mapped_keys()))
+                ids = np.array([n.decode() if n is not None else "" for n in store.ids_of(pack_keys(stored))],
+                               dtype=object)
+
+            def compare() -> Verification:
+                indexed = coll.index.keys()
+                return Verification(ids, len(indexed), np.setdiff1d(stored, indexed),
+                                    np.setdiff1d(indexed, stored), unmapped)
+
+            return None, compare
+
+        return self._submit(prepare).result()  # type: ignore[no-any-return]
+
+    def snapshot(self) -> dict[str, int | None]:
+        """Snapshot every changed index now; the write sequence each snapshot holds (None: failed)."""
+        if not self._ready or self._snapshotter is None:
+            raise Unavailable("the shard is not open")
+        return self._snapshotter.snapshot_all()
+
+    def backup(self, target: Path) -> dict[str, int]:
+        """Write a consistent copy of this shard (index snapshots, a RocksDB checkpoint) into a new folder."""
+        if not self._ready or self._snapshotter is None or self._storage is None:
+            raise Unavailable("the shard is not open")
+        if not target.is_absolute():
+            raise InvalidArgument(f"a backup folder must be an absolute path, got {str(target)!r}")
+        try:
+            target.mkdir(parents=True)
+        except FileExistsError:
+            raise FailedPrecondition(f"the backup folder {target} already exists") from None
+        try:
+            return self._snapshotter.backup(target, self._storage.checkpoint)
+        except OSError as exc:
+            raise Unavailable(f"the backup into {target} failed: {exc}") from exc
 
     # Reads
 

@@ -2,7 +2,9 @@
 
 usearch indexes are not safe to call from several Python threads at once (every call uses the thread
 contexts 0..threads-1), so every usearch call of the shard runs on the IndexWorker thread, in arrival
-order. Queued searches of the same collection, k and ef are coalesced into one batch call.
+order. Queued searches of the same collection, k and ef are coalesced into one batch call. The worker
+also knows the sequence number of the last write it applied, so whatever it sees of an index between two
+queue items is exactly the state of RocksDB at that sequence (what a snapshot records).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -47,13 +50,21 @@ class Hits:
 class VectorIndex:
     """One collection's usearch index; call it only on the index worker thread."""
 
-    def __init__(self, config: CollectionConfig, threads: int) -> None:
+    def __init__(self, config: CollectionConfig, threads: int, source: Any = None) -> None:
         self.config = config
         self.threads = threads
-        self.count = 0  # live points, refreshed by every update; read from any thread
         self._index = Index(ndim=config.dim, metric=METRICS[config.metric], dtype=DTYPES[config.precision],
                             connectivity=config.m, expansion_add=config.ef_construction,
                             expansion_search=config.ef_search)
+        if source is not None:  # a snapshot: a path or a buffer (a memory map) in usearch's format
+            meta = Index.metadata(source)
+            want = (config.dim, self._index.metric_kind, self._index.dtype)
+            got = (meta["dimensions"], meta["kind_metric"], meta["kind_scalar"]) if meta else None
+            if got != want:
+                raise ValueError(f"the snapshot holds a {got} index where the collection needs {want}")
+            self._index.load(source)
+        self.count = len(self._index)  # live points, refreshed by every update; read from any thread
+        self.changes = 0  # points added or removed so far; only the worker writes it
 
     def upsert(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Add points, replacing those whose keys are present."""
@@ -62,6 +73,7 @@ class VectorIndex:
             self._index.remove(keys[present])
         self._index.add(keys, vectors, threads=self.threads)
         self.count = len(self._index)
+        self.changes += len(keys)
 
     def extend(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Add points whose keys are not present (rebuilding from storage)."""
@@ -73,6 +85,20 @@ class VectorIndex:
         if len(keys):
             self._index.remove(keys)
             self.count = len(self._index)
+            self.changes += len(keys)
+
+    def discard(self, keys: np.ndarray) -> None:
+        """Remove whichever of these keys are present."""
+        if len(keys):
+            self.remove(keys[np.atleast_1d(self._index.contains(keys))])
+
+    def keys(self) -> np.ndarray:
+        """The keys of every live point, sorted."""
+        return np.sort(np.asarray(self._index.keys, dtype=np.uint64))
+
+    def save(self, path: Path) -> None:
+        """Write the index to a file in usearch's format."""
+        self._index.save(str(path))
 
     def search(self, queries: np.ndarray, k: int, ef: int) -> Hits:
         """The k nearest keys of every query; exact when ef covers the whole index."""
@@ -116,15 +142,26 @@ class _Call:
     future: Future[Any]
 
 
+# A committed write's index update: its caller's future, the update, and the sequence of its batch (None
+# when the job wrote nothing).
+Step = tuple[Future[Any], Callable[[], Any], int | None]
+
+
 @dataclass
 class _Apply:
-    steps: list[tuple[Future[Any], Callable[[], Any]]]
+    steps: list[Step]
+
+
+def _unreachable(message: str) -> None:
+    raise AssertionError(message)
 
 
 class IndexWorker:
     """The one thread that calls usearch: updates, searches and calls in arrival order."""
 
-    def __init__(self) -> None:
+    def __init__(self, applied_seq: int = 0, on_fatal: Callable[[str], None] = _unreachable) -> None:
+        self.applied_seq = applied_seq  # the sequence of the last write applied; only the worker writes it
+        self._on_fatal = on_fatal
         self._queue: queue.SimpleQueue[_Search | _Call | _Apply | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="shoal-index", daemon=True)
         self._stopped = False
@@ -162,7 +199,7 @@ class IndexWorker:
         self._put(_Call(fn, future))
         return future
 
-    def apply(self, steps: list[tuple[Future[Any], Callable[[], Any]]]) -> None:
+    def apply(self, steps: list[Step]) -> None:
         """Run each step's function in order and resolve its (already running) future with the result."""
         self._put(_Apply(steps))
 
@@ -182,8 +219,12 @@ class IndexWorker:
                 if item is None:
                     return
                 if isinstance(item, _Apply):
-                    for future, fn in item.steps:
-                        _resolve(future, fn)
+                    for future, fn, seq in item.steps:
+                        if not _resolve(future, fn) and seq is not None:
+                            # The write is in RocksDB but not in the index: it must not be served like this.
+                            self._on_fatal(f"the index update of committed batch {seq} failed")
+                        if seq is not None:
+                            self.applied_seq = seq
                 elif item.future.set_running_or_notify_cancel():
                     _resolve(item.future, item.fn)
             self._searches(searches)
@@ -211,11 +252,13 @@ class IndexWorker:
                 start = end
 
 
-def _resolve(future: Future[Any], fn: Callable[[], Any]) -> None:
+def _resolve(future: Future[Any], fn: Callable[[], Any]) -> bool:
+    """Run fn and resolve the future with its outcome; whether it succeeded."""
     try:
         result = fn()
     except Exception as exc:
         log.exception("index worker task failed")
         future.set_exception(exc)
-    else:
-        future.set_result(result)
+        return False
+    future.set_result(result)
+    return True

@@ -1,4 +1,5 @@
-"""Search results: raw index hits turned into external ids, with stored payloads and vectors on request."""
+"""Read results: search hits turned into external ids (with stored payloads and vectors on request),
+fetched points, and an index compared with RocksDB."""
 
 from __future__ import annotations
 
@@ -71,3 +72,28 @@ def resolve_hits(store: CollectionStore, hits: Hits, with_payload: bool, with_ve
         if found:
             vectors[pos] = np.frombuffer(b"".join(r[:row] for r in found), "<f4").reshape(len(found), -1)
     return SearchResult(k, ids, distances, counts, payloads, vectors)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """A collection's index compared with RocksDB at one point in the write order."""
+
+    ids: np.ndarray  # the external ids of every stored point
+    indexed: int
+    missing: np.ndarray  # internal keys stored in RocksDB but not in the index
+    extra: np.ndarray  # internal keys in the index but not stored
+    unmapped: int  # string-id collections: points without an id, or ids without a point
+
+    @property
+    def consistent(self) -> bool:
+        """Whether the index holds exactly the stored points."""
+        return not len(self.missing) and not len(self.extra) and not self.unmapped
+
+
+@dataclass(frozen=True)
+class Points:
+    """The found points of a get, in request order; vectors and payloads only when asked."""
+
+    ids: np.ndarray
+    vectors: np.ndarray | None
+    payloads: list[bytes] | None

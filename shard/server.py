@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 from pathlib import Path
 
 from shoal._rpc import add_standard_services, aio_server, bind, set_serving, wait_for_signal
 from shoal.shard.core import Shard
+from shoal.shard.options import ShardOptions
 from shoal.shard.servicer import ShardServicer
 from shoal.v1 import shard_pb2, shard_pb2_grpc
 
@@ -17,18 +19,25 @@ log = logging.getLogger("shoal.shard")
 
 SERVICE = shard_pb2.DESCRIPTOR.services_by_name["Shard"].full_name
 GRACE_SECONDS = 5
+GRPC_FORK_ENV = "GRPC_ENABLE_FORK_SUPPORT"
 
 
 def run(data: Path, listen: str, cores: list[int] | None) -> None:
     """Run a shard on `listen` with its data under `data` until SIGTERM or SIGINT."""
+    if os.environ.get(GRPC_FORK_ENV) != "false":
+        # Snapshots fork (snapshots.py) and the child never touches gRPC, so gRPC's fork handlers must stay
+        # out of it (they would pause gRPC's threads, and do not support the asyncio server). gRPC reads
+        # this setting once, on import, which has happened by now: start this process over with it set.
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, GRPC_FORK_ENV: "false"})
     if cores:
         os.sched_setaffinity(0, cores)
     threads = len(cores) if cores else len(os.sched_getaffinity(0))
-    asyncio.run(_serve(Path(data), listen, threads))
+    asyncio.run(_serve(Path(data), listen, ShardOptions.from_env(threads)))
 
 
-async def _serve(data: Path, listen: str, threads: int) -> None:
-    shard = Shard(data, threads=threads)
+async def _serve(data: Path, listen: str, options: ShardOptions) -> None:
+    threads = options.threads
+    shard = Shard(data, options=options)
     server = aio_server()
     servicer = ShardServicer(shard)
     shard_pb2_grpc.add_ShardServicer_to_server(servicer, server)

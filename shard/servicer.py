@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 
@@ -13,7 +14,7 @@ from shoal._errors import ShoalError
 from shoal._wire import decode_ids, decode_matrix, encode_counts, encode_ids, encode_matrix
 from shoal.shard.core import CollectionStats, Shard
 from shoal.shard.results import SearchResult
-from shoal.v1 import shard_pb2_grpc
+from shoal.v1 import shard_pb2, shard_pb2_grpc
 from shoal.v1 import types_pb2 as pb
 
 log = logging.getLogger("shoal.shard.servicer")
@@ -101,6 +102,28 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             reader.cancel()
             for task in list(pending):
                 task.cancel()
+
+    async def Snapshot(self, request: shard_pb2.SnapshotRequest,
+                       context: grpc.aio.ServicerContext) -> shard_pb2.SnapshotResponse:
+        taken = await asyncio.to_thread(self._shard.snapshot)
+        return shard_pb2.SnapshotResponse(
+            snapshots=[shard_pb2.CollectionSequence(collection=n, sequence=s) for n, s in taken.items()
+                       if s is not None],
+            failed=[n for n, s in taken.items() if s is None])
+
+    async def Backup(self, request: shard_pb2.BackupRequest,
+                     context: grpc.aio.ServicerContext) -> shard_pb2.BackupResponse:
+        taken = await asyncio.to_thread(self._shard.backup, Path(request.path))
+        return shard_pb2.BackupResponse(
+            collections=[shard_pb2.CollectionSequence(collection=n, sequence=s) for n, s in taken.items()])
+
+    async def Verify(self, request: shard_pb2.VerifyRequest,
+                     context: grpc.aio.ServicerContext) -> shard_pb2.VerifyResponse:
+        found = await asyncio.to_thread(self._shard.verify, request.collection)
+        return shard_pb2.VerifyResponse(
+            ids=encode_ids(found.ids) if len(found.ids) else pb.Ids(), stored=len(found.ids),
+            indexed=found.indexed, missing=found.missing.astype("<u8").tobytes(),
+            extra=found.extra.astype("<u8").tobytes(), unmapped=found.unmapped, consistent=found.consistent)
 
     async def _stream_answer(self, request: pb.SearchRequest) -> pb.SearchResponse:
         """A stream answer: the result, or this request's error without breaking the stream."""

@@ -5,12 +5,20 @@ Layout (every key and value raw bytes):
     default     b"seq"            -> the shard's write sequence number, 8 bytes big-endian
                 b"config/<name>"  -> the collection's CollectionConfig as JSON
                 b"next/<name>"    -> the next internal key of a string-id collection, 8 bytes big-endian
+                b"born/<name>"    -> born: the sequence number of the batch that created the collection
+                b"trim/" + born8  -> the sequence up to which the collection's change log was trimmed
     p.<name>    key8              -> vector (dim float32 little-endian) + payload JSON (possibly empty)
     i.<name>    b"s" + utf8 id    -> key8        (string-id collections only)
                 b"k" + key8       -> utf8 id
+    log         born8 + seq8      -> the key8s a batch upserted or deleted (the change log, see below)
 
 key8 is the internal usearch key, 8 bytes big-endian: the id itself for uint64 collections, a counter for
-string-id collections.
+string-id collections. All integers are 8 bytes big-endian, so keys sort by number.
+
+The change log: every batch that changes points also records, in the same WriteBatch, which keys of which
+collection incarnation (born) it touched, under its own sequence number. An index snapshot taken at
+sequence S is brought up to date by re-reading from RocksDB only the keys touched after S; once a
+snapshot at S is durable, the collection's log entries up to S are deleted (trimmed).
 """
 
 from __future__ import annotations
@@ -19,21 +27,26 @@ import dataclasses
 import gc
 import json
 import logging
+import os
 import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-from rocksdict import ColumnFamily, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import Checkpoint, ColumnFamily, Options, Rdict, WriteBatch, WriteOptions
 
 from shoal._config import CollectionConfig
+from shoal._errors import ResourceExhausted
 
 log = logging.getLogger("shoal.shard.storage")
 
 _SEQ = b"seq"
 _CONFIG = b"config/"
 _NEXT = b"next/"
+_BORN = b"born/"
+_TRIM = b"trim/"
+_LOG = "log"
 _BE64 = np.dtype(">u8")
 _F32 = np.dtype("<f4")
 
@@ -50,8 +63,13 @@ def unpack_key(raw: bytes) -> int:
 
 def pack_keys(keys: np.ndarray) -> list[bytes]:
     """Internal keys (uint64 array) as a list of 8-byte big-endian strings."""
-    raw = np.ascontiguousarray(keys, dtype=_BE64).tobytes()
+    raw = keys_bytes(keys)
     return [raw[i:i + 8] for i in range(0, len(raw), 8)]
+
+
+def keys_bytes(keys: np.ndarray) -> bytes:
+    """Internal keys (uint64 array) as one string of 8-byte big-endian keys."""
+    return np.ascontiguousarray(keys, dtype=_BE64).tobytes()
 
 
 def unpack_keys(raws: Sequence[bytes]) -> np.ndarray:
@@ -82,8 +100,9 @@ def _ids_cf(name: str) -> str:
 class CollectionStore:
     """One collection's column families; reads from any thread, writes only through a WriteBatch."""
 
-    def __init__(self, config: CollectionConfig, db: Rdict, next_key: int) -> None:
+    def __init__(self, config: CollectionConfig, db: Rdict, next_key: int, born: int) -> None:
         self.config = config
+        self.born = born  # unique per incarnation: a dropped and recreated collection gets a new one
         self.row_bytes = config.dim * 4
         self.next_key = next_key  # only the committer thread reads or advances it
         self._points: Rdict | None = db.get_column_family(_points_cf(config.name))
@@ -136,6 +155,22 @@ class CollectionStore:
         """Persist the string-id key counter in a batch."""
         batch.put(_NEXT + self.name.encode(), pack_key(self.next_key))
 
+    def stored_keys(self) -> np.ndarray:
+        """Every stored point's internal key, sorted."""
+        assert self._points is not None
+        return unpack_keys(list(cast(Iterator[bytes], self._points.keys())))
+
+    def mapped_keys(self) -> np.ndarray:
+        """Every internal key the string-id map names, sorted (empty for uint64 collections)."""
+        if self._ids is None:
+            return np.zeros(0, np.uint64)
+        keys: list[bytes] = []
+        for k in cast(Iterator[bytes], self._ids.keys(from_key=b"k")):
+            if not k.startswith(b"k"):
+                break
+            keys.append(k[1:])
+        return unpack_keys(keys)
+
     def scan(self, rows: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every stored point as (uint64 keys, float32 vectors) batches of at most `rows`."""
         assert self._points is not None
@@ -166,13 +201,17 @@ class CollectionStore:
 class Storage:
     """One RocksDB per shard; only the committer thread writes (see committer.py)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, min_free_bytes: int = 0) -> None:
         path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.min_free_bytes = min_free_bytes
         names = Rdict.list_cf(str(path), _options()) if (path / "CURRENT").exists() else ["default"]
         self._db = Rdict(str(path), _options(),
-                         column_families={n: _options() for n in names if n != "default"})
+                         column_families={n: _options() for n in {*names, _LOG} if n != "default"})
         self._write_options = WriteOptions()
         self._write_options.sync = False  # durability comes from one flush_wal per group
+        self._log: Rdict | None = self._db.get_column_family(_LOG)
+        self._log_cf: ColumnFamily | None = self._db.get_column_family_handle(_LOG)
         raw = self._db.get(_SEQ)
         self.seq = unpack_key(raw) if raw else 0
         self.collections: dict[str, CollectionStore] = {}
@@ -186,25 +225,35 @@ class Storage:
         log.info("opened RocksDB at %s: %d collections, sequence %d", path, len(self.collections), self.seq)
 
     def _attach(self, config: CollectionConfig) -> CollectionStore:
-        raw = self._db.get(_NEXT + config.name.encode())
-        return CollectionStore(config, self._db, unpack_key(raw) if raw else 1)
+        name = config.name.encode()
+        raw = self._db.get(_NEXT + name)
+        born = self._db.get(_BORN + name)
+        if born is None:  # a collection made before change logs existed: give it an incarnation now
+            batch = WriteBatch(raw_mode=True)
+            batch.put(_BORN + name, pack_key(self.seq + 1))
+            self.write(batch)
+            self.flush_wal()
+            born = pack_key(self.seq)
+        return CollectionStore(config, self._db, unpack_key(raw) if raw else 1, unpack_key(born))
 
     def _drop_orphans(self, names: list[str]) -> None:
         """Drop column families left by a create or drop that crashed half-way."""
         wanted = {cf for name in self.collections for cf in (_points_cf(name), _ids_cf(name))}
         for cf in names:
-            if cf != "default" and cf not in wanted:
+            if cf not in ("default", _LOG) and cf not in wanted:
                 log.warning("dropping orphan column family %s", cf)
                 self._db.drop_column_family(cf)
 
     def create(self, config: CollectionConfig) -> CollectionStore:
         """Create a collection's column families, then durably record its config."""
+        self.check_space()
         self._db.create_column_family(_points_cf(config.name), _options())
         if config.id_type == "string":
             self._db.create_column_family(_ids_cf(config.name), _options())
-        store = CollectionStore(config, self._db, 1)
+        store = CollectionStore(config, self._db, 1, self.seq + 1)
         batch = WriteBatch(raw_mode=True)
         batch.put(_CONFIG + config.name.encode(), json.dumps(dataclasses.asdict(config)).encode())
+        batch.put(_BORN + config.name.encode(), pack_key(store.born))
         if config.id_type == "string":
             store.put_next_key(batch)
         self.write(batch)
@@ -218,6 +267,10 @@ class Storage:
         batch = WriteBatch(raw_mode=True)
         batch.delete(_CONFIG + name.encode())
         batch.delete(_NEXT + name.encode())
+        batch.delete(_BORN + name.encode())
+        born = pack_key(store.born)
+        batch.delete(_TRIM + born)
+        batch.delete_range(born, pack_key(store.born + 1), self._log_cf)
         self.write(batch)
         self.flush_wal()
         self._dropped.append(self.collections.pop(name))
@@ -230,8 +283,55 @@ class Storage:
         """An empty write batch."""
         return WriteBatch(raw_mode=True)
 
+    def free_bytes(self) -> int:
+        """Bytes free for this process on the database's file system."""
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def check_space(self) -> None:
+        """Refuse (ResourceExhausted) writes while free space is below the reserve RocksDB needs to keep going."""
+        free = self.free_bytes()
+        if free < self.min_free_bytes:
+            raise ResourceExhausted(
+                f"the shard's disk is full: {free // 2**20} MiB free, {self.min_free_bytes // 2**20} MiB "
+                "kept in reserve; free some space and retry")
+
+    def log_change(self, batch: WriteBatch, store: CollectionStore, keys: bytes) -> None:
+        """On the committer, just before the batch is written: record in it the key8s it touches."""
+        batch.put(pack_key(store.born) + pack_key(self.seq + 1), keys, self._log_cf)
+
+    def changed_keys(self, store: CollectionStore, after: int) -> np.ndarray:
+        """The distinct internal keys that batches after sequence `after` touched, sorted."""
+        assert self._log is not None
+        born = pack_key(store.born)
+        parts: list[np.ndarray] = []
+        entries = cast(Iterator[tuple[bytes, bytes]], self._log.items(from_key=born + pack_key(after + 1)))
+        for key, value in entries:
+            if not key.startswith(born):
+                break
+            parts.append(np.frombuffer(value, _BE64))
+        return np.unique(np.concatenate(parts)).astype(np.uint64) if parts else np.zeros(0, np.uint64)
+
+    def trimmed(self, store: CollectionStore) -> int:
+        """The sequence up to which the collection's change log was trimmed (0: never)."""
+        raw = self._db.get(_TRIM + pack_key(store.born))
+        return unpack_key(raw) if raw else 0
+
+    def trim_log(self, store: CollectionStore, upto: int) -> None:
+        """Forget the collection's log entries up to `upto`, which a durable snapshot covers.
+
+        The one write outside the committer: it touches only entries the committer never writes again,
+        needs no sync (a lost trim only leaves entries a replay skips) and leaves the sequence alone.
+        """
+        born = pack_key(store.born)
+        batch = WriteBatch(raw_mode=True)
+        batch.delete_range(born, born + pack_key(upto + 1), self._log_cf)
+        batch.put(_TRIM + born, pack_key(upto))
+        self._db.write(batch, self._write_options)
+
     def write(self, batch: WriteBatch) -> None:
         """Write a batch (WAL on, no sync), bumping the sequence number inside it."""
+        self.check_space()
         batch.put(_SEQ, pack_key(self.seq + 1))
         self._db.write(batch, self._write_options)
         self.seq += 1
@@ -239,6 +339,14 @@ class Storage:
     def flush_wal(self) -> None:
         """Make every batch written so far durable."""
         self._db.flush_wal(True)
+
+    def checkpoint(self, path: Path) -> None:
+        """A consistent copy of the whole database in `path` (a new folder; hard links where it can)."""
+        checkpoint = Checkpoint(self._db)
+        try:
+            checkpoint.create_checkpoint(str(path))
+        finally:
+            del checkpoint  # it holds the database open
 
     def close(self) -> None:
         """Flush and close the database."""
@@ -248,6 +356,9 @@ class Storage:
             store.close(dropped=True)
         self.collections.clear()
         self._dropped.clear()
+        if self._log is not None:
+            self._log.close()
+        self._log = self._log_cf = None
         # Handles held by garbage cycles (a failed job's future, its traceback and its batch) would keep
         # RocksDB open, and a reopen in this process would fail on the lock.
         gc.collect()

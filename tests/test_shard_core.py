@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -15,9 +17,13 @@ from shoal._config import CollectionConfig
 from shoal._errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from shoal.shard.committer import Committer
 from shoal.shard.core import Shard
-from shoal.shard.index import Hits, IndexWorker
+from shoal.shard.faults import CrashPoints
+from shoal.shard.index import Hits, IndexWorker, VectorIndex
+from shoal.shard.options import SnapshotPolicy
+from shoal.shard.recovery import manifest_problem, recover
 from shoal.shard.results import resolve_hits
-from shoal.shard.storage import Storage, pack_key
+from shoal.shard.snapshots import Manifest, SnapshotFiles, write_index
+from shoal.shard.storage import CollectionStore, Storage, keys_bytes, pack_key, pack_keys
 from tests.conftest import brute_force, clustered
 
 DIM = 16
@@ -320,3 +326,145 @@ def test_hits_of_points_deleted_meanwhile_are_left_out(tmp_path: Path) -> None:
         assert result.vectors is not None and result.vectors[:, 0].tolist() == [1, 3, 0, 0, 0, 0]
     finally:
         storage.close()
+
+
+# Durability: the change log, snapshots, recovery decisions and fatal errors, without processes.
+
+
+def test_a_snapshot_plus_the_change_log_equals_rocksdb(tmp_path: Path) -> None:
+    storage = Storage(tmp_path / "db")
+    files = SnapshotFiles(tmp_path / "index")
+    try:
+        config = CollectionConfig("c", DIM, metric="l2")
+        store = storage.create(config)
+        x = clustered(300, DIM, seed=20)
+
+        def write(keys: np.ndarray, vectors: np.ndarray | None) -> None:
+            batch = Storage.batch()
+            for i, key in enumerate(pack_keys(keys)):
+                if vectors is None:
+                    store.delete_point(batch, key)
+                else:
+                    store.put_point(batch, key, vectors[i].tobytes())
+            storage.log_change(batch, store, keys_bytes(keys))
+            storage.write(batch)
+
+        first = np.arange(1, 201, dtype=np.uint64)
+        write(first, x[:200])
+        index = VectorIndex(config, 1)
+        index.extend(first, x[:200])
+        tmp = files.temporary(store, "t")
+        size, crc = write_index(index, tmp, CrashPoints())
+        manifest = Manifest("c", store.born, storage.seq, f"snapshot-{storage.seq}.usearch", size, crc, 200,
+                            dataclasses.asdict(config))
+        files.publish(store, tmp, manifest, CrashPoints())
+        assert not list(files.folder(store).glob("*.tmp"))
+        # After the snapshot: replace some points, add some, delete some (also some of the new ones).
+        write(np.arange(150, 251, dtype=np.uint64), -x[150:251])
+        write(np.arange(1, 40, dtype=np.uint64), None)
+        write(np.array([250], np.uint64), None)
+        assert storage.changed_keys(store, manifest.sequence).tolist() == list(range(1, 40)) + list(range(150, 251))
+
+        recovered = recover(store, storage, files, 1)
+        assert recovered.snapshot_seq == manifest.sequence and recovered.unsnapshotted == 139
+        keys = recovered.index.keys()
+        assert keys.tolist() == store.stored_keys().tolist() == list(range(40, 250))
+        hits = recovered.index.search(-x[150:250], 1, 4096)  # replaced vectors are the new ones
+        assert hits.keys[:, 0].tolist() == list(range(150, 250)) and np.allclose(hits.distances, 0, atol=1e-4)
+
+        storage.trim_log(store, manifest.sequence + 1)  # a later snapshot covers the first change
+        assert storage.trimmed(store) == manifest.sequence + 1
+        assert recover(store, storage, files, 1).snapshot_seq is None  # the snapshot is too old: rebuilt
+    finally:
+        storage.close()
+
+
+def _manifest(**changes: Any) -> Manifest:
+    fields: dict[str, Any] = dict(collection="c", born=3, sequence=10, file="snapshot-10.usearch", size=1, crc32=0,
+                                  count=0, config=dataclasses.asdict(CollectionConfig("c", DIM)))
+    return Manifest(**{**fields, **changes})
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({}, None),
+    ({"born": 2}, "earlier collection"),
+    ({"collection": "d"}, "earlier collection"),
+    ({"config": dataclasses.asdict(CollectionConfig("c", DIM, metric="l2"))}, "another config"),
+    ({"sequence": 21}, "ahead of RocksDB"),
+    ({"sequence": 4}, "older than the change log"),
+    ({"format": 2}, "unknown format"),
+])
+def test_which_snapshots_recovery_trusts(changes: dict[str, Any], problem: str | None) -> None:
+    store = cast(CollectionStore, SimpleNamespace(name="c", born=3, config=CollectionConfig("c", DIM)))
+    found = manifest_problem(_manifest(**changes), store, sequence=20, trimmed=5)
+    assert found == problem if problem is None else problem in (found or "")
+
+
+def test_snapshot_policy() -> None:
+    policy = SnapshotPolicy(changes=100, min_interval=10, max_interval=60)
+    assert not policy.due(0, 1000)  # nothing changed
+    assert not policy.due(100, 5)  # enough changes, too soon
+    assert policy.due(100, 10)
+    assert not policy.due(99, 59)
+    assert policy.due(1, 60)  # a few changes, but long enough
+
+
+def test_verify_reports_an_index_that_differs_from_rocksdb(shard: Shard) -> None:
+    x = clustered(50, DIM, seed=22)
+    shard.upsert("s", [f"n{i}" for i in range(50)], x)
+    assert shard.verify("s").consistent and sorted(shard.verify("s").ids) == sorted(f"n{i}" for i in range(50))
+    coll = shard._collections["s"]
+    shard._worker.call(lambda: coll.index.remove(np.array([1, 2], np.uint64))).result()  # damage the index
+    report = shard.verify("s")
+    assert not report.consistent and report.missing.tolist() == [1, 2] and report.indexed == 48
+
+
+class FailingSync(Storage):
+    """A Storage whose WAL sync fails."""
+
+    def flush_wal(self) -> None:
+        raise OSError(5, "Input/output error")
+
+
+def test_a_failed_wal_sync_fails_the_callers_and_is_fatal(tmp_path: Path) -> None:
+    storage = FailingSync(tmp_path)
+    fatal: list[str] = []
+    worker = IndexWorker()
+    committer = Committer(storage, worker, on_fatal=fatal.append)
+    worker.start()
+    committer.start()
+    applied: list[int] = []
+
+    def prepare() -> tuple[Any, Callable[[], None]]:
+        batch = Storage.batch()
+        batch.put(b"k", b"v")
+        return batch, lambda: applied.append(1)
+
+    try:
+        with pytest.raises(Unavailable, match="durable"):
+            committer.submit(prepare).result()
+        assert len(fatal) == 1 and "WAL sync failed" in fatal[0]
+        assert not applied  # never applied to the index, never retried
+    finally:
+        committer.stop()
+        worker.stop()
+        storage.close()
+
+
+def test_a_failed_index_update_after_commit_is_fatal() -> None:
+    fatal: list[str] = []
+    worker = IndexWorker(on_fatal=fatal.append)
+    worker.start()
+    try:
+        ok: Future[Any] = Future()
+        failed: Future[Any] = Future()
+        for f in (ok, failed):
+            f.set_running_or_notify_cancel()
+        worker.apply([(ok, lambda: 1, 7), (failed, lambda: 1 / 0, 8)])
+        assert ok.result() == 1
+        with pytest.raises(ZeroDivisionError):
+            failed.result()
+        worker.call(lambda: None).result()
+        assert fatal == ["the index update of committed batch 8 failed"] and worker.applied_seq == 8
+    finally:
+        worker.stop()

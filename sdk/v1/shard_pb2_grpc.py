@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from shoal.v1 import shard_pb2 as shoal_dot_v1_dot_shard__pb2
 from shoal.v1 import types_pb2 as shoal_dot_v1_dot_types__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -84,6 +85,21 @@ class ShardStub:
                 request_serializer=shoal_dot_v1_dot_types__pb2.SearchRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_types__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.Snapshot = channel.unary_unary(
+                '/shoal.v1.Shard/Snapshot',
+                request_serializer=shoal_dot_v1_dot_shard__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_shard__pb2.SnapshotResponse.FromString,
+                _registered_method=True)
+        self.Backup = channel.unary_unary(
+                '/shoal.v1.Shard/Backup',
+                request_serializer=shoal_dot_v1_dot_shard__pb2.BackupRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_shard__pb2.BackupResponse.FromString,
+                _registered_method=True)
+        self.Verify = channel.unary_unary(
+                '/shoal.v1.Shard/Verify',
+                request_serializer=shoal_dot_v1_dot_shard__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_shard__pb2.VerifyResponse.FromString,
+                _registered_method=True)
 
 
 class ShardServicer:
@@ -155,6 +171,29 @@ class ShardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Snapshot(self, request, context):
+        """Durability. Not called by coordinators: by `shoal backup` and by tests.
+        Snapshot every index that changed since its last snapshot, now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Backup(self, request, context):
+        """A consistent copy of this shard (index snapshots and a RocksDB checkpoint) in a new folder on the
+        shard's own file system.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Verify(self, request, context):
+        """Debugging: compare a collection's index with RocksDB (a full scan that holds writes back meanwhile).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -207,6 +246,21 @@ def add_ShardServicer_to_server(servicer, server):
                     servicer.SearchStream,
                     request_deserializer=shoal_dot_v1_dot_types__pb2.SearchRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_types__pb2.SearchResponse.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=shoal_dot_v1_dot_shard__pb2.SnapshotRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_shard__pb2.SnapshotResponse.SerializeToString,
+            ),
+            'Backup': grpc.unary_unary_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=shoal_dot_v1_dot_shard__pb2.BackupRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_shard__pb2.BackupResponse.SerializeToString,
+            ),
+            'Verify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=shoal_dot_v1_dot_shard__pb2.VerifyRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_shard__pb2.VerifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -479,6 +533,87 @@ class Shard:
             '/shoal.v1.Shard/SearchStream',
             shoal_dot_v1_dot_types__pb2.SearchRequest.SerializeToString,
             shoal_dot_v1_dot_types__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shard/Snapshot',
+            shoal_dot_v1_dot_shard__pb2.SnapshotRequest.SerializeToString,
+            shoal_dot_v1_dot_shard__pb2.SnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shard/Backup',
+            shoal_dot_v1_dot_shard__pb2.BackupRequest.SerializeToString,
+            shoal_dot_v1_dot_shard__pb2.BackupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shard/Verify',
+            shoal_dot_v1_dot_shard__pb2.VerifyRequest.SerializeToString,
+            shoal_dot_v1_dot_shard__pb2.VerifyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,196 @@
+"""Coalesce concurrent searches of the same shape into one fan-out, so one message per shard carries many queries.
+
+A search waits only while `max_inflight` fan-outs of its shape are already running (or for `max_wait`
+seconds when that is set, to gather more): under light load it goes out at once, under heavy load the
+waiting searches leave together as one batch when a fan-out comes back. A failed fan-out fails every
+search it carried with the same error, which is the error each would have got alone: they share the
+collection, k, ef and dimension, and each was validated on its own before it joined.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from shoal._errors import DeadlineExceeded
+from shoal.coordinator.merge import TopK
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What searches must share to travel in one message."""
+
+    collection: str
+    dim: int
+    k: int
+    ef: int
+    with_payload: bool
+    with_vectors: bool
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How searches are coalesced."""
+
+    # Query rows in one coalesced fan-out; bounds the latency the last-joined search adds.
+    max_rows: int = 512
+    # Fan-outs of one shape at once. One: the next batch gathers while the shards (all searching in parallel,
+    # so every core is busy) answer the last; measured faster than 2 or 4 on 2 cores (loadtest/bench.py).
+    max_inflight: int = 1
+    # Seconds a search may wait for others when a fan-out is free; 0: only those arriving in the same turn.
+    max_wait: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.max_rows < 1 or self.max_inflight < 1 or self.max_wait < 0:
+            raise ValueError(f"max_rows and max_inflight must be at least 1, max_wait not negative: {self}")
+
+
+DEFAULT_BATCHING = BatchConfig()
+
+# Runs one fan-out: the shape, the stacked queries and the timeout in seconds (None: no deadline).
+Run = Callable[[Shape, np.ndarray, float | None], Awaitable[TopK]]
+
+
+@dataclass
+class _Waiting:
+    queries: np.ndarray
+    deadline: float | None
+    future: asyncio.Future[TopK]
+
+
+@dataclass
+class _Lane:
+    """The searches of one shape: those waiting and the number of fan-outs running."""
+
+    waiting: deque[_Waiting] = field(default_factory=deque)
+    rows: int = 0
+    inflight: int = 0
+    timer: asyncio.Handle | None = None
+
+
+def rows_of(result: TopK, start: int, stop: int) -> TopK:
+    """Rows [start, stop) of a result, as views."""
+    part = slice(start, stop)
+    return TopK(result.ids[part], result.distances[part], result.counts[part],
+                None if result.payloads is None else result.payloads[part],
+                None if result.vectors is None else result.vectors[part])
+
+
+class SearchBatcher:
+    """Coalesces searches per Shape; `submit` answers each with its own rows of the shared result."""
+
+    def __init__(self, run: Run, config: BatchConfig = DEFAULT_BATCHING) -> None:
+        self._run = run
+        self.max_rows = config.max_rows
+        self.max_inflight = config.max_inflight
+        self.max_wait = config.max_wait
+        self._lanes: dict[Shape, _Lane] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # the running fan-outs, held so they are not collected
+        self.batches = 0  # fan-outs started, for tests and metrics
+        self.searches = 0  # searches answered through a coalesced fan-out
+
+    def submit(self, shape: Shape, queries: np.ndarray, timeout: float | None) -> asyncio.Future[TopK]:
+        """The future result of `queries`, possibly computed together with other searches of the same shape.
+
+        Cancelling the future withdraws the search if it has not been sent yet.
+        """
+        loop = asyncio.get_running_loop()
+        if len(queries) >= self.max_rows:  # already a full batch: nothing to gain by waiting
+            return loop.create_task(self._run_alone(shape, queries, timeout))
+        lane = self._lanes.get(shape)
+        if lane is None:
+            lane = self._lanes[shape] = _Lane()
+        future: asyncio.Future[TopK] = loop.create_future()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        lane.waiting.append(_Waiting(queries, deadline, future))
+        lane.rows += len(queries)
+        self._pump(shape, lane)
+        return future
+
+    async def _run_alone(self, shape: Shape, queries: np.ndarray, timeout: float | None) -> TopK:
+        return await self._run(shape, queries, timeout)
+
+    def _pump(self, shape: Shape, lane: _Lane) -> None:
+        """Send full batches while fan-outs are free; otherwise arm the timer for a partial one."""
+        while lane.waiting and lane.inflight < self.max_inflight and lane.rows >= self.max_rows:
+            self._flush(shape, lane)
+        if lane.waiting and lane.inflight < self.max_inflight and lane.timer is None:
+            # Searches that arrive in the same turn of the event loop (or within max_wait) join this batch.
+            loop = asyncio.get_running_loop()
+            lane.timer = (loop.call_later(self.max_wait, self._on_timer, shape, lane) if self.max_wait
+                          else loop.call_soon(self._on_timer, shape, lane))
+
+    def _on_timer(self, shape: Shape, lane: _Lane) -> None:
+        lane.timer = None
+        self._flush(shape, lane)
+        self._pump(shape, lane)
+
+    def _flush(self, shape: Shape, lane: _Lane) -> None:
+        """Start one fan-out with the searches waiting in the lane, up to max_rows rows."""
+        if lane.timer is not None:
+            lane.timer.cancel()
+            lane.timer = None
+        now = time.monotonic()
+        taken: list[_Waiting] = []
+        rows = 0
+        while lane.waiting and (not taken or rows + len(lane.waiting[0].queries) <= self.max_rows):
+            item = lane.waiting.popleft()
+            lane.rows -= len(item.queries)
+            if item.future.done():
+                continue  # its caller went away
+            if item.deadline is not None and item.deadline <= now:
+                item.future.set_exception(DeadlineExceeded("the deadline passed before the search was sent"))
+                continue
+            taken.append(item)
+            rows += len(item.queries)
+        if not taken:
+            return
+        lane.inflight += 1
+        self.batches += 1
+        task = asyncio.get_running_loop().create_task(self._fan_out(shape, lane, taken))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fan_out(self, shape: Shape, lane: _Lane, taken: list[_Waiting]) -> None:
+        deadlines = [w.deadline for w in taken if w.deadline is not None]
+        # The fan-out lasts as long as its most patient search; the others' calls end at their own deadline.
+        timeout = max(0.0, max(deadlines) - time.monotonic()) if len(deadlines) == len(taken) else None
+        queries = taken[0].queries if len(taken) == 1 else np.concatenate([w.queries for w in taken])
+        stopping = False
+        try:
+            result = await self._run(shape, queries, timeout)
+        except Exception as exc:
+            for w in taken:
+                if not w.future.done():
+                    w.future.set_exception(exc)
+        except BaseException:  # the coordinator is stopping: nothing more is sent
+            stopping = True
+            for w in (*taken, *lane.waiting):
+                w.future.cancel()
+            lane.waiting.clear()
+            lane.rows = 0
+            raise
+        else:
+            start = 0
+            for w in taken:
+                stop = start + len(w.queries)
+                if not w.future.done():
+                    w.future.set_result(result if len(taken) == 1 else rows_of(result, start, stop))
+                start = stop
+            self.searches += len(taken)
+        finally:
+            lane.inflight -= 1
+            if lane.waiting and not stopping:
+                self._flush(shape, lane)  # those that waited for this fan-out go now, together
+                self._pump(shape, lane)
+            self._settle(shape, lane)
+
+    def _settle(self, shape: Shape, lane: _Lane) -> None:
+        """Forget an idle lane, so shapes seen once do not accumulate."""
+        if not lane.waiting and lane.inflight == 0 and lane.timer is None and self._lanes.get(shape) is lane:
+            del self._lanes[shape]

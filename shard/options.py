@@ -1,0 +1,64 @@
+"""A shard's settings and their defaults, in one place; read from the environment only at process start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from shoal.shard.faults import CRASHPOINT_ENV, crashpoint_from_env
+
+# Index snapshots: a restart replays at most about `changes` points on top of the last snapshot.
+SNAPSHOT_CHANGES_ENV = "SHOAL_SNAPSHOT_CHANGES"
+SNAPSHOT_MIN_INTERVAL_ENV = "SHOAL_SNAPSHOT_MIN_INTERVAL"
+SNAPSHOT_MAX_INTERVAL_ENV = "SHOAL_SNAPSHOT_MAX_INTERVAL"
+MIN_FREE_MB_ENV = "SHOAL_MIN_FREE_MB"
+
+
+@dataclass(frozen=True)
+class SnapshotPolicy:
+    """When a collection's index is snapshotted in the background."""
+
+    # A snapshot costs time proportional to the index, a replay time proportional to the changes since
+    # the last snapshot: snapshot once this many points changed, but not more often than min_interval...
+    changes: int = 10_000
+    min_interval: float = 10.0
+    # ...and at least every max_interval seconds while anything changed at all.
+    max_interval: float = 120.0
+
+    def due(self, changes: int, since_last: float) -> bool:
+        """Whether a collection with `changes` unsnapshotted changes, `since_last` seconds after its last
+        snapshot (or the shard's start), should be snapshotted now."""
+        if changes <= 0:
+            return False
+        return (changes >= self.changes and since_last >= self.min_interval) or since_last >= self.max_interval
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """Everything a shard is configured with besides its data folder."""
+
+    threads: int = 1
+    snapshots: SnapshotPolicy = field(default_factory=SnapshotPolicy)
+    # Writes are refused (RESOURCE_EXHAUSTED) while the data disk has less free space than this: RocksDB
+    # needs room to flush memtables and compact, and stops for good after a failed WAL append.
+    min_free_bytes: int = 256 * 1024 * 1024
+    max_group: int = 256  # writes per WAL sync; 1 means one sync per batch (no group commit)
+    crashpoint: str | None = None  # test-only: see faults.py
+
+    @classmethod
+    def from_env(cls, threads: int, environ: Mapping[str, str] = os.environ) -> ShardOptions:
+        """The options of a shard process: defaults, overridden by SHOAL_* environment variables."""
+        default = SnapshotPolicy()
+        policy = SnapshotPolicy(
+            changes=int(environ.get(SNAPSHOT_CHANGES_ENV, default.changes)),
+            min_interval=float(environ.get(SNAPSHOT_MIN_INTERVAL_ENV, default.min_interval)),
+            max_interval=float(environ.get(SNAPSHOT_MAX_INTERVAL_ENV, default.max_interval)))
+        min_free = cls.min_free_bytes
+        if MIN_FREE_MB_ENV in environ:
+            min_free = int(float(environ[MIN_FREE_MB_ENV]) * 1024 * 1024)
+        return cls(threads=threads, snapshots=policy, min_free_bytes=min_free,
+                   crashpoint=crashpoint_from_env(environ))
+
+
+__all__ = ["CRASHPOINT_ENV", "ShardOptions", "SnapshotPolicy"]
