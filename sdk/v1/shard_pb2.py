@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from shoal.v1 import types_pb2 as shoal_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14shoal/v1/shard.proto\x12\x08shoal.v1\x1a\x14shoal/v1/types.proto2\xd0\x05\n\x05Shard\x12Y\n\x10\x43reateCollection\x12!.shoal.v1.CreateCollectionRequest\x1a\".shoal.v1.CreateCollectionResponse\x12S\n\x0e\x44ropCollection\x12\x1f.shoal.v1.DropCollectionRequest\x1a .shoal.v1.DropCollectionResponse\x12V\n\x0fListCollections\x12 .shoal.v1.ListCollectionsRequest\x1a!.shoal.v1.ListCollectionsResponse\x12S\n\x12\x44\x65scribeCollection\x12#.shoal.v1.DescribeCollectionRequest\x1a\x18.shoal.v1.CollectionInfo\x12;\n\x06Upsert\x12\x17.shoal.v1.UpsertRequest\x1a\x18.shoal.v1.UpsertResponse\x12\x32\n\x03Get\x12\x14.shoal.v1.GetRequest\x1a\x15.shoal.v1.GetResponse\x12;\n\x06\x44\x65lete\x12\x17.shoal.v1.DeleteRequest\x1a\x18.shoal.v1.DeleteResponse\x12\x38\n\x05\x43ount\x12\x16.shoal.v1.CountRequest\x1a\x17.shoal.v1.CountResponse\x12;\n\x06Search\x12\x17.shoal.v1.SearchRequest\x1a\x18.shoal.v1.SearchResponse\x12\x45\n\x0cSearchStream\x12\x17.shoal.v1.SearchRequest\x1a\x18.shoal.v1.SearchResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14shoal/v1/shard.proto\x12\x08shoal.v1\x1a\x14shoal/v1/types.proto2\xd6\x06\n\x05Shard\x12Y\n\x10\x43reateCollection\x12!.shoal.v1.CreateCollectionRequest\x1a\".shoal.v1.CreateCollectionResponse\x12S\n\x0e\x44ropCollection\x12\x1f.shoal.v1.DropCollectionRequest\x1a .shoal.v1.DropCollectionResponse\x12V\n\x0fListCollections\x12 .shoal.v1.ListCollectionsRequest\x1a!.shoal.v1.ListCollectionsResponse\x12S\n\x12\x44\x65scribeCollection\x12#.shoal.v1.DescribeCollectionRequest\x1a\x18.shoal.v1.CollectionInfo\x12;\n\x06Upsert\x12\x17.shoal.v1.UpsertRequest\x1a\x18.shoal.v1.UpsertResponse\x12\x32\n\x03Get\x12\x14.shoal.v1.GetRequest\x1a\x15.shoal.v1.GetResponse\x12;\n\x06\x44\x65lete\x12\x17.shoal.v1.DeleteRequest\x1a\x18.shoal.v1.DeleteResponse\x12\x38\n\x05\x43ount\x12\x16.shoal.v1.CountRequest\x1a\x17.shoal.v1.CountResponse\x12;\n\x06Scroll\x12\x17.shoal.v1.ScrollRequest\x1a\x18.shoal.v1.ScrollResponse\x12G\n\nSetPayload\x12\x1b.shoal.v1.SetPayloadRequest\x1a\x1c.shoal.v1.SetPayloadResponse\x12;\n\x06Search\x12\x17.shoal.v1.SearchRequest\x1a\x18.shoal.v1.SearchResponse\x12\x45\n\x0cSearchStream\x12\x17.shoal.v1.SearchRequest\x1a\x18.shoal.v1.SearchResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shoal.v1.shard_pb2', _globa
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SHARD']._serialized_start=57
-  _globals['_SHARD']._serialized_end=777
+  _globals['_SHARD']._serialized_end=911
 # @@protoc_insertion_point(module_scope)
