@@ -69,9 +69,16 @@ def kind(value: Any) -> str:
 
 
 def _scalar(value: Any, where: str) -> Scalar:
-    if isinstance(value, bool | str) or (isinstance(value, int | float) and math.isfinite(value)):
+    if isinstance(value, bool | str) or (isinstance(value, int | float) and _finite(value)):
         return value  # type: ignore[no-any-return]
     raise InvalidArgument(f"filter {where}: expected a string, number or boolean, got {json.dumps(value)[:60]}")
+
+
+def _finite(number: int | float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an integer beyond the float range cannot be compared like the other numbers
+        return False
 
 
 def parse(spec: Any, where: str = "filter", depth: int = 0) -> Node:
