@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,10 @@ from shoal._config import CollectionConfig, check_ef, check_k, check_name
 from shoal._errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from shoal._wire import as_id_array, check_ids, check_queries, check_upsert
 from shoal.shard.committer import Committer
+from shoal.shard.filtered import FilterOps
 from shoal.shard.index import Hits, IndexWorker, VectorIndex
+from shoal.shard.payload_index import EMPTY_PAYLOAD, columns, delete_entries, ensure_complete, indexed, write_entries
+from shoal.shard.payload_mirror import FilterIndex
 from shoal.shard.results import SearchResult, resolve_hits
 from shoal.shard.storage import CollectionStore, Storage, pack_key, pack_keys, unpack_keys
 
@@ -37,6 +40,7 @@ class Collection:
 
     store: CollectionStore
     index: VectorIndex
+    filters: FilterIndex = field(default_factory=FilterIndex)  # the payload index in memory, like `index`
 
     @property
     def config(self) -> CollectionConfig:
@@ -62,7 +66,7 @@ class Points:
     payloads: list[bytes] | None
 
 
-class Shard:
+class Shard(FilterOps):
     """One shard's collections; open() before use, close() after."""
 
     def __init__(self, data: Path, threads: int = 1) -> None:
@@ -84,7 +88,10 @@ class Shard:
             index = VectorIndex(store.config, self.threads)
             for keys, vectors in store.scan():
                 index.extend(keys, vectors)
-            self._collections[store.name] = self._writing[store.name] = Collection(store, index)
+            self._collections[store.name] = self._writing[store.name] = coll = Collection(store, index)
+            if ensure_complete(self._storage, store):
+                log.warning("collection %s: payload index rebuilt from the points", store.name)
+            coll.filters.load(list(columns(store)))
             log.info("collection %s: %d points indexed", store.name, index.count)
         self._committer = Committer(self._storage, self._worker)
         self._worker.start()
@@ -218,13 +225,17 @@ class Shard:
         raw = vectors.tobytes()
         row = coll.store.row_bytes
         records = [raw[i * row:(i + 1) * row] + (payloads[i] if payloads else b"") for i in range(len(ids))]
+        entries = [indexed(p) for p in payloads] if payloads else [EMPTY_PAYLOAD] * len(ids)
 
         batch = Storage.batch()
+        keys8: list[bytes] = []
         if config.id_type == "uint64":  # nothing depends on current state: build the batch here
-            for key, record in zip(pack_keys(ids), records, strict=True):
+            keys8 = pack_keys(ids)
+            for key, record in zip(keys8, records, strict=True):
                 coll.store.put_point(batch, key, record)
 
         def prepare() -> tuple[WriteBatch, Callable[[], int]]:
+            nonlocal keys8
             store = self._writable(name, coll).store
             keys = ids
             if config.id_type == "string":
@@ -232,9 +243,11 @@ class Shard:
                 for key, record in zip(keys8, records, strict=True):
                     store.put_point(batch, key, record)
                 keys = unpack_keys(keys8)
+            write_entries(store, batch, keys8, entries, store.records(keys8))
 
             def apply() -> int:
                 coll.index.upsert(keys, vectors)
+                coll.filters.upsert(keys, [e.fields for e in entries])
                 return len(keys)
 
             return batch, apply
@@ -281,10 +294,12 @@ class Shard:
                         existing.append(key)
             for key in existing:
                 store.delete_point(batch, key)
+            delete_entries(store, batch, existing, store.records(existing))
             keys = unpack_keys(existing)
 
             def apply() -> int:
                 coll.index.remove(keys)
+                coll.filters.remove(keys)
                 return len(keys)
 
             return (batch if existing else None), apply
