@@ -22,7 +22,7 @@ from shoal._errors import (
     Unauthenticated,
     Unavailable,
 )
-from shoal._types import CollectionInfo, Hit, Point, SearchResult, ShardStats
+from shoal._types import CollectionInfo, Hit, Point, ScrollPage, SearchResult, ShardStats
 
 __version__ = "0.1.0"
 
@@ -40,6 +40,7 @@ __all__ = [
     "PermissionDenied",
     "Point",
     "ResourceExhausted",
+    "ScrollPage",
     "SearchResult",
     "ShardStats",
     "ShoalError",

@@ -110,6 +110,13 @@ def parse(spec: Any, where: str = "filter", depth: int = 0) -> Node:
     return parts[0] if len(parts) == 1 else And(tuple(parts))
 
 
+def check_path(path: str, where: str = "path") -> str:
+    """A dotted payload path of non-empty names, as filters and payload updates take them."""
+    if not isinstance(path, str) or not path or any(not p for p in path.split(".")):
+        raise InvalidArgument(f"{where} {str(path)[:60]!r} must be a dotted path of non-empty names")
+    return path
+
+
 def _condition(path: str, op: str, operand: Any, where: str) -> Cond:
     if op not in COMPARISONS:
         raise InvalidArgument(f"{where}: unknown operator {op!r}; expected one of {', '.join(COMPARISONS)}")
