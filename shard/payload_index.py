@@ -95,9 +95,12 @@ def decode_string(raw: bytes) -> str:
     return _unescaped(raw[:-2])
 
 
+_DOUBLE, _U64 = struct.Struct(">d"), struct.Struct(">Q")
+
+
 def _number(value: float) -> bytes:
-    bits = struct.unpack(">Q", struct.pack(">d", value))[0]
-    return struct.pack(">Q", bits ^ 0xFFFF_FFFF_FFFF_FFFF if bits >> 63 else bits | 1 << 63)
+    bits = _U64.unpack(_DOUBLE.pack(value))[0]
+    return _U64.pack(bits ^ 0xFFFF_FFFF_FFFF_FFFF if bits >> 63 else bits | 1 << 63)
 
 
 def decode_numbers(raw: bytes) -> np.ndarray:
@@ -118,9 +121,27 @@ def encode_value(tag: str, value: Any) -> bytes:
     return b""
 
 
+_HEADS: dict[tuple[str, str], bytes] = {}  # encoded path + tag: payloads repeat their paths
+_STRINGS: dict[str, bytes] = {}  # encoded string values: keyword fields repeat theirs
+
+
 def prefix(path: str, tag: str, value: Any = None) -> bytes:
     """An entry's key without its key8."""
-    return _escaped(path) + tag.encode() + encode_value(tag, value)
+    head = _HEADS.get((path, tag))
+    if head is None:
+        if len(_HEADS) > 100_000:
+            _HEADS.clear()
+        head = _HEADS[(path, tag)] = _escaped(path) + tag.encode()
+    if tag == "n":
+        return head + _number(value)
+    if tag == "s":
+        encoded = _STRINGS.get(value)
+        if encoded is None:
+            if len(_STRINGS) > 100_000:
+                _STRINGS.clear()
+            encoded = _STRINGS[value] = _escaped(value)
+        return head + encoded
+    return head + (b"" if tag == "e" else b"\1" if value else b"\0")
 
 
 @dataclass(frozen=True)

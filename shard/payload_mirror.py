@@ -25,7 +25,7 @@ _EMPTY = np.zeros(0, dtype=np.uint64)
 class Column:
     """The keys of one (path, tag), sorted by value (by key for presence and liveness)."""
 
-    __slots__ = ("tag", "keys", "values", "_added", "_removed")
+    __slots__ = ("tag", "keys", "values", "_added", "_more", "_removed")
 
     def __init__(self, tag: str) -> None:
         self.tag = tag
@@ -33,16 +33,23 @@ class Column:
         # float64 for numbers and booleans (0/1), object (str) for strings, None when only keys matter.
         self.values: np.ndarray | None = (np.zeros(0, np.float64) if tag in "nb"
                                           else np.zeros(0, object) if tag == "s" else None)
-        self._added: dict[int, list[Any]] = {}
+        # Pending changes. A key's first value goes in _added, further ones (list elements) in _more: no
+        # container per entry, as millions of them would make Python's garbage collector crawl.
+        self._added: dict[int, Any] = {}
+        self._more: dict[int, list[Any]] = {}
         self._removed: set[int] = set()
 
     def add(self, key: int, value: Any) -> None:
         """Add an entry (merged in on the next read)."""
-        self._added.setdefault(key, []).append(float(value) if self.tag == "b" else value)
+        if key in self._added:
+            self._more.setdefault(key, []).append(value)
+        else:
+            self._added[key] = value
 
     def remove(self, key: int) -> None:
         """Remove every entry of a key."""
-        self._added.pop(key, None)
+        if self._added.pop(key, self) is not self:
+            self._more.pop(key, None)
         self._removed.add(key)
 
     def load(self, keys: np.ndarray, values: np.ndarray | None) -> None:
@@ -52,7 +59,8 @@ class Column:
             assert values is not None
             self.values = values
 
-    def __len__(self) -> int:
+    def size(self) -> int:
+        """The number of entries."""
         self._merge()
         return len(self.keys)
 
@@ -65,14 +73,16 @@ class Column:
             self._removed = set()
         if not self._added:
             return
-        pairs = [(k, v) for k, vs in self._added.items() for v in vs]
-        self._added = {}
-        keys = np.fromiter((k for k, _ in pairs), np.uint64, len(pairs))
+        added, more = self._added, self._more
+        self._added, self._more = {}, {}
+        count = len(added) + sum(map(len, more.values()))
+        keys = np.fromiter((*added, *(k for k, vs in more.items() for _ in vs)), np.uint64, count)
         if self.values is None:
             keys.sort()
             self.keys = np.insert(self.keys, np.searchsorted(self.keys, keys), keys)
             return
-        values = np.array([v for _, v in pairs], dtype=self.values.dtype)
+        values = np.empty(count, dtype=self.values.dtype)
+        values[:] = [*added.values(), *(v for vs in more.values() for v in vs)]
         order = np.argsort(values, kind="stable")
         keys, values = keys[order], values[order]
         at = np.searchsorted(self.values, values, side="right")
@@ -110,16 +120,16 @@ class FilterIndex:
     def upsert(self, keys: np.ndarray, entries: Sequence[Sequence[Field]]) -> None:
         """Points written (new or replaced) with the index fields of their payloads."""
         self._cache.clear()
+        live, of_key, known = self._live, self._of_key, self._columns
         for key, point in zip(keys.tolist(), entries, strict=True):
             self._drop(key)
-            self._live.remove(key)
-            self._live.add(key, None)
-            columns = []
-            for path, tag, value in point:
-                column = self._column(path, tag)
+            live.remove(key)
+            live.add(key, None)
+            columns = tuple(self._column(path, tag) if (c := known.get((path, tag))) is None else c
+                            for path, tag, _ in point)
+            for column, (_, _, value) in zip(columns, point, strict=True):
                 column.add(key, value)
-                columns.append(column)
-            self._of_key[key] = tuple(columns)
+            of_key[key] = columns
 
     def remove(self, keys: np.ndarray) -> None:
         """Points deleted."""
@@ -157,7 +167,7 @@ class FilterIndex:
         return self._live.span(None, True, None, True)
 
     def __len__(self) -> int:
-        return len(self._live)
+        return self._live.size()
 
     def _span(self, path: str, tag: str, low: Any, low_incl: bool, high: Any, high_incl: bool) -> np.ndarray:
         column = self._columns.get((path, tag))
