@@ -19,6 +19,7 @@ from shoal.shard.payload_index import Field, decode_numbers, decode_string, eval
 
 T = TypeVar("T")
 CACHED_FILTERS = 32  # per collection; a benchmark or a tenant filter reuses a handful
+CACHE_BYTES = 256 * 1024 * 1024  # per collection: cached values may hold the matches' vectors (`nbytes`)
 _EMPTY = np.zeros(0, dtype=np.uint64)
 
 
@@ -181,8 +182,11 @@ class FilterIndex:
         """The cached value for a filter's text, computed on a miss; forgotten at the next write."""
         if text in self._cache:
             self._cache.move_to_end(text)
-            return self._cache[text]  # type: ignore[no-any-return]
-        value = self._cache[text] = compute()
-        if len(self._cache) > CACHED_FILTERS:
-            self._cache.popitem(last=False)
-        return value
+        else:
+            self._cache[text] = compute()
+        # Values grow after they are cached (exact search adds vectors): sizes are taken now, oldest go first.
+        total = sum(getattr(v, "nbytes", 0) for v in self._cache.values())
+        while len(self._cache) > CACHED_FILTERS or (total > CACHE_BYTES and len(self._cache) > 1):
+            _, oldest = self._cache.popitem(last=False)
+            total -= getattr(oldest, "nbytes", 0)
+        return self._cache[text]  # type: ignore[no-any-return]

@@ -22,8 +22,8 @@ from shoal.shard.index import Hits, VectorIndex
 
 OVERSAMPLE = 2.0  # candidates per expected match: slack for the filter not being spread evenly
 WIDEN = 4  # candidates grow by this factor when a query found too few matches
-PASS_COST = 10.0  # reading a vector once per batch, whatever the number of queries
-GATHER_COST = 60.0  # fetching a vector out of usearch (once per filter and write; then cached)
+PASS_COST = 8.0  # reading a vector once per batch, whatever the number of queries
+GATHER_COST = 150.0  # fetching a vector out of usearch (once per filter and write; then cached)
 HNSW_COST = 190.0  # one unit of search breadth (ef) for one query
 CHUNK_CELLS = 1 << 22  # queries x matches per distance matrix, bounding its memory to 16 MiB
 
@@ -35,6 +35,11 @@ class Matching:
     keys: np.ndarray
     vectors: np.ndarray | None = field(default=None, repr=False)  # normalised rows for cosine
     norms: np.ndarray | None = field(default=None, repr=False)  # squared norms, for l2
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held, for the cache's budget."""
+        return sum(a.nbytes for a in (self.keys, self.vectors, self.norms) if a is not None)
 
 
 def oversample(k: int, matches: int, live: int) -> int:

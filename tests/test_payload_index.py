@@ -276,3 +276,18 @@ def test_index_entries_are_written_with_the_point(shard: Shard) -> None:
     assert ("", "L", (1, 2)) in entries and ("lang", "e", (1, 2)) in entries
     assert shard.count_filtered("u", '{"lang": "en"}') == 0 and shard.count_filtered("u", '{"n": 1}') == 0
     assert shard.count_filtered("u", '{"lang": {"$in": ["de", "fr"]}}') == 2
+
+
+def test_the_filter_cache_keeps_to_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal.shard import payload_mirror
+
+    monkeypatch.setattr(payload_mirror, "CACHE_BYTES", 1000)
+    mirror = FilterIndex()
+    small = mirror.cached("a", lambda: planner.Matching(np.arange(10, dtype=np.uint64)))
+    assert mirror.cached("a", lambda: pytest.fail("computed twice")) is small
+    big = mirror.cached("b", lambda: planner.Matching(np.arange(100, dtype=np.uint64)))
+    assert big.nbytes == 800 and mirror.cached("a", lambda: planner.Matching(np.zeros(0, np.uint64))) is small
+    mirror.cached("c", lambda: planner.Matching(np.arange(100, dtype=np.uint64)))  # over budget: "b" goes
+    assert mirror.cached("b", lambda: "again") == "again"
+    mirror.upsert(np.array([1], np.uint64), [[]])  # a write forgets everything
+    assert mirror.cached("a", lambda: "fresh") == "fresh"
