@@ -173,6 +173,23 @@ def test_an_index_missing_or_unfinished_is_rebuilt_at_open(tmp_path: Path) -> No
         assert shard.count_filtered("u", '{"t": {"$ne": "w0"}}') == 66
 
 
+def test_data_from_before_payload_indexes_gets_one(tmp_path: Path) -> None:
+    from rocksdict import Rdict
+
+    from shoal.shard.storage import _options
+
+    with Shard(tmp_path, threads=2) as shard:
+        shard.create_collection(CollectionConfig("u", DIM))
+        shard.upsert("u", np.arange(30, dtype=np.uint64), clustered(30, DIM), encode([{"k": i % 3} for i in range(30)]))
+    path = str(tmp_path / "rocksdb")
+    db = Rdict(path, _options(), column_families={n: _options() for n in Rdict.list_cf(path, _options())
+                                                  if n != "default"})
+    db.drop_column_family("x.u")  # as the layout was before
+    db.close()
+    with Shard(tmp_path, threads=2) as shard:
+        assert shard.count_filtered("u", '{"k": 1}') == 10 and check(store_of(shard, "u")) == []
+
+
 def test_string_ids_filter_scroll_and_delete(shard: Shard) -> None:
     names = [f"doc-{i}" for i in range(50)]
     shard.upsert("s", names, clustered(50, DIM), encode([{"even": i % 2 == 0, "i": i} for i in range(50)]))
