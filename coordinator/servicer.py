@@ -15,6 +15,7 @@ from shoal._errors import ShoalError
 from shoal._wire import decode_ids, decode_matrix
 from shoal.coordinator.codec import found_to_proto, topk_to_proto, topology_to_proto
 from shoal.coordinator.core import Coordinator
+from shoal.coordinator.filtered import Filtering, page_to_proto
 from shoal.coordinator.merge import TopK
 from shoal.v1 import shoal_pb2_grpc
 from shoal.v1 import types_pb2 as pb
@@ -38,6 +39,7 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
 
     def __init__(self, core: Coordinator) -> None:
         self._core = core
+        self._filtering = Filtering(core)
 
     async def CreateCollection(self, request: pb.CreateCollectionRequest,
                                context: grpc.aio.ServicerContext) -> pb.CreateCollectionResponse:
@@ -103,20 +105,54 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
         return found_to_proto(found)
 
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
+        if request.filter:
+            return pb.DeleteResponse(deleted=await self._filtering.delete(
+                request.collection, request.filter, bool(request.ids.u64 or request.ids.str), _timeout(context)))
         deleted = await self._core.delete(request.collection, decode_ids(request.ids), _timeout(context))
         return pb.DeleteResponse(deleted=deleted)
 
     async def Count(self, request: pb.CountRequest, context: grpc.aio.ServicerContext) -> pb.CountResponse:
+        if request.filter:
+            return pb.CountResponse(count=await self._filtering.count(request.collection, request.filter,
+                                                                      _timeout(context)))
         return pb.CountResponse(count=await self._core.count(request.collection, _timeout(context)))
 
+    async def Scroll(self, request: pb.ScrollRequest, context: grpc.aio.ServicerContext) -> pb.ScrollResponse:
+        return page_to_proto(await self._filtering.scroll(
+            request.collection, request.filter, request.limit, request.cursor, request.with_payload,
+            request.with_vectors, _timeout(context)))
+
+    async def SetPayload(self, request: pb.SetPayloadRequest,
+                         context: grpc.aio.ServicerContext) -> pb.SetPayloadResponse:
+        return pb.SetPayloadResponse(updated=await self._filtering.set_payload(
+            request.collection, decode_ids(request.ids), request.set, list(request.unset), _timeout(context)))
+
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
+        if request.filter:  # the one answer that also carries each shard's plan
+            found, plan = await self._filtering.search(
+                request.collection, decode_matrix(request.queries, "queries"), request.k, request.ef,
+                request.with_payload, request.with_vectors, request.filter, _timeout(context))
+            response = topk_to_proto(found, request.request_id)
+            response.plan = plan
+            return response
         return topk_to_proto(await self._submit_search(request, context), request.request_id)
 
     def _submit_search(self, request: pb.SearchRequest,
                        context: grpc.aio.ServicerContext) -> asyncio.Future[TopK]:
+        queries = decode_matrix(request.queries, "queries")
+        if request.filter:
+            # Filtered searches bypass the coalescing batcher: each filter has its own plan on every shard.
+            return asyncio.ensure_future(self._filtered_search(request, queries, context))
         return self._core.submit_search(
-            request.collection, decode_matrix(request.queries, "queries"), request.k, request.ef,
-            request.with_payload, request.with_vectors, _timeout(context))
+            request.collection, queries, request.k, request.ef, request.with_payload, request.with_vectors,
+            _timeout(context))
+
+    async def _filtered_search(self, request: pb.SearchRequest, queries: np.ndarray,
+                               context: grpc.aio.ServicerContext) -> TopK:
+        found, _ = await self._filtering.search(request.collection, queries, request.k, request.ef,
+                                                request.with_payload, request.with_vectors, request.filter,
+                                                _timeout(context))
+        return found
 
     async def SearchStream(self, request_iterator: AsyncIterator[pb.SearchRequest],
                            context: grpc.aio.ServicerContext) -> AsyncIterator[pb.SearchResponse]:

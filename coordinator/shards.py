@@ -233,6 +233,14 @@ class ShardClient:
         """The number of points of a collection on this shard."""
         return await self._unary("Count", request, timeout)
 
+    async def scroll(self, request: pb.ScrollRequest, timeout: float | None) -> pb.ScrollResponse:
+        """A page of this shard's points after a cursor."""
+        return await self._unary("Scroll", request, timeout)
+
+    async def set_payload(self, request: pb.SetPayloadRequest, timeout: float | None) -> pb.SetPayloadResponse:
+        """Set and remove payload keys of points on this shard."""
+        return await self._unary("SetPayload", request, timeout)
+
     async def search(self, request: pb.SearchRequest, timeout: float | None) -> pb.SearchResponse:
         """This shard's local top-k, asked over the long-lived search stream (opened on first use)."""
         _check_timeout(self.address, timeout)

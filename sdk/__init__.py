@@ -23,7 +23,7 @@ from shoal._errors import (
     Unauthenticated,
     Unavailable,
 )
-from shoal._types import CollectionInfo, Hit, Point, SearchResult, ShardStats
+from shoal._types import CollectionInfo, Hit, Point, ScrollPage, SearchResult, ShardStats
 
 __version__ = "0.1.0"
 
@@ -42,6 +42,7 @@ __all__ = [
     "PermissionDenied",
     "Point",
     "ResourceExhausted",
+    "ScrollPage",
     "SearchResult",
     "ShardStats",
     "ShoalError",

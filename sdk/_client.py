@@ -12,7 +12,8 @@ import numpy as np
 from shoal import _rpc
 from shoal._config import MAX_BATCH_ROWS, MAX_MESSAGE_BYTES, CollectionConfig, check_k
 from shoal._errors import InvalidArgument, ShoalError, error_for_code, from_rpc_error, status_from_value
-from shoal._types import CollectionInfo, Point, SearchResult, points_from_proto
+from shoal._filter import check_path, to_json
+from shoal._types import CollectionInfo, Point, ScrollPage, SearchResult, points_from_proto
 from shoal._wire import as_id_array, check_upsert, encode_ids, encode_matrix, encode_payload
 from shoal.v1 import shoal_pb2_grpc
 from shoal.v1 import types_pb2 as pb
@@ -56,12 +57,12 @@ def _upsert_plan(collection: str, ids: Any, vectors: Any, payloads: Sequence[dic
 
 
 def _search_request(collection: str, queries: Any, k: int, ef: int | None, with_payload: bool,
-                    with_vectors: bool, request_id: int = 0) -> pb.SearchRequest:
-    """A SearchRequest of a (q, dim) matrix or one (dim,) vector."""
+                    with_vectors: bool, request_id: int = 0, filter_json: str = "") -> pb.SearchRequest:
+    """A SearchRequest of a (q, dim) matrix or one (dim,) vector, with an optional filter (wire JSON)."""
     check_k(k)
     return pb.SearchRequest(collection=collection, queries=encode_matrix(_as_matrix(queries, "queries")), k=k,
                             ef=ef or 0, with_payload=with_payload, with_vectors=with_vectors,
-                            request_id=request_id)
+                            request_id=request_id, filter=filter_json)
 
 
 def _stream_outcome(reply: pb.SearchResponse) -> SearchResult | ShoalError:
@@ -165,26 +166,58 @@ class Client:
                                 with_payload=with_payload)
         return points_from_proto(self._call(self._stub.Get, request))
 
-    def delete(self, collection: str, ids: Any) -> int:
-        """Delete points by id; returns how many existed."""
-        return self._call(self._stub.Delete, pb.DeleteRequest(collection=collection, ids=encode_ids(ids))).deleted
+    def delete(self, collection: str, ids: Any = None, *, filter: dict[str, Any] | None = None) -> int:
+        """Delete points by id or every point matching a filter (one of them); returns how many there were."""
+        if (ids is None) == (filter is None):
+            raise InvalidArgument("give ids or a filter to delete, not both and not neither")
+        request = (pb.DeleteRequest(collection=collection, filter=to_json(filter)) if filter is not None
+                   else pb.DeleteRequest(collection=collection, ids=encode_ids(ids)))
+        return self._call(self._stub.Delete, request).deleted
 
-    def count(self, collection: str) -> int:
-        """The number of points in a collection."""
-        return self._call(self._stub.Count, pb.CountRequest(collection=collection)).count
+    def count(self, collection: str, *, filter: dict[str, Any] | None = None) -> int:
+        """The number of points in a collection, or of those matching a filter."""
+        return self._call(self._stub.Count, pb.CountRequest(collection=collection, filter=to_json(filter))).count
+
+    def scroll(self, collection: str, *, filter: dict[str, Any] | None = None, limit: int = 100,
+               cursor: str | None = None, with_payload: bool = True, with_vectors: bool = False) -> ScrollPage:
+        """A page of up to `limit` points (only those matching `filter`, if given) in a stable order.
+
+        Pass the page's `next_cursor` to get the next page; it is None after the last one.
+        """
+        request = pb.ScrollRequest(collection=collection, filter=to_json(filter), limit=limit, cursor=cursor or "",
+                                   with_payload=with_payload, with_vectors=with_vectors)
+        return ScrollPage.from_proto(self._call(self._stub.Scroll, request))
+
+    def set_payload(self, collection: str, ids: Any, payload: dict[str, Any] | None = None, *,
+                    unset: Sequence[str] = ()) -> int:
+        """Set top-level payload keys of existing points, then remove dotted `unset` paths; vectors stay.
+
+        Returns how many of the ids exist (unknown ids are skipped).
+        """
+        unset = [check_path(p, "unset path") for p in ([unset] if isinstance(unset, str) else unset)]
+        request = pb.SetPayloadRequest(collection=collection, ids=encode_ids(ids), set=encode_payload(payload),
+                                       unset=unset)
+        return self._call(self._stub.SetPayload, request).updated
 
     # search
 
     def search(self, collection: str, queries: Any, k: int = 10, *, ef: int | None = None,
-               with_payload: bool = False, with_vectors: bool = False) -> SearchResult:
-        """The k nearest points of each query row ((q, dim) or one (dim,) vector), nearest first."""
-        request = _search_request(collection, queries, k, ef, with_payload, with_vectors)
+               with_payload: bool = False, with_vectors: bool = False,
+               filter: dict[str, Any] | None = None) -> SearchResult:
+        """The k nearest points of each query row ((q, dim) or one (dim,) vector), nearest first.
+
+        With a `filter`, only points whose payload matches it: min(k, matches) hits per query.
+        """
+        request = _search_request(collection, queries, k, ef, with_payload, with_vectors, filter_json=to_json(filter))
         return SearchResult.from_proto(self._call(self._stub.Search, request))
 
     def search_stream(self, collection: str, batches: Iterable[Any], k: int = 10, *, ef: int | None = None,
-                      with_payload: bool = False, with_vectors: bool = False) -> Iterator[SearchResult]:
+                      with_payload: bool = False, with_vectors: bool = False,
+                      filter: dict[str, Any] | None = None) -> Iterator[SearchResult]:
         """Pipeline many query batches over one stream; yields their results in the order given."""
-        requests = (_search_request(collection, q, k, ef, with_payload, with_vectors, request_id=i)
+        filter_json = to_json(filter)
+        requests = (_search_request(collection, q, k, ef, with_payload, with_vectors, request_id=i,
+                                    filter_json=filter_json)
                     for i, q in enumerate(batches))
         pending: dict[int, SearchResult | ShoalError] = {}
         want = 0

@@ -69,9 +69,16 @@ def kind(value: Any) -> str:
 
 
 def _scalar(value: Any, where: str) -> Scalar:
-    if isinstance(value, bool | str) or (isinstance(value, int | float) and math.isfinite(value)):
+    if isinstance(value, bool | str) or (isinstance(value, int | float) and _finite(value)):
         return value  # type: ignore[no-any-return]
     raise InvalidArgument(f"filter {where}: expected a string, number or boolean, got {json.dumps(value)[:60]}")
+
+
+def _finite(number: int | float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an integer beyond the float range cannot be compared like the other numbers
+        return False
 
 
 def parse(spec: Any, where: str = "filter", depth: int = 0) -> Node:
@@ -101,6 +108,13 @@ def parse(spec: Any, where: str = "filter", depth: int = 0) -> Node:
         else:
             parts.append(Cond(key, "$eq", _scalar(value, here)))
     return parts[0] if len(parts) == 1 else And(tuple(parts))
+
+
+def check_path(path: str, where: str = "path") -> str:
+    """A dotted payload path of non-empty names, as filters and payload updates take them."""
+    if not isinstance(path, str) or not path or any(not p for p in path.split(".")):
+        raise InvalidArgument(f"{where} {str(path)[:60]!r} must be a dotted path of non-empty names")
+    return path
 
 
 def _condition(path: str, op: str, operand: Any, where: str) -> Cond:

@@ -38,7 +38,8 @@ class SearchResult:
     """Results of a batch of queries: `ids` and `distances` are (q, k), nearest first.
 
     Query i has `counts[i]` real hits; columns after them are padding (id 0 or "", distance inf).
-    `result[i]` gives query i's real hits as a list of `Hit`.
+    `result[i]` gives query i's real hits as a list of `Hit`. `plan` tells how each shard ran a filtered
+    search (debug output, e.g. "exact(matches=120)" or "hnsw(matches=9000,k'=40)").
     """
 
     ids: np.ndarray
@@ -46,6 +47,7 @@ class SearchResult:
     counts: np.ndarray
     payloads: list[bytes] = field(default_factory=list, repr=False)
     vectors: np.ndarray | None = field(default=None, repr=False)
+    plan: str = ""
 
     @classmethod
     def from_proto(cls, msg: pb.SearchResponse) -> SearchResult:
@@ -55,7 +57,7 @@ class SearchResult:
         ids = decode_ids(msg.ids).reshape(q, k)
         vectors = decode_matrix(msg.vectors).reshape(q, k, -1) if msg.vectors.rows else None
         return cls(ids=ids, distances=distances, counts=decode_counts(msg.counts),
-                   payloads=list(msg.payloads), vectors=vectors)
+                   payloads=list(msg.payloads), vectors=vectors, plan=msg.plan)
 
     def __len__(self) -> int:
         return len(self.counts)
@@ -115,6 +117,25 @@ class CollectionInfo:
 def _plain(value: Any) -> PointId:
     """A numpy scalar id as a plain int (strings stay strings)."""
     return value if isinstance(value, str) else int(value)
+
+
+@dataclass(frozen=True)
+class ScrollPage:
+    """One page of a scroll: its points, and the cursor of the next page (None after the last)."""
+
+    points: list[Point]
+    next_cursor: str | None
+
+    @classmethod
+    def from_proto(cls, msg: pb.ScrollResponse) -> ScrollPage:
+        """Decode a ScrollResponse."""
+        return cls(points_from_proto(msg), msg.next_cursor or None)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.points)
 
 
 def points_from_proto(msg: pb.GetResponse) -> list[Point]:

@@ -26,8 +26,10 @@ from shoal._errors import AlreadyExists, FailedPrecondition, InvalidArgument, No
 from shoal._wire import as_id_array, check_ids, check_queries, check_upsert
 from shoal.shard.committer import Committer
 from shoal.shard.faults import CrashPoints, fatal
+from shoal.shard.filtered import FilterOps
 from shoal.shard.index import Hits, IndexWorker, VectorIndex
 from shoal.shard.options import ShardOptions
+from shoal.shard.payload_index import EMPTY_PAYLOAD, columns, delete_entries, ensure_complete, indexed, write_entries
 from shoal.shard.recovery import Collection, recover
 from shoal.shard.results import Points, SearchResult, Verification, resolve_hits
 from shoal.shard.snapshots import SnapshotFiles
@@ -46,7 +48,7 @@ class CollectionStats:
     memory_bytes: int
 
 
-class Shard:
+class Shard(FilterOps):
     """One shard's collections; open() before use, close() after."""
 
     def __init__(self, data: Path, threads: int = 1, options: ShardOptions | None = None) -> None:
@@ -69,7 +71,12 @@ class Shard:
         self._storage = storage = Storage(self.data / "rocksdb", self.options.min_free_bytes)
         files = SnapshotFiles(self.data / "index")
         for store in storage.collections.values():
-            self._collections[store.name] = self._writing[store.name] = recover(store, storage, files, self.threads)
+            coll = recover(store, storage, files, self.threads)
+            self._collections[store.name] = self._writing[store.name] = coll
+            # The payload index in memory is derived from RocksDB's, never from the snapshot.
+            if ensure_complete(storage, store):
+                log.warning("collection %s: payload index rebuilt from the points", store.name)
+            coll.filters.load(list(columns(store)))
         self._worker.applied_seq = storage.seq  # every stored write is in the indexes now
         self._committer = Committer(storage, self._worker, self.options.max_group, self._crash)
         self._snapshotter = Snapshotter(files, storage, self._worker, lambda: self._collections,
@@ -212,13 +219,17 @@ class Shard:
         raw = vectors.tobytes()
         row = coll.store.row_bytes
         records = [raw[i * row:(i + 1) * row] + (payloads[i] if payloads else b"") for i in range(len(ids))]
+        entries = [indexed(p) for p in payloads] if payloads else [EMPTY_PAYLOAD] * len(ids)
 
         batch = Storage.batch()
+        keys8: list[bytes] = []
         if config.id_type == "uint64":  # nothing depends on current state: build the batch here
-            for key, record in zip(pack_keys(ids), records, strict=True):
+            keys8 = pack_keys(ids)
+            for key, record in zip(keys8, records, strict=True):
                 coll.store.put_point(batch, key, record)
 
         def prepare() -> tuple[WriteBatch, Callable[[], int]]:
+            nonlocal keys8
             assert self._storage is not None
             store = self._writable(name, coll).store
             keys = ids
@@ -228,9 +239,11 @@ class Shard:
                     store.put_point(batch, key, record)
                 keys = unpack_keys(keys8)
             self._storage.log_change(batch, store, keys_bytes(keys))
+            write_entries(store, batch, keys8, entries, store.records(keys8))
 
             def apply() -> int:
                 coll.index.upsert(keys, vectors)
+                coll.filters.upsert(keys, [e.fields for e in entries])
                 return len(keys)
 
             return batch, apply
@@ -278,12 +291,14 @@ class Shard:
                         existing.append(key)
             for key in existing:
                 store.delete_point(batch, key)
+            delete_entries(store, batch, existing, store.records(existing))
             keys = unpack_keys(existing)
             if existing:
                 self._storage.log_change(batch, store, b"".join(existing))
 
             def apply() -> int:
                 coll.index.remove(keys)
+                coll.filters.remove(keys)
                 return len(keys)
 
             return (batch if existing else None), apply

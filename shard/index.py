@@ -126,6 +126,14 @@ class VectorIndex:
         """Bytes usearch holds for this index."""
         return int(self._index.memory_usage)
 
+    def vectors(self, keys: np.ndarray) -> np.ndarray:
+        """The vectors of present keys as float32 rows, as the index holds them (quantised for bf16, f16, i8)."""
+        if len(keys) == 0:
+            return np.zeros((0, self.config.dim), np.float32)
+        found: Any = self._index.get(keys, dtype="f32")  # a tuple of rows for several keys
+        rows = np.stack(found) if isinstance(found, tuple) else np.asarray(found, np.float32)
+        return rows.reshape(-1, self.config.dim)
+
 
 @dataclass
 class _Search:

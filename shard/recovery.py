@@ -17,6 +17,7 @@ import numpy as np
 
 from shoal._config import CollectionConfig
 from shoal.shard.index import VectorIndex
+from shoal.shard.payload_mirror import FilterIndex
 from shoal.shard.snapshots import Manifest, SnapshotError, SnapshotFiles
 from shoal.shard.storage import CollectionStore, Storage, pack_keys
 
@@ -35,6 +36,7 @@ class Collection:
     snapshot_changes: int = 0  # index.changes when that snapshot was taken
     snapshot_time: float = field(default_factory=time.monotonic)
     snapshot_bytes: int = 0  # the size of that snapshot file
+    filters: FilterIndex = field(default_factory=FilterIndex)  # the payload index in memory, like `index`
 
     @property
     def config(self) -> CollectionConfig:

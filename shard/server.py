@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from threadpoolctl import threadpool_limits
+
 from shoal._rpc import add_standard_services, aio_server, bind, set_serving, wait_for_signal
 from shoal.shard.core import Shard
 from shoal.shard.options import ShardOptions
@@ -32,6 +34,9 @@ def run(data: Path, listen: str, cores: list[int] | None) -> None:
     if cores:
         os.sched_setaffinity(0, cores)
     threads = len(cores) if cores else len(os.sched_getaffinity(0))
+    # numpy's BLAS (exact filtered search) started its threads before the pinning, one per core of the
+    # machine: left so, every shard would compete for every core.
+    threadpool_limits(threads, user_api="blas")
     asyncio.run(_serve(Path(data), listen, ShardOptions.from_env(threads)))
 
 

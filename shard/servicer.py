@@ -12,6 +12,7 @@ import grpc
 from shoal._config import CollectionConfig
 from shoal._errors import ShoalError
 from shoal._wire import decode_ids, decode_matrix, encode_counts, encode_ids, encode_matrix
+from shoal.shard import filtered_servicer as filtered
 from shoal.shard.core import CollectionStats, Shard
 from shoal.shard.results import SearchResult
 from shoal.v1 import shard_pb2, shard_pb2_grpc
@@ -65,12 +66,23 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         return response
 
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
+        if request.filter:
+            return await filtered.delete(self._shard, request)
         ids = decode_ids(request.ids)
         future = await asyncio.to_thread(self._shard.submit_delete, request.collection, ids)
         return pb.DeleteResponse(deleted=await asyncio.wrap_future(future))
 
     async def Count(self, request: pb.CountRequest, context: grpc.aio.ServicerContext) -> pb.CountResponse:
+        if request.filter:
+            return await filtered.count(self._shard, request)
         return pb.CountResponse(count=self._shard.count(request.collection))
+
+    async def Scroll(self, request: pb.ScrollRequest, context: grpc.aio.ServicerContext) -> pb.ScrollResponse:
+        return await filtered.scroll(self._shard, request)
+
+    async def SetPayload(self, request: pb.SetPayloadRequest,
+                         context: grpc.aio.ServicerContext) -> pb.SetPayloadResponse:
+        return await filtered.set_payload(self._shard, request)
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         return await self._search(request)
@@ -138,6 +150,8 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
                                  error_message=message)
 
     async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
+        if request.filter:
+            return await filtered.search(self._shard, request)
         queries = decode_matrix(request.queries, "queries")
         future = self._shard.submit_search(request.collection, queries, request.k, request.ef,
                                            request.with_payload, request.with_vectors)

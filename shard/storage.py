@@ -11,6 +11,10 @@ Layout (every key and value raw bytes):
     i.<name>    b"s" + utf8 id    -> key8        (string-id collections only)
                 b"k" + key8       -> utf8 id
     log         born8 + seq8      -> the key8s a batch upserted or deleted (the change log, see below)
+    x.<name>    the payload index, written in the same batch as the points (see payload_index.py):
+                INDEX_READY       -> b""         (the index covers every point)
+                b"\0\0L" + key8   -> b""         (a live point)
+                path + type + value + key8 -> b""
 
 key8 is the internal usearch key, 8 bytes big-endian: the id itself for uint64 collections, a counter for
 string-id collections. All integers are 8 bytes big-endian, so keys sort by number.
@@ -47,6 +51,7 @@ _NEXT = b"next/"
 _BORN = b"born/"
 _TRIM = b"trim/"
 _LOG = "log"
+INDEX_READY = b"\0\0R"  # an encoded path never starts with two zero bytes: reserved keys do
 _BE64 = np.dtype(">u8")
 _F32 = np.dtype("<f4")
 
@@ -97,6 +102,10 @@ def _ids_cf(name: str) -> str:
     return f"i.{name}"
 
 
+def _index_cf(name: str) -> str:
+    return f"x.{name}"
+
+
 class CollectionStore:
     """One collection's column families; reads from any thread, writes only through a WriteBatch."""
 
@@ -112,6 +121,8 @@ class CollectionStore:
         if config.id_type == "string":
             self._ids = db.get_column_family(_ids_cf(config.name))
             self._ids_cf = db.get_column_family_handle(_ids_cf(config.name))
+        self.payload_index: Rdict | None = db.get_column_family(_index_cf(config.name))
+        self.payload_index_cf: ColumnFamily | None = db.get_column_family_handle(_index_cf(config.name))
 
     @property
     def name(self) -> str:
@@ -185,17 +196,22 @@ class CollectionStore:
         if keys:
             yield self._batch(keys, vectors)
 
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every stored (key8, record), in key order."""
+        assert self._points is not None
+        return cast(Iterator[tuple[bytes, bytes]], self._points.items())
+
     def _batch(self, keys: list[bytes], vectors: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
         matrix = np.frombuffer(b"".join(vectors), dtype=_F32).reshape(len(keys), self.config.dim)
         return unpack_keys(keys), matrix
 
     def close(self, dropped: bool = False) -> None:
         """Release the column family handles; RocksDB closes only once none is left."""
-        for cf in (self._points, self._ids):
+        for cf in (self._points, self._ids, self.payload_index):
             if cf is not None and not dropped:  # closing flushes, which a dropped family refuses
                 cf.close()
-        self._points = self._ids = None
-        self._points_cf = self._ids_cf = None
+        self._points = self._ids = self.payload_index = None
+        self._points_cf = self._ids_cf = self.payload_index_cf = None
 
 
 class Storage:
@@ -220,6 +236,8 @@ class Storage:
             if not key.startswith(_CONFIG):
                 break
             config = CollectionConfig(**json.loads(value))
+            if _index_cf(config.name) not in names:  # data from before payload indexes: filled in at open
+                self._db.create_column_family(_index_cf(config.name), _options())
             self.collections[config.name] = self._attach(config)
         self._drop_orphans(names)
         log.info("opened RocksDB at %s: %d collections, sequence %d", path, len(self.collections), self.seq)
@@ -238,7 +256,7 @@ class Storage:
 
     def _drop_orphans(self, names: list[str]) -> None:
         """Drop column families left by a create or drop that crashed half-way."""
-        wanted = {cf for name in self.collections for cf in (_points_cf(name), _ids_cf(name))}
+        wanted = {cf for name in self.collections for cf in (_points_cf(name), _ids_cf(name), _index_cf(name))}
         for cf in names:
             if cf not in ("default", _LOG) and cf not in wanted:
                 log.warning("dropping orphan column family %s", cf)
@@ -250,10 +268,12 @@ class Storage:
         self._db.create_column_family(_points_cf(config.name), _options())
         if config.id_type == "string":
             self._db.create_column_family(_ids_cf(config.name), _options())
+        self._db.create_column_family(_index_cf(config.name), _options())
         store = CollectionStore(config, self._db, 1, self.seq + 1)
         batch = WriteBatch(raw_mode=True)
         batch.put(_CONFIG + config.name.encode(), json.dumps(dataclasses.asdict(config)).encode())
         batch.put(_BORN + config.name.encode(), pack_key(store.born))
+        batch.put(INDEX_READY, b"", store.payload_index_cf)
         if config.id_type == "string":
             store.put_next_key(batch)
         self.write(batch)
@@ -277,6 +297,7 @@ class Storage:
         self._db.drop_column_family(_points_cf(name))
         if store.config.id_type == "string":
             self._db.drop_column_family(_ids_cf(name))
+        self._db.drop_column_family(_index_cf(name))
 
     @staticmethod
     def batch() -> WriteBatch:

@@ -170,6 +170,23 @@ def test_snapshots_are_taken_in_the_background_and_a_killed_shard_loads_them(sha
     assert "rebuilt" not in log and log.count("points from the snapshot at sequence") == 2
 
 
+def test_delete_by_filter_after_a_snapshot_survives_a_kill(shard: ShardProc) -> None:
+    expected = fresh()
+    shard.start()
+    create(shard)
+    upsert(shard, expected, 0, 300, seed=17)
+    shard.stop()  # a graceful stop snapshots every index
+    shard.start()
+    for name in ("u", "s"):
+        shard.call("Delete", pb.DeleteRequest(collection=name, filter='{"n": {"$lt": 100}}'))
+        for i in [i for i in expected[name] if int(str(i).removeprefix("id-")) < 100]:
+            expected[name].pop(i)
+    shard.kill()
+    shard.start()
+    check(shard, expected)
+    assert "rebuilt" not in shard.log()
+
+
 def test_crash_after_commit_before_the_index_update_loses_nothing(shard: ShardProc) -> None:
     expected = fresh()
     shard.start()

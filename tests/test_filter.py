@@ -37,6 +37,7 @@ def test_parse_builds_the_tree() -> None:
     ({"x": float("nan")}, "filter.x: expected a string, number or boolean"),
     ({"x": None}, "filter.x: expected a string, number or boolean"),
     ({"x": {}}, "filter.x: expected at least one operator"),
+    ({"x": {"$lt": 10**400}}, "filter.x.$lt: expected a string, number or boolean"),
 ])
 def test_malformed_filters_point_at_the_offending_part(spec: Any, message: str) -> None:
     with pytest.raises(InvalidArgument, match=re.escape(message)):

@@ -75,6 +75,16 @@ class ShardStub:
                 request_serializer=shoal_dot_v1_dot_types__pb2.CountRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_types__pb2.CountResponse.FromString,
                 _registered_method=True)
+        self.Scroll = channel.unary_unary(
+                '/shoal.v1.Shard/Scroll',
+                request_serializer=shoal_dot_v1_dot_types__pb2.ScrollRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_types__pb2.ScrollResponse.FromString,
+                _registered_method=True)
+        self.SetPayload = channel.unary_unary(
+                '/shoal.v1.Shard/SetPayload',
+                request_serializer=shoal_dot_v1_dot_types__pb2.SetPayloadRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_types__pb2.SetPayloadResponse.FromString,
+                _registered_method=True)
         self.Search = channel.unary_unary(
                 '/shoal.v1.Shard/Search',
                 request_serializer=shoal_dot_v1_dot_types__pb2.SearchRequest.SerializeToString,
@@ -152,6 +162,19 @@ class ShardServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Count(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Scroll(self, request, context):
+        """A page of this shard's points after the cursor (an internal key), in key order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPayload(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -236,6 +259,16 @@ def add_ShardServicer_to_server(servicer, server):
                     servicer.Count,
                     request_deserializer=shoal_dot_v1_dot_types__pb2.CountRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_types__pb2.CountResponse.SerializeToString,
+            ),
+            'Scroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Scroll,
+                    request_deserializer=shoal_dot_v1_dot_types__pb2.ScrollRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_types__pb2.ScrollResponse.SerializeToString,
+            ),
+            'SetPayload': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPayload,
+                    request_deserializer=shoal_dot_v1_dot_types__pb2.SetPayloadRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_types__pb2.SetPayloadResponse.SerializeToString,
             ),
             'Search': grpc.unary_unary_rpc_method_handler(
                     servicer.Search,
@@ -479,6 +512,60 @@ class Shard:
             '/shoal.v1.Shard/Count',
             shoal_dot_v1_dot_types__pb2.CountRequest.SerializeToString,
             shoal_dot_v1_dot_types__pb2.CountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Scroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shard/Scroll',
+            shoal_dot_v1_dot_types__pb2.ScrollRequest.SerializeToString,
+            shoal_dot_v1_dot_types__pb2.ScrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPayload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shard/SetPayload',
+            shoal_dot_v1_dot_types__pb2.SetPayloadRequest.SerializeToString,
+            shoal_dot_v1_dot_types__pb2.SetPayloadResponse.FromString,
             options,
             channel_credentials,
             insecure,

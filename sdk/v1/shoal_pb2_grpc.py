@@ -84,6 +84,16 @@ class ShoalStub:
                 request_serializer=shoal_dot_v1_dot_types__pb2.CountRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_types__pb2.CountResponse.FromString,
                 _registered_method=True)
+        self.Scroll = channel.unary_unary(
+                '/shoal.v1.Shoal/Scroll',
+                request_serializer=shoal_dot_v1_dot_types__pb2.ScrollRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_types__pb2.ScrollResponse.FromString,
+                _registered_method=True)
+        self.SetPayload = channel.unary_unary(
+                '/shoal.v1.Shoal/SetPayload',
+                request_serializer=shoal_dot_v1_dot_types__pb2.SetPayloadRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_types__pb2.SetPayloadResponse.FromString,
+                _registered_method=True)
         self.Search = channel.unary_unary(
                 '/shoal.v1.Shoal/Search',
                 request_serializer=shoal_dot_v1_dot_types__pb2.SearchRequest.SerializeToString,
@@ -161,6 +171,20 @@ class ShoalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Scroll(self, request, context):
+        """Page through the points (optionally only those matching a filter) in a stable order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPayload(self, request, context):
+        """Set or remove payload keys of existing points.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Search(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -226,6 +250,16 @@ def add_ShoalServicer_to_server(servicer, server):
                     servicer.Count,
                     request_deserializer=shoal_dot_v1_dot_types__pb2.CountRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_types__pb2.CountResponse.SerializeToString,
+            ),
+            'Scroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Scroll,
+                    request_deserializer=shoal_dot_v1_dot_types__pb2.ScrollRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_types__pb2.ScrollResponse.SerializeToString,
+            ),
+            'SetPayload': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPayload,
+                    request_deserializer=shoal_dot_v1_dot_types__pb2.SetPayloadRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_types__pb2.SetPayloadResponse.SerializeToString,
             ),
             'Search': grpc.unary_unary_rpc_method_handler(
                     servicer.Search,
@@ -508,6 +542,60 @@ class Shoal:
             '/shoal.v1.Shoal/Count',
             shoal_dot_v1_dot_types__pb2.CountRequest.SerializeToString,
             shoal_dot_v1_dot_types__pb2.CountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Scroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shoal/Scroll',
+            shoal_dot_v1_dot_types__pb2.ScrollRequest.SerializeToString,
+            shoal_dot_v1_dot_types__pb2.ScrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPayload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shoal/SetPayload',
+            shoal_dot_v1_dot_types__pb2.SetPayloadRequest.SerializeToString,
+            shoal_dot_v1_dot_types__pb2.SetPayloadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14shoal/v1/types.proto\x12\x08shoal.v1\"1\n\x06Matrix\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x1f\n\x03Ids\x12\x0b\n\x03u64\x18\x01 \x01(\x0c\x12\x0b\n\x03str\x18\x02 \x03(\t\"\xd1\x01\n\x10\x43ollectionConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12 \n\x06metric\x18\x03 \x01(\x0e\x32\x10.shoal.v1.Metric\x12&\n\tprecision\x18\x04 \x01(\x0e\x32\x13.shoal.v1.Precision\x12!\n\x07id_type\x18\x05 \x01(\x0e\x32\x10.shoal.v1.IdType\x12\t\n\x01m\x18\x06 \x01(\r\x12\x17\n\x0f\x65\x66_construction\x18\x07 \x01(\r\x12\x11\n\tef_search\x18\x08 \x01(\r\"B\n\nShardStats\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\"q\n\x0e\x43ollectionInfo\x12*\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.shoal.v1.CollectionConfig\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12$\n\x06shards\x18\x03 \x03(\x0b\x32\x14.shoal.v1.ShardStats\"E\n\x17\x43reateCollectionRequest\x12*\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.shoal.v1.CollectionConfig\"S\n\x18\x43reateCollectionResponse\x12&\n\x04info\x18\x01 \x01(\x0b\x32\x18.shoal.v1.CollectionInfo\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"%\n\x15\x44ropCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\")\n\x16\x44ropCollectionResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"\x18\n\x16ListCollectionsRequest\"(\n\x17ListCollectionsResponse\x12\r\n\x05names\x18\x01 \x03(\t\")\n\x19\x44\x65scribeCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"t\n\rUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x1a\n\x03ids\x18\x02 \x01(\x0b\x32\r.shoal.v1.Ids\x12!\n\x07vectors\x18\x03 \x01(\x0b\x32\x10.shoal.v1.Matrix\x12\x10\n\x08payloads\x18\x04 \x03(\x0c\"\"\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x04\"h\n\nGetRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x1a\n\x03ids\x18\x02 \x01(\x0b\x32\r.shoal.v1.Ids\x12\x14\n\x0cwith_vectors\x18\x03 \x01(\x08\x12\x14\n\x0cwith_payload\x18\x04 \x01(\x08\"^\n\x0bGetResponse\x12\x1a\n\x03ids\x18\x01 \x01(\x0b\x32\r.shoal.v1.Ids\x12!\n\x07vectors\x18\x02 \x01(\x0b\x32\x10.shoal.v1.Matrix\x12\x10\n\x08payloads\x18\x03 \x03(\x0c\"?\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x1a\n\x03ids\x18\x02 \x01(\x0b\x32\r.shoal.v1.Ids\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\"\"\n\x0c\x43ountRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x1e\n\rCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\"\x9d\x01\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12!\n\x07queries\x18\x02 \x01(\x0b\x32\x10.shoal.v1.Matrix\x12\t\n\x01k\x18\x03 \x01(\r\x12\n\n\x02\x65\x66\x18\x04 \x01(\r\x12\x14\n\x0cwith_payload\x18\x05 \x01(\x08\x12\x14\n\x0cwith_vectors\x18\x06 \x01(\x08\x12\x12\n\nrequest_id\x18\x07 \x01(\x04\"\xe0\x01\n\x0eSearchResponse\x12\t\n\x01k\x18\x01 \x01(\r\x12\x1a\n\x03ids\x18\x02 \x01(\x0b\x32\r.shoal.v1.Ids\x12#\n\tdistances\x18\x03 \x01(\x0b\x32\x10.shoal.v1.Matrix\x12\x0e\n\x06\x63ounts\x18\x04 \x01(\x0c\x12\x10\n\x08payloads\x18\x05 \x03(\x0c\x12!\n\x07vectors\x18\x06 \x01(\x0b\x32\x10.shoal.v1.Matrix\x12\x12\n\nrequest_id\x18\x07 \x01(\x04\x12\x12\n\nerror_code\x18\x08 \x01(\r\x12\x15\n\rerror_message\x18\t \x01(\t\"C\n\nShardRange\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x12\n\nslot_start\x18\x02 \x01(\r\x12\x10\n\x08slot_end\x18\x03 \x01(\r\"\x14\n\x12GetTopologyRequest\"E\n\x0cTopologyInfo\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12$\n\x06shards\x18\x02 \x03(\x0b\x32\x14.shoal.v1.ShardRange*Q\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\x11\n\rMETRIC_COSINE\x10\x01\x12\r\n\tMETRIC_L2\x10\x02\x12\r\n\tMETRIC_IP\x10\x03*r\n\tPrecision\x12\x19\n\x15PRECISION_UNSPECIFIED\x10\x00\x12\x11\n\rPRECISION_F32\x10\x01\x12\x12\n\x0ePRECISION_BF16\x10\x02\x12\x11\n\rPRECISION_F16\x10\x03\x12\x10\n\x0cPRECISION_I8\x10\x04*I\n\x06IdType\x12\x17\n\x13ID_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0eID_TYPE_UINT64\x10\x01\x12\x12\n\x0eID_TYPE_STRING\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14shoal/v1/types.proto\x12\x08shoal.v1\"1\n\x06Matrix\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x1f\n\x03Ids\x12\x0b\n\x03u64\x18\x01 \x01(\x0c\x12\x0b\n\x03str\x18\x02 \x03(\t\"\xd1\x01\n\x10\x43ollectionConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12 \n\x06metric\x18\x03 \x01(\x0e\x32\x10.shoal.v1.Metric\x12&\n\tprecision\x18\x04 \x01(\x0e\x32\x13.shoal.v1.Precision\x12!\n\x07id_type\x18\x05 \x01(\x0e\x32\x10.shoal.v1.IdType\x12\t\n\x01m\x18\x06 \x01(\r\x12\x17\n\x0f\x65\x66_construction\x18\x07 \x01(\r\x12\x11\n\tef_search\x18\x08 \x01(\r\"B\n\nShardStats\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\"q\n\x0e\x43ollectionInfo\x12*\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.shoal.v1.CollectionConfig\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12$\n\x06shards\x18\x03 \x03(\x0b\x32\x14.shoal.v1.ShardStats\"E\n\x17\x43reateCollectionRequest\x12*\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.shoal.v1.CollectionConfig\"S\n\x18\x43reateCollectionResponse\x12&\n\x04info\x18\x01 \x01(\x0b\x32\x18.shoal.v1.CollectionInfo\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"%\n\x15\x44ropCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\")\n\x16\x44ropCollectionResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"\x18\n\x16ListCollectionsRequest\"(\n\x17ListCollectionsResponse\x12\r\n\x05names\x18\x01 \x03(\t\")\n\x19\x44\x65scribeCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"t\n\rUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x1a\n\x03ids\x18\x02 \x01(\x0b\x32\r.shoal.v1.Ids\x12!\n\x07vectors\x18\x03 \x01(\x0b\x32\x10.shoal.v1.Matrix\x12\x10\n\x08payloads\x18\x04 \x03(\x0c\"\"\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x04\"h\n\nGetRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x1a\n\x03ids\x18\x02 \x01(\x0b\x32\r.shoal.v1.Ids\x12\x14\n\x0cwith_vectors\x18\x03 \x01(\x08\x12\x14\n\x0cwith_payload\x18\x04 \x01(\x08\"^\n\x0bGetResponse\x12\x1a\n\x03ids\x18\x01 \x01(\x0b\x32\r.shoal.v1.Ids\x12!\n\x07vectors\x18\x02 \x01(\x0b\x32\x10.shoal.v1.Matrix\x12\x10\n\x08payloads\x18\x03 \x03(\x0c\"O\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x1a\n\x03ids\x18\x02 \x01(\x0b\x32\r.shoal.v1.Ids\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\"2\n\x0c\x43ountRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\"\x1e\n\rCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\"\xad\x01\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12!\n\x07queries\x18\x02 \x01(\x0b\x32\x10.shoal.v1.Matrix\x12\t\n\x01k\x18\x03 \x01(\r\x12\n\n\x02\x65\x66\x18\x04 \x01(\r\x12\x14\n\x0cwith_payload\x18\x05 \x01(\x08\x12\x14\n\x0cwith_vectors\x18\x06 \x01(\x08\x12\x12\n\nrequest_id\x18\x07 \x01(\x04\x12\x0e\n\x06\x66ilter\x18\x08 \x01(\t\"\xee\x01\n\x0eSearchResponse\x12\t\n\x01k\x18\x01 \x01(\r\x12\x1a\n\x03ids\x18\x02 \x01(\x0b\x32\r.shoal.v1.Ids\x12#\n\tdistances\x18\x03 \x01(\x0b\x32\x10.shoal.v1.Matrix\x12\x0e\n\x06\x63ounts\x18\x04 \x01(\x0c\x12\x10\n\x08payloads\x18\x05 \x03(\x0c\x12!\n\x07vectors\x18\x06 \x01(\x0b\x32\x10.shoal.v1.Matrix\x12\x12\n\nrequest_id\x18\x07 \x01(\x04\x12\x12\n\nerror_code\x18\x08 \x01(\r\x12\x15\n\rerror_message\x18\t \x01(\t\x12\x0c\n\x04plan\x18\n \x01(\t\"~\n\rScrollRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\t\x12\x14\n\x0cwith_payload\x18\x05 \x01(\x08\x12\x14\n\x0cwith_vectors\x18\x06 \x01(\x08\"v\n\x0eScrollResponse\x12\x1a\n\x03ids\x18\x01 \x01(\x0b\x32\r.shoal.v1.Ids\x12!\n\x07vectors\x18\x02 \x01(\x0b\x32\x10.shoal.v1.Matrix\x12\x10\n\x08payloads\x18\x03 \x03(\x0c\x12\x13\n\x0bnext_cursor\x18\x04 \x01(\t\"_\n\x11SetPayloadRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x1a\n\x03ids\x18\x02 \x01(\x0b\x32\r.shoal.v1.Ids\x12\x0b\n\x03set\x18\x03 \x01(\x0c\x12\r\n\x05unset\x18\x04 \x03(\t\"%\n\x12SetPayloadResponse\x12\x0f\n\x07updated\x18\x01 \x01(\x04\"C\n\nShardRange\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x12\n\nslot_start\x18\x02 \x01(\r\x12\x10\n\x08slot_end\x18\x03 \x01(\r\"\x14\n\x12GetTopologyRequest\"E\n\x0cTopologyInfo\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12$\n\x06shards\x18\x02 \x03(\x0b\x32\x14.shoal.v1.ShardRange*Q\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\x11\n\rMETRIC_COSINE\x10\x01\x12\r\n\tMETRIC_L2\x10\x02\x12\r\n\tMETRIC_IP\x10\x03*r\n\tPrecision\x12\x19\n\x15PRECISION_UNSPECIFIED\x10\x00\x12\x11\n\rPRECISION_F32\x10\x01\x12\x12\n\x0ePRECISION_BF16\x10\x02\x12\x11\n\rPRECISION_F16\x10\x03\x12\x10\n\x0cPRECISION_I8\x10\x04*I\n\x06IdType\x12\x17\n\x13ID_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0eID_TYPE_UINT64\x10\x01\x12\x12\n\x0eID_TYPE_STRING\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shoal.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_METRIC']._serialized_start=1935
-  _globals['_METRIC']._serialized_end=2016
-  _globals['_PRECISION']._serialized_start=2018
-  _globals['_PRECISION']._serialized_end=2132
-  _globals['_IDTYPE']._serialized_start=2134
-  _globals['_IDTYPE']._serialized_end=2207
+  _globals['_METRIC']._serialized_start=2381
+  _globals['_METRIC']._serialized_end=2462
+  _globals['_PRECISION']._serialized_start=2464
+  _globals['_PRECISION']._serialized_end=2578
+  _globals['_IDTYPE']._serialized_start=2580
+  _globals['_IDTYPE']._serialized_end=2653
   _globals['_MATRIX']._serialized_start=34
   _globals['_MATRIX']._serialized_end=83
   _globals['_IDS']._serialized_start=85
@@ -70,21 +70,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETRESPONSE']._serialized_start=1122
   _globals['_GETRESPONSE']._serialized_end=1216
   _globals['_DELETEREQUEST']._serialized_start=1218
-  _globals['_DELETEREQUEST']._serialized_end=1281
-  _globals['_DELETERESPONSE']._serialized_start=1283
-  _globals['_DELETERESPONSE']._serialized_end=1316
-  _globals['_COUNTREQUEST']._serialized_start=1318
-  _globals['_COUNTREQUEST']._serialized_end=1352
-  _globals['_COUNTRESPONSE']._serialized_start=1354
-  _globals['_COUNTRESPONSE']._serialized_end=1384
-  _globals['_SEARCHREQUEST']._serialized_start=1387
-  _globals['_SEARCHREQUEST']._serialized_end=1544
-  _globals['_SEARCHRESPONSE']._serialized_start=1547
-  _globals['_SEARCHRESPONSE']._serialized_end=1771
-  _globals['_SHARDRANGE']._serialized_start=1773
-  _globals['_SHARDRANGE']._serialized_end=1840
-  _globals['_GETTOPOLOGYREQUEST']._serialized_start=1842
-  _globals['_GETTOPOLOGYREQUEST']._serialized_end=1862
-  _globals['_TOPOLOGYINFO']._serialized_start=1864
-  _globals['_TOPOLOGYINFO']._serialized_end=1933
+  _globals['_DELETEREQUEST']._serialized_end=1297
+  _globals['_DELETERESPONSE']._serialized_start=1299
+  _globals['_DELETERESPONSE']._serialized_end=1332
+  _globals['_COUNTREQUEST']._serialized_start=1334
+  _globals['_COUNTREQUEST']._serialized_end=1384
+  _globals['_COUNTRESPONSE']._serialized_start=1386
+  _globals['_COUNTRESPONSE']._serialized_end=1416
+  _globals['_SEARCHREQUEST']._serialized_start=1419
+  _globals['_SEARCHREQUEST']._serialized_end=1592
+  _globals['_SEARCHRESPONSE']._serialized_start=1595
+  _globals['_SEARCHRESPONSE']._serialized_end=1833
+  _globals['_SCROLLREQUEST']._serialized_start=1835
+  _globals['_SCROLLREQUEST']._serialized_end=1961
+  _globals['_SCROLLRESPONSE']._serialized_start=1963
+  _globals['_SCROLLRESPONSE']._serialized_end=2081
+  _globals['_SETPAYLOADREQUEST']._serialized_start=2083
+  _globals['_SETPAYLOADREQUEST']._serialized_end=2178
+  _globals['_SETPAYLOADRESPONSE']._serialized_start=2180
+  _globals['_SETPAYLOADRESPONSE']._serialized_end=2217
+  _globals['_SHARDRANGE']._serialized_start=2219
+  _globals['_SHARDRANGE']._serialized_end=2286
+  _globals['_GETTOPOLOGYREQUEST']._serialized_start=2288
+  _globals['_GETTOPOLOGYREQUEST']._serialized_end=2308
+  _globals['_TOPOLOGYINFO']._serialized_start=2310
+  _globals['_TOPOLOGYINFO']._serialized_end=2379
 # @@protoc_insertion_point(module_scope)
