@@ -9,9 +9,9 @@ from typing import Protocol, TypeVar
 import numpy as np
 from grpc import StatusCode
 
-from shoal._config import MAX_QUERIES, CollectionConfig, check_k, check_name
+from shoal._config import CollectionConfig, check_k, check_name
 from shoal._errors import AlreadyExists, Internal, InvalidArgument, NotFound, ShoalError
-from shoal._wire import check_ids, check_upsert, check_vectors, encode_ids, encode_matrix
+from shoal._wire import check_ids, check_queries, check_upsert, encode_ids, encode_matrix
 from shoal.coordinator.batcher import DEFAULT_BATCHING, BatchConfig, SearchBatcher, Shape
 from shoal.coordinator.codec import found_from_proto, topk_from_proto
 from shoal.coordinator.merge import Found, TopK, merge, merge_found
@@ -190,12 +190,7 @@ class Coordinator:
         """
         check_name(name)
         check_k(k)
-        if len(queries) == 0:
-            raise InvalidArgument("the query batch is empty: give at least one query")
-        if len(queries) > MAX_QUERIES:
-            raise InvalidArgument(
-                f"the batch has {len(queries)} queries; at most {MAX_QUERIES} are allowed per call")
-        check_vectors(queries, what="queries")
+        check_queries(queries)
         shape = Shape(name, queries.shape[1], k, ef, with_payload, with_vectors)
         if self.batcher is not None:
             return self.batcher.submit(shape, queries, timeout)

@@ -17,13 +17,13 @@ from typing import Protocol
 
 import numpy as np
 
-from shoal._config import MAX_QUERIES, check_k, check_name
+from shoal._config import check_k, check_name
 from shoal._errors import DeadlineExceeded, Internal, InvalidArgument
 from shoal._filter import check_path, parse_json
 from shoal._wire import (
     check_ids,
     check_payloads,
-    check_vectors,
+    check_queries,
     decode_ids,
     decode_matrix,
     encode_ids,
@@ -100,12 +100,7 @@ class Filtering:
         check_name(name)
         check_k(k)
         check_filter(filter_text)
-        if len(queries) == 0:
-            raise InvalidArgument("the query batch is empty: give at least one query")
-        if len(queries) > MAX_QUERIES:
-            raise InvalidArgument(
-                f"the batch has {len(queries)} queries; at most {MAX_QUERIES} are allowed per call")
-        check_vectors(queries, what="queries")
+        check_queries(queries)
         request = pb.SearchRequest(collection=name, queries=encode_matrix(queries), k=k, ef=ef,
                                    with_payload=with_payload, with_vectors=with_vectors, filter=filter_text)
 
