@@ -1,8 +1,10 @@
 """Coalesce concurrent searches of the same shape into one fan-out, so one message per shard carries many queries.
 
-A search waits only while `max_inflight` fan-outs of its shape are already running (or for `max_wait`
-seconds when that is set, to gather more): under light load it goes out at once, under heavy load the
-waiting searches leave together as one batch when a fan-out comes back. A failed fan-out fails every
+A search waits only while `max_inflight` fan-outs of its shape are already running: under light load it
+goes out at once (with those that arrived in the same turn of the event loop), under heavy load the
+waiting searches leave together as one batch when a fan-out comes back. So the wait is bounded by one
+fan-out, and no timer adds latency: waiting longer for fuller batches was measured to lose throughput and
+latency alike (loadtest/bench.py; the README's Performance section). A failed fan-out fails every
 search it carried with the same error, which is the error each would have got alone: they share the
 collection, k, ef and dimension, and each was validated on its own before it joined.
 """
@@ -42,12 +44,10 @@ class BatchConfig:
     # Fan-outs of one shape at once. One: the next batch gathers while the shards (all searching in parallel,
     # so every core is busy) answer the last; measured faster than 2 or 4 on 2 cores (loadtest/bench.py).
     max_inflight: int = 1
-    # Seconds a search may wait for others when a fan-out is free; 0: only those arriving in the same turn.
-    max_wait: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.max_rows < 1 or self.max_inflight < 1 or self.max_wait < 0:
-            raise ValueError(f"max_rows and max_inflight must be at least 1, max_wait not negative: {self}")
+        if self.max_rows < 1 or self.max_inflight < 1:
+            raise ValueError(f"max_rows and max_inflight must be at least 1: {self}")
 
 
 DEFAULT_BATCHING = BatchConfig()
@@ -70,7 +70,7 @@ class _Lane:
     waiting: deque[_Waiting] = field(default_factory=deque)
     rows: int = 0
     inflight: int = 0
-    timer: asyncio.Handle | None = None
+    timer: asyncio.Handle | None = None  # a partial batch is due on the next turn of the event loop
 
 
 def rows_of(result: TopK, start: int, stop: int) -> TopK:
@@ -88,7 +88,6 @@ class SearchBatcher:
         self._run = run
         self.max_rows = config.max_rows
         self.max_inflight = config.max_inflight
-        self.max_wait = config.max_wait
         self._lanes: dict[Shape, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # the running fan-outs, held so they are not collected
         self.batches = 0  # fan-outs started, for tests and metrics
@@ -116,14 +115,12 @@ class SearchBatcher:
         return await self._run(shape, queries, timeout)
 
     def _pump(self, shape: Shape, lane: _Lane) -> None:
-        """Send full batches while fan-outs are free; otherwise arm the timer for a partial one."""
+        """Send full batches while fan-outs are free; otherwise send a partial one on the next turn."""
         while lane.waiting and lane.inflight < self.max_inflight and lane.rows >= self.max_rows:
             self._flush(shape, lane)
         if lane.waiting and lane.inflight < self.max_inflight and lane.timer is None:
-            # Searches that arrive in the same turn of the event loop (or within max_wait) join this batch.
-            loop = asyncio.get_running_loop()
-            lane.timer = (loop.call_later(self.max_wait, self._on_timer, shape, lane) if self.max_wait
-                          else loop.call_soon(self._on_timer, shape, lane))
+            # Searches that arrive in the same turn of the event loop join this batch.
+            lane.timer = asyncio.get_running_loop().call_soon(self._on_timer, shape, lane)
 
     def _on_timer(self, shape: Shape, lane: _Lane) -> None:
         lane.timer = None

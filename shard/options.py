@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from shoal.shard.faults import CRASHPOINT_ENV, crashpoint_from_env
+from shoal.shard.faults import crashpoint_from_env
 
 # Index snapshots: a restart replays at most about `changes` points on top of the last snapshot.
 SNAPSHOT_CHANGES_ENV = "SHOAL_SNAPSHOT_CHANGES"
@@ -49,16 +49,17 @@ class ShardOptions:
     @classmethod
     def from_env(cls, threads: int, environ: Mapping[str, str] = os.environ) -> ShardOptions:
         """The options of a shard process: defaults, overridden by SHOAL_* environment variables."""
+
+        def number(name: str, default: float) -> float:
+            try:
+                return float(environ.get(name, default))
+            except ValueError:
+                raise SystemExit(f"{name}={environ[name]!r} is not a number") from None
+
         default = SnapshotPolicy()
-        policy = SnapshotPolicy(
-            changes=int(environ.get(SNAPSHOT_CHANGES_ENV, default.changes)),
-            min_interval=float(environ.get(SNAPSHOT_MIN_INTERVAL_ENV, default.min_interval)),
-            max_interval=float(environ.get(SNAPSHOT_MAX_INTERVAL_ENV, default.max_interval)))
-        min_free = cls.min_free_bytes
-        if MIN_FREE_MB_ENV in environ:
-            min_free = int(float(environ[MIN_FREE_MB_ENV]) * 1024 * 1024)
+        policy = SnapshotPolicy(changes=int(number(SNAPSHOT_CHANGES_ENV, default.changes)),
+                                min_interval=number(SNAPSHOT_MIN_INTERVAL_ENV, default.min_interval),
+                                max_interval=number(SNAPSHOT_MAX_INTERVAL_ENV, default.max_interval))
+        min_free = int(number(MIN_FREE_MB_ENV, cls.min_free_bytes / 2**20) * 2**20)
         return cls(threads=threads, snapshots=policy, min_free_bytes=min_free,
                    crashpoint=crashpoint_from_env(environ))
-
-
-__all__ = ["CRASHPOINT_ENV", "ShardOptions", "SnapshotPolicy"]

@@ -171,7 +171,10 @@ def fork_write(index: VectorIndex, path: Path, crash: CrashPoints) -> Writing:
     if pid == 0:  # the child: never return into the shard's code
         code, report = _CHILD_FAILED, dict[str, object]()
         try:
-            os.close(read)
+            # Keep only the report pipe: an inherited listening socket would keep the shard's port taken
+            # after the shard died, and its restart could not bind it.
+            os.closerange(3, write)
+            os.closerange(write + 1, os.sysconf("SC_OPEN_MAX"))
             # Signals belong to the shard: a handler run here would wake the parent's event loop.
             signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
             _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -158,15 +158,13 @@ def test_the_fan_out_lasts_as_long_as_its_most_patient_search() -> None:
     run(body)
 
 
-def test_max_wait_gathers_searches_of_later_turns_and_idle_lanes_are_forgotten() -> None:
+def test_searches_of_later_turns_go_alone_at_light_load_and_idle_lanes_are_forgotten() -> None:
     async def body() -> None:
         fake = FakeRun()
-        batcher = SearchBatcher(fake, BatchConfig(max_wait=0.05))
-        a = batcher.submit(SHAPE, query(1), None)
-        await asyncio.sleep(0)
-        b = batcher.submit(SHAPE, query(2), None)
-        await asyncio.gather(a, b)
-        assert [len(call[1]) for call in fake.calls] == [2]
+        batcher = SearchBatcher(fake)
+        await batcher.submit(SHAPE, query(1), None)
+        await batcher.submit(SHAPE, query(2), None)
+        assert [len(call[1]) for call in fake.calls] == [1, 1]
         assert not batcher._lanes
 
     run(body)
