@@ -70,7 +70,7 @@ def test_bench_runs_against_a_cluster_and_writes_its_report(cluster: LocalCluste
     assert all(s["recall"] > 0.9 for s in report["summary"] if s["ef"] == 64)
     assert {r["mode"] for r in report["at_target_recall"]} >= {"batch", "single-stream"}
     assert [h["mode"] for h in report["half_load"]] == ["single-stream"]
-    assert "targets:" in done.stdout and "bench_f32" not in _collections(cluster)
+    assert "\ntargets (" in done.stdout and "bench_f32" not in _collections(cluster)
 
 
 def _collections(cluster: LocalCluster) -> list[str]:
