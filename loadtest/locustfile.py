@@ -3,16 +3,16 @@
     locust -f loadtest/locustfile.py --headless -u 16 -r 16 -t 60s --host 127.0.0.1:7070 \\
         --tasks search=8,search_batch=1,upsert=1 --csv bench-results/locust --html bench-results/locust.html
 
-Each user runs the tasks named by --tasks in those proportions (name=weight). A task is a function of the
-user in TASKS; `filtered_search` is offered once the SDK's search takes a filter, and any new task is one
-function added there. The collection is created (and --preload points loaded) when it does not exist, with
+Each user runs the tasks named by --tasks in those proportions (name=weight), from TASKS: `search` (one
+query per call), `search_batch` (--batch queries per call), `filtered_search` (one query with the --filter
+payload filter) and `upsert` (--batch points per call, durably acknowledged); a new task is one function
+added there. The collection is created (and --preload points loaded) when it does not exist, with
 --dim dimensions, or vectors from --data (a folder with base.npy, or a .npy file). Every option also reads
 a SHOAL_* environment variable (see `locust -f loadtest/locustfile.py --help`).
 """
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import json
 import time
@@ -44,7 +44,8 @@ def _options(parser: Any) -> None:
     group.add_argument("--ef", type=int, default=0, env_var="SHOAL_EF", help="search breadth (0: the default)")
     group.add_argument("--batch", type=int, default=100, env_var="SHOAL_BATCH",
                        help="queries per search_batch call and points per upsert call")
-    group.add_argument("--filter", default="", env_var="SHOAL_FILTER", help="JSON filter of filtered_search")
+    group.add_argument("--filter", default='{"group": 0}', env_var="SHOAL_FILTER",
+                       help="JSON filter of filtered_search; points this file loads carry {\"group\": id %% 10}")
     group.add_argument("--data", default="", env_var="SHOAL_DATA",
                        help="vectors to load and query (a folder with base.npy, or a .npy file); else random")
     group.add_argument("--dim", type=int, default=384, env_var="SHOAL_DIM", help="dimension without --data")
@@ -91,7 +92,12 @@ def _create(environment: Environment, **_: Any) -> None:
         if options.collection not in client.list_collections():
             x = _Shared.vectors[: options.preload]
             client.create_collection(options.collection, dim=x.shape[1])
-            client.upsert(options.collection, ids=np.arange(len(x)), vectors=x)
+            client.upsert(options.collection, ids=np.arange(len(x)), vectors=x, payloads=groups(np.arange(len(x))))
+
+
+def groups(ids: np.ndarray) -> list[dict[str, Any]]:
+    """The payloads of points this file writes: a group of ten, for filters of 10% selectivity."""
+    return [{"group": int(i) % 10} for i in ids]
 
 
 def parse_tasks(text: str) -> dict[str, int]:
@@ -156,18 +162,17 @@ def upsert(user: ShoalUser) -> None:
     """--batch new points per call, durably acknowledged."""
     o = user.options
     ids = np.fromiter(itertools.islice(_Shared.ids, o.batch), dtype=np.uint64, count=o.batch)
-    user.timed(f"upsert{o.batch}", lambda: user.client.upsert(o.collection, ids=ids, vectors=user.queries(o.batch)),
-               int)
+    user.timed(f"upsert{o.batch}", lambda: user.client.upsert(o.collection, ids=ids, vectors=user.queries(o.batch),
+                                                               payloads=groups(ids)), int)
 
 
 def filtered_search(user: ShoalUser) -> None:
     """One query per call with the payload filter of --filter."""
     o = user.options
-    where = json.loads(o.filter) if o.filter else {}
-    user.timed("filtered_search", lambda: user.client.search(  # type: ignore[call-arg]
+    where = json.loads(o.filter)
+    user.timed("filtered_search", lambda: user.client.search(
         o.collection, user.queries(1)[0], k=o.k, ef=o.ef or None, filter=where), len)
 
 
-TASKS: dict[str, Callable[[ShoalUser], None]] = {"search": search, "search_batch": search_batch, "upsert": upsert}
-if "filter" in inspect.signature(shoal.Client.search).parameters:
-    TASKS["filtered_search"] = filtered_search
+TASKS: dict[str, Callable[[ShoalUser], None]] = {
+    "search": search, "search_batch": search_batch, "filtered_search": filtered_search, "upsert": upsert}

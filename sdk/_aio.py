@@ -22,9 +22,10 @@ from shoal._client import (
     _upsert_plan,
 )
 from shoal._config import CollectionConfig
-from shoal._errors import ShoalError, from_rpc_error
-from shoal._types import CollectionInfo, Point, SearchResult, points_from_proto
-from shoal._wire import encode_ids
+from shoal._errors import InvalidArgument, ShoalError, from_rpc_error
+from shoal._filter import check_path, to_json
+from shoal._types import CollectionInfo, Point, ScrollPage, SearchResult, points_from_proto
+from shoal._wire import encode_ids, encode_payload
 from shoal.v1 import shoal_pb2_grpc
 from shoal.v1 import types_pb2 as pb
 
@@ -114,26 +115,55 @@ class AsyncClient:
                                 with_payload=with_payload)
         return points_from_proto(await self._call(self._stub.Get, request))
 
-    async def delete(self, collection: str, ids: Any) -> int:
-        """Delete points by id; returns how many existed."""
-        request = pb.DeleteRequest(collection=collection, ids=encode_ids(ids))
+    async def delete(self, collection: str, ids: Any = None, *, filter: dict[str, Any] | None = None) -> int:
+        """Delete points by id or every point matching a filter (one of them); returns how many there were."""
+        if (ids is None) == (filter is None):
+            raise InvalidArgument("give ids or a filter to delete, not both and not neither")
+        request = (pb.DeleteRequest(collection=collection, filter=to_json(filter)) if filter is not None
+                   else pb.DeleteRequest(collection=collection, ids=encode_ids(ids)))
         return (await self._call(self._stub.Delete, request)).deleted
 
-    async def count(self, collection: str) -> int:
-        """The number of points in a collection."""
-        return (await self._call(self._stub.Count, pb.CountRequest(collection=collection))).count
+    async def count(self, collection: str, *, filter: dict[str, Any] | None = None) -> int:
+        """The number of points in a collection, or of those matching a filter."""
+        request = pb.CountRequest(collection=collection, filter=to_json(filter))
+        return (await self._call(self._stub.Count, request)).count
+
+    async def scroll(self, collection: str, *, filter: dict[str, Any] | None = None, limit: int = 100,
+                     cursor: str | None = None, with_payload: bool = True, with_vectors: bool = False) -> ScrollPage:
+        """A page of up to `limit` points (only those matching `filter`, if given) in a stable order.
+
+        Pass the page's `next_cursor` to get the next page; it is None after the last one.
+        """
+        request = pb.ScrollRequest(collection=collection, filter=to_json(filter), limit=limit, cursor=cursor or "",
+                                   with_payload=with_payload, with_vectors=with_vectors)
+        return ScrollPage.from_proto(await self._call(self._stub.Scroll, request))
+
+    async def set_payload(self, collection: str, ids: Any, payload: dict[str, Any] | None = None, *,
+                          unset: Sequence[str] = ()) -> int:
+        """Set top-level payload keys of existing points, then remove dotted `unset` paths; vectors stay.
+
+        Returns how many of the ids exist (unknown ids are skipped).
+        """
+        unset = [check_path(p, "unset path") for p in ([unset] if isinstance(unset, str) else unset)]
+        request = pb.SetPayloadRequest(collection=collection, ids=encode_ids(ids), set=encode_payload(payload),
+                                       unset=unset)
+        return (await self._call(self._stub.SetPayload, request)).updated
 
     # search
 
     async def search(self, collection: str, queries: Any, k: int = 10, *, ef: int | None = None,
-                     with_payload: bool = False, with_vectors: bool = False) -> SearchResult:
-        """The k nearest points of each query row ((q, dim) or one (dim,) vector), nearest first."""
-        request = _search_request(collection, queries, k, ef, with_payload, with_vectors)
+                     with_payload: bool = False, with_vectors: bool = False,
+                     filter: dict[str, Any] | None = None) -> SearchResult:
+        """The k nearest points of each query row ((q, dim) or one (dim,) vector), nearest first.
+
+        With a `filter`, only points whose payload matches it: min(k, matches) hits per query.
+        """
+        request = _search_request(collection, queries, k, ef, with_payload, with_vectors, filter_json=to_json(filter))
         return SearchResult.from_proto(await self._call(self._stub.Search, request))
 
     async def search_stream(self, collection: str, batches: Iterable[Any] | AsyncIterable[Any], k: int = 10, *,
-                            ef: int | None = None, with_payload: bool = False,
-                            with_vectors: bool = False) -> AsyncIterator[SearchResult]:
+                            ef: int | None = None, with_payload: bool = False, with_vectors: bool = False,
+                            filter: dict[str, Any] | None = None) -> AsyncIterator[SearchResult]:
         """Pipeline query batches (a plain or async iterable) over one stream; yields results in the order given.
 
         Fed from an async queue, one stream serves a caller that sends a query, awaits its answer and sends
@@ -141,13 +171,15 @@ class AsyncClient:
         """
 
         failed: list[Exception] = []
+        filter_json = to_json(filter)
 
         async def requests() -> AsyncIterator[pb.SearchRequest]:
             items = batches if isinstance(batches, AsyncIterable) else _aiter(batches)
             i = 0
             try:
                 async for q in items:
-                    yield _search_request(collection, q, k, ef, with_payload, with_vectors, request_id=i)
+                    yield _search_request(collection, q, k, ef, with_payload, with_vectors, request_id=i,
+                                          filter_json=filter_json)
                     i += 1
             except Exception as exc:
                 # gRPC would only cancel the call; the caller gets this error after the answers before it.

@@ -31,6 +31,18 @@ def test_async_client_round_trip(cluster: LocalCluster, name: str) -> None:
             points = await c.get(name, ids=[3, 1, 999])
             assert [p.id for p in points] == [3, 1] and points[0].payload == {"i": 3}
             assert await c.delete(name, ids=[1, 2]) == 2
+            # The filtered side mirrors the blocking client's.
+            small = {"i": {"$lt": 10}}
+            assert await c.count(name, filter=small) == 8
+            hits = await c.search(name, q[:3], k=5, filter=small, with_payload=True)
+            assert all(h.payload["i"] < 10 for row in hits for h in row)  # type: ignore[index]
+            page = await c.scroll(name, filter=small, limit=5)
+            assert len(page.points) == 5 and page.next_cursor is not None
+            assert await c.set_payload(name, ids=[3], payload={"i": 1000}) == 1
+            assert await c.count(name, filter=small) == 7
+            assert await c.delete(name, filter=small) == 7
+            with pytest.raises(shoal.InvalidArgument):
+                await c.delete(name)
             await c.drop_collection(name)
             with pytest.raises(shoal.NotFound):
                 await c.search(name, q[0], k=1)

@@ -83,14 +83,15 @@ def test_locust_runs_the_configured_task_mix(client: shoal.Client, name: str, tm
     if not locust.exists():
         pytest.skip("locust is not installed (pip install -e '.[dev]')")
     client.create_collection(name, dim=8)  # else the locust file creates it (tested by hand: it takes a while)
-    client.upsert(name, ids=np.arange(300), vectors=clustered(300, 8))
+    client.upsert(name, ids=np.arange(300), vectors=clustered(300, 8), payloads=[{"group": i % 10} for i in range(300)])
     cmd = [str(locust), "-f", str(LOADTEST / "locustfile.py"), "--headless", "-u", "3", "-r", "3", "-t", "3s",
            "--host", client.address, "--collection", name, "--dim", "8", "--preload", "300", "--batch", "10",
-           "--tasks", "search=3,search_batch=1,upsert=1", "--csv", str(tmp_path / "locust"), "--only-summary"]
+           "--tasks", "search=3,search_batch=1,filtered_search=1,upsert=1", "--csv", str(tmp_path / "locust"),
+           "--only-summary"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     with open(tmp_path / "locust_stats.csv") as f:
         rows = {r["Name"]: r for r in csv.DictReader(f)}
-    for task in ("search", "search_batch10", "upsert10"):
+    for task in ("search", "search_batch10", "filtered_search", "upsert10"):
         assert task in rows, done.stderr[-3000:]
         assert int(rows[task]["Request Count"]) > 0 and int(rows[task]["Failure Count"]) == 0
