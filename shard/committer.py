@@ -13,8 +13,6 @@ later write after a failed append anyway; a restart recovers from what is really
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from rocksdict import WriteBatch
 from shoal._errors import ResourceExhausted, ShoalError, Unavailable
 from shoal.shard.faults import CrashPoints, fatal
 from shoal.shard.index import IndexWorker, Step
+from shoal.shard.queue_thread import QueueThread
 from shoal.shard.storage import Storage
 
 log = logging.getLogger("shoal.shard.committer")
@@ -42,7 +41,7 @@ class _Job:
     future: Future[Any]
 
 
-class Committer:
+class Committer(QueueThread[_Job]):
     """Writes every job's batch, one WAL sync per group, then hands the index updates to the worker."""
 
     def __init__(self, storage: Storage, worker: IndexWorker, max_group: int = MAX_GROUP,
@@ -52,32 +51,12 @@ class Committer:
         self._max_group = max_group
         self._crash = crash or CrashPoints()
         self._fatal = on_fatal
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="shoal-committer", daemon=True)
-        self._stopped = False
-        self._lock = threading.Lock()  # no job may be queued behind the stop marker
-
-    def start(self) -> None:
-        """Start the thread."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Commit everything queued, then end the thread."""
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-            self._queue.put(None)
-        if self._thread.is_alive():
-            self._thread.join()
+        super().__init__("shoal-committer")
 
     def submit(self, prepare: Prepare) -> Future[Any]:
         """Queue a write; the future resolves once it is durable and applied to the index."""
         future: Future[Any] = Future()
-        with self._lock:
-            if self._stopped:
-                raise Unavailable("the shard is shutting down")
-            self._queue.put(_Job(prepare, future))
+        self._put(_Job(prepare, future))
         return future
 
     def _run(self) -> None:

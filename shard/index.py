@@ -10,8 +10,6 @@ queue items is exactly the state of RocksDB at that sequence (what a snapshot re
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -22,7 +20,7 @@ import numpy as np
 from usearch.index import Index, Matches
 
 from shoal._config import CollectionConfig
-from shoal._errors import Unavailable
+from shoal.shard.queue_thread import QueueThread
 
 log = logging.getLogger("shoal.shard.index")
 
@@ -164,36 +162,13 @@ def _unreachable(message: str) -> None:
     raise AssertionError(message)
 
 
-class IndexWorker:
+class IndexWorker(QueueThread["_Search | _Call | _Apply"]):
     """The one thread that calls usearch: updates, searches and calls in arrival order."""
 
     def __init__(self, applied_seq: int = 0, on_fatal: Callable[[str], None] = _unreachable) -> None:
         self.applied_seq = applied_seq  # the sequence of the last write applied; only the worker writes it
         self._on_fatal = on_fatal
-        self._queue: queue.SimpleQueue[_Search | _Call | _Apply | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="shoal-index", daemon=True)
-        self._stopped = False
-        self._lock = threading.Lock()  # no item may be queued behind the stop marker
-
-    def start(self) -> None:
-        """Start the thread."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Finish everything queued, then end the thread."""
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-            self._queue.put(None)
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _put(self, item: _Search | _Call | _Apply) -> None:
-        with self._lock:
-            if self._stopped:
-                raise Unavailable("the shard is shutting down")
-            self._queue.put(item)
+        super().__init__("shoal-index")
 
     def search(self, index: VectorIndex, queries: np.ndarray, k: int, ef: int) -> Future[Hits]:
         """Queue a search; the future resolves to its Hits."""
