@@ -76,9 +76,13 @@ class _Lane:
 def rows_of(result: TopK, start: int, stop: int) -> TopK:
     """Rows [start, stop) of a result, as views."""
     part = slice(start, stop)
-    return TopK(result.ids[part], result.distances[part], result.counts[part],
-                None if result.payloads is None else result.payloads[part],
-                None if result.vectors is None else result.vectors[part])
+    return TopK(
+        result.ids[part],
+        result.distances[part],
+        result.counts[part],
+        None if result.payloads is None else result.payloads[part],
+        None if result.vectors is None else result.vectors[part],
+    )
 
 
 class SearchBatcher:

@@ -49,8 +49,13 @@ def topk_to_proto(result: TopK, request_id: int = 0) -> pb.SearchResponse:
         ids = pb.Ids(str=result.ids.ravel().tolist())
     else:
         ids = pb.Ids(u64=np.ascontiguousarray(result.ids, dtype="<u8").tobytes())
-    msg = pb.SearchResponse(k=k, ids=ids, distances=encode_matrix(result.distances.reshape(q, k)),
-                            counts=encode_counts(result.counts), request_id=request_id)
+    msg = pb.SearchResponse(
+        k=k,
+        ids=ids,
+        distances=encode_matrix(result.distances.reshape(q, k)),
+        counts=encode_counts(result.counts),
+        request_id=request_id,
+    )
     if result.payloads is not None:
         msg.payloads.extend(result.payloads.ravel().tolist())
     if result.vectors is not None:
@@ -86,8 +91,10 @@ def found_to_proto(found: Found) -> pb.GetResponse:
 
 def topology_to_proto(topology: Topology) -> pb.TopologyInfo:
     """The wire form of a topology: its version and every slot range with its shard's address."""
-    return pb.TopologyInfo(version=topology.version, shards=[
-        pb.ShardRange(address=r.address, slot_start=r.start, slot_end=r.end) for r in topology.ranges])
+    return pb.TopologyInfo(
+        version=topology.version,
+        shards=[pb.ShardRange(address=r.address, slot_start=r.start, slot_end=r.end) for r in topology.ranges],
+    )
 
 
 def _object_array(items: list[bytes]) -> np.ndarray:

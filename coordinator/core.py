@@ -22,19 +22,26 @@ T = TypeVar("T")
 
 # When shards fail differently, the request's own fault is the most useful answer (retrying cannot fix
 # it), then an unreachable shard, then a passed deadline; anything else (a bug) comes last.
-_REQUEST_FAULTS = (StatusCode.INVALID_ARGUMENT, StatusCode.NOT_FOUND, StatusCode.ALREADY_EXISTS,
-                   StatusCode.FAILED_PRECONDITION, StatusCode.RESOURCE_EXHAUSTED,
-                   StatusCode.PERMISSION_DENIED, StatusCode.UNAUTHENTICATED)
-_ERROR_RANK = {**dict.fromkeys(_REQUEST_FAULTS, 0),
-               StatusCode.UNAVAILABLE: 1, StatusCode.DEADLINE_EXCEEDED: 2}
+_REQUEST_FAULTS = (
+    StatusCode.INVALID_ARGUMENT,
+    StatusCode.NOT_FOUND,
+    StatusCode.ALREADY_EXISTS,
+    StatusCode.FAILED_PRECONDITION,
+    StatusCode.RESOURCE_EXHAUSTED,
+    StatusCode.PERMISSION_DENIED,
+    StatusCode.UNAUTHENTICATED,
+)
+_ERROR_RANK = {**dict.fromkeys(_REQUEST_FAULTS, 0), StatusCode.UNAVAILABLE: 1, StatusCode.DEADLINE_EXCEEDED: 2}
 
 
 def pick_error(errors: Sequence[BaseException]) -> BaseException:
     """The one error to answer with when several shard calls failed (the first of the most telling kind)."""
+
     def rank(exc: BaseException) -> int:
         if not isinstance(exc, Exception):
             return -1  # cancellation and the like must not be swallowed
         return _ERROR_RANK.get(exc.code, 3) if isinstance(exc, ShoalError) else 3
+
     return min(errors, key=rank)
 
 
@@ -43,13 +50,16 @@ class ShardConnection(Protocol):
 
     address: str
 
-    async def create_collection(self, request: pb.CreateCollectionRequest,
-                                timeout: float | None) -> pb.CreateCollectionResponse: ...
-    async def drop_collection(self, request: pb.DropCollectionRequest,
-                              timeout: float | None) -> pb.DropCollectionResponse: ...
+    async def create_collection(
+        self, request: pb.CreateCollectionRequest, timeout: float | None
+    ) -> pb.CreateCollectionResponse: ...
+    async def drop_collection(
+        self, request: pb.DropCollectionRequest, timeout: float | None
+    ) -> pb.DropCollectionResponse: ...
     async def list_collections(self, timeout: float | None) -> pb.ListCollectionsResponse: ...
-    async def describe_collection(self, request: pb.DescribeCollectionRequest,
-                                  timeout: float | None) -> pb.CollectionInfo: ...
+    async def describe_collection(
+        self, request: pb.DescribeCollectionRequest, timeout: float | None
+    ) -> pb.CollectionInfo: ...
     async def upsert(self, request: pb.UpsertRequest, timeout: float | None) -> pb.UpsertResponse: ...
     async def get(self, request: pb.GetRequest, timeout: float | None) -> pb.GetResponse: ...
     async def delete(self, request: pb.DeleteRequest, timeout: float | None) -> pb.DeleteResponse: ...
@@ -64,8 +74,9 @@ class Coordinator:
     idempotent, so the caller retries the whole call.
     """
 
-    def __init__(self, topology: Topology, shards: Sequence[ShardConnection], *,
-                 batching: BatchConfig | None = DEFAULT_BATCHING) -> None:
+    def __init__(
+        self, topology: Topology, shards: Sequence[ShardConnection], *, batching: BatchConfig | None = DEFAULT_BATCHING
+    ) -> None:
         if len(shards) != len(topology.addresses):
             raise ValueError(f"{len(shards)} shard connections for {len(topology.addresses)} shards")
         self.topology = topology
@@ -118,13 +129,15 @@ class Coordinator:
         return self._combine_info(await self._all(lambda s: s.describe_collection(request, timeout)))
 
     def _combine_info(self, infos: Sequence[pb.CollectionInfo]) -> pb.CollectionInfo:
-        stats = [pb.ShardStats(address=address, count=info.count,
-                               memory_bytes=sum(s.memory_bytes for s in info.shards))
-                 for address, info in zip(self.topology.addresses, infos, strict=True)]
+        stats = [
+            pb.ShardStats(address=address, count=info.count, memory_bytes=sum(s.memory_bytes for s in info.shards))
+            for address, info in zip(self.topology.addresses, infos, strict=True)
+        ]
         return pb.CollectionInfo(config=infos[0].config, count=sum(s.count for s in stats), shards=stats)
 
-    async def upsert(self, name: str, ids: np.ndarray, vectors: np.ndarray, payloads: Sequence[bytes],
-                     timeout: float | None) -> int:
+    async def upsert(
+        self, name: str, ids: np.ndarray, vectors: np.ndarray, payloads: Sequence[bytes], timeout: float | None
+    ) -> int:
         """Write each point to the shard of its slot, one batch per shard; the number upserted."""
         check_name(name)
         check_upsert(ids, vectors, payloads)
@@ -132,15 +145,19 @@ class Coordinator:
 
         def request(positions: np.ndarray) -> pb.UpsertRequest:
             return pb.UpsertRequest(
-                collection=name, ids=encode_ids(ids[positions]), vectors=encode_matrix(vectors[positions]),
-                payloads=[payloads[i] for i in positions.tolist()] if payloads else [])
+                collection=name,
+                ids=encode_ids(ids[positions]),
+                vectors=encode_matrix(vectors[positions]),
+                payloads=[payloads[i] for i in positions.tolist()] if payloads else [],
+            )
 
         groups = self.topology.route(ids)
         answers = await self._fan_out(groups, lambda i: self.shards[i].upsert(request(groups[i]), timeout))
         return sum(a.upserted for a in answers)
 
-    async def get(self, name: str, ids: np.ndarray, with_vectors: bool, with_payload: bool,
-                  timeout: float | None) -> Found:
+    async def get(
+        self, name: str, ids: np.ndarray, with_vectors: bool, with_payload: bool, timeout: float | None
+    ) -> Found:
         """The points that exist among `ids`, in request order."""
         check_name(name)
         check_ids(ids)
@@ -148,8 +165,9 @@ class Coordinator:
 
         async def get(i: int) -> Found:
             shard = self.shards[i]
-            request = pb.GetRequest(collection=name, ids=encode_ids(ids[groups[i]]),
-                                    with_vectors=with_vectors, with_payload=with_payload)
+            request = pb.GetRequest(
+                collection=name, ids=encode_ids(ids[groups[i]]), with_vectors=with_vectors, with_payload=with_payload
+            )
             answer = await shard.get(request, timeout)
             try:
                 return found_from_proto(answer, with_vectors, with_payload)
@@ -167,8 +185,10 @@ class Coordinator:
         check_name(name)
         check_ids(ids)
         groups = self.topology.route(ids)
-        answers = await self._fan_out(groups, lambda i: self.shards[i].delete(
-            pb.DeleteRequest(collection=name, ids=encode_ids(ids[groups[i]])), timeout))
+        answers = await self._fan_out(
+            groups,
+            lambda i: self.shards[i].delete(pb.DeleteRequest(collection=name, ids=encode_ids(ids[groups[i]])), timeout),
+        )
         return sum(a.deleted for a in answers)
 
     async def count(self, name: str, timeout: float | None) -> int:
@@ -177,13 +197,29 @@ class Coordinator:
         request = pb.CountRequest(collection=name)
         return sum(a.count for a in await self._all(lambda s: s.count(request, timeout)))
 
-    async def search(self, name: str, queries: np.ndarray, k: int, ef: int, with_payload: bool,
-                     with_vectors: bool, timeout: float | None) -> TopK:
+    async def search(
+        self,
+        name: str,
+        queries: np.ndarray,
+        k: int,
+        ef: int,
+        with_payload: bool,
+        with_vectors: bool,
+        timeout: float | None,
+    ) -> TopK:
         """The global top-k of each query: every shard's local top-k, merged."""
         return await self.submit_search(name, queries, k, ef, with_payload, with_vectors, timeout)
 
-    def submit_search(self, name: str, queries: np.ndarray, k: int, ef: int, with_payload: bool,
-                      with_vectors: bool, timeout: float | None) -> asyncio.Future[TopK]:
+    def submit_search(
+        self,
+        name: str,
+        queries: np.ndarray,
+        k: int,
+        ef: int,
+        with_payload: bool,
+        with_vectors: bool,
+        timeout: float | None,
+    ) -> asyncio.Future[TopK]:
         """Validate a search (raising at once) and start it; the future resolves to its merged top-k.
 
         A future rather than a coroutine, so a stream can wait for many searches without a task each.
@@ -198,8 +234,14 @@ class Coordinator:
 
     async def _search_shards(self, shape: Shape, queries: np.ndarray, timeout: float | None) -> TopK:
         """One fan-out: every shard's local top-k of all `queries`, merged."""
-        request = pb.SearchRequest(collection=shape.collection, queries=encode_matrix(queries), k=shape.k,
-                                   ef=shape.ef, with_payload=shape.with_payload, with_vectors=shape.with_vectors)
+        request = pb.SearchRequest(
+            collection=shape.collection,
+            queries=encode_matrix(queries),
+            k=shape.k,
+            ef=shape.ef,
+            with_payload=shape.with_payload,
+            with_vectors=shape.with_vectors,
+        )
 
         async def search(shard: ShardConnection) -> TopK:
             answer = await shard.search(request, timeout)

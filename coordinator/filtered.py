@@ -94,15 +94,31 @@ class Filtering:
     def _shards(self) -> list[FilteringShard]:
         return self.core.shards  # type: ignore[return-value]
 
-    async def search(self, name: str, queries: np.ndarray, k: int, ef: int, with_payload: bool,
-                     with_vectors: bool, filter_text: str, timeout: float | None) -> tuple[TopK, str]:
+    async def search(
+        self,
+        name: str,
+        queries: np.ndarray,
+        k: int,
+        ef: int,
+        with_payload: bool,
+        with_vectors: bool,
+        filter_text: str,
+        timeout: float | None,
+    ) -> tuple[TopK, str]:
         """The global top-k among the matching points of each query, and each shard's plan."""
         check_name(name)
         check_k(k)
         check_filter(filter_text)
         check_queries(queries)
-        request = pb.SearchRequest(collection=name, queries=encode_matrix(queries), k=k, ef=ef,
-                                   with_payload=with_payload, with_vectors=with_vectors, filter=filter_text)
+        request = pb.SearchRequest(
+            collection=name,
+            queries=encode_matrix(queries),
+            k=k,
+            ef=ef,
+            with_payload=with_payload,
+            with_vectors=with_vectors,
+            filter=filter_text,
+        )
 
         async def search(shard: ShardConnection) -> tuple[TopK, str]:
             answer = await shard.search(request, timeout)
@@ -133,8 +149,16 @@ class Filtering:
         request = pb.DeleteRequest(collection=name, filter=check_filter(filter_text))
         return sum(a.deleted for a in await self.core._all(lambda s: s.delete(request, timeout)))
 
-    async def scroll(self, name: str, filter_text: str, limit: int, cursor: str, with_payload: bool,
-                     with_vectors: bool, timeout: float | None) -> Page:
+    async def scroll(
+        self,
+        name: str,
+        filter_text: str,
+        limit: int,
+        cursor: str,
+        with_payload: bool,
+        with_vectors: bool,
+        timeout: float | None,
+    ) -> Page:
         """Up to `limit` points after the cursor, shard by shard in topology order, by key within a shard."""
         check_name(name)
         if filter_text:
@@ -151,8 +175,14 @@ class Filtering:
             left = None if deadline is None else deadline - asyncio.get_running_loop().time()
             if left is not None and left <= 0:
                 raise DeadlineExceeded("the deadline passed during the scroll")
-            request = pb.ScrollRequest(collection=name, filter=filter_text, limit=remaining, cursor=shard_cursor,
-                                       with_payload=with_payload, with_vectors=with_vectors)
+            request = pb.ScrollRequest(
+                collection=name,
+                filter=filter_text,
+                limit=remaining,
+                cursor=shard_cursor,
+                with_payload=with_payload,
+                with_vectors=with_vectors,
+            )
             answer = await self._shards[position].scroll(request, left)
             answers.append(answer)
             remaining -= len(answer.ids.str) or len(answer.ids.u64) // 8
@@ -162,8 +192,9 @@ class Filtering:
         next_cursor = encode_cursor(version, position, shard_cursor) if position < len(self._shards) else ""
         return _page(answers, with_payload, with_vectors, next_cursor)
 
-    async def set_payload(self, name: str, ids: np.ndarray, set_raw: bytes, unset: Sequence[str],
-                          timeout: float | None) -> int:
+    async def set_payload(
+        self, name: str, ids: np.ndarray, set_raw: bytes, unset: Sequence[str], timeout: float | None
+    ) -> int:
         """Set and remove payload keys of existing points, one batch per shard; how many points exist."""
         check_name(name)
         check_ids(ids)
@@ -173,8 +204,13 @@ class Filtering:
         if not set_raw and not unset:
             raise InvalidArgument("nothing to change: give keys to set or paths to unset")
         groups = self.core.topology.route(ids)
-        answers = await self.core._fan_out(groups, lambda i: self._shards[i].set_payload(pb.SetPayloadRequest(
-            collection=name, ids=encode_ids(ids[groups[i]]), set=set_raw, unset=list(unset)), timeout))
+        answers = await self.core._fan_out(
+            groups,
+            lambda i: self._shards[i].set_payload(
+                pb.SetPayloadRequest(collection=name, ids=encode_ids(ids[groups[i]]), set=set_raw, unset=list(unset)),
+                timeout,
+            ),
+        )
         return sum(a.updated for a in answers)
 
 

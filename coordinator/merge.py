@@ -40,7 +40,8 @@ def empty(q: int, k: int, *, string_ids: bool, payloads: bool = False, dim: int 
         distances=np.full((q, k), np.inf, dtype=np.float32),
         counts=np.zeros(q, dtype=np.uint32),
         payloads=np.full((q, k), b"", dtype=object) if payloads else None,
-        vectors=np.zeros((q, k, dim), dtype=np.float32) if dim is not None else None)
+        vectors=np.zeros((q, k, dim), dtype=np.float32) if dim is not None else None,
+    )
 
 
 def valid_mask(part: TopK) -> np.ndarray:
@@ -125,8 +126,7 @@ def merge_found(requested: np.ndarray, parts: Sequence[Found]) -> Found:
     """All parts' found points in the order their ids have in `requested` (ids not found stay absent)."""
     string_ids = requested.dtype == object
     found = [p for p in parts if len(p.ids)]
-    ids = (np.concatenate([p.ids for p in found]) if found
-           else np.zeros(0, dtype=object if string_ids else np.uint64))
+    ids = np.concatenate([p.ids for p in found]) if found else np.zeros(0, dtype=object if string_ids else np.uint64)
     if len(ids) and (ids.dtype == object) != string_ids:
         raise ValueError("the found ids are not of the requested id type")
     positions = _positions(requested, ids)
@@ -140,16 +140,14 @@ def merge_found(requested: np.ndarray, parts: Sequence[Found]) -> Found:
         if len(dims) > 1:
             raise ValueError(f"the found vectors have different dimensions: {sorted(dims)}")
         dim = dims.pop() if dims else max(p.vectors.shape[1] for p in parts if p.vectors is not None)
-        stacked = [p.vectors if p.vectors is not None else np.zeros((len(p.ids), dim), np.float32)
-                   for p in found]
+        stacked = [p.vectors if p.vectors is not None else np.zeros((len(p.ids), dim), np.float32) for p in found]
         if any(len(v) != len(p.ids) for v, p in zip(stacked, found, strict=True)):
             raise ValueError("a part has a different number of vectors than ids")
         vectors = np.concatenate(stacked)[order] if stacked else np.zeros((0, dim), dtype=np.float32)
 
     payloads = None
     if any(p.payloads is not None for p in parts):
-        blobs = [p.payloads if p.payloads is not None else np.full(len(p.ids), b"", dtype=object)
-                 for p in found]
+        blobs = [p.payloads if p.payloads is not None else np.full(len(p.ids), b"", dtype=object) for p in found]
         if any(len(b) != len(p.ids) for b, p in zip(blobs, found, strict=True)):
             raise ValueError("a part has a different number of payloads than ids")
         payloads = np.concatenate(blobs)[order] if blobs else np.zeros(0, dtype=object)

@@ -41,34 +41,38 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
         self._core = core
         self._filtering = Filtering(core)
 
-    async def CreateCollection(self, request: pb.CreateCollectionRequest,
-                               context: grpc.aio.ServicerContext) -> pb.CreateCollectionResponse:
+    async def CreateCollection(
+        self, request: pb.CreateCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateCollectionResponse:
         config = CollectionConfig.from_proto(request.config)
         info = await self._core.create_collection(config, _timeout(context))
         return pb.CreateCollectionResponse(info=info, created=True)
 
-    async def DropCollection(self, request: pb.DropCollectionRequest,
-                             context: grpc.aio.ServicerContext) -> pb.DropCollectionResponse:
+    async def DropCollection(
+        self, request: pb.DropCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DropCollectionResponse:
         await self._core.drop_collection(request.name, _timeout(context))
         return pb.DropCollectionResponse(dropped=True)
 
-    async def ListCollections(self, request: pb.ListCollectionsRequest,
-                              context: grpc.aio.ServicerContext) -> pb.ListCollectionsResponse:
+    async def ListCollections(
+        self, request: pb.ListCollectionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListCollectionsResponse:
         return pb.ListCollectionsResponse(names=await self._core.list_collections(_timeout(context)))
 
-    async def DescribeCollection(self, request: pb.DescribeCollectionRequest,
-                                 context: grpc.aio.ServicerContext) -> pb.CollectionInfo:
+    async def DescribeCollection(
+        self, request: pb.DescribeCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CollectionInfo:
         return await self._core.describe_collection(request.name, _timeout(context))
 
-    async def GetTopology(self, request: pb.GetTopologyRequest,
-                          context: grpc.aio.ServicerContext) -> pb.TopologyInfo:
+    async def GetTopology(self, request: pb.GetTopologyRequest, context: grpc.aio.ServicerContext) -> pb.TopologyInfo:
         return topology_to_proto(self._core.topology)
 
     async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
         return pb.UpsertResponse(upserted=await self._upsert(request, context))
 
-    async def UpsertStream(self, request_iterator: AsyncIterator[pb.UpsertRequest],
-                           context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
+    async def UpsertStream(
+        self, request_iterator: AsyncIterator[pb.UpsertRequest], context: grpc.aio.ServicerContext
+    ) -> pb.UpsertResponse:
         total = 0
         # Up to UPSERT_WINDOW messages are applied at once, so each shard works through its share at its own
         # pace instead of waiting for the slowest shard after every message; a message that shares an id with
@@ -77,8 +81,9 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
         try:
             async for request in request_iterator:
                 ids = decode_ids(request.ids)
-                while running and (len(running) >= UPSERT_WINDOW
-                                   or any(_share_ids(ids, other) for other in running.values())):
+                while running and (
+                    len(running) >= UPSERT_WINDOW or any(_share_ids(ids, other) for other in running.values())
+                ):
                     done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     for task in done:
                         del running[task]
@@ -93,69 +98,109 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
             await asyncio.gather(*running, return_exceptions=True)
         return pb.UpsertResponse(upserted=total)
 
-    async def _upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext,
-                      ids: np.ndarray | None = None) -> int:
+    async def _upsert(
+        self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext, ids: np.ndarray | None = None
+    ) -> int:
         ids = decode_ids(request.ids) if ids is None else ids
-        return await self._core.upsert(request.collection, ids, decode_matrix(request.vectors), request.payloads,
-                                       _timeout(context))
+        return await self._core.upsert(
+            request.collection, ids, decode_matrix(request.vectors), request.payloads, _timeout(context)
+        )
 
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
-        found = await self._core.get(request.collection, decode_ids(request.ids), request.with_vectors,
-                                     request.with_payload, _timeout(context))
+        found = await self._core.get(
+            request.collection, decode_ids(request.ids), request.with_vectors, request.with_payload, _timeout(context)
+        )
         return found_to_proto(found)
 
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
         if request.filter:
-            return pb.DeleteResponse(deleted=await self._filtering.delete(
-                request.collection, request.filter, bool(request.ids.u64 or request.ids.str), _timeout(context)))
+            return pb.DeleteResponse(
+                deleted=await self._filtering.delete(
+                    request.collection, request.filter, bool(request.ids.u64 or request.ids.str), _timeout(context)
+                )
+            )
         deleted = await self._core.delete(request.collection, decode_ids(request.ids), _timeout(context))
         return pb.DeleteResponse(deleted=deleted)
 
     async def Count(self, request: pb.CountRequest, context: grpc.aio.ServicerContext) -> pb.CountResponse:
         if request.filter:
-            return pb.CountResponse(count=await self._filtering.count(request.collection, request.filter,
-                                                                      _timeout(context)))
+            return pb.CountResponse(
+                count=await self._filtering.count(request.collection, request.filter, _timeout(context))
+            )
         return pb.CountResponse(count=await self._core.count(request.collection, _timeout(context)))
 
     async def Scroll(self, request: pb.ScrollRequest, context: grpc.aio.ServicerContext) -> pb.ScrollResponse:
-        return page_to_proto(await self._filtering.scroll(
-            request.collection, request.filter, request.limit, request.cursor, request.with_payload,
-            request.with_vectors, _timeout(context)))
+        return page_to_proto(
+            await self._filtering.scroll(
+                request.collection,
+                request.filter,
+                request.limit,
+                request.cursor,
+                request.with_payload,
+                request.with_vectors,
+                _timeout(context),
+            )
+        )
 
-    async def SetPayload(self, request: pb.SetPayloadRequest,
-                         context: grpc.aio.ServicerContext) -> pb.SetPayloadResponse:
-        return pb.SetPayloadResponse(updated=await self._filtering.set_payload(
-            request.collection, decode_ids(request.ids), request.set, list(request.unset), _timeout(context)))
+    async def SetPayload(
+        self, request: pb.SetPayloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetPayloadResponse:
+        return pb.SetPayloadResponse(
+            updated=await self._filtering.set_payload(
+                request.collection, decode_ids(request.ids), request.set, list(request.unset), _timeout(context)
+            )
+        )
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         if request.filter:  # the one answer that also carries each shard's plan
             found, plan = await self._filtering.search(
-                request.collection, decode_matrix(request.queries, "queries"), request.k, request.ef,
-                request.with_payload, request.with_vectors, request.filter, _timeout(context))
+                request.collection,
+                decode_matrix(request.queries, "queries"),
+                request.k,
+                request.ef,
+                request.with_payload,
+                request.with_vectors,
+                request.filter,
+                _timeout(context),
+            )
             response = topk_to_proto(found, request.request_id)
             response.plan = plan
             return response
         return topk_to_proto(await self._submit_search(request, context), request.request_id)
 
-    def _submit_search(self, request: pb.SearchRequest,
-                       context: grpc.aio.ServicerContext) -> asyncio.Future[TopK]:
+    def _submit_search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> asyncio.Future[TopK]:
         queries = decode_matrix(request.queries, "queries")
         if request.filter:
             # Filtered searches bypass the coalescing batcher: each filter has its own plan on every shard.
             return asyncio.ensure_future(self._filtered_search(request, queries, context))
         return self._core.submit_search(
-            request.collection, queries, request.k, request.ef, request.with_payload, request.with_vectors,
-            _timeout(context))
+            request.collection,
+            queries,
+            request.k,
+            request.ef,
+            request.with_payload,
+            request.with_vectors,
+            _timeout(context),
+        )
 
-    async def _filtered_search(self, request: pb.SearchRequest, queries: np.ndarray,
-                               context: grpc.aio.ServicerContext) -> TopK:
-        found, _ = await self._filtering.search(request.collection, queries, request.k, request.ef,
-                                                request.with_payload, request.with_vectors, request.filter,
-                                                _timeout(context))
+    async def _filtered_search(
+        self, request: pb.SearchRequest, queries: np.ndarray, context: grpc.aio.ServicerContext
+    ) -> TopK:
+        found, _ = await self._filtering.search(
+            request.collection,
+            queries,
+            request.k,
+            request.ef,
+            request.with_payload,
+            request.with_vectors,
+            request.filter,
+            _timeout(context),
+        )
         return found
 
-    async def SearchStream(self, request_iterator: AsyncIterator[pb.SearchRequest],
-                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.SearchResponse]:
+    async def SearchStream(
+        self, request_iterator: AsyncIterator[pb.SearchRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SearchResponse]:
         answers: asyncio.Queue[pb.SearchResponse | None] = asyncio.Queue()  # None: no more answers
         window = asyncio.Semaphore(STREAM_WINDOW)
         # Each search is a future with a callback rather than a task: a stream of single queries is the

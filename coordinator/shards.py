@@ -41,7 +41,6 @@ SHARD_CHANNEL_OPTIONS = [
 ]
 
 
-
 def shard_error(address: str, code: grpc.StatusCode, details: str) -> ShoalError:
     """The catalogue error for a shard call that failed with `code`: unreachable shards become Unavailable."""
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
@@ -73,8 +72,7 @@ class SearchStream:
         self._writer = asyncio.create_task(self._write(), name=f"search-stream-writer {address}")
         self._reader = asyncio.create_task(self._read(), name=f"search-stream-reader {address}")
 
-    async def ask(self, request: pb.SearchRequest, request_id: int,
-                  timeout: float | None) -> pb.SearchResponse:
+    async def ask(self, request: pb.SearchRequest, request_id: int, timeout: float | None) -> pb.SearchResponse:
         """Send one search and wait for its answer, at most `timeout` seconds."""
         if self.broken:
             raise Unavailable(f"shard {self.address} is unavailable: the search stream is closed")
@@ -167,8 +165,10 @@ class ShardClient:
         A fresh channel resolves the shard's host name again, as gRPC does on every reconnect, so a shard
         that restarted on another address is found once its name points there.
         """
-        if (self._channel.get_state() is grpc.ChannelConnectivity.TRANSIENT_FAILURE
-                and time.monotonic() - self._opened >= RECONNECT_INTERVAL_SECONDS):
+        if (
+            self._channel.get_state() is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+            and time.monotonic() - self._opened >= RECONNECT_INTERVAL_SECONDS
+        ):
             channel, stream = self._channel, self._stream
             self._open()
             if stream is not None:
@@ -198,13 +198,15 @@ class ShardClient:
             log.info("shard %s answers again after %.1f s", self.address, time.monotonic() - self._down_since)
             self._down_since = None
 
-    async def create_collection(self, request: pb.CreateCollectionRequest,
-                                timeout: float | None) -> pb.CreateCollectionResponse:
+    async def create_collection(
+        self, request: pb.CreateCollectionRequest, timeout: float | None
+    ) -> pb.CreateCollectionResponse:
         """Create a collection on this shard (idempotent for the same config)."""
         return await self._unary("CreateCollection", request, timeout)
 
-    async def drop_collection(self, request: pb.DropCollectionRequest,
-                              timeout: float | None) -> pb.DropCollectionResponse:
+    async def drop_collection(
+        self, request: pb.DropCollectionRequest, timeout: float | None
+    ) -> pb.DropCollectionResponse:
         """Drop a collection on this shard."""
         return await self._unary("DropCollection", request, timeout)
 
@@ -212,8 +214,9 @@ class ShardClient:
         """The collections this shard has."""
         return await self._unary("ListCollections", pb.ListCollectionsRequest(), timeout)
 
-    async def describe_collection(self, request: pb.DescribeCollectionRequest,
-                                  timeout: float | None) -> pb.CollectionInfo:
+    async def describe_collection(
+        self, request: pb.DescribeCollectionRequest, timeout: float | None
+    ) -> pb.CollectionInfo:
         """This shard's view of a collection."""
         return await self._unary("DescribeCollection", request, timeout)
 

@@ -49,13 +49,13 @@ class Topology:
             check_address(r.address)
             if not 0 <= r.start < r.end <= SLOTS:
                 raise TopologyError(
-                    f"shard {r.address}: slots [{r.start}, {r.end}) must satisfy 0 <= start < end <= {SLOTS}")
-            taken = np.flatnonzero(owner[r.start:r.end] >= 0)
+                    f"shard {r.address}: slots [{r.start}, {r.end}) must satisfy 0 <= start < end <= {SLOTS}"
+                )
+            taken = np.flatnonzero(owner[r.start : r.end] >= 0)
             if taken.size:
                 slot = r.start + int(taken[0])
-                raise TopologyError(
-                    f"slot {slot} is assigned twice: to {addresses[owner[slot]]} and to {r.address}")
-            owner[r.start:r.end] = index[r.address]
+                raise TopologyError(f"slot {slot} is assigned twice: to {addresses[owner[slot]]} and to {r.address}")
+            owner[r.start : r.end] = index[r.address]
         missing = np.flatnonzero(owner < 0)
         if missing.size:
             raise TopologyError(f"{missing.size} slots have no shard, the first is slot {int(missing[0])}")
@@ -76,8 +76,7 @@ class Topology:
             if a in seen:
                 raise TopologyError(f"shard address {a} is given twice")
             seen.add(a)
-        return cls(version, tuple(SlotRange(a, i * SLOTS // n, (i + 1) * SLOTS // n)
-                                  for i, a in enumerate(addresses)))
+        return cls(version, tuple(SlotRange(a, i * SLOTS // n, (i + 1) * SLOTS // n) for i, a in enumerate(addresses)))
 
     @classmethod
     def from_dict(cls, doc: Any) -> Topology:
@@ -100,8 +99,11 @@ class Topology:
             if not isinstance(address, str):
                 raise TopologyError(f"{where}.address must be a string 'host:port'")
             slots = entry.get("slots")
-            if (not isinstance(slots, list) or len(slots) != 2
-                    or not all(isinstance(s, int) and not isinstance(s, bool) for s in slots)):
+            if (
+                not isinstance(slots, list)
+                or len(slots) != 2
+                or not all(isinstance(s, int) and not isinstance(s, bool) for s in slots)
+            ):
                 raise TopologyError(f"{where}.slots must be [start, end] (integers, end exclusive)")
             ranges.append(SlotRange(address, slots[0], slots[1]))
         return cls(doc["version"], tuple(ranges))
@@ -119,8 +121,10 @@ class Topology:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form that `from_dict` reads."""
-        return {"version": self.version,
-                "shards": [{"address": r.address, "slots": [r.start, r.end]} for r in self.ranges]}
+        return {
+            "version": self.version,
+            "shards": [{"address": r.address, "slots": [r.start, r.end]} for r in self.ranges],
+        }
 
     def shard_of_slots(self, slots: np.ndarray) -> np.ndarray:
         """The shard index serving each slot."""

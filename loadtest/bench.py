@@ -78,14 +78,14 @@ def load(args: argparse.Namespace) -> tuple[str, np.ndarray, np.ndarray]:
         missing = max(0, args.queries - len(given))
         if missing and n + missing > len(raw):
             n = max(1, len(raw) - missing)  # hold the queries out of the base
-        extra = np.asarray(raw[n:n + missing], dtype=np.float32)
+        extra = np.asarray(raw[n : n + missing], dtype=np.float32)
         queries = np.concatenate([given, extra]).astype(np.float32)[: args.queries]
         return path.name if path.is_dir() else path.stem, np.asarray(raw[:n], dtype=np.float32), queries
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((100, args.dim)).astype(np.float32)
     pts = centers[rng.integers(0, 100, args.generate + args.queries)]
     pts += 0.5 * rng.standard_normal(pts.shape).astype(np.float32)
-    return f"generated-{args.generate}x{args.dim}", pts[: args.generate], pts[args.generate:]
+    return f"generated-{args.generate}x{args.dim}", pts[: args.generate], pts[args.generate :]
 
 
 @contextlib.contextmanager
@@ -94,8 +94,10 @@ def cluster(args: argparse.Namespace) -> Iterator[tuple[str, dict[str, int]]]:
     if args.address:
         yield args.address, args.pids
         return
-    with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp, \
-            LocalCluster(data=Path(tmp), shards=args.shards) as local:
+    with (
+        tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp,
+        LocalCluster(data=Path(tmp), shards=args.shards) as local,
+    ):
         pids = {f"shard{i}": p.popen.pid for i, p in enumerate(local.shard_procs) if p.popen}
         if local.coordinator and local.coordinator.popen:
             pids["coordinator"] = local.coordinator.popen.pid
@@ -114,8 +116,15 @@ async def _noop() -> None:
 class Bench:
     """One benchmark run: the data, both systems, and everything measured."""
 
-    def __init__(self, args: argparse.Namespace, base: np.ndarray, queries: np.ndarray, truth: np.ndarray,
-                 address: str, pids: dict[str, int]) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        base: np.ndarray,
+        queries: np.ndarray,
+        truth: np.ndarray,
+        address: str,
+        pids: dict[str, int],
+    ) -> None:
         self.args, self.base, self.queries, self.truth = args, base, queries, truth
         self.address, self.meter = address, CpuMeter(pids)
         self.threads = len(os.sched_getaffinity(0))
@@ -129,8 +138,13 @@ class Bench:
     def build(self, precision: str) -> tuple[Index, float]:
         """The in-process index of the same data, and its add rate on all cores."""
         a = self.args
-        index = Index(ndim=self.base.shape[1], metric=METRIC[a.metric], dtype=precision, connectivity=a.m,
-                      expansion_add=a.ef_construction)
+        index = Index(
+            ndim=self.base.shape[1],
+            metric=METRIC[a.metric],
+            dtype=precision,
+            connectivity=a.m,
+            expansion_add=a.ef_construction,
+        )
         t, cpu = time.perf_counter(), time.process_time()
         index.add(np.arange(len(self.base), dtype=np.uint64), self.base, threads=self.threads)
         self._add_cpu = (time.process_time() - cpu) / len(self.base) * 1e6
@@ -146,8 +160,12 @@ class Bench:
             rows, lat = len(lat) * len(q), []
         else:
             if mode == "batch":
-                run = drive_threads(lambda i: index.search(q[i * b:(i + 1) * b], K, threads=self.threads).keys,
-                                    len(q) // b, 1, seconds)
+                run = drive_threads(
+                    lambda i: index.search(q[i * b : (i + 1) * b], K, threads=self.threads).keys,
+                    len(q) // b,
+                    1,
+                    seconds,
+                )
                 rows = run.items * b
             else:
                 run = drive_threads(lambda i: index.search(q[i], K, threads=1).keys[None, :], len(q), 1, seconds)
@@ -167,8 +185,14 @@ class Bench:
                     print(f"  reusing {collection}: ingest not measured", flush=True)
                     return 0.0
                 client.drop_collection(collection)
-            client.create_collection(collection, dim=self.base.shape[1], metric=a.metric, precision=precision,
-                                     m=a.m, ef_construction=a.ef_construction)
+            client.create_collection(
+                collection,
+                dim=self.base.shape[1],
+                metric=a.metric,
+                precision=precision,
+                m=a.m,
+                ef_construction=a.ef_construction,
+            )
             self.meter.start()
             t = time.perf_counter()
             client.upsert(collection, ids=np.arange(len(self.base)), vectors=self.base)
@@ -192,16 +216,27 @@ class Bench:
         cpu = self.meter.stop()
         rows = run.items * (self.args.batch if mode.startswith("batch") else 1)
         found = first_pass(run, len(self.queries))
-        self._add(precision, "shoal", mode, ef, rnd, found, rows / run.wall, run.latencies,
-                  {name: sec / rows * 1e6 for name, sec in cpu.items()} if len(cpu) > 1 else {}, rows / run.wall)
+        self._add(
+            precision,
+            "shoal",
+            mode,
+            ef,
+            rnd,
+            found,
+            rows / run.wall,
+            run.latencies,
+            {name: sec / rows * 1e6 for name, sec in cpu.items()} if len(cpu) > 1 else {},
+            rows / run.wall,
+        )
         return run
 
     def _sync(self, collection: str, ef: int) -> Run:
         q = self.queries
         with shoal.Client(self.address, timeout=600) as client:
             client.search(collection, q[:1], k=K, ef=ef)  # connect before the clock starts
-            return drive_threads(lambda i: client.search(collection, q[i], k=K, ef=ef).ids, len(q),
-                                 self.args.clients, self.args.seconds)
+            return drive_threads(
+                lambda i: client.search(collection, q[i], k=K, ef=ef).ids, len(q), self.args.clients, self.args.seconds
+            )
 
     async def _async(self, collection: str, mode: str, ef: int, rate: float | None) -> Run:
         q, b, a = self.queries, self.args.batch, self.args
@@ -210,7 +245,8 @@ class Bench:
 
             async def unary(rows: int) -> Any:
                 async def ask(i: int) -> np.ndarray:
-                    return (await client.search(collection, q[i * rows:(i + 1) * rows], k=K, ef=ef)).ids
+                    return (await client.search(collection, q[i * rows : (i + 1) * rows], k=K, ef=ef)).ids
+
                 return ask, _noop
 
             async def stream(rows: int) -> Any:
@@ -223,7 +259,7 @@ class Bench:
                 results = client.search_stream(collection, requests(), k=K, ef=ef)
 
                 async def ask(i: int) -> np.ndarray:
-                    feed.put_nowait(q[i * rows:(i + 1) * rows])
+                    feed.put_nowait(q[i * rows : (i + 1) * rows])
                     return (await anext(results)).ids
 
                 async def close() -> None:
@@ -253,32 +289,67 @@ class Bench:
             ef = ok[0].ef
             top = statistics.median(p.qps for p in curve if p.ef == ef)
             run = asyncio.run(self._async(collection, mode, ef, top / 2))
-            self.half_loads.append(HalfLoad(precision, mode, ef, top / 2, run.items / run.wall,
-                                            *percentiles(run.latencies)))
+            self.half_loads.append(
+                HalfLoad(precision, mode, ef, top / 2, run.items / run.wall, *percentiles(run.latencies))
+            )
 
-    def _add(self, precision: str, system: str, mode: str, ef: int, rnd: int, found: np.ndarray, qps: float,
-             latencies: list[float], cpu: dict[str, float] | None = None, rows_per_second: float = 0.0) -> None:
+    def _add(
+        self,
+        precision: str,
+        system: str,
+        mode: str,
+        ef: int,
+        rnd: int,
+        found: np.ndarray,
+        qps: float,
+        latencies: list[float],
+        cpu: dict[str, float] | None = None,
+        rows_per_second: float = 0.0,
+    ) -> None:
         cpu = cpu or {}
-        point = Point(precision, system, mode, ef, rnd, recall(found, self.truth[: len(found)]), qps,
-                      *percentiles(latencies), cpu, sum(cpu.values()) * rows_per_second / 1e6)
+        point = Point(
+            precision,
+            system,
+            mode,
+            ef,
+            rnd,
+            recall(found, self.truth[: len(found)]),
+            qps,
+            *percentiles(latencies),
+            cpu,
+            sum(cpu.values()) * rows_per_second / 1e6,
+        )
         self.points.append(point)
         cpu_text = " ".join(f"{k}={v:.0f}" for k, v in point.cpu_us_per_query.items())
-        print(f"  {precision:<5} {system:<8} {mode:<14} ef={ef:<4} round {rnd}: recall {point.recall:.3f} "
-              f"{qps:9,.0f} q/s  p99 {point.p99_ms:6.2f} ms  {point.cores:.2f} cores  "
-              f"{('cpu us/q ' + cpu_text) if cpu_text else ''}", flush=True)
+        print(
+            f"  {precision:<5} {system:<8} {mode:<14} ef={ef:<4} round {rnd}: recall {point.recall:.3f} "
+            f"{qps:9,.0f} q/s  p99 {point.p99_ms:6.2f} ms  {point.cores:.2f} cores  "
+            f"{('cpu us/q ' + cpu_text) if cpu_text else ''}",
+            flush=True,
+        )
 
     def run(self) -> None:
         """Every precision: load both systems, sweep ef in interleaved rounds, then the half-load runs."""
         a = self.args
         for precision in a.precision:
             collection = f"bench_{precision}"
-            print(f"{precision}: building the in-process index and loading Shoal ({len(self.base):,} vectors)",
-                  flush=True)
+            print(
+                f"{precision}: building the in-process index and loading Shoal ({len(self.base):,} vectors)", flush=True
+            )
             index, usearch_vps = self.build(precision)
             shoal_vps = self.ingest(precision, collection)
             n = len(self.base)
-            self.ingests.append(Ingest(precision, shoal_vps, usearch_vps, self.memory(collection) / n,
-                                       index.memory_usage / n, self._upsert_cpu, self._add_cpu))
+            self.ingests.append(
+                Ingest(
+                    precision,
+                    shoal_vps,
+                    usearch_vps,
+                    self.memory(collection) / n,
+                    index.memory_usage / n,
+                    self._upsert_cpu,
+                    self._add_cpu,
+                )
+            )
             print(f"  ingest: shoal {shoal_vps:,.0f} vectors/s, usearch {usearch_vps:,.0f}/s", flush=True)
             for rnd in range(a.repeat):
                 for ef in a.ef:
@@ -300,14 +371,24 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=100_000, help="use the first N base rows (default 100,000)")
     p.add_argument("--generate", type=int, default=50_000, help="without --data: generate N clustered vectors")
     p.add_argument("--dim", type=int, default=128, help="without --data: dimension of generated vectors")
-    p.add_argument("--queries", type=int, default=1000,
-                   help="queries (default 1000): queries.npy, topped up with base rows after the first N")
+    p.add_argument(
+        "--queries",
+        type=int,
+        default=1000,
+        help="queries (default 1000): queries.npy, topped up with base rows after the first N",
+    )
     p.add_argument("--address", help="benchmark a running cluster at HOST:PORT instead of starting one")
-    p.add_argument("--reuse", action="store_true",
-                   help="with --address: search bench_PRECISION as loaded by an earlier run if it holds N points "
-                        "(ingest is then not measured), and keep it afterwards")
-    p.add_argument("--pids", default="", help="with --address: NAME=PID,... of its processes on this machine, "
-                                              "to report their CPU time per query")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --address: search bench_PRECISION as loaded by an earlier run if it holds N points "
+        "(ingest is then not measured), and keep it afterwards",
+    )
+    p.add_argument(
+        "--pids",
+        default="",
+        help="with --address: NAME=PID,... of its processes on this machine, to report their CPU time per query",
+    )
     p.add_argument("--shards", type=int, default=2, help="shards of the local cluster (default 2)")
     p.add_argument("--precision", default="f32", help="comma-separated: f32,bf16,f16,i8 (default f32)")
     p.add_argument("--metric", default="cosine", choices=sorted(METRIC))
@@ -344,19 +425,42 @@ def main(argv: list[str] | None = None) -> None:
         bench.run()
     summary = summarize(bench.points)
     ratio_rows = ratios(bench.points, args.target_recall)
-    print_report(args, name, len(base), base.shape[1], len(queries), bench.threads, bench.ingests, bench.half_loads,
-                 summary, ratio_rows)
+    print_report(
+        args,
+        name,
+        len(base),
+        base.shape[1],
+        len(queries),
+        bench.threads,
+        bench.ingests,
+        bench.half_loads,
+        summary,
+        ratio_rows,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {
-        "dataset": name, "n": len(base), "dim": base.shape[1], "queries": len(queries), "k": K,
+        "dataset": name,
+        "n": len(base),
+        "dim": base.shape[1],
+        "queries": len(queries),
+        "k": K,
         "config": {k: v for k, v in vars(args).items()},
-        "environment": {"cores": bench.threads, "usearch": usearch.__version__, "numpy": np.__version__,
-                        "python": platform.python_version(), "started": started,
-                        "seconds": time.time() - started, "loadavg_before": load_before,
-                        "loadavg_after": os.getloadavg()},
-        "ingest": [asdict(g) for g in bench.ingests], "summary": summary, "at_target_recall": ratio_rows,
-        "half_load": [asdict(h) for h in bench.half_loads], "points": [asdict(p) for p in bench.points],
+        "environment": {
+            "cores": bench.threads,
+            "usearch": usearch.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+            "started": started,
+            "seconds": time.time() - started,
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+        },
+        "ingest": [asdict(g) for g in bench.ingests],
+        "summary": summary,
+        "at_target_recall": ratio_rows,
+        "half_load": [asdict(h) for h in bench.half_loads],
+        "points": [asdict(p) for p in bench.points],
     }
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(name, len(base), summary, args.target_recall, out / "bench.png")

@@ -84,12 +84,19 @@ def restart(data: Path, x: np.ndarray, threads: int, skip_rebuild: bool, out: di
         shard = Shard(data, options=options)
         shard.open()
         shard.create_collection(CollectionConfig("c", x.shape[1]))
-        ingest = timed(lambda: [shard.upsert("c", np.arange(i, min(i + 5000, len(x)), dtype=np.uint64),
-                                             x[i:i + 5000]) for i in range(0, len(x), 5000)])
+        ingest = timed(
+            lambda: [
+                shard.upsert("c", np.arange(i, min(i + 5000, len(x)), dtype=np.uint64), x[i : i + 5000])
+                for i in range(0, len(x), 5000)
+            ]
+        )
         out["ingest_vectors_per_s"] = len(x) / ingest
         out["close_with_final_snapshot_s"] = timed(shard.close)
-        print(f"ingest {out['ingest_vectors_per_s']:.0f} vectors/s; graceful close (final snapshot) "
-              f"{out['close_with_final_snapshot_s']:.2f} s", flush=True)
+        print(
+            f"ingest {out['ingest_vectors_per_s']:.0f} vectors/s; graceful close (final snapshot) "
+            f"{out['close_with_final_snapshot_s']:.2f} s",
+            flush=True,
+        )
     snapshot_file = next((data / "index").glob("*-c/snapshot-*.usearch"))
     out["snapshot_mib"] = snapshot_file.stat().st_size / 2**20
     opens = []
@@ -109,8 +116,11 @@ def restart(data: Path, x: np.ndarray, threads: int, skip_rebuild: bool, out: di
     shutil.rmtree(data / "index", ignore_errors=True)
     shutil.move(moved, data / "index")
     out["rebuild_over_snapshot"] = out["restart_rebuild_s"] / out["restart_from_snapshot_s"]
-    print(f"rebuild from RocksDB: {out['restart_rebuild_s']:.1f} s "
-          f"({out['rebuild_over_snapshot']:.0f}x the restart from snapshot)", flush=True)
+    print(
+        f"rebuild from RocksDB: {out['restart_rebuild_s']:.1f} s "
+        f"({out['rebuild_over_snapshot']:.0f}x the restart from snapshot)",
+        flush=True,
+    )
 
 
 def pauses(data: Path, x: np.ndarray, threads: int, seconds: float, out: dict[str, Any]) -> None:
@@ -120,6 +130,7 @@ def pauses(data: Path, x: np.ndarray, threads: int, seconds: float, out: dict[st
     calls: dict[str, list[tuple[float, float]]] = {"write": [], "search": []}
     stop = threading.Event()
     with Shard(data, options=ShardOptions(threads=threads, snapshots=NEVER)) as shard:
+
         def write(w: int) -> None:
             rng = np.random.default_rng(w)
             while not stop.is_set():
@@ -154,8 +165,10 @@ def pauses(data: Path, x: np.ndarray, threads: int, seconds: float, out: dict[st
         logging.getLogger("shoal.shard.snapshots").removeHandler(handler)  # closing snapshots without a fork
         coll = shard._collections["c"]  # noqa: SLF001 - the alternatives, measured on the same index
         gil: dict[str, float] = {}
-        for name, fn in (("copy", lambda: coll.index._index.copy()),  # noqa: SLF001
-                         ("save", lambda: coll.index.save(data / "bench-save.tmp"))):
+        for name, fn in (
+            ("copy", lambda: coll.index._index.copy()),  # noqa: SLF001
+            ("save", lambda: coll.index.save(data / "bench-save.tmp")),
+        ):
             gil[name] = gil_hold(lambda fn=fn: shard._worker.call(fn).result())  # noqa: SLF001
         (data / "bench-save.tmp").unlink(missing_ok=True)
     out["snapshot_seconds"] = [round(b - a, 3) for a, b in windows]
@@ -168,8 +181,13 @@ def pauses(data: Path, x: np.ndarray, threads: int, seconds: float, out: dict[st
         out[f"{kind}_p99_outside_ms"] = 1000 * outside[int(0.99 * (len(outside) - 1))]
         out[f"{kind}_calls"] = len(spans)
     out["alternative_gil_hold_ms"] = {k: 1000 * v for k, v in gil.items()}
-    print(json.dumps({k: v for k, v in out.items() if "during" in k or "outside" in k or "pause" in k
-                      or "alternative" in k}, indent=1), flush=True)
+    print(
+        json.dumps(
+            {k: v for k, v in out.items() if "during" in k or "outside" in k or "pause" in k or "alternative" in k},
+            indent=1,
+        ),
+        flush=True,
+    )
 
 
 def gil_hold(fn: Callable[[], Any]) -> float:
@@ -200,7 +218,8 @@ def throughput(root: Path, x: np.ndarray, threads: int, writers: int, rows: int,
     for _ in range(3):
         for mode, group in (("group_commit", 256), ("sync_per_batch", 1)):
             runs.setdefault(f"end_to_end_{mode}_vectors_per_s", []).append(
-                end_to_end(root / mode, x, threads, writers, batches, group))
+                end_to_end(root / mode, x, threads, writers, batches, group)
+            )
             vectors_per_s, per_sync = commit_path(root / mode, x, writers, batches * 5, group)
             runs.setdefault(f"commit_path_{mode}_vectors_per_s", []).append(vectors_per_s)
             runs.setdefault(f"commit_path_{mode}_batches_per_sync", []).append(per_sync)
@@ -211,19 +230,18 @@ def throughput(root: Path, x: np.ndarray, threads: int, writers: int, rows: int,
     print(json.dumps({k: v for k, v in out.items() if "per_s" in k or "per_sync" in k}, indent=1), flush=True)
 
 
-def end_to_end(data: Path, x: np.ndarray, threads: int, writers: int, batches: list[np.ndarray],
-               group: int) -> float:
+def end_to_end(data: Path, x: np.ndarray, threads: int, writers: int, batches: list[np.ndarray], group: int) -> float:
     """Vectors per second acknowledged (durable and indexed) by a shard with this group size."""
     with Shard(data, options=ShardOptions(threads=threads, snapshots=NEVER, max_group=group)) as shard:
         shard.create_collection(CollectionConfig("c", x.shape[1]))
-        elapsed = timed(lambda: run_writers(writers, batches, lambda ids: shard.upsert(
-            "c", ids, x[ids.astype(np.intp)])))
+        elapsed = timed(
+            lambda: run_writers(writers, batches, lambda ids: shard.upsert("c", ids, x[ids.astype(np.intp)]))
+        )
     shutil.rmtree(data)
     return sum(map(len, batches)) / elapsed
 
 
-def commit_path(data: Path, x: np.ndarray, writers: int, batches: list[np.ndarray],
-                group: int) -> tuple[float, float]:
+def commit_path(data: Path, x: np.ndarray, writers: int, batches: list[np.ndarray], group: int) -> tuple[float, float]:
     """Vectors per second through RocksDB and the committer alone, and batches per WAL sync."""
     storage = CountingStorage(data)
     worker = IndexWorker()
@@ -238,6 +256,7 @@ def commit_path(data: Path, x: np.ndarray, writers: int, batches: list[np.ndarra
             for key in pack_keys(ids):
                 batch.put(key, record)
             return batch, lambda: None
+
         committer.submit(prepare).result()
 
     try:

@@ -58,14 +58,22 @@ def load(args: argparse.Namespace) -> tuple[str, np.ndarray, np.ndarray]:
     centers = rng.standard_normal((100, args.dim)).astype(np.float32)
     pts = centers[rng.integers(0, 100, args.generate + args.queries)]
     pts += 0.5 * rng.standard_normal(pts.shape).astype(np.float32)
-    return f"generated-{args.generate}x{args.dim}", pts[: args.generate], pts[args.generate:]
+    return f"generated-{args.generate}x{args.dim}", pts[: args.generate], pts[args.generate :]
 
 
 def payloads(n: int) -> list[dict[str, Any]]:
     """Generated payloads, independent of the vectors: u is a random permutation of 0..n-1."""
     u = np.random.default_rng(1).permutation(n)
-    return [{"rank": int(r), "score": r / n, "code": f"c{r % 1000}", "half": bool(r % 2),
-             "m": {"k100": int(r % 100), "k10": int(r % 10)}} for r in u]
+    return [
+        {
+            "rank": int(r),
+            "score": r / n,
+            "code": f"c{r % 1000}",
+            "half": bool(r % 2),
+            "m": {"k100": int(r % 100), "k10": int(r % 10)},
+        }
+        for r in u
+    ]
 
 
 def filters(n: int) -> list[tuple[str, dict[str, Any]]]:
@@ -75,8 +83,10 @@ def filters(n: int) -> list[tuple[str, dict[str, Any]]]:
         m = int(share * n)
         out += [
             (f"{share:.1%} eq", eq),
-            (f"{share:.1%} range", {"rank": {"$gte": 1000, "$lt": 1000 + m}} if share < 0.5
-             else {"score": {"$lt": 0.5}}),
+            (
+                f"{share:.1%} range",
+                {"rank": {"$gte": 1000, "$lt": 1000 + m}} if share < 0.5 else {"score": {"$lt": 0.5}},
+            ),
             (f"{share:.1%} in", {"code": {"$in": [f"c{i}" for i in range(int(share * 1000))]}}),
             (f"{share:.1%} or", {"$or": [{"rank": {"$lt": m // 2}}, {"score": {"$gte": 1 - m / 2 / n}}]}),
         ]
@@ -90,10 +100,10 @@ def truth(base: np.ndarray, queries: np.ndarray, rows: np.ndarray) -> np.ndarray
     q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
     out = np.full((len(q), K), -1, dtype=np.int64)  # -1 past the matches when there are fewer than K
     for lo in range(0, len(q), 100):
-        d = -(q[lo:lo + 100] @ x.T)
+        d = -(q[lo : lo + 100] @ x.T)
         part = np.argpartition(d, K, axis=1)[:, :K] if len(rows) > K else np.argsort(d, axis=1)[:, :K]
         order = np.argsort(np.take_along_axis(d, part, 1), axis=1)
-        out[lo:lo + 100, :part.shape[1]] = rows[np.take_along_axis(part, order, 1)]
+        out[lo : lo + 100, : part.shape[1]] = rows[np.take_along_axis(part, order, 1)]
     return out
 
 
@@ -102,24 +112,25 @@ def recall(found: np.ndarray, want: np.ndarray, matches_count: int) -> float:
     k = min(K, matches_count)
     if k == 0:
         return 1.0
-    return float(np.mean([len(set(found[i, :k].tolist()) & set(want[i, :k].tolist())) / k
-                          for i in range(len(want))]))
+    return float(np.mean([len(set(found[i, :k].tolist()) & set(want[i, :k].tolist())) / k for i in range(len(want))]))
 
 
-def run_batch(client: shoal.Client, queries: np.ndarray, spec: dict[str, Any] | None, batch: int,
-              ef: int) -> tuple[np.ndarray, float, str]:
+def run_batch(
+    client: shoal.Client, queries: np.ndarray, spec: dict[str, Any] | None, batch: int, ef: int
+) -> tuple[np.ndarray, float, str]:
     """All queries in calls of `batch`: the ids, queries per second and the first call's plan."""
     found, plan = [], ""
     start = time.perf_counter()
     for lo in range(0, len(queries), batch):
-        res = client.search("bench", queries[lo:lo + batch], k=K, ef=ef or None, filter=spec)
+        res = client.search("bench", queries[lo : lo + batch], k=K, ef=ef or None, filter=spec)
         found.append(res.ids)
         plan = plan or res.plan
     return np.vstack(found), len(queries) / (time.perf_counter() - start), plan
 
 
-def run_single(client: shoal.Client, queries: np.ndarray, spec: dict[str, Any] | None, clients: int,
-               ef: int) -> tuple[np.ndarray, float]:
+def run_single(
+    client: shoal.Client, queries: np.ndarray, spec: dict[str, Any] | None, clients: int, ef: int
+) -> tuple[np.ndarray, float]:
     """One query per call from `clients` threads: the ids and queries per second."""
     out = np.zeros((len(queries), K), dtype=np.uint64)
     todo = iter(range(len(queries)))
@@ -162,18 +173,25 @@ def main() -> None:
     dataset, base, queries = load(args)
     n = len(base)
     docs = payloads(n)
-    print(f"{dataset}: {n:,} x {base.shape[1]}, {len(queries)} queries, {args.shards} shards; computing truth",
-          flush=True)
+    print(
+        f"{dataset}: {n:,} x {base.shape[1]}, {len(queries)} queries, {args.shards} shards; computing truth", flush=True
+    )
     rows, wants = [], {}
     for name, spec in [("unfiltered", None), *filters(n)]:
         node = parse(spec) if spec is not None else None
-        ids = np.arange(n) if node is None else np.array(
-            [i for i, d in enumerate(docs) if matches(node, d)], dtype=np.int64)
+        ids = (
+            np.arange(n)
+            if node is None
+            else np.array([i for i, d in enumerate(docs) if matches(node, d)], dtype=np.int64)
+        )
         rows.append(Row(name, spec, len(ids)))
         wants[name] = truth(base, queries, ids)
 
-    with tempfile.TemporaryDirectory() as tmp, LocalCluster(data=Path(tmp), shards=args.shards) as cluster, \
-            shoal.Client(cluster.address, timeout=600) as client:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LocalCluster(data=Path(tmp), shards=args.shards) as cluster,
+        shoal.Client(cluster.address, timeout=600) as client,
+    ):
         client.create_collection("bench", dim=base.shape[1], metric="cosine")
         start = time.perf_counter()
         client.upsert("bench", ids=np.arange(n), vectors=base, payloads=docs)
@@ -194,29 +212,41 @@ def main() -> None:
                         single = queries[: args.single]
                         found, qps = run_single(client, single, measured.filter, args.clients, args.ef)
                         measured.qps_single.append(qps)
-                        measured.recall_single = recall(found, wants[measured.name][: len(single)],
-                                                        measured.matches)
+                        measured.recall_single = recall(found, wants[measured.name][: len(single)], measured.matches)
                 row.ratio_batch.append(row.qps_batch[-1] / unfiltered.qps_batch[-1])
                 if args.single:
                     row.ratio_single.append(row.qps_single[-1] / unfiltered.qps_single[-1])
             print(f"round {r + 1}/{args.rounds} done", flush=True)
-    print(f"\n{dataset}: {n:,} x {base.shape[1]}, {args.shards} shards, ef={args.ef or 64}, k={K}, "
-          f"medians of {args.rounds} rounds; batch = {args.batch} queries per call, single = 1 query per call "
-          f"from {args.clients} clients; x unfilt = median ratio to the unfiltered run just before")
-    print(f"{'filter':<14} {'matches':>8} {'recall':>7} {'qps batch':>10} {'x unfilt':>8} {'recall':>7} "
-          f"{'qps single':>10} {'x unfilt':>8}  plan (batch, one shard)")
+    print(
+        f"\n{dataset}: {n:,} x {base.shape[1]}, {args.shards} shards, ef={args.ef or 64}, k={K}, "
+        f"medians of {args.rounds} rounds; batch = {args.batch} queries per call, single = 1 query per call "
+        f"from {args.clients} clients; x unfilt = median ratio to the unfiltered run just before"
+    )
+    print(
+        f"{'filter':<14} {'matches':>8} {'recall':>7} {'qps batch':>10} {'x unfilt':>8} {'recall':>7} "
+        f"{'qps single':>10} {'x unfilt':>8}  plan (batch, one shard)"
+    )
     for row in rows:
         qb = statistics.median(row.qps_batch)
         qs = statistics.median(row.qps_single) if args.single else 0.0
         rb = statistics.median(row.ratio_batch) if row.ratio_batch else 1.0
         rs = statistics.median(row.ratio_single) if row.ratio_single else (1.0 if args.single else 0.0)
         plan = row.plans[0].split("; ")[0].split(": ", 1)[-1] if row.plans else "-"
-        print(f"{row.name:<14} {row.matches:>8,} {row.recall_batch:>7.3f} {qb:>10,.0f} {rb:>8.2f} "
-              f"{row.recall_single:>7.3f} {qs:>10,.0f} {rs:>8.2f}  {plan}")
+        print(
+            f"{row.name:<14} {row.matches:>8,} {row.recall_batch:>7.3f} {qb:>10,.0f} {rb:>8.2f} "
+            f"{row.recall_single:>7.3f} {qs:>10,.0f} {rs:>8.2f}  {plan}"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"dataset": dataset, "n": n, "dim": int(base.shape[1]), "shards": args.shards, "ef": args.ef or 64,
-              "ingest_points_per_s": ingest, "rows": [asdict(r) for r in rows]}
+    report = {
+        "dataset": dataset,
+        "n": n,
+        "dim": int(base.shape[1]),
+        "shards": args.shards,
+        "ef": args.ef or 64,
+        "ingest_points_per_s": ingest,
+        "rows": [asdict(r) for r in rows],
+    }
     (out / "bench_filtered.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out / 'bench_filtered.json'}")
 

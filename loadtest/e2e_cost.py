@@ -38,13 +38,16 @@ def main() -> None:
         rng = np.random.default_rng(0)
         base = rng.standard_normal((n, 384), dtype=np.float32)
         queries = rng.standard_normal((1000, 384), dtype=np.float32)
-    with tempfile.TemporaryDirectory() as tmp, LocalCluster(data=Path(tmp), shards=2) as cluster, \
-            shoal.Client(cluster.address, timeout=600) as client:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LocalCluster(data=Path(tmp), shards=2) as cluster,
+        shoal.Client(cluster.address, timeout=600) as client,
+    ):
         client.create_collection("cost", dim=base.shape[1])
         ups = []
         for i in range(args.rounds):
             t = time.perf_counter()
-            client.upsert("cost", ids=np.arange(i * 1000, (i + 1) * 1000), vectors=base[i * 1000:(i + 1) * 1000])
+            client.upsert("cost", ids=np.arange(i * 1000, (i + 1) * 1000), vectors=base[i * 1000 : (i + 1) * 1000])
             ups.append(time.perf_counter() - t)
         print(f"upsert of 1,000 x {base.shape[1]} (durable, index growing to {n:,}): {_ms(ups)}")
         batch = []

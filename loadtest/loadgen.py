@@ -25,7 +25,7 @@ def ground_truth(base: np.ndarray, queries: np.ndarray, k: int, metric: str) -> 
     b = base / np.linalg.norm(base, axis=1, keepdims=True) if metric == "cosine" else base
     sq = (base * base).sum(1)
     for lo in range(0, len(queries), 100):
-        q = queries[lo:lo + 100]
+        q = queries[lo : lo + 100]
         if metric == "cosine":
             d = -(q / np.linalg.norm(q, axis=1, keepdims=True)) @ b.T
         elif metric == "ip":
@@ -34,7 +34,7 @@ def ground_truth(base: np.ndarray, queries: np.ndarray, k: int, metric: str) -> 
             d = sq[None, :] - 2 * q @ base.T
         part = np.argpartition(d, k, axis=1)[:, :k]
         order = np.argsort(np.take_along_axis(d, part, 1), axis=1)
-        out[lo:lo + 100] = np.take_along_axis(part, order, 1)
+        out[lo : lo + 100] = np.take_along_axis(part, order, 1)
     return out
 
 

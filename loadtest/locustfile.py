@@ -38,19 +38,38 @@ DEFAULT_ADDRESS = "127.0.0.1:7070"
 def _options(parser: Any) -> None:
     group = parser.add_argument_group("Shoal")
     group.add_argument("--collection", default="locust", env_var="SHOAL_COLLECTION", help="collection to load")
-    group.add_argument("--tasks", default="search=8,upsert=1", env_var="SHOAL_TASKS",
-                       help="task=weight,... from: " + ", ".join(TASKS))
+    group.add_argument(
+        "--tasks", default="search=8,upsert=1", env_var="SHOAL_TASKS", help="task=weight,... from: " + ", ".join(TASKS)
+    )
     group.add_argument("--k", type=int, default=10, env_var="SHOAL_K", help="neighbours per query")
     group.add_argument("--ef", type=int, default=0, env_var="SHOAL_EF", help="search breadth (0: the default)")
-    group.add_argument("--batch", type=int, default=100, env_var="SHOAL_BATCH",
-                       help="queries per search_batch call and points per upsert call")
-    group.add_argument("--filter", default='{"group": 0}', env_var="SHOAL_FILTER",
-                       help="JSON filter of filtered_search; points this file loads carry {\"group\": id %% 10}")
-    group.add_argument("--data", default="", env_var="SHOAL_DATA",
-                       help="vectors to load and query (a folder with base.npy, or a .npy file); else random")
+    group.add_argument(
+        "--batch",
+        type=int,
+        default=100,
+        env_var="SHOAL_BATCH",
+        help="queries per search_batch call and points per upsert call",
+    )
+    group.add_argument(
+        "--filter",
+        default='{"group": 0}',
+        env_var="SHOAL_FILTER",
+        help='JSON filter of filtered_search; points this file loads carry {"group": id %% 10}',
+    )
+    group.add_argument(
+        "--data",
+        default="",
+        env_var="SHOAL_DATA",
+        help="vectors to load and query (a folder with base.npy, or a .npy file); else random",
+    )
     group.add_argument("--dim", type=int, default=384, env_var="SHOAL_DIM", help="dimension without --data")
-    group.add_argument("--preload", type=int, default=10_000, env_var="SHOAL_PRELOAD",
-                       help="points loaded when the collection is created")
+    group.add_argument(
+        "--preload",
+        type=int,
+        default=10_000,
+        env_var="SHOAL_PRELOAD",
+        help="points loaded when the collection is created",
+    )
 
 
 class _Shared:
@@ -69,7 +88,8 @@ def _vectors(options: Any) -> np.ndarray:
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((50, options.dim)).astype(np.float32)
     return centers[rng.integers(0, 50, max(options.preload, 1000))] + 0.3 * rng.standard_normal(
-        (max(options.preload, 1000), options.dim)).astype(np.float32)
+        (max(options.preload, 1000), options.dim)
+    ).astype(np.float32)
 
 
 @events.init.add_listener
@@ -131,12 +151,23 @@ class ShoalUser(User):
         try:
             result = call()
         except shoal.ShoalError as exc:
-            self.environment.events.request.fire(request_type="grpc", name=name, exception=exc, response_length=0,
-                                                 response_time=(time.perf_counter() - start) * 1e3, context={})
+            self.environment.events.request.fire(
+                request_type="grpc",
+                name=name,
+                exception=exc,
+                response_length=0,
+                response_time=(time.perf_counter() - start) * 1e3,
+                context={},
+            )
             return
-        self.environment.events.request.fire(request_type="grpc", name=name, exception=None,
-                                             response_length=size(result),
-                                             response_time=(time.perf_counter() - start) * 1e3, context={})
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name=name,
+            exception=None,
+            response_length=size(result),
+            response_time=(time.perf_counter() - start) * 1e3,
+            context={},
+        )
 
     def queries(self, rows: int) -> np.ndarray:
         """Random stored vectors, lightly perturbed, as queries."""
@@ -147,32 +178,44 @@ class ShoalUser(User):
 def search(user: ShoalUser) -> None:
     """One query per call."""
     o = user.options
-    user.timed("search", lambda: user.client.search(o.collection, user.queries(1)[0], k=o.k, ef=o.ef or None),
-               len)
+    user.timed("search", lambda: user.client.search(o.collection, user.queries(1)[0], k=o.k, ef=o.ef or None), len)
 
 
 def search_batch(user: ShoalUser) -> None:
     """--batch queries per call."""
     o = user.options
-    user.timed(f"search_batch{o.batch}",
-               lambda: user.client.search(o.collection, user.queries(o.batch), k=o.k, ef=o.ef or None), len)
+    user.timed(
+        f"search_batch{o.batch}",
+        lambda: user.client.search(o.collection, user.queries(o.batch), k=o.k, ef=o.ef or None),
+        len,
+    )
 
 
 def upsert(user: ShoalUser) -> None:
     """--batch new points per call, durably acknowledged."""
     o = user.options
     ids = np.fromiter(itertools.islice(_Shared.ids, o.batch), dtype=np.uint64, count=o.batch)
-    user.timed(f"upsert{o.batch}", lambda: user.client.upsert(o.collection, ids=ids, vectors=user.queries(o.batch),
-                                                               payloads=groups(ids)), int)
+    user.timed(
+        f"upsert{o.batch}",
+        lambda: user.client.upsert(o.collection, ids=ids, vectors=user.queries(o.batch), payloads=groups(ids)),
+        int,
+    )
 
 
 def filtered_search(user: ShoalUser) -> None:
     """One query per call with the payload filter of --filter."""
     o = user.options
     where = json.loads(o.filter)
-    user.timed("filtered_search", lambda: user.client.search(
-        o.collection, user.queries(1)[0], k=o.k, ef=o.ef or None, filter=where), len)
+    user.timed(
+        "filtered_search",
+        lambda: user.client.search(o.collection, user.queries(1)[0], k=o.k, ef=o.ef or None, filter=where),
+        len,
+    )
 
 
 TASKS: dict[str, Callable[[ShoalUser], None]] = {
-    "search": search, "search_batch": search_batch, "filtered_search": filtered_search, "upsert": upsert}
+    "search": search,
+    "search_batch": search_batch,
+    "filtered_search": filtered_search,
+    "upsert": upsert,
+}

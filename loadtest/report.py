@@ -61,8 +61,14 @@ class HalfLoad:
 
 def curve(points: list[Point], precision: str, system: str, mode: str, rnd: int | None = None) -> list[Point]:
     """The points of one curve, by ef (one round, or all rounds)."""
-    return sorted((p for p in points if (p.precision, p.system, p.mode) == (precision, system, mode)
-                   and (rnd is None or p.round == rnd)), key=lambda p: p.ef)
+    return sorted(
+        (
+            p
+            for p in points
+            if (p.precision, p.system, p.mode) == (precision, system, mode) and (rnd is None or p.round == rnd)
+        ),
+        key=lambda p: p.ef,
+    )
 
 
 def summarize(points: list[Point]) -> list[dict[str, Any]]:
@@ -72,16 +78,23 @@ def summarize(points: list[Point]) -> list[dict[str, Any]]:
     for precision, system, mode, ef in keys:
         same = [p for p in points if (p.precision, p.system, p.mode, p.ef) == (precision, system, mode, ef)]
         cpu_names = sorted({n for p in same for n in p.cpu_us_per_query})
-        out.append({
-            "precision": precision, "system": system, "mode": mode, "ef": ef,
-            "recall": statistics.median(p.recall for p in same),
-            "qps": statistics.median(p.qps for p in same),
-            "qps_min": min(p.qps for p in same), "qps_max": max(p.qps for p in same),
-            **{f"{q}_ms": statistics.median(getattr(p, f"{q}_ms") for p in same) for q in ("p50", "p95", "p99")},
-            "cpu_us_per_query": {n: statistics.median(p.cpu_us_per_query.get(n, 0.0) for p in same)
-                                 for n in cpu_names},
-            "cores": statistics.median(p.cores for p in same),
-        })
+        out.append(
+            {
+                "precision": precision,
+                "system": system,
+                "mode": mode,
+                "ef": ef,
+                "recall": statistics.median(p.recall for p in same),
+                "qps": statistics.median(p.qps for p in same),
+                "qps_min": min(p.qps for p in same),
+                "qps_max": max(p.qps for p in same),
+                **{f"{q}_ms": statistics.median(getattr(p, f"{q}_ms") for p in same) for q in ("p50", "p95", "p99")},
+                "cpu_us_per_query": {
+                    n: statistics.median(p.cpu_us_per_query.get(n, 0.0) for p in same) for n in cpu_names
+                },
+                "cores": statistics.median(p.cores for p in same),
+            }
+        )
     return out
 
 
@@ -99,8 +112,10 @@ def ratios(points: list[Point], target: float) -> list[dict[str, Any]]:
         for system, mode in modes:
             per_round, per_cpu_round = [], []
             for rnd in rounds:
-                ref_curve, my_curve = curve(points, precision, "usearch", "all", rnd), curve(points, precision,
-                                                                                             system, mode, rnd)
+                ref_curve, my_curve = (
+                    curve(points, precision, "usearch", "all", rnd),
+                    curve(points, precision, system, mode, rnd),
+                )
                 ref = qps_at_recall([(p.recall, p.qps) for p in ref_curve], target)
                 mine = qps_at_recall([(p.recall, p.qps) for p in my_curve], target)
                 if ref and mine:
@@ -109,69 +124,112 @@ def ratios(points: list[Point], target: float) -> list[dict[str, Any]]:
                 if ref and mine:
                     per_cpu_round.append(mine / ref)
             if per_round:
-                out.append({"precision": precision, "system": system, "mode": mode, "target_recall": target,
-                            "qps": statistics.median(q for q, _, _ in per_round),
-                            "ratio": statistics.median(r for _, r, _ in per_round),
-                            "ratio_min": min(r for _, r, _ in per_round), "ratio_max": max(r for _, r, _ in per_round),
-                            # Per round, with the cores in-process usearch got: on a busy machine it gets fewer
-                            # than Shoal's several processes do, which flatters Shoal.
-                            "rounds": [{"ratio": r, "in_process_cores": c} for _, r, c in per_round],
-                            # Queries per CPU-second over in-process's: what the ratio would be if both had
-                            # the machine to themselves and kept every core busy.
-                            "cpu_ratio": statistics.median(per_cpu_round) if per_cpu_round else None})
+                out.append(
+                    {
+                        "precision": precision,
+                        "system": system,
+                        "mode": mode,
+                        "target_recall": target,
+                        "qps": statistics.median(q for q, _, _ in per_round),
+                        "ratio": statistics.median(r for _, r, _ in per_round),
+                        "ratio_min": min(r for _, r, _ in per_round),
+                        "ratio_max": max(r for _, r, _ in per_round),
+                        # Per round, with the cores in-process usearch got: on a busy machine it gets fewer
+                        # than Shoal's several processes do, which flatters Shoal.
+                        "rounds": [{"ratio": r, "in_process_cores": c} for _, r, c in per_round],
+                        # Queries per CPU-second over in-process's: what the ratio would be if both had
+                        # the machine to themselves and kept every core busy.
+                        "cpu_ratio": statistics.median(per_cpu_round) if per_cpu_round else None,
+                    }
+                )
     return out
 
 
-def print_report(args: argparse.Namespace, name: str, n: int, dim: int, queries: int, cores: int,
-                 ingests: list[Ingest], half_loads: list[HalfLoad], summary: list[dict[str, Any]],
-                 ratio_rows: list[dict[str, Any]]) -> None:
+def print_report(
+    args: argparse.Namespace,
+    name: str,
+    n: int,
+    dim: int,
+    queries: int,
+    cores: int,
+    ingests: list[Ingest],
+    half_loads: list[HalfLoad],
+    summary: list[dict[str, Any]],
+    ratio_rows: list[dict[str, Any]],
+) -> None:
     """The tables a human reads, and the issue's targets met or missed."""
     t = args.target_recall
-    print(f"\n{name}: {n:,} x {dim}, {queries} queries, {args.shards if not args.address else '?'} "
-          f"shards, {args.metric}, M={args.m}, ef_construction={args.ef_construction}, {cores} cores, "
-          f"batch {args.batch}, {args.clients} clients, {args.repeat} rounds (median [min-max])")
-    print(f"\n{'precision':<9} {'shoal vec/s':>11} {'usearch vec/s':>13} {'ratio':>6} {'shoal B/vec':>11} "
-          f"{'usearch B/vec':>13} {'shoal cpu us/vec':>16} {'usearch cpu us/vec':>18}")
+    print(
+        f"\n{name}: {n:,} x {dim}, {queries} queries, {args.shards if not args.address else '?'} "
+        f"shards, {args.metric}, M={args.m}, ef_construction={args.ef_construction}, {cores} cores, "
+        f"batch {args.batch}, {args.clients} clients, {args.repeat} rounds (median [min-max])"
+    )
+    print(
+        f"\n{'precision':<9} {'shoal vec/s':>11} {'usearch vec/s':>13} {'ratio':>6} {'shoal B/vec':>11} "
+        f"{'usearch B/vec':>13} {'shoal cpu us/vec':>16} {'usearch cpu us/vec':>18}"
+    )
     for g in ingests:
-        print(f"{g.precision:<9} {g.shoal_vps:>11,.0f} {g.usearch_vps:>13,.0f} {g.shoal_vps / g.usearch_vps:>6.2f} "
-              f"{g.shoal_bytes_per_vector:>11,.0f} {g.usearch_bytes_per_vector:>13,.0f} "
-              f"{g.shoal_cpu_us_per_vector:>16,.0f} {g.usearch_cpu_us_per_vector:>18,.0f}")
-    print(f"\n{'precision':<9} {'system':<8} {'mode':<14} {'ef':>4} {'recall':>6} {'q/s':>8} {'range':>15} "
-          f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'cores':>5}  cpu us/query")
+        print(
+            f"{g.precision:<9} {g.shoal_vps:>11,.0f} {g.usearch_vps:>13,.0f} {g.shoal_vps / g.usearch_vps:>6.2f} "
+            f"{g.shoal_bytes_per_vector:>11,.0f} {g.usearch_bytes_per_vector:>13,.0f} "
+            f"{g.shoal_cpu_us_per_vector:>16,.0f} {g.usearch_cpu_us_per_vector:>18,.0f}"
+        )
+    print(
+        f"\n{'precision':<9} {'system':<8} {'mode':<14} {'ef':>4} {'recall':>6} {'q/s':>8} {'range':>15} "
+        f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'cores':>5}  cpu us/query"
+    )
     for s in summary:
         cpu = " ".join(f"{k}={v:.0f}" for k, v in s["cpu_us_per_query"].items())
-        print(f"{s['precision']:<9} {s['system']:<8} {s['mode']:<14} {s['ef']:>4} {s['recall']:>6.3f} "
-              f"{s['qps']:>8,.0f} {s['qps_min']:>7,.0f}-{s['qps_max']:<7,.0f} {s['p50_ms']:>7.2f} "
-              f"{s['p95_ms']:>7.2f} {s['p99_ms']:>7.2f} {s['cores']:>5.2f}  {cpu}")
-    print(f"\nat recall@{K} >= {t}: queries/s, the ratio to in-process usearch `all` (one call, all cores) "
-          "[min-max over rounds], and the same ratio per CPU-second")
+        print(
+            f"{s['precision']:<9} {s['system']:<8} {s['mode']:<14} {s['ef']:>4} {s['recall']:>6.3f} "
+            f"{s['qps']:>8,.0f} {s['qps_min']:>7,.0f}-{s['qps_max']:<7,.0f} {s['p50_ms']:>7.2f} "
+            f"{s['p95_ms']:>7.2f} {s['p99_ms']:>7.2f} {s['cores']:>5.2f}  {cpu}"
+        )
+    print(
+        f"\nat recall@{K} >= {t}: queries/s, the ratio to in-process usearch `all` (one call, all cores) "
+        "[min-max over rounds], and the same ratio per CPU-second"
+    )
     for r in ratio_rows:
         per_cpu_text = f"{r['cpu_ratio']:.2f}x" if r["cpu_ratio"] else "-"
         rounds = ", ".join(f"{x['ratio']:.2f}x ({x['in_process_cores']:.1f} cores)" for x in r["rounds"])
-        print(f"{r['precision']:<9} {r['system']:<8} {r['mode']:<14} {r['qps']:>8,.0f} q/s  {r['ratio']:.2f}x "
-              f"[{r['ratio_min']:.2f}-{r['ratio_max']:.2f}]  per CPU-second {per_cpu_text}  rounds: {rounds}")
-    starved = [x["in_process_cores"] for r in ratio_rows if r["system"] == "usearch" and r["mode"] == "all"
-               for x in r["rounds"] if x["in_process_cores"] < 0.9 * cores]
+        print(
+            f"{r['precision']:<9} {r['system']:<8} {r['mode']:<14} {r['qps']:>8,.0f} q/s  {r['ratio']:.2f}x "
+            f"[{r['ratio_min']:.2f}-{r['ratio_max']:.2f}]  per CPU-second {per_cpu_text}  rounds: {rounds}"
+        )
+    starved = [
+        x["in_process_cores"]
+        for r in ratio_rows
+        if r["system"] == "usearch" and r["mode"] == "all"
+        for x in r["rounds"]
+        if x["in_process_cores"] < 0.9 * cores
+    ]
     if starved:
-        print(f"note: in some rounds in-process usearch got only {min(starved):.1f} of {cores} cores (others were "
-              "using the machine); Shoal's processes take a larger share then, so trust the rounds where it got "
-              "them all, or the ratio per CPU-second")
+        print(
+            f"note: in some rounds in-process usearch got only {min(starved):.1f} of {cores} cores (others were "
+            "using the machine); Shoal's processes take a larger share then, so trust the rounds where it got "
+            "them all, or the ratio per CPU-second"
+        )
     for h in half_loads:
-        print(f"half load: {h.precision} {h.mode} ef={h.ef}: offered {h.offered_qps:,.0f} q/s, got "
-              f"{h.achieved_qps:,.0f}; p50 {h.p50_ms:.2f} ms, p95 {h.p95_ms:.2f} ms, p99 {h.p99_ms:.2f} ms")
+        print(
+            f"half load: {h.precision} {h.mode} ef={h.ef}: offered {h.offered_qps:,.0f} q/s, got "
+            f"{h.achieved_qps:,.0f}; p50 {h.p50_ms:.2f} ms, p95 {h.p95_ms:.2f} ms, p99 {h.p99_ms:.2f} ms"
+        )
     print_targets(ingests, half_loads, ratio_rows)
 
 
 def print_targets(ingests: list[Ingest], half_loads: list[HalfLoad], ratio_rows: list[dict[str, Any]]) -> None:
     """The issue's targets, each met or missed and by how much."""
+
     def verdict(value: float, limit: float, above: bool = True) -> str:
         ok = value >= limit if above else value <= limit
         return f"{value:.2f} ({'met' if ok else 'MISSED'}: {'>=' if above else '<='} {limit})"
 
     def calmest(r: dict[str, Any]) -> str:
         best = max(r["rounds"], key=lambda x: x["in_process_cores"])  # where the machine was least busy
-        return f"{verdict(best['ratio'], 0.5 if r['mode'].startswith('batch') else 0.25)} " \
-               f"[in-process on {best['in_process_cores']:.1f} cores; median of rounds {r['ratio']:.2f}]"
+        return (
+            f"{verdict(best['ratio'], 0.5 if r['mode'].startswith('batch') else 0.25)} "
+            f"[in-process on {best['in_process_cores']:.1f} cores; median of rounds {r['ratio']:.2f}]"
+        )
 
     print("\ntargets (throughput ratios from the round in which in-process usearch got the most cores):")
     for r in ratio_rows:
@@ -188,8 +246,10 @@ def print_targets(ingests: list[Ingest], half_loads: list[HalfLoad], ratio_rows:
     for g in ingests:
         if f32 and g.precision != "f32":
             limit = 0.35 if g.precision == "i8" else 0.55
-            print(f"  {g.precision} memory per vector / f32: "
-                  f"{verdict(g.shoal_bytes_per_vector / f32.shoal_bytes_per_vector, limit, above=False)}")
+            print(
+                f"  {g.precision} memory per vector / f32: "
+                f"{verdict(g.shoal_bytes_per_vector / f32.shoal_bytes_per_vector, limit, above=False)}"
+            )
 
 
 def plot(name: str, n: int, summary: list[dict[str, Any]], target: float, path: Path) -> None:
@@ -203,10 +263,17 @@ def plot(name: str, n: int, summary: list[dict[str, Any]], target: float, path: 
     fig, axes = plt.subplots(1, len(precisions), figsize=(7 * len(precisions), 5), squeeze=False)
     for ax, precision in zip(axes[0], precisions, strict=True):
         for system, mode in sorted({(s["system"], s["mode"]) for s in summary if s["precision"] == precision}):
-            pts = sorted((s for s in summary if (s["precision"], s["system"], s["mode"]) == (precision, system, mode)),
-                         key=lambda s: s["ef"])
-            ax.plot([s["recall"] for s in pts], [s["qps"] for s in pts], marker="o",
-                    linestyle="--" if system == "usearch" else "-", label=f"{system} {mode}")
+            pts = sorted(
+                (s for s in summary if (s["precision"], s["system"], s["mode"]) == (precision, system, mode)),
+                key=lambda s: s["ef"],
+            )
+            ax.plot(
+                [s["recall"] for s in pts],
+                [s["qps"] for s in pts],
+                marker="o",
+                linestyle="--" if system == "usearch" else "-",
+                label=f"{system} {mode}",
+            )
         ax.axvline(target, color="grey", linewidth=0.8, linestyle=":")
         ax.set_xlabel(f"recall@{K}")
         ax.set_ylabel("queries per second")
@@ -217,5 +284,3 @@ def plot(name: str, n: int, summary: list[dict[str, Any]], target: float, path: 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-

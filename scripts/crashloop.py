@@ -26,22 +26,37 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=600.0, help="seconds of chaos (default 600)")
     p.add_argument("--shards", type=int, default=3, help="shard processes (default 3)")
     p.add_argument("--writers", type=int, default=4, help="writer threads (default 4)")
-    p.add_argument("--interval", type=float, default=default.interval,
-                   help=f"mean seconds between kills (default {default.interval})")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=default.interval,
+        help=f"mean seconds between kills (default {default.interval})",
+    )
     p.add_argument("--seed", type=int, default=default.seed, help="random seed")
     p.add_argument("--data", help="data folder (default: a temporary folder, removed afterwards)")
     p.add_argument("--json", action="store_true", help="also print the report as JSON")
     args = p.parse_args()
-    config = LoopConfig(seconds=args.seconds, shards=args.shards, writers=args.writers, interval=args.interval,
-                        seed=args.seed)
+    config = LoopConfig(
+        seconds=args.seconds, shards=args.shards, writers=args.writers, interval=args.interval, seed=args.seed
+    )
     with tempfile.TemporaryDirectory(prefix="shoal-crashloop-") as tmp:
         data = Path(args.data) if args.data else Path(tmp) / "data"
         report = run_crash_loop(data, config)
     print(report.summary())
     if args.json:
-        print(json.dumps({"seconds": report.seconds, "actions": report.actions, "outcomes": report.outcomes,
-                          "restart_seconds": report.restart_seconds, "present": report.present,
-                          "recoveries": report.recoveries, "violations": report.violations}))
+        print(
+            json.dumps(
+                {
+                    "seconds": report.seconds,
+                    "actions": report.actions,
+                    "outcomes": report.outcomes,
+                    "restart_seconds": report.restart_seconds,
+                    "present": report.present,
+                    "recoveries": report.recoveries,
+                    "violations": report.violations,
+                }
+            )
+        )
     return 1 if report.violations else 0
 
 

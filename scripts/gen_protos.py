@@ -20,8 +20,15 @@ def generate(out: Path) -> list[Path]:
     """Run protoc over every .proto into `out`; return the generated files."""
     sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "shoal" / "v1").glob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
-    args = ["protoc", f"-I{PROTOS}", f"-I{include}", f"--python_out={out}", f"--pyi_out={out}",
-            f"--grpc_python_out={out}", *sources]
+    args = [
+        "protoc",
+        f"-I{PROTOS}",
+        f"-I{include}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        *sources,
+    ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     return sorted((out / "shoal" / "v1").iterdir())
@@ -35,8 +42,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         files = generate(Path(tmp))
         if check:
-            drifted = [f.name for f in files
-                       if not (TARGET / f.name).exists() or not filecmp.cmp(f, TARGET / f.name, shallow=False)]
+            drifted = [
+                f.name
+                for f in files
+                if not (TARGET / f.name).exists() or not filecmp.cmp(f, TARGET / f.name, shallow=False)
+            ]
             if drifted:
                 print(f"generated code drifted from protos/: {drifted}; run scripts/gen_protos.py", file=sys.stderr)
                 return 1

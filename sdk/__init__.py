@@ -1,10 +1,10 @@
 """Shoal: a sharded vector database for CPU clusters, served over gRPC.
 
-    import numpy as np, shoal
-    c = shoal.Client("127.0.0.1:7070")
-    c.create_collection("docs", dim=384, metric="cosine")
-    c.upsert("docs", ids=np.arange(n), vectors=X)
-    res = c.search("docs", Q, k=10)
+import numpy as np, shoal
+c = shoal.Client("127.0.0.1:7070")
+c.create_collection("docs", dim=384, metric="cosine")
+c.upsert("docs", ids=np.arange(n), vectors=X)
+res = c.search("docs", Q, k=10)
 """
 
 from shoal._aio import AsyncClient

@@ -37,8 +37,9 @@ def _as_matrix(vectors: Any, what: str) -> np.ndarray:
     return x
 
 
-def _upsert_plan(collection: str, ids: Any, vectors: Any, payloads: Sequence[dict[str, Any] | None] | None,
-                 batch_rows: int) -> tuple[int, int, Callable[[int], pb.UpsertRequest]]:
+def _upsert_plan(
+    collection: str, ids: Any, vectors: Any, payloads: Sequence[dict[str, Any] | None] | None, batch_rows: int
+) -> tuple[int, int, Callable[[int], pb.UpsertRequest]]:
     """Check a whole upload; (rows, rows per batch, the batch starting at a row) to send it in bounded batches."""
     id_arr = as_id_array(ids)
     x = _as_matrix(vectors, "vectors")
@@ -50,19 +51,35 @@ def _upsert_plan(collection: str, ids: Any, vectors: Any, payloads: Sequence[dic
 
     def batch(lo: int) -> pb.UpsertRequest:
         hi = lo + step
-        return pb.UpsertRequest(collection=collection, ids=encode_ids(id_arr[lo:hi]),
-                                vectors=encode_matrix(x[lo:hi]), payloads=raw[lo:hi])
+        return pb.UpsertRequest(
+            collection=collection, ids=encode_ids(id_arr[lo:hi]), vectors=encode_matrix(x[lo:hi]), payloads=raw[lo:hi]
+        )
 
     return len(id_arr), step, batch
 
 
-def _search_request(collection: str, queries: Any, k: int, ef: int | None, with_payload: bool,
-                    with_vectors: bool, request_id: int = 0, filter_json: str = "") -> pb.SearchRequest:
+def _search_request(
+    collection: str,
+    queries: Any,
+    k: int,
+    ef: int | None,
+    with_payload: bool,
+    with_vectors: bool,
+    request_id: int = 0,
+    filter_json: str = "",
+) -> pb.SearchRequest:
     """A SearchRequest of a (q, dim) matrix or one (dim,) vector, with an optional filter (wire JSON)."""
     check_k(k)
-    return pb.SearchRequest(collection=collection, queries=encode_matrix(_as_matrix(queries, "queries")), k=k,
-                            ef=ef or 0, with_payload=with_payload, with_vectors=with_vectors,
-                            request_id=request_id, filter=filter_json)
+    return pb.SearchRequest(
+        collection=collection,
+        queries=encode_matrix(_as_matrix(queries, "queries")),
+        k=k,
+        ef=ef or 0,
+        with_payload=with_payload,
+        with_vectors=with_vectors,
+        request_id=request_id,
+        filter=filter_json,
+    )
 
 
 def _stream_outcome(reply: pb.SearchResponse) -> SearchResult | ShoalError:
@@ -92,8 +109,13 @@ class Client:
     Every method raises a `shoal.ShoalError` subclass on failure, carrying the gRPC status code.
     """
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout: float | None = DEFAULT_TIMEOUT,
-                 batch_rows: int = DEFAULT_BATCH_ROWS) -> None:
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+    ) -> None:
         self.address = address
         self.timeout = timeout
         self.batch_rows = batch_rows
@@ -118,12 +140,29 @@ class Client:
 
     # collections
 
-    def create_collection(self, name: str, dim: int, metric: str = "cosine", *, precision: str = "f32",
-                          id_type: str = "uint64", m: int = 16, ef_construction: int = 128,
-                          ef_search: int = 64) -> CollectionInfo:
+    def create_collection(
+        self,
+        name: str,
+        dim: int,
+        metric: str = "cosine",
+        *,
+        precision: str = "f32",
+        id_type: str = "uint64",
+        m: int = 16,
+        ef_construction: int = 128,
+        ef_search: int = 64,
+    ) -> CollectionInfo:
         """Create a collection; AlreadyExists if the name is taken."""
-        config = CollectionConfig(name=name, dim=dim, metric=metric, precision=precision, id_type=id_type, m=m,
-                                  ef_construction=ef_construction, ef_search=ef_search)
+        config = CollectionConfig(
+            name=name,
+            dim=dim,
+            metric=metric,
+            precision=precision,
+            id_type=id_type,
+            m=m,
+            ef_construction=ef_construction,
+            ef_search=ef_search,
+        )
         reply = self._call(self._stub.CreateCollection, pb.CreateCollectionRequest(config=config.to_proto()))
         return CollectionInfo.from_proto(reply.info)
 
@@ -138,12 +177,20 @@ class Client:
     def describe_collection(self, name: str) -> CollectionInfo:
         """A collection's config, point count and per-shard sizes."""
         return CollectionInfo.from_proto(
-            self._call(self._stub.DescribeCollection, pb.DescribeCollectionRequest(name=name)))
+            self._call(self._stub.DescribeCollection, pb.DescribeCollectionRequest(name=name))
+        )
 
     # points
 
-    def upsert(self, collection: str, ids: Any, vectors: Any, payloads: Sequence[dict[str, Any] | None] | None = None,
-               *, progress: bool = False) -> int:
+    def upsert(
+        self,
+        collection: str,
+        ids: Any,
+        vectors: Any,
+        payloads: Sequence[dict[str, Any] | None] | None = None,
+        *,
+        progress: bool = False,
+    ) -> int:
         """Insert or replace points; large uploads go in bounded batches over one stream. Returns the count."""
         rows, step, batch = _upsert_plan(collection, ids, vectors, payloads, self.batch_rows)
         bar = _Progress(f"upsert {collection}", rows, progress)
@@ -162,48 +209,76 @@ class Client:
 
     def get(self, collection: str, ids: Any, *, with_vectors: bool = True, with_payload: bool = True) -> list[Point]:
         """The points with these ids, in the order asked; ids that do not exist are left out."""
-        request = pb.GetRequest(collection=collection, ids=encode_ids(ids), with_vectors=with_vectors,
-                                with_payload=with_payload)
+        request = pb.GetRequest(
+            collection=collection, ids=encode_ids(ids), with_vectors=with_vectors, with_payload=with_payload
+        )
         return points_from_proto(self._call(self._stub.Get, request))
 
     def delete(self, collection: str, ids: Any = None, *, filter: dict[str, Any] | None = None) -> int:
         """Delete points by id or every point matching a filter (one of them); returns how many there were."""
         if (ids is None) == (filter is None):
             raise InvalidArgument("give ids or a filter to delete, not both and not neither")
-        request = (pb.DeleteRequest(collection=collection, filter=to_json(filter)) if filter is not None
-                   else pb.DeleteRequest(collection=collection, ids=encode_ids(ids)))
+        request = (
+            pb.DeleteRequest(collection=collection, filter=to_json(filter))
+            if filter is not None
+            else pb.DeleteRequest(collection=collection, ids=encode_ids(ids))
+        )
         return self._call(self._stub.Delete, request).deleted
 
     def count(self, collection: str, *, filter: dict[str, Any] | None = None) -> int:
         """The number of points in a collection, or of those matching a filter."""
         return self._call(self._stub.Count, pb.CountRequest(collection=collection, filter=to_json(filter))).count
 
-    def scroll(self, collection: str, *, filter: dict[str, Any] | None = None, limit: int = 100,
-               cursor: str | None = None, with_payload: bool = True, with_vectors: bool = False) -> ScrollPage:
+    def scroll(
+        self,
+        collection: str,
+        *,
+        filter: dict[str, Any] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        with_payload: bool = True,
+        with_vectors: bool = False,
+    ) -> ScrollPage:
         """A page of up to `limit` points (only those matching `filter`, if given) in a stable order.
 
         Pass the page's `next_cursor` to get the next page; it is None after the last one.
         """
-        request = pb.ScrollRequest(collection=collection, filter=to_json(filter), limit=limit, cursor=cursor or "",
-                                   with_payload=with_payload, with_vectors=with_vectors)
+        request = pb.ScrollRequest(
+            collection=collection,
+            filter=to_json(filter),
+            limit=limit,
+            cursor=cursor or "",
+            with_payload=with_payload,
+            with_vectors=with_vectors,
+        )
         return ScrollPage.from_proto(self._call(self._stub.Scroll, request))
 
-    def set_payload(self, collection: str, ids: Any, payload: dict[str, Any] | None = None, *,
-                    unset: Sequence[str] = ()) -> int:
+    def set_payload(
+        self, collection: str, ids: Any, payload: dict[str, Any] | None = None, *, unset: Sequence[str] = ()
+    ) -> int:
         """Set top-level payload keys of existing points, then remove dotted `unset` paths; vectors stay.
 
         Returns how many of the ids exist (unknown ids are skipped).
         """
         unset = [check_path(p, "unset path") for p in ([unset] if isinstance(unset, str) else unset)]
-        request = pb.SetPayloadRequest(collection=collection, ids=encode_ids(ids), set=encode_payload(payload),
-                                       unset=unset)
+        request = pb.SetPayloadRequest(
+            collection=collection, ids=encode_ids(ids), set=encode_payload(payload), unset=unset
+        )
         return self._call(self._stub.SetPayload, request).updated
 
     # search
 
-    def search(self, collection: str, queries: Any, k: int = 10, *, ef: int | None = None,
-               with_payload: bool = False, with_vectors: bool = False,
-               filter: dict[str, Any] | None = None) -> SearchResult:
+    def search(
+        self,
+        collection: str,
+        queries: Any,
+        k: int = 10,
+        *,
+        ef: int | None = None,
+        with_payload: bool = False,
+        with_vectors: bool = False,
+        filter: dict[str, Any] | None = None,
+    ) -> SearchResult:
         """The k nearest points of each query row ((q, dim) or one (dim,) vector), nearest first.
 
         With a `filter`, only points whose payload matches it: min(k, matches) hits per query.
@@ -211,14 +286,23 @@ class Client:
         request = _search_request(collection, queries, k, ef, with_payload, with_vectors, filter_json=to_json(filter))
         return SearchResult.from_proto(self._call(self._stub.Search, request))
 
-    def search_stream(self, collection: str, batches: Iterable[Any], k: int = 10, *, ef: int | None = None,
-                      with_payload: bool = False, with_vectors: bool = False,
-                      filter: dict[str, Any] | None = None) -> Iterator[SearchResult]:
+    def search_stream(
+        self,
+        collection: str,
+        batches: Iterable[Any],
+        k: int = 10,
+        *,
+        ef: int | None = None,
+        with_payload: bool = False,
+        with_vectors: bool = False,
+        filter: dict[str, Any] | None = None,
+    ) -> Iterator[SearchResult]:
         """Pipeline many query batches over one stream; yields their results in the order given."""
         filter_json = to_json(filter)
-        requests = (_search_request(collection, q, k, ef, with_payload, with_vectors, request_id=i,
-                                    filter_json=filter_json)
-                    for i, q in enumerate(batches))
+        requests = (
+            _search_request(collection, q, k, ef, with_payload, with_vectors, request_id=i, filter_json=filter_json)
+            for i, q in enumerate(batches)
+        )
         pending: dict[int, SearchResult | ShoalError] = {}
         want = 0
         try:
@@ -232,4 +316,3 @@ class Client:
                     yield outcome
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
-

@@ -16,14 +16,15 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # any gRPC message; larger ones get RESOUR
 MAX_NAME_LENGTH = 128
 MAX_STRING_ID_BYTES = 512
 SLOTS = 4096
+DEFAULT_SCROLL = 100  # points in one scroll page when no limit is given
+MAX_SCROLL = 10_000  # points in one scroll page
 
 DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 128
 DEFAULT_EF_SEARCH = 64
 
 METRICS = {"cosine": pb.METRIC_COSINE, "l2": pb.METRIC_L2, "ip": pb.METRIC_IP}
-PRECISIONS = {"f32": pb.PRECISION_F32, "bf16": pb.PRECISION_BF16, "f16": pb.PRECISION_F16,
-              "i8": pb.PRECISION_I8}
+PRECISIONS = {"f32": pb.PRECISION_F32, "bf16": pb.PRECISION_BF16, "f16": pb.PRECISION_F16, "i8": pb.PRECISION_I8}
 ID_TYPES = {"uint64": pb.ID_TYPE_UINT64, "string": pb.ID_TYPE_STRING}
 
 
@@ -64,20 +65,29 @@ class CollectionConfig:
     def to_proto(self) -> pb.CollectionConfig:
         """The wire form."""
         return pb.CollectionConfig(
-            name=self.name, dim=self.dim, metric=METRICS[self.metric], precision=PRECISIONS[self.precision],
-            id_type=ID_TYPES[self.id_type], m=self.m, ef_construction=self.ef_construction,
-            ef_search=self.ef_search)
+            name=self.name,
+            dim=self.dim,
+            metric=METRICS[self.metric],
+            precision=PRECISIONS[self.precision],
+            id_type=ID_TYPES[self.id_type],
+            m=self.m,
+            ef_construction=self.ef_construction,
+            ef_search=self.ef_search,
+        )
 
     @classmethod
     def from_proto(cls, msg: pb.CollectionConfig) -> CollectionConfig:
         """Validate a wire config, filling zero fields with the defaults."""
         return cls(
-            name=msg.name, dim=msg.dim,
+            name=msg.name,
+            dim=msg.dim,
             metric=_name_of(METRICS, msg.metric or pb.METRIC_COSINE, "metric"),
             precision=_name_of(PRECISIONS, msg.precision or pb.PRECISION_F32, "precision"),
             id_type=_name_of(ID_TYPES, msg.id_type or pb.ID_TYPE_UINT64, "id_type"),
-            m=msg.m or DEFAULT_M, ef_construction=msg.ef_construction or DEFAULT_EF_CONSTRUCTION,
-            ef_search=msg.ef_search or DEFAULT_EF_SEARCH)
+            m=msg.m or DEFAULT_M,
+            ef_construction=msg.ef_construction or DEFAULT_EF_CONSTRUCTION,
+            ef_search=msg.ef_search or DEFAULT_EF_SEARCH,
+        )
 
 
 def check_name(name: str) -> str:
@@ -87,7 +97,8 @@ def check_name(name: str) -> str:
     if len(name) > MAX_NAME_LENGTH or not all(c.isascii() and (c.isalnum() or c in "_-.") for c in name):
         raise InvalidArgument(
             f"collection name {name[:MAX_NAME_LENGTH]!r} must be 1-{MAX_NAME_LENGTH} characters of "
-            "ASCII letters, digits, '_', '-' and '.'")
+            "ASCII letters, digits, '_', '-' and '.'"
+        )
     return name
 
 

@@ -95,8 +95,18 @@ class Internal(ShoalError):
 
 _BY_CODE: dict[grpc.StatusCode, type[ShoalError]] = {
     cls.code: cls
-    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, ResourceExhausted,
-                Unavailable, DeadlineExceeded, Unauthenticated, PermissionDenied, Internal)
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unavailable,
+        DeadlineExceeded,
+        Unauthenticated,
+        PermissionDenied,
+        Internal,
+    )
 }
 
 

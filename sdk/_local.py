@@ -34,7 +34,7 @@ def split_cores(shards: int, cores: list[int] | None = None) -> list[list[int]]:
         groups, start = [], 0
         for i in range(shards):
             size = base + (1 if i < extra else 0)
-            groups.append(cores[start:start + size])
+            groups.append(cores[start : start + size])
             start += size
         return groups
     return [[cores[i % len(cores)]] for i in range(shards)]
@@ -50,8 +50,9 @@ def wait_serving(address: str, timeout: float) -> None:
             if remaining <= 0:
                 raise Unavailable(f"{address} did not become SERVING within {timeout:.0f}s")
             try:
-                for reply in stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=remaining,
-                                        wait_for_ready=True):
+                for reply in stub.Watch(
+                    health_pb2.HealthCheckRequest(service=""), timeout=remaining, wait_for_ready=True
+                ):
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
                         return
             except grpc.RpcError as exc:
@@ -74,9 +75,13 @@ class Process:
     def start(self, timeout: float) -> str:
         """Start the process and return its address once it has printed its listening line."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
-        self.popen = subprocess.Popen([sys.executable, "-m", "shoal", *self.args], stdout=subprocess.PIPE,
-                                      stderr=log, stdin=subprocess.DEVNULL,
-                                      env={**os.environ, **self.env} if self.env else None)
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "shoal", *self.args],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env} if self.env else None,
+        )
         log.close()
         assert self.popen.stdout is not None
         deadline = time.monotonic() + timeout
@@ -141,7 +146,8 @@ class LocalCluster:
             if existing != self.shards:
                 raise FailedPrecondition(
                     f"{self.data} holds a cluster of {existing} shards; start it with --shards {existing} "
-                    "(changing the shard count of existing data is not supported yet)")
+                    "(changing the shard count of existing data is not supported yet)"
+                )
         else:
             layout.write_text(json.dumps({"shards": self.shards}) + "\n")
 
@@ -152,9 +158,20 @@ class LocalCluster:
         (self.data / "logs").mkdir(exist_ok=True)
         try:
             for i, cores in enumerate(split_cores(self.shards)):
-                proc = Process(f"shard-{i}", ["shard", "--data", str(self.data / f"shard-{i}"),
-                                              "--listen", f"{self.host}:0", "--cores", ",".join(map(str, cores))],
-                               self.data / "logs" / f"shard-{i}.log", env={**SHARD_ENV, **self.shard_env})
+                proc = Process(
+                    f"shard-{i}",
+                    [
+                        "shard",
+                        "--data",
+                        str(self.data / f"shard-{i}"),
+                        "--listen",
+                        f"{self.host}:0",
+                        "--cores",
+                        ",".join(map(str, cores)),
+                    ],
+                    self.data / "logs" / f"shard-{i}.log",
+                    env={**SHARD_ENV, **self.shard_env},
+                )
                 proc.start(self.timeout)
                 # Later restarts keep the port, so the coordinator's topology stays right.
                 proc.args[proc.args.index("--listen") + 1] = proc.address
@@ -162,8 +179,16 @@ class LocalCluster:
             for proc in self.shard_procs:
                 wait_serving(proc.address, self.timeout)
             self.coordinator = Process(
-                "coordinator", ["coordinator", "--shards", ",".join(p.address for p in self.shard_procs),
-                                "--listen", f"{self.host}:{self.port}"], self.data / "logs" / "coordinator.log")
+                "coordinator",
+                [
+                    "coordinator",
+                    "--shards",
+                    ",".join(p.address for p in self.shard_procs),
+                    "--listen",
+                    f"{self.host}:{self.port}",
+                ],
+                self.data / "logs" / "coordinator.log",
+            )
             self.coordinator.start(self.timeout)
             self.coordinator.args[self.coordinator.args.index("--listen") + 1] = self.coordinator.address
             wait_serving(self.coordinator.address, self.timeout)

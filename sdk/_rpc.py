@@ -103,15 +103,17 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
                 await _translate(exc, context, method)
 
         kind = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
-    return kind(unary, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+    return kind(
+        unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps catalogue errors to their status codes on every RPC; hides unexpected ones behind INTERNAL."""
 
     async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)

@@ -17,8 +17,9 @@ def health_of(address: str) -> str:
     """SERVING, NOT_SERVING, or UNREACHABLE for the process at `address`."""
     with _rpc.channel(address) as channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
-                                                              timeout=_HEALTH_TIMEOUT)
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=_HEALTH_TIMEOUT
+            )
         except grpc.RpcError:
             return "UNREACHABLE"
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
@@ -36,8 +37,10 @@ def cluster_status(address: str) -> str:
         for name in names:
             for stats in client.describe_collection(name).shards:
                 counts.setdefault(stats.address, {})[name] = stats.count
-    lines = [f"coordinator {address}: {health_of(address)}, topology version {topology.version}",
-             f"{'shard':<24} {'slots':<11} {'health':<12} collections (points)"]
+    lines = [
+        f"coordinator {address}: {health_of(address)}, topology version {topology.version}",
+        f"{'shard':<24} {'slots':<11} {'health':<12} collections (points)",
+    ]
     for s in topology.shards:
         cols = ", ".join(f"{n} ({c:,})" for n, c in sorted(counts[s.address].items())) or "-"
         lines.append(f"{s.address:<24} {s.slot_start:>4}-{s.slot_end - 1:<6} {health_of(s.address):<12} {cols}")

@@ -56,8 +56,14 @@ class SearchResult:
         q, k = distances.shape
         ids = decode_ids(msg.ids).reshape(q, k)
         vectors = decode_matrix(msg.vectors).reshape(q, k, -1) if msg.vectors.rows else None
-        return cls(ids=ids, distances=distances, counts=decode_counts(msg.counts),
-                   payloads=list(msg.payloads), vectors=vectors, plan=msg.plan)
+        return cls(
+            ids=ids,
+            distances=distances,
+            counts=decode_counts(msg.counts),
+            payloads=list(msg.payloads),
+            vectors=vectors,
+            plan=msg.plan,
+        )
 
     def __len__(self) -> int:
         return len(self.counts)
@@ -110,8 +116,11 @@ class CollectionInfo:
     @classmethod
     def from_proto(cls, msg: pb.CollectionInfo) -> CollectionInfo:
         """Decode a CollectionInfo message."""
-        return cls(config=CollectionConfig.from_proto(msg.config), count=msg.count,
-                   shards=[ShardStats(s.address, s.count, s.memory_bytes) for s in msg.shards])
+        return cls(
+            config=CollectionConfig.from_proto(msg.config),
+            count=msg.count,
+            shards=[ShardStats(s.address, s.count, s.memory_bytes) for s in msg.shards],
+        )
 
 
 def _plain(value: Any) -> PointId:
@@ -142,6 +151,11 @@ def points_from_proto(msg: pb.GetResponse) -> list[Point]:
     """Decode a GetResponse into points, in the order the server answered."""
     ids = decode_ids(msg.ids)
     vectors = decode_matrix(msg.vectors) if msg.vectors.rows else None
-    return [Point(_plain(pid), vectors[i] if vectors is not None else None,
-                  decode_payload(msg.payloads[i]) if msg.payloads else None)
-            for i, pid in enumerate(ids)]
+    return [
+        Point(
+            _plain(pid),
+            vectors[i] if vectors is not None else None,
+            decode_payload(msg.payloads[i]) if msg.payloads else None,
+        )
+        for i, pid in enumerate(ids)
+    ]

@@ -34,7 +34,8 @@ def decode_matrix(m: pb.Matrix, what: str = "vectors") -> np.ndarray:
     expected = m.rows * m.dim * 4
     if len(m.data) != expected:
         raise InvalidArgument(
-            f"{what}: {len(m.data)} bytes of data do not hold {m.rows} x {m.dim} float32 ({expected} bytes)")
+            f"{what}: {len(m.data)} bytes of data do not hold {m.rows} x {m.dim} float32 ({expected} bytes)"
+        )
     return np.frombuffer(m.data, dtype=_F32).reshape(m.rows, m.dim)
 
 
@@ -88,8 +89,9 @@ def decode_counts(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=_U32)
 
 
-def check_ids(ids: np.ndarray, id_type: str | None = None, *, allow_empty: bool = False,
-              max_rows: int | None = MAX_BATCH_ROWS) -> np.ndarray:
+def check_ids(
+    ids: np.ndarray, id_type: str | None = None, *, allow_empty: bool = False, max_rows: int | None = MAX_BATCH_ROWS
+) -> np.ndarray:
     """Reject empty or oversized batches, duplicates, and ids of the wrong type or size."""
     if len(ids) == 0 and not allow_empty:
         raise InvalidArgument("the batch is empty: give at least one id")
@@ -140,8 +142,14 @@ def check_queries(queries: np.ndarray, dim: int | None = None) -> np.ndarray:
     return check_vectors(queries, dim, "queries")
 
 
-def check_upsert(ids: np.ndarray, vectors: np.ndarray, payloads: Sequence[bytes], id_type: str | None = None,
-                 dim: int | None = None, max_rows: int | None = MAX_BATCH_ROWS) -> None:
+def check_upsert(
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    payloads: Sequence[bytes],
+    id_type: str | None = None,
+    dim: int | None = None,
+    max_rows: int | None = MAX_BATCH_ROWS,
+) -> None:
     """All checks of an upsert batch, before anything is written."""
     check_ids(ids, id_type, max_rows=max_rows)
     if len(vectors) != len(ids):

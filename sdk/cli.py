@@ -48,8 +48,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         cluster.start()
-        print(f"Shoal is ready at {cluster.address} ({args.shards} shards, data in {args.data}, "
-              f"logs in {Path(args.data) / 'logs'}). Press Ctrl-C to stop.", flush=True)
+        print(
+            f"Shoal is ready at {cluster.address} ({args.shards} shards, data in {args.data}, "
+            f"logs in {Path(args.data) / 'logs'}). Press Ctrl-C to stop.",
+            flush=True,
+        )
         signal.pause()
     except KeyboardInterrupt:
         pass
@@ -85,8 +88,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     if args.shard is not None:
         restore_shard(Path(args.backup), args.shard, Path(args.data))
-        print(f"shard {args.shard} of {args.backup} restored into {args.data}; "
-              f"start it with: shoal shard --data {args.data} --listen HOST:PORT")
+        print(
+            f"shard {args.shard} of {args.backup} restored into {args.data}; "
+            f"start it with: shoal shard --data {args.data} --listen HOST:PORT"
+        )
         return 0
     shards = restore_local(Path(args.backup), Path(args.data))
     print(f"{shards} shards of {args.backup} restored into {args.data}", flush=True)
@@ -129,18 +134,21 @@ def parser() -> argparse.ArgumentParser:
 
     backup = sub.add_parser("backup", help="copy every shard of a running cluster into a new folder")
     backup.add_argument("--address", default=f"127.0.0.1:{DEFAULT_PORT}", help="a coordinator's address")
-    backup.add_argument("--out", required=True,
-                        help="a new folder, writable by every shard (each shard copies itself there)")
+    backup.add_argument(
+        "--out", required=True, help="a new folder, writable by every shard (each shard copies itself there)"
+    )
     backup.set_defaults(func=cmd_backup)
 
     restore = sub.add_parser("restore", help="make a data folder from a backup (and with --up, start it)")
     restore.add_argument("backup", help="the backup folder (made by shoal backup)")
     restore.add_argument("--data", required=True, help="the new data folder (must not exist or be empty)")
-    restore.add_argument("--shard", type=int, default=None,
-                         help="restore only this shard, as the data folder of one `shoal shard`")
+    restore.add_argument(
+        "--shard", type=int, default=None, help="restore only this shard, as the data folder of one `shoal shard`"
+    )
     restore.add_argument("--up", action="store_true", help="start the restored cluster, as `shoal up` would")
-    restore.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"with --up: coordinator port "
-                         f"(default {DEFAULT_PORT})")
+    restore.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"with --up: coordinator port (default {DEFAULT_PORT})"
+    )
     restore.add_argument("--host", default="127.0.0.1", help="with --up: address to listen on")
     restore.set_defaults(func=cmd_restore)
     return p
@@ -149,8 +157,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `shoal` command."""
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
     try:
         return int(args.func(args))
     except ShoalError as exc:

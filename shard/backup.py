@@ -54,13 +54,24 @@ def backup_cluster(address: str, target: Path) -> dict[str, Any]:
         for i, (shard, slots) in enumerate(_shards(topology)):
             with _rpc.channel(shard) as channel:
                 copied = shard_pb2_grpc.ShardStub(channel).Backup(
-                    shard_pb2.BackupRequest(path=str(target / f"shard-{i}")), timeout=TIMEOUT)
-            shards.append({"address": shard, "slots": slots, "folder": f"shard-{i}",
-                           "collections": {c.collection: c.sequence for c in copied.collections}})
+                    shard_pb2.BackupRequest(path=str(target / f"shard-{i}")), timeout=TIMEOUT
+                )
+            shards.append(
+                {
+                    "address": shard,
+                    "slots": slots,
+                    "folder": f"shard-{i}",
+                    "collections": {c.collection: c.sequence for c in copied.collections},
+                }
+            )
     except grpc.RpcError as exc:
         raise from_rpc_error(exc) from exc
-    manifest = {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "topology_version": topology.version, "shards": shards}
+    manifest = {
+        "format": FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "topology_version": topology.version,
+        "shards": shards,
+    }
     staged = target / f"{MANIFEST}.tmp"  # the manifest appears last and whole: without it, no backup
     staged.write_text(json.dumps(manifest, indent=1) + "\n")
     os.replace(staged, target / MANIFEST)
@@ -101,7 +112,8 @@ def restore_local(backup: Path, data: Path) -> int:
         if shard["slots"] != [[i * SLOTS // n, (i + 1) * SLOTS // n]]:
             raise FailedPrecondition(
                 f"shard {i} of the backup served slots {shard['slots']}, not the even split `shoal up` uses; "
-                "restore each shard with --shard and start the cluster with its topology file")
+                "restore each shard with --shard and start the cluster with its topology file"
+            )
     _empty(data)
     for i in range(n):
         restore_shard(backup, i, data / f"shard-{i}")

@@ -44,8 +44,14 @@ class _Job:
 class Committer(QueueThread[_Job]):
     """Writes every job's batch, one WAL sync per group, then hands the index updates to the worker."""
 
-    def __init__(self, storage: Storage, worker: IndexWorker, max_group: int = MAX_GROUP,
-                 crash: CrashPoints | None = None, on_fatal: Callable[[str], None] = fatal) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        worker: IndexWorker,
+        max_group: int = MAX_GROUP,
+        crash: CrashPoints | None = None,
+        on_fatal: Callable[[str], None] = fatal,
+    ) -> None:
         self._storage = storage
         self._worker = worker
         self._max_group = max_group
@@ -97,8 +103,11 @@ class Committer(QueueThread[_Job]):
                 # RocksDB refuses every write after a failed WAL append, and the batches written before
                 # this one cannot be synced: fail them all, then start over from what is on disk.
                 log.error("RocksDB write failed: %s", exc)
-                error = (ResourceExhausted("the shard's disk is full") if "No space left" in str(exc)
-                         else Unavailable("the shard could not write to its disk"))
+                error = (
+                    ResourceExhausted("the shard's disk is full")
+                    if "No space left" in str(exc)
+                    else Unavailable("the shard could not write to its disk")
+                )
                 job.future.set_exception(error)
                 self._fail(group, Unavailable("the shard could not make the write durable"))
                 self._fatal(f"RocksDB write failed: {exc}")

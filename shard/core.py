@@ -79,8 +79,9 @@ class Shard(FilterOps):
             coll.filters.load(list(columns(store)))
         self._worker.applied_seq = storage.seq  # every stored write is in the indexes now
         self._committer = Committer(storage, self._worker, self.options.max_group, self._crash)
-        self._snapshotter = Snapshotter(files, storage, self._worker, lambda: self._collections,
-                                        self.options.snapshots, self._crash)
+        self._snapshotter = Snapshotter(
+            files, storage, self._worker, lambda: self._collections, self.options.snapshots, self._crash
+        )
         self._snapshotter.cleanup_on_start()
         self._worker.start()
         self._committer.start()
@@ -152,7 +153,8 @@ class Shard(FilterOps):
             if existing is not None:
                 if existing.config != config:
                     raise AlreadyExists(
-                        f"collection {config.name!r} already exists with another config: {existing.config}")
+                        f"collection {config.name!r} already exists with another config: {existing.config}"
+                    )
                 return None, lambda: (self._stats(existing), False)
             coll = Collection(self._storage.create(config), VectorIndex(config, self.threads))
             self._writing[config.name] = coll
@@ -207,8 +209,7 @@ class Shard(FilterOps):
     def _ids(ids: Any, config: CollectionConfig) -> np.ndarray:
         return check_ids(as_id_array(ids), config.id_type)
 
-    def submit_upsert(self, name: str, ids: Any, vectors: np.ndarray,
-                      payloads: Sequence[bytes] = ()) -> Future[int]:
+    def submit_upsert(self, name: str, ids: Any, vectors: np.ndarray, payloads: Sequence[bytes] = ()) -> Future[int]:
         """Validate an upsert and queue it; the future resolves to the number of points written."""
         coll = self._collection(name)
         config = coll.config
@@ -218,7 +219,7 @@ class Shard(FilterOps):
         check_upsert(ids, vectors, payloads, config.id_type, config.dim)
         raw = vectors.tobytes()
         row = coll.store.row_bytes
-        records = [raw[i * row:(i + 1) * row] + (payloads[i] if payloads else b"") for i in range(len(ids))]
+        records = [raw[i * row : (i + 1) * row] + (payloads[i] if payloads else b"") for i in range(len(ids))]
         entries = [indexed(p) for p in payloads] if payloads else [EMPTY_PAYLOAD] * len(ids)
 
         batch = Storage.batch()
@@ -323,13 +324,15 @@ class Shard(FilterOps):
             unmapped = 0
             if coll.config.id_type == "string":
                 unmapped = len(np.setxor1d(stored, store.mapped_keys()))
-                ids = np.array([n.decode() if n is not None else "" for n in store.ids_of(pack_keys(stored))],
-                               dtype=object)
+                ids = np.array(
+                    [n.decode() if n is not None else "" for n in store.ids_of(pack_keys(stored))], dtype=object
+                )
 
             def compare() -> Verification:
                 indexed = coll.index.keys()
-                return Verification(ids, len(indexed), np.setdiff1d(stored, indexed),
-                                    np.setdiff1d(indexed, stored), unmapped)
+                return Verification(
+                    ids, len(indexed), np.setdiff1d(stored, indexed), np.setdiff1d(indexed, stored), unmapped
+                )
 
             return None, compare
 
@@ -378,8 +381,15 @@ class Shard(FilterOps):
             vectors = np.frombuffer(b"".join(r[:row] for r in kept), "<f4").reshape(len(kept), dim)
         return Points(ids[keep], vectors, [r[row:] for r in kept] if with_payload else None)
 
-    def submit_search(self, name: str, queries: np.ndarray, k: int, ef: int = 0, with_payload: bool = False,
-                      with_vectors: bool = False) -> Future[SearchResult]:
+    def submit_search(
+        self,
+        name: str,
+        queries: np.ndarray,
+        k: int,
+        ef: int = 0,
+        with_payload: bool = False,
+        with_vectors: bool = False,
+    ) -> Future[SearchResult]:
         """Validate a search and queue it; the future resolves to the local top-k of every query."""
         coll = self._collection(name)
         check_k(k)
@@ -410,8 +420,15 @@ class Shard(FilterOps):
         hits.add_done_callback(on_hits)
         return result
 
-    def search(self, name: str, queries: np.ndarray, k: int, ef: int = 0, with_payload: bool = False,
-               with_vectors: bool = False) -> SearchResult:
+    def search(
+        self,
+        name: str,
+        queries: np.ndarray,
+        k: int,
+        ef: int = 0,
+        with_payload: bool = False,
+        with_vectors: bool = False,
+    ) -> SearchResult:
         """The local top-k of every query, nearest first."""
         return self.submit_search(name, queries, k, ef, with_payload, with_vectors).result()
 

@@ -82,6 +82,7 @@ class FilterOps:
     _lookups: ThreadPoolExecutor
 
     if TYPE_CHECKING:
+
         def _collection(self, name: str) -> Collection: ...
         def _writable(self, name: str, coll: Collection) -> Collection: ...
         def _submit(self, prepare: Callable[[], tuple[WriteBatch | None, Callable[[], Any]]]) -> Future[Any]: ...
@@ -91,8 +92,9 @@ class FilterOps:
         # Two threads racing here may each make one; a group then simply runs in whichever it joined.
         return _Batches()
 
-    def submit_filtered_search(self, name: str, queries: np.ndarray, k: int, ef: int, with_payload: bool,
-                               with_vectors: bool, filter_text: str) -> Future[tuple[SearchResult, str]]:
+    def submit_filtered_search(
+        self, name: str, queries: np.ndarray, k: int, ef: int, with_payload: bool, with_vectors: bool, filter_text: str
+    ) -> Future[tuple[SearchResult, str]]:
         """Validate a filtered search and queue it; resolves to the local top-k and the plan that ran."""
         coll = self._collection(name)
         check_k(k)
@@ -144,8 +146,9 @@ class FilterOps:
             group = self._batches.groups.pop(key)
         try:
             queries = group[0].queries if len(group) == 1 else np.concatenate([w.queries for w in group])
-            found, plan = planner.search(coll.index, coll.index.count, matching(coll, key[1], node), queries,
-                                         key[2], key[3])
+            found, plan = planner.search(
+                coll.index, coll.index.count, matching(coll, key[1], node), queries, key[2], key[3]
+            )
         except Exception as exc:
             for waiting in group:
                 waiting.future.set_exception(exc)
@@ -162,8 +165,15 @@ class FilterOps:
         node = parse_filter(filter_text)
         return self._worker.call(lambda: len(matching(coll, filter_text, node).keys)).result()
 
-    def scroll(self, name: str, filter_text: str = "", limit: int = 0, cursor: str = "",
-               with_payload: bool = True, with_vectors: bool = False) -> Page:
+    def scroll(
+        self,
+        name: str,
+        filter_text: str = "",
+        limit: int = 0,
+        cursor: str = "",
+        with_payload: bool = True,
+        with_vectors: bool = False,
+    ) -> Page:
         """The points after `cursor` (a key) in key order, only those matching the filter if one is given."""
         coll = self._collection(name)
         node = parse_filter(filter_text) if filter_text else None
@@ -178,7 +188,7 @@ class FilterOps:
         def page() -> tuple[np.ndarray, bool]:
             keys = matching(coll, filter_text, node).keys if node is not None else coll.filters.live()
             start = int(np.searchsorted(keys, after, side="right")) if after >= 0 else 0
-            return keys[start:start + limit].copy(), start + limit < len(keys)
+            return keys[start : start + limit].copy(), start + limit < len(keys)
 
         keys, more = self._worker.call(page).result()
         store = coll.store
@@ -192,7 +202,7 @@ class FilterOps:
             kept.append(i)
             if size >= SCROLL_BYTES:
                 more = more or i + 1 < len(records)
-                keys = keys[:i + 1]
+                keys = keys[: i + 1]
                 break
         index = np.array(kept, dtype=np.intp)
         found = [records[i] for i in kept]

@@ -14,9 +14,15 @@ async def search(shard: Shard, request: pb.SearchRequest) -> pb.SearchResponse:
     """A filtered search, with the plan that ran in the answer."""
     from shoal.shard.servicer import encode_search  # that module imports this one
 
-    future = shard.submit_filtered_search(request.collection, decode_matrix(request.queries, "queries"),
-                                          request.k, request.ef, request.with_payload, request.with_vectors,
-                                          request.filter)
+    future = shard.submit_filtered_search(
+        request.collection,
+        decode_matrix(request.queries, "queries"),
+        request.k,
+        request.ef,
+        request.with_payload,
+        request.with_vectors,
+        request.filter,
+    )
     result, plan = await asyncio.wrap_future(future)
     response = encode_search(result, request.request_id)
     response.plan = plan
@@ -38,10 +44,16 @@ async def delete(shard: Shard, request: pb.DeleteRequest) -> pb.DeleteResponse:
 
 async def scroll(shard: Shard, request: pb.ScrollRequest) -> pb.ScrollResponse:
     """One page of this shard's points after the cursor."""
-    page = await asyncio.to_thread(shard.scroll, request.collection, request.filter, request.limit, request.cursor,
-                                   request.with_payload, request.with_vectors)
-    response = pb.ScrollResponse(ids=encode_ids(page.ids), payloads=page.payloads or [],
-                                 next_cursor=page.next_cursor)
+    page = await asyncio.to_thread(
+        shard.scroll,
+        request.collection,
+        request.filter,
+        request.limit,
+        request.cursor,
+        request.with_payload,
+        request.with_vectors,
+    )
+    response = pb.ScrollResponse(ids=encode_ids(page.ids), payloads=page.payloads or [], next_cursor=page.next_cursor)
     if page.vectors is not None:
         response.vectors.CopyFrom(encode_matrix(page.vectors))
     return response
@@ -49,6 +61,7 @@ async def scroll(shard: Shard, request: pb.ScrollRequest) -> pb.ScrollResponse:
 
 async def set_payload(shard: Shard, request: pb.SetPayloadRequest) -> pb.SetPayloadResponse:
     """Set and remove payload keys of existing points."""
-    future = await asyncio.to_thread(shard.submit_set_payload, request.collection, decode_ids(request.ids),
-                                     request.set, list(request.unset))
+    future = await asyncio.to_thread(
+        shard.submit_set_payload, request.collection, decode_ids(request.ids), request.set, list(request.unset)
+    )
     return pb.SetPayloadResponse(updated=await asyncio.wrap_future(future))

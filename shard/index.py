@@ -51,9 +51,14 @@ class VectorIndex:
     def __init__(self, config: CollectionConfig, threads: int, source: Any = None) -> None:
         self.config = config
         self.threads = threads
-        self._index = Index(ndim=config.dim, metric=METRICS[config.metric], dtype=DTYPES[config.precision],
-                            connectivity=config.m, expansion_add=config.ef_construction,
-                            expansion_search=config.ef_search)
+        self._index = Index(
+            ndim=config.dim,
+            metric=METRICS[config.metric],
+            dtype=DTYPES[config.precision],
+            connectivity=config.m,
+            expansion_add=config.ef_construction,
+            expansion_search=config.ef_search,
+        )
         if source is not None:  # a snapshot: a path or a buffer (a memory map) in usearch's format
             meta = Index.metadata(source)
             want = (config.dim, self._index.metric_kind, self._index.dtype)
@@ -117,8 +122,11 @@ class VectorIndex:
             return hits
         counts = found.counts.astype(np.uint32)
         real = np.arange(k)[None, :] < counts[:, None]
-        return Hits(np.where(real, found.keys, 0).astype(np.uint64),
-                    np.where(real, found.distances, np.inf).astype(np.float32), counts)
+        return Hits(
+            np.where(real, found.keys, 0).astype(np.uint64),
+            np.where(real, found.distances, np.inf).astype(np.float32),
+            counts,
+        )
 
     def memory_bytes(self) -> int:
         """Bytes usearch holds for this index."""

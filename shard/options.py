@@ -57,9 +57,10 @@ class ShardOptions:
                 raise SystemExit(f"{name}={environ[name]!r} is not a number") from None
 
         default = SnapshotPolicy()
-        policy = SnapshotPolicy(changes=int(number(SNAPSHOT_CHANGES_ENV, default.changes)),
-                                min_interval=number(SNAPSHOT_MIN_INTERVAL_ENV, default.min_interval),
-                                max_interval=number(SNAPSHOT_MAX_INTERVAL_ENV, default.max_interval))
+        policy = SnapshotPolicy(
+            changes=int(number(SNAPSHOT_CHANGES_ENV, default.changes)),
+            min_interval=number(SNAPSHOT_MIN_INTERVAL_ENV, default.min_interval),
+            max_interval=number(SNAPSHOT_MAX_INTERVAL_ENV, default.max_interval),
+        )
         min_free = int(number(MIN_FREE_MB_ENV, cls.min_free_bytes / 2**20) * 2**20)
-        return cls(threads=threads, snapshots=policy, min_free_bytes=min_free,
-                   crashpoint=crashpoint_from_env(environ))
+        return cls(threads=threads, snapshots=policy, min_free_bytes=min_free, crashpoint=crashpoint_from_env(environ))

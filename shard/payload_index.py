@@ -162,8 +162,13 @@ def indexed(raw: bytes) -> Indexed:
 EMPTY_PAYLOAD = indexed(b"")
 
 
-def write_entries(store: CollectionStore, batch: WriteBatch, keys8: Sequence[bytes], new: Sequence[Indexed],
-                  old_records: Sequence[bytes | None]) -> None:
+def write_entries(
+    store: CollectionStore,
+    batch: WriteBatch,
+    keys8: Sequence[bytes],
+    new: Sequence[Indexed],
+    old_records: Sequence[bytes | None],
+) -> None:
     """Add to a batch the index entries of upserted points, removing those of the payloads they replace."""
     cf, row = store.payload_index_cf, store.row_bytes
     for key8, entry, old in zip(keys8, new, old_records, strict=True):
@@ -178,8 +183,9 @@ def write_entries(store: CollectionStore, batch: WriteBatch, keys8: Sequence[byt
             batch.put(p + key8, b"", cf)
 
 
-def delete_entries(store: CollectionStore, batch: WriteBatch, keys8: Sequence[bytes],
-                   old_records: Sequence[bytes | None]) -> None:
+def delete_entries(
+    store: CollectionStore, batch: WriteBatch, keys8: Sequence[bytes], old_records: Sequence[bytes | None]
+) -> None:
     """Add to a batch the removal of every index entry of deleted points."""
     cf, row = store.payload_index_cf, store.row_bytes
     for key8, old in zip(keys8, old_records, strict=True):
@@ -199,8 +205,12 @@ def spans(cond: Cond) -> list[tuple[str, Any, bool, Any, bool]]:
     if op in ("$in", "$nin"):
         return [(_TAGS[kind(v)], v, True, v, True) for v in value]
     tag = _TAGS[kind(value)]
-    return {"$gt": [(tag, value, False, None, True)], "$gte": [(tag, value, True, None, True)],
-            "$lt": [(tag, None, True, value, False)], "$lte": [(tag, None, True, value, True)]}[op]
+    return {
+        "$gt": [(tag, value, False, None, True)],
+        "$gte": [(tag, value, True, None, True)],
+        "$lt": [(tag, None, True, value, False)],
+        "$lte": [(tag, None, True, value, True)],
+    }[op]
 
 
 def _positive(node: Node) -> Node | None:
@@ -287,7 +297,7 @@ def columns(store: CollectionStore) -> Iterator[tuple[str, str, np.ndarray, list
             value = b""
         else:
             end = raw.index(b"\0\0") + 2
-            column, value = (raw[:end], raw[end]), raw[end + 1:-_KEY_BYTES]
+            column, value = (raw[:end], raw[end]), raw[end + 1 : -_KEY_BYTES]
         if column is None:
             continue  # INDEX_READY
         if column != current:
@@ -328,5 +338,4 @@ def check(store: CollectionStore) -> list[str]:
         want.add(LIVE + key8)
         want.update(p + key8 for p in indexed(record[row:]).prefixes)
     have = set(store.payload_index.keys())
-    return ([f"missing {k!r}" for k in sorted(want - have)[:20]]
-            + [f"stale {k!r}" for k in sorted(have - want)[:20]])
+    return [f"missing {k!r}" for k in sorted(want - have)[:20]] + [f"stale {k!r}" for k in sorted(have - want)[:20]]

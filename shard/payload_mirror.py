@@ -32,8 +32,9 @@ class Column:
         self.tag = tag
         self.keys = _EMPTY
         # float64 for numbers and booleans (0/1), object (str) for strings, None when only keys matter.
-        self.values: np.ndarray | None = (np.zeros(0, np.float64) if tag in "nb"
-                                          else np.zeros(0, object) if tag == "s" else None)
+        self.values: np.ndarray | None = (
+            np.zeros(0, np.float64) if tag in "nb" else np.zeros(0, object) if tag == "s" else None
+        )
         # Pending changes. A key's first value goes in _added, further ones (list elements) in _more: no
         # container per entry, as millions of them would make Python's garbage collector crawl.
         self._added: dict[int, Any] = {}
@@ -98,8 +99,11 @@ class Column:
         if self.tag == "b":
             low, high = (None if low is None else float(low)), (None if high is None else float(high))
         start = 0 if low is None else int(np.searchsorted(self.values, low, side="left" if low_incl else "right"))
-        end = (len(self.values) if high is None
-               else int(np.searchsorted(self.values, high, side="right" if high_incl else "left")))
+        end = (
+            len(self.values)
+            if high is None
+            else int(np.searchsorted(self.values, high, side="right" if high_incl else "left"))
+        )
         return self.keys[start:end] if start < end else _EMPTY
 
 
@@ -126,8 +130,9 @@ class FilterIndex:
             self._drop(key)
             live.remove(key)
             live.add(key, None)
-            columns = tuple(self._column(path, tag) if (c := known.get((path, tag))) is None else c
-                            for path, tag, _ in point)
+            columns = tuple(
+                self._column(path, tag) if (c := known.get((path, tag))) is None else c for path, tag, _ in point
+            )
             for column, (_, _, value) in zip(columns, point, strict=True):
                 column.add(key, value)
             of_key[key] = columns

@@ -55,8 +55,7 @@ def prefer_exact(queries: int, matches: int, candidates: int, ef: int, gathered:
     return exact <= queries * HNSW_COST * max(ef, candidates)
 
 
-def search(index: VectorIndex, live: int, matching: Matching, queries: np.ndarray, k: int,
-           ef: int) -> tuple[Hits, str]:
+def search(index: VectorIndex, live: int, matching: Matching, queries: np.ndarray, k: int, ef: int) -> tuple[Hits, str]:
     """The k nearest matching keys of every query, and the plan that found them (on the index worker)."""
     q, m = len(queries), len(matching.keys)
     if m == 0:
@@ -126,7 +125,7 @@ def exact(index: VectorIndex, matching: Matching, queries: np.ndarray, k: int) -
     take = min(k, m)
     step = max(1, CHUNK_CELLS // max(m, 1))
     for lo in range(0, len(q), step):
-        part = q[lo:lo + step]
+        part = q[lo : lo + step]
         dots = part @ x.T
         d: np.ndarray
         if metric == "l2":
@@ -138,7 +137,7 @@ def exact(index: VectorIndex, matching: Matching, queries: np.ndarray, k: int) -
         dist = np.take_along_axis(d, cols, axis=1)
         order = np.lexsort((cols, dist), axis=1)  # nearest first, ties by key
         cols, dist = np.take_along_axis(cols, order, axis=1), np.take_along_axis(dist, order, axis=1)
-        hits.keys[lo:lo + step, :take] = matching.keys[cols]
-        hits.distances[lo:lo + step, :take] = dist
-        hits.counts[lo:lo + step] = take
+        hits.keys[lo : lo + step, :take] = matching.keys[cols]
+        hits.distances[lo : lo + step, :take] = dist
+        hits.counts[lo : lo + step] = take
     return hits

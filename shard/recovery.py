@@ -80,9 +80,16 @@ def recover(store: CollectionStore, storage: Storage, files: SnapshotFiles, thre
         return rebuild(store, threads, str(exc), started)
     loaded = time.perf_counter()
     replayed = replay(index, store, storage, manifest.sequence)
-    log.info("collection %s: %d points from the snapshot at sequence %d in %.2f s, %d changed points "
-             "re-read from RocksDB in %.2f s", store.name, manifest.count, manifest.sequence, loaded - started,
-             replayed, time.perf_counter() - loaded)
+    log.info(
+        "collection %s: %d points from the snapshot at sequence %d in %.2f s, %d changed points "
+        "re-read from RocksDB in %.2f s",
+        store.name,
+        manifest.count,
+        manifest.sequence,
+        loaded - started,
+        replayed,
+        time.perf_counter() - loaded,
+    )
     return Collection(store, index, manifest.sequence, snapshot_bytes=manifest.size)
 
 
@@ -92,8 +99,14 @@ def rebuild(store: CollectionStore, threads: int, reason: str, started: float) -
     for keys, vectors in store.scan():
         index.extend(keys, vectors)
     level = logging.INFO if reason == "it has no snapshot" else logging.WARNING
-    log.log(level, "collection %s: %s; rebuilt its index of %d points from RocksDB in %.2f s", store.name,
-            reason, index.count, time.perf_counter() - started)
+    log.log(
+        level,
+        "collection %s: %s; rebuilt its index of %d points from RocksDB in %.2f s",
+        store.name,
+        reason,
+        index.count,
+        time.perf_counter() - started,
+    )
     # Nothing on disk covers these points: count them all as unsnapshotted, so a snapshot follows.
     return Collection(store, index, None, snapshot_changes=-index.count)
 
@@ -103,7 +116,7 @@ def replay(index: VectorIndex, store: CollectionStore, storage: Storage, after: 
     touched = storage.changed_keys(store, after)
     row, dim = store.row_bytes, store.config.dim
     for start in range(0, len(touched), REPLAY_ROWS):
-        keys = touched[start:start + REPLAY_ROWS]
+        keys = touched[start : start + REPLAY_ROWS]
         records = store.records(pack_keys(keys))
         alive = np.array([r is not None for r in records], bool)
         index.discard(keys[~alive])

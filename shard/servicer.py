@@ -32,34 +32,38 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         shard = pb.ShardStats(address=self.address, count=stats.count, memory_bytes=stats.memory_bytes)
         return pb.CollectionInfo(config=stats.config.to_proto(), count=stats.count, shards=[shard])
 
-    async def CreateCollection(self, request: pb.CreateCollectionRequest,
-                               context: grpc.aio.ServicerContext) -> pb.CreateCollectionResponse:
+    async def CreateCollection(
+        self, request: pb.CreateCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateCollectionResponse:
         config = CollectionConfig.from_proto(request.config)
         stats, created = await asyncio.to_thread(self._shard.create_collection, config)
         return pb.CreateCollectionResponse(info=self._info(stats), created=created)
 
-    async def DropCollection(self, request: pb.DropCollectionRequest,
-                             context: grpc.aio.ServicerContext) -> pb.DropCollectionResponse:
+    async def DropCollection(
+        self, request: pb.DropCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DropCollectionResponse:
         dropped = await asyncio.to_thread(self._shard.drop_collection, request.name)
         return pb.DropCollectionResponse(dropped=dropped)
 
-    async def ListCollections(self, request: pb.ListCollectionsRequest,
-                              context: grpc.aio.ServicerContext) -> pb.ListCollectionsResponse:
+    async def ListCollections(
+        self, request: pb.ListCollectionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListCollectionsResponse:
         return pb.ListCollectionsResponse(names=self._shard.list_collections())
 
-    async def DescribeCollection(self, request: pb.DescribeCollectionRequest,
-                                 context: grpc.aio.ServicerContext) -> pb.CollectionInfo:
+    async def DescribeCollection(
+        self, request: pb.DescribeCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CollectionInfo:
         return self._info(await asyncio.to_thread(self._shard.describe, request.name))
 
     async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
         ids, vectors = decode_ids(request.ids), decode_matrix(request.vectors)
-        future = await asyncio.to_thread(self._shard.submit_upsert, request.collection, ids, vectors,
-                                         request.payloads)
+        future = await asyncio.to_thread(self._shard.submit_upsert, request.collection, ids, vectors, request.payloads)
         return pb.UpsertResponse(upserted=await asyncio.wrap_future(future))
 
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
-        points = await asyncio.to_thread(self._shard.get, request.collection, decode_ids(request.ids),
-                                         request.with_vectors, request.with_payload)
+        points = await asyncio.to_thread(
+            self._shard.get, request.collection, decode_ids(request.ids), request.with_vectors, request.with_payload
+        )
         response = pb.GetResponse(ids=encode_ids(points.ids), payloads=points.payloads or [])
         if points.vectors is not None:
             response.vectors.CopyFrom(encode_matrix(points.vectors))
@@ -80,15 +84,17 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
     async def Scroll(self, request: pb.ScrollRequest, context: grpc.aio.ServicerContext) -> pb.ScrollResponse:
         return await filtered.scroll(self._shard, request)
 
-    async def SetPayload(self, request: pb.SetPayloadRequest,
-                         context: grpc.aio.ServicerContext) -> pb.SetPayloadResponse:
+    async def SetPayload(
+        self, request: pb.SetPayloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetPayloadResponse:
         return await filtered.set_payload(self._shard, request)
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         return await self._search(request)
 
-    async def SearchStream(self, request_iterator: AsyncIterator[pb.SearchRequest],
-                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.SearchResponse]:
+    async def SearchStream(
+        self, request_iterator: AsyncIterator[pb.SearchRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SearchResponse]:
         answers: asyncio.Queue[pb.SearchResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
 
@@ -115,27 +121,38 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             for task in list(pending):
                 task.cancel()
 
-    async def Snapshot(self, request: shard_pb2.SnapshotRequest,
-                       context: grpc.aio.ServicerContext) -> shard_pb2.SnapshotResponse:
+    async def Snapshot(
+        self, request: shard_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.SnapshotResponse:
         taken = await asyncio.to_thread(self._shard.snapshot)
         return shard_pb2.SnapshotResponse(
-            snapshots=[shard_pb2.CollectionSequence(collection=n, sequence=s) for n, s in taken.items()
-                       if s is not None],
-            failed=[n for n, s in taken.items() if s is None])
+            snapshots=[
+                shard_pb2.CollectionSequence(collection=n, sequence=s) for n, s in taken.items() if s is not None
+            ],
+            failed=[n for n, s in taken.items() if s is None],
+        )
 
-    async def Backup(self, request: shard_pb2.BackupRequest,
-                     context: grpc.aio.ServicerContext) -> shard_pb2.BackupResponse:
+    async def Backup(
+        self, request: shard_pb2.BackupRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.BackupResponse:
         taken = await asyncio.to_thread(self._shard.backup, Path(request.path))
         return shard_pb2.BackupResponse(
-            collections=[shard_pb2.CollectionSequence(collection=n, sequence=s) for n, s in taken.items()])
+            collections=[shard_pb2.CollectionSequence(collection=n, sequence=s) for n, s in taken.items()]
+        )
 
-    async def Verify(self, request: shard_pb2.VerifyRequest,
-                     context: grpc.aio.ServicerContext) -> shard_pb2.VerifyResponse:
+    async def Verify(
+        self, request: shard_pb2.VerifyRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.VerifyResponse:
         found = await asyncio.to_thread(self._shard.verify, request.collection)
         return shard_pb2.VerifyResponse(
-            ids=encode_ids(found.ids) if len(found.ids) else pb.Ids(), stored=len(found.ids),
-            indexed=found.indexed, missing=found.missing.astype("<u8").tobytes(),
-            extra=found.extra.astype("<u8").tobytes(), unmapped=found.unmapped, consistent=found.consistent)
+            ids=encode_ids(found.ids) if len(found.ids) else pb.Ids(),
+            stored=len(found.ids),
+            indexed=found.indexed,
+            missing=found.missing.astype("<u8").tobytes(),
+            extra=found.extra.astype("<u8").tobytes(),
+            unmapped=found.unmapped,
+            consistent=found.consistent,
+        )
 
     async def _stream_answer(self, request: pb.SearchRequest) -> pb.SearchResponse:
         """A stream answer: the result, or this request's error without breaking the stream."""
@@ -146,24 +163,28 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         except Exception:
             log.exception("unexpected error in SearchStream request %d", request.request_id)
             code, message = grpc.StatusCode.INTERNAL, "internal error in SearchStream; see the server log"
-        return pb.SearchResponse(request_id=request.request_id, error_code=code.value[0],
-                                 error_message=message)
+        return pb.SearchResponse(request_id=request.request_id, error_code=code.value[0], error_message=message)
 
     async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
         if request.filter:
             return await filtered.search(self._shard, request)
         queries = decode_matrix(request.queries, "queries")
-        future = self._shard.submit_search(request.collection, queries, request.k, request.ef,
-                                           request.with_payload, request.with_vectors)
+        future = self._shard.submit_search(
+            request.collection, queries, request.k, request.ef, request.with_payload, request.with_vectors
+        )
         return encode_search(await asyncio.wrap_future(future), request.request_id)
 
 
 def encode_search(result: SearchResult, request_id: int) -> pb.SearchResponse:
     """The wire form of a search result."""
-    response = pb.SearchResponse(k=result.k, ids=encode_ids(result.ids.ravel()),
-                                 distances=encode_matrix(result.distances),
-                                 counts=encode_counts(result.counts), payloads=result.payloads or [],
-                                 request_id=request_id)
+    response = pb.SearchResponse(
+        k=result.k,
+        ids=encode_ids(result.ids.ravel()),
+        distances=encode_matrix(result.distances),
+        counts=encode_counts(result.counts),
+        payloads=result.payloads or [],
+        request_id=request_id,
+    )
     if result.vectors is not None:
         response.vectors.CopyFrom(encode_matrix(result.vectors))
     return response

@@ -29,9 +29,15 @@ POLL_SECONDS = 1.0  # how often the policy is checked; snapshots are seconds to 
 class Snapshotter:
     """Takes index snapshots; start() runs the background policy, stop() ends it."""
 
-    def __init__(self, files: SnapshotFiles, storage: Storage, worker: IndexWorker,
-                 collections: Callable[[], dict[str, Collection]], policy: SnapshotPolicy,
-                 crash: CrashPoints) -> None:
+    def __init__(
+        self,
+        files: SnapshotFiles,
+        storage: Storage,
+        worker: IndexWorker,
+        collections: Callable[[], dict[str, Collection]],
+        policy: SnapshotPolicy,
+        crash: CrashPoints,
+    ) -> None:
         self._files = files
         self._storage = storage
         self._worker = worker
@@ -92,8 +98,10 @@ class Snapshotter:
         estimate = max(coll.snapshot_bytes, index.count * (store.config.dim * 4 + store.config.m * 8 + 64))
         free = self._storage.free_bytes()
         if free - estimate < self._storage.min_free_bytes:
-            raise OSError(f"not enough disk space: {free // 2**20} MiB free, a snapshot needs about "
-                          f"{estimate // 2**20} MiB plus the {self._storage.min_free_bytes // 2**20} MiB reserve")
+            raise OSError(
+                f"not enough disk space: {free // 2**20} MiB free, a snapshot needs about "
+                f"{estimate // 2**20} MiB plus the {self._storage.min_free_bytes // 2**20} MiB reserve"
+            )
         tmp = self._files.temporary(store, str(next(self._tags)))
 
         paused = 0.0
@@ -103,8 +111,9 @@ class Snapshotter:
             nonlocal paused
             began = time.perf_counter()
             state = self._worker.applied_seq, index.changes, index.count
-            writing = fork_write(index, tmp, self._crash) if fork else Writing(result=write_index(
-                index, tmp, self._crash))
+            writing = (
+                fork_write(index, tmp, self._crash) if fork else Writing(result=write_index(index, tmp, self._crash))
+            )
             paused = time.perf_counter() - began  # the time the worker served nobody else
             return (*state, writing)
 
@@ -113,16 +122,31 @@ class Snapshotter:
             seq, changes, count, writing = self._worker.call(start).result() if fork else start()
             size, crc = writing.wait()
             self._crash("before-rename")
-            manifest = Manifest(store.name, store.born, seq, f"snapshot-{seq}.usearch", size, crc, count,
-                                dataclasses.asdict(store.config))
+            manifest = Manifest(
+                store.name,
+                store.born,
+                seq,
+                f"snapshot-{seq}.usearch",
+                size,
+                crc,
+                count,
+                dataclasses.asdict(store.config),
+            )
             self._files.publish(store, tmp, manifest, self._crash)
         finally:
             tmp.unlink(missing_ok=True)
         coll.snapshot_seq, coll.snapshot_changes, coll.snapshot_bytes = seq, changes, size
         coll.snapshot_time = time.monotonic()
         self._storage.trim_log(store, seq)
-        log.info("collection %s: snapshot of %d points at sequence %d, %.1f MiB, in %.2f s (index paused %.0f ms)",
-                 store.name, count, seq, size / 2**20, time.perf_counter() - started, paused * 1000)
+        log.info(
+            "collection %s: snapshot of %d points at sequence %d, %.1f MiB, in %.2f s (index paused %.0f ms)",
+            store.name,
+            count,
+            seq,
+            size / 2**20,
+            time.perf_counter() - started,
+            paused * 1000,
+        )
         return seq
 
     def snapshot_all(self, fork: bool = True) -> dict[str, int | None]:

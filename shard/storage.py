@@ -69,7 +69,7 @@ def unpack_key(raw: bytes) -> int:
 def pack_keys(keys: np.ndarray) -> list[bytes]:
     """Internal keys (uint64 array) as a list of 8-byte big-endian strings."""
     raw = keys_bytes(keys)
-    return [raw[i:i + 8] for i in range(0, len(raw), 8)]
+    return [raw[i : i + 8] for i in range(0, len(raw), 8)]
 
 
 def keys_bytes(keys: np.ndarray) -> bytes:
@@ -189,7 +189,7 @@ class CollectionStore:
         vectors: list[bytes] = []
         for key, record in cast(Iterator[tuple[bytes, bytes]], self._points.items()):
             keys.append(key)
-            vectors.append(record[:self.row_bytes])
+            vectors.append(record[: self.row_bytes])
             if len(keys) == rows:
                 yield self._batch(keys, vectors)
                 keys, vectors = [], []
@@ -222,8 +222,9 @@ class Storage:
         self.path = path
         self.min_free_bytes = min_free_bytes
         names = Rdict.list_cf(str(path), _options()) if (path / "CURRENT").exists() else ["default"]
-        self._db = Rdict(str(path), _options(),
-                         column_families={n: _options() for n in {*names, _LOG} if n != "default"})
+        self._db = Rdict(
+            str(path), _options(), column_families={n: _options() for n in {*names, _LOG} if n != "default"}
+        )
         self._write_options = WriteOptions()
         self._write_options.sync = False  # durability comes from one flush_wal per group
         self._log: Rdict | None = self._db.get_column_family(_LOG)
@@ -315,7 +316,8 @@ class Storage:
         if free < self.min_free_bytes:
             raise ResourceExhausted(
                 f"the shard's disk is full: {free // 2**20} MiB free, {self.min_free_bytes // 2**20} MiB "
-                "kept in reserve; free some space and retry")
+                "kept in reserve; free some space and retry"
+            )
 
     def log_change(self, batch: WriteBatch, store: CollectionStore, keys: bytes) -> None:
         """On the committer, just before the batch is written: record in it the key8s it touches."""

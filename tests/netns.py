@@ -130,8 +130,7 @@ class Network:
         """A new namespace `shoal-<pid>-<role>` with the next free address, plugged into the bridge."""
         assert self.subnet is not None, "enter the Network first"
         index = len(self.hosts)
-        host = Host(name=f"shoal-{self.tag}-{role}", address=str(self.subnet[10 + index]),
-                    link=f"sh{self.tag}h{index}")
+        host = Host(name=f"shoal-{self.tag}-{role}", address=str(self.subnet[10 + index]), link=f"sh{self.tag}h{index}")
         ip("netns", "add", host.name)
         self.hosts.append(host)
         ip("-n", host.name, "link", "set", "lo", "up")
@@ -189,8 +188,13 @@ class HostProcess(Process):
         """Start it in the host's namespace; return the address it printed once listening."""
         assert self.host is not None
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
-        self.popen = subprocess.Popen(self.host.command(sys.executable, "-m", "shoal", *self.args),
-                                      stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=environment())
+        self.popen = subprocess.Popen(
+            self.host.command(sys.executable, "-m", "shoal", *self.args),
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env=environment(),
+        )
         log.close()
         assert self.popen.stdout is not None
         deadline = time.monotonic() + timeout

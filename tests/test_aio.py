@@ -57,7 +57,7 @@ def test_async_search_stream_keeps_order_and_reports_a_bad_batch_last(cluster: L
         async with shoal.AsyncClient(cluster.address) as c:
             await c.create_collection(name, dim=4)
             await c.upsert(name, ids=np.arange(len(x)), vectors=x)
-            batches = [x[i:i + 1 + i % 3] for i in range(10)]
+            batches = [x[i : i + 1 + i % 3] for i in range(10)]
             got = [r async for r in c.search_stream(name, batches, k=1, ef=500)]
             assert [r.ids[:, 0].tolist() for r in got] == [list(range(i, i + 1 + i % 3)) for i in range(10)]
 

@@ -65,7 +65,7 @@ def test_backup_of_a_running_cluster_restores_the_same_points_and_results(tmp_pa
                 for i in range(0, 4000, 10):
                     if stop.is_set():
                         return
-                    writer.upsert("w", ids=np.arange(i, i + 10), vectors=x[i:i + 10])
+                    writer.upsert("w", ids=np.arange(i, i + 10), vectors=x[i : i + 10])
 
         writer = threading.Thread(target=write)
         writer.start()
@@ -105,9 +105,17 @@ def test_restore_checks_its_input(tmp_path: Path) -> None:
     (tmp_path / "backup").mkdir()
     result = _shoal("restore", str(tmp_path / "backup"), "--data", str(tmp_path / "data"))
     assert result.returncode == 1 and "not a finished backup" in result.stderr
-    (tmp_path / "backup" / "backup.json").write_text(json.dumps({"format": 1, "shards": [
-        {"address": "a:1", "slots": [[0, 100]], "folder": "shard-0", "collections": {}},
-        {"address": "b:1", "slots": [[100, 4096]], "folder": "shard-1", "collections": {}}]}))
+    (tmp_path / "backup" / "backup.json").write_text(
+        json.dumps(
+            {
+                "format": 1,
+                "shards": [
+                    {"address": "a:1", "slots": [[0, 100]], "folder": "shard-0", "collections": {}},
+                    {"address": "b:1", "slots": [[100, 4096]], "folder": "shard-1", "collections": {}},
+                ],
+            }
+        )
+    )
     result = _shoal("restore", str(tmp_path / "backup"), "--data", str(tmp_path / "data"))
     assert result.returncode == 1 and "even split" in result.stderr
     result = _shoal("restore", str(tmp_path / "backup"), "--data", str(tmp_path / "data"), "--shard", "2")

@@ -182,9 +182,13 @@ class FakeShard:
             raise NotFound("collection 'x' does not exist")
         q = np.frombuffer(request.queries.data, np.float32).reshape(request.queries.rows, request.queries.dim)
         order, d = brute_force(self.vectors, q, request.k, "l2")
-        return pb.SearchResponse(k=request.k, ids=encode_ids(self.ids[order].ravel()),
-                                 distances=encode_matrix(d.astype(np.float32)),
-                                 counts=encode_counts(np.full(len(q), request.k)), request_id=request.request_id)
+        return pb.SearchResponse(
+            k=request.k,
+            ids=encode_ids(self.ids[order].ravel()),
+            distances=encode_matrix(d.astype(np.float32)),
+            counts=encode_counts(np.full(len(q), request.k)),
+            request_id=request.request_id,
+        )
 
     def __getattr__(self, name: str) -> Any:
         raise AssertionError(f"unexpected shard call {name}")
@@ -217,8 +221,9 @@ def test_coordinator_without_batching_and_errors_reach_each_caller() -> None:
         result = await core.search("c", clustered(2, 2, seed=9), 2, 0, False, False, None)
         assert result.ids.shape == (2, 2)
         batched = Coordinator(topology, shards)  # type: ignore[arg-type]
-        outcomes = await asyncio.gather(*(batched.search("x", clustered(1, 2), 2, 0, False, False, None)
-                                          for _ in range(3)), return_exceptions=True)
+        outcomes = await asyncio.gather(
+            *(batched.search("x", clustered(1, 2), 2, 0, False, False, None) for _ in range(3)), return_exceptions=True
+        )
         assert all(isinstance(o, NotFound) for o in outcomes)
 
     run(body)

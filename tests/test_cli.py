@@ -20,8 +20,12 @@ def _shoal(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_up_status_and_clean_stop(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    up = subprocess.Popen([sys.executable, "-m", "shoal", "up", "--shards", "2", "--port", "0", "--data", str(data)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "shoal", "up", "--shards", "2", "--port", "0", "--data", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert up.stdout is not None
         line = up.stdout.readline()

@@ -22,8 +22,9 @@ def test_exact_search_equals_brute_force(client: shoal.Client, name: str, metric
     np.testing.assert_allclose(res.distances, want_d, rtol=1e-4, atol=1e-4)
 
 
-def test_recall_at_default_settings_on_real_embeddings(client: shoal.Client, name: str,
-                                                       wordnet: tuple[np.ndarray, np.ndarray]) -> None:
+def test_recall_at_default_settings_on_real_embeddings(
+    client: shoal.Client, name: str, wordnet: tuple[np.ndarray, np.ndarray]
+) -> None:
     base, queries = wordnet
     x, q = base[:20_000], queries[:200]
     client.create_collection(name, dim=x.shape[1], metric="cosine")
@@ -47,8 +48,7 @@ def test_points_spread_over_both_shards(client: shoal.Client, name: str) -> None
 
 def test_get_returns_exact_bytes_and_payloads(client: shoal.Client, name: str) -> None:
     x = np.random.default_rng(3).standard_normal((50, 8)).astype(np.float32)
-    payloads = [{"i": i, "lang": "en" if i % 2 else "fr", "tags": ["a", i], "nested": {"f": i / 3}}
-                for i in range(50)]
+    payloads = [{"i": i, "lang": "en" if i % 2 else "fr", "tags": ["a", i], "nested": {"f": i / 3}} for i in range(50)]
     payloads[7] = None
     client.create_collection(name, dim=8)
     client.upsert(name, ids=np.arange(50), vectors=x, payloads=payloads)
@@ -132,7 +132,7 @@ def test_search_stream_pipelines_batches(client: shoal.Client, name: str) -> Non
     x = clustered(500, 8, seed=9)
     client.create_collection(name, dim=8)
     client.upsert(name, ids=np.arange(500), vectors=x)
-    batches = [x[i:i + 7] for i in range(0, 70, 7)]
+    batches = [x[i : i + 7] for i in range(0, 70, 7)]
     results = list(client.search_stream(name, batches, k=4, ef=500))
     assert len(results) == 10
     for batch, res in zip(batches, results, strict=True):

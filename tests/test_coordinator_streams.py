@@ -13,14 +13,16 @@ from shoal.v1 import types_pb2 as pb
 
 
 def test_upsert_stream_applies_a_later_message_after_an_earlier_one_with_the_same_ids(
-        client: shoal.Client, name: str) -> None:
+    client: shoal.Client, name: str
+) -> None:
     client.create_collection(name, dim=2)
     ids = np.arange(50, dtype=np.uint64)
 
     def message(first: int, count: int, value: float) -> pb.UpsertRequest:
-        part = ids[first:first + count]
-        return pb.UpsertRequest(collection=name, ids=encode_ids(part),
-                                vectors=encode_matrix(np.full((len(part), 2), value, np.float32)))
+        part = ids[first : first + count]
+        return pb.UpsertRequest(
+            collection=name, ids=encode_ids(part), vectors=encode_matrix(np.full((len(part), 2), value, np.float32))
+        )
 
     # Message 2 shares no id with 1 (they may run together); 3 and 4 rewrite ids of 1 and 2 and must win.
     messages = [message(0, 20, 1.0), message(20, 30, 2.0), message(10, 20, 3.0), message(0, 5, 4.0)]
@@ -33,10 +35,16 @@ def test_upsert_stream_applies_a_later_message_after_an_earlier_one_with_the_sam
 
 def test_upsert_stream_fails_on_a_bad_message(client: shoal.Client, name: str) -> None:
     client.create_collection(name, dim=2)
-    good = pb.UpsertRequest(collection=name, ids=encode_ids(np.arange(3, dtype=np.uint64)),
-                            vectors=encode_matrix(np.ones((3, 2), np.float32)))
-    bad = pb.UpsertRequest(collection=name, ids=encode_ids(np.arange(3, 5, dtype=np.uint64)),
-                           vectors=encode_matrix(np.ones((2, 3), np.float32)))
+    good = pb.UpsertRequest(
+        collection=name,
+        ids=encode_ids(np.arange(3, dtype=np.uint64)),
+        vectors=encode_matrix(np.ones((3, 2), np.float32)),
+    )
+    bad = pb.UpsertRequest(
+        collection=name,
+        ids=encode_ids(np.arange(3, 5, dtype=np.uint64)),
+        vectors=encode_matrix(np.ones((2, 3), np.float32)),
+    )
     with channel(client.address) as ch:
         try:
             shoal_pb2_grpc.ShoalStub(ch).UpsertStream(iter([good, bad, good]), timeout=30)

@@ -54,8 +54,13 @@ class LoopConfig:
     seed: int = 0
     call_timeout: float = 3.0
     # Frequent snapshots, so kills land in the middle of them and restarts replay from them.
-    shard_env: dict[str, str] = field(default_factory=lambda: {
-        "SHOAL_SNAPSHOT_CHANGES": "200", "SHOAL_SNAPSHOT_MIN_INTERVAL": "0.3", "SHOAL_SNAPSHOT_MAX_INTERVAL": "2"})
+    shard_env: dict[str, str] = field(
+        default_factory=lambda: {
+            "SHOAL_SNAPSHOT_CHANGES": "200",
+            "SHOAL_SNAPSHOT_MIN_INTERVAL": "0.3",
+            "SHOAL_SNAPSHOT_MAX_INTERVAL": "2",
+        }
+    )
 
 
 @dataclass
@@ -64,7 +69,8 @@ class History:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     sent: dict[str, dict[Any, tuple[bytes, dict[str, Any]]]] = field(
-        default_factory=lambda: {c: {} for c in COLLECTIONS})
+        default_factory=lambda: {c: {} for c in COLLECTIONS}
+    )
     acked: dict[str, set[Any]] = field(default_factory=lambda: {c: set() for c in COLLECTIONS})
     deleting: dict[str, set[Any]] = field(default_factory=lambda: {c: set() for c in COLLECTIONS})
     deleted: dict[str, set[Any]] = field(default_factory=lambda: {c: set() for c in COLLECTIONS})
@@ -91,13 +97,17 @@ class Report:
     def summary(self) -> str:
         """A few lines for a human."""
         restarts = self.restart_seconds or [0.0]
-        return "\n".join([
-            f"{self.seconds:.0f} s of chaos; nemesis: " + _counts(self.actions),
-            f"restart to SERVING: mean {np.mean(restarts):.2f} s, max {max(restarts):.2f} s",
-            "calls: " + _counts(self.outcomes),
-            "present after healing: " + ", ".join(f"{k} {v}" for k, v in self.present.items()),
-            "index recoveries: " + _counts(self.recoveries),
-            f"invariant violations: {len(self.violations)}", *self.violations[:20]])
+        return "\n".join(
+            [
+                f"{self.seconds:.0f} s of chaos; nemesis: " + _counts(self.actions),
+                f"restart to SERVING: mean {np.mean(restarts):.2f} s, max {max(restarts):.2f} s",
+                "calls: " + _counts(self.outcomes),
+                "present after healing: " + ", ".join(f"{k} {v}" for k, v in self.present.items()),
+                "index recoveries: " + _counts(self.recoveries),
+                f"invariant violations: {len(self.violations)}",
+                *self.violations[:20],
+            ]
+        )
 
 
 def _counts(counter: Counter[str]) -> str:
@@ -200,9 +210,11 @@ def _check(cluster: LocalCluster, history: History, report: Report) -> None:
             with _rpc.channel(proc.address) as channel:
                 found = shard_pb2_grpc.ShardStub(channel).Verify(shard_pb2.VerifyRequest(collection=coll), timeout=120)
             if not found.consistent:
-                bad.append(f"shard {s} {coll}: index != RocksDB ({found.stored} stored, {found.indexed} indexed, "
-                           f"{len(found.missing) // 8} missing, {len(found.extra) // 8} extra, "
-                           f"{found.unmapped} unmapped)")
+                bad.append(
+                    f"shard {s} {coll}: index != RocksDB ({found.stored} stored, {found.indexed} indexed, "
+                    f"{len(found.missing) // 8} missing, {len(found.extra) // 8} extra, "
+                    f"{found.unmapped} unmapped)"
+                )
             for pid in decode_ids(found.ids).tolist():
                 if pid in where:
                     bad.append(f"{coll} id {pid} is on shards {where[pid]} and {s}")
@@ -210,8 +222,11 @@ def _check(cluster: LocalCluster, history: History, report: Report) -> None:
         ids = list(where)
         report.present[coll] = len(ids)
         owners = np.searchsorted(starts, slots_of(np.array(ids, np.uint64) if coll == "u" else ids), "right") - 1
-        bad += [f"{coll} id {i} is on shard {where[i]}, its slot is shard {o}'s"
-                for i, o in zip(ids, owners.tolist(), strict=True) if where[i] != o][:5]
+        bad += [
+            f"{coll} id {i} is on shard {where[i]}, its slot is shard {o}'s"
+            for i, o in zip(ids, owners.tolist(), strict=True)
+            if where[i] != o
+        ][:5]
         sent, present = history.sent[coll], set(ids)
         bad += [f"{coll} id {i} was never written but is present" for i in list(present - set(sent))[:5]]
         kept = history.acked[coll] - history.deleting[coll]
@@ -220,11 +235,12 @@ def _check(cluster: LocalCluster, history: History, report: Report) -> None:
         _check_points(cluster.address, coll, [i for i in ids if i in sent], sent, bad)
 
 
-def _check_points(address: str, coll: str, ids: list[Any], sent: dict[Any, tuple[bytes, dict[str, Any]]],
-                  bad: list[str]) -> None:
+def _check_points(
+    address: str, coll: str, ids: list[Any], sent: dict[Any, tuple[bytes, dict[str, Any]]], bad: list[str]
+) -> None:
     with shoal.Client(address, timeout=120) as client:
         for start in range(0, len(ids), 2000):
-            chunk = ids[start:start + 2000]
+            chunk = ids[start : start + 2000]
             points = client.get(coll, ids=chunk)
             got = {p.id: p for p in points}
             for i in chunk:
@@ -233,8 +249,11 @@ def _check_points(address: str, coll: str, ids: list[Any], sent: dict[Any, tuple
                     bad.append(f"{coll} id {i}: stored point differs from what was sent")
             vectors = np.stack([np.frombuffer(sent[i][0], np.float32) for i in chunk])
             found = client.search(coll, vectors, k=3, ef=4096)  # exact while a shard holds <= 4096 points
-            bad += [f"{coll} id {i}: not found by its own vector" for r, i in enumerate(chunk)
-                    if i not in found.ids[r].tolist()][:5]
+            bad += [
+                f"{coll} id {i}: not found by its own vector"
+                for r, i in enumerate(chunk)
+                if i not in found.ids[r].tolist()
+            ][:5]
 
 
 def run_crash_loop(data: Path, config: LoopConfig) -> Report:
@@ -243,8 +262,10 @@ def run_crash_loop(data: Path, config: LoopConfig) -> Report:
     with LocalCluster(data=data, shards=config.shards, shard_env=dict(config.shard_env)) as cluster:
         _create(cluster.address, config.dim)
         stop = threading.Event()
-        writers = [threading.Thread(target=_writer, args=(cluster.address, history, config, w, stop))
-                   for w in range(config.writers)]
+        writers = [
+            threading.Thread(target=_writer, args=(cluster.address, history, config, w, stop))
+            for w in range(config.writers)
+        ]
         for t in writers:
             t.start()
         started = time.monotonic()

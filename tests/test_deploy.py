@@ -52,8 +52,11 @@ def _generator() -> ModuleType:
 
 def _dockerfile() -> list[list[tuple[str, str]]]:
     """The Dockerfile's instructions as (INSTRUCTION, arguments), one list per build stage."""
-    text = re.sub(r"\\\n", " ", "\n".join(
-        line for line in (ROOT / "Dockerfile").read_text().splitlines() if not line.lstrip().startswith("#")))
+    text = re.sub(
+        r"\\\n",
+        " ",
+        "\n".join(line for line in (ROOT / "Dockerfile").read_text().splitlines() if not line.lstrip().startswith("#")),
+    )
     stages: list[list[tuple[str, str]]] = []
     for line in text.splitlines():
         if not line.strip():
@@ -73,7 +76,7 @@ def _one(stage: list[tuple[str, str]], instruction: str) -> str:
 
 def _healthcheck_command() -> list[str]:
     rest = _one(_dockerfile()[-1], "HEALTHCHECK")
-    cmd = json.loads(rest[rest.index("CMD") + 3:])
+    cmd = json.loads(rest[rest.index("CMD") + 3 :])
     assert isinstance(cmd, list) and cmd[0] == "python", "exec form, run by the image's python"
     return cmd
 
@@ -100,8 +103,9 @@ def test_dockerfile_copies_every_package_and_the_context_allows_them() -> None:
             if ins == "COPY" and not rest.startswith("--from"):
                 sources.update(rest.split()[:-1])
     assert package_roots | {"pyproject.toml", "README.md"} <= sources
-    allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.startswith("!")}
+    allowed = {
+        line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")
+    }
     for source in sources:
         assert (ROOT / source).exists(), f"COPY {source}: missing from the repository"
         assert source in allowed, f"COPY {source}: excluded from the build context by .dockerignore"
@@ -133,6 +137,7 @@ def test_healthcheck_command_speaks_grpc_health() -> None:
 
 # --- compose ---------------------------------------------------------------------------------------------
 
+
 def _interpolate(value: Any) -> Any:
     """Compose's ${VAR:-default}, taking the defaults, so checks do not depend on the caller's environment."""
     return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value) if isinstance(value, str) else value
@@ -152,8 +157,9 @@ def test_compose_matches_the_compose_spec_schema() -> None:
 
     import jsonschema
 
-    schema = json.loads(importlib.resources.files("check_jsonschema.builtin_schemas.vendor")
-                        .joinpath("compose-spec.json").read_text())
+    schema = json.loads(
+        importlib.resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text()
+    )
     jsonschema.validators.validator_for(schema)(schema).validate(_compose())
 
 
@@ -167,8 +173,9 @@ def test_compose_runs_a_coordinator_and_three_shards() -> None:
         svc = services[name]
         assert svc["build"]["context"] == ".." and (DEPLOY / svc["build"]["context"] / "Dockerfile").exists()
         assert float(_interpolate(svc["cpus"])) > 0
-        assert int(svc["environment"]["SHOAL_HEALTH_PORT"]) == _listen_port(svc["command"]), \
+        assert int(svc["environment"]["SHOAL_HEALTH_PORT"]) == _listen_port(svc["command"]), (
             "the image's HEALTHCHECK must probe the port the process listens on"
+        )
         assert svc.get("healthcheck", {}).get("disable") is not True
         assert svc.get("healthcheck", {}).get("test") is None, "keep the image's gRPC health check"
     for name in shards:
@@ -201,6 +208,7 @@ def test_compose_topology_names_the_shard_services() -> None:
 
 
 # --- kubernetes ------------------------------------------------------------------------------------------
+
 
 def _kustomization() -> dict[str, Any]:
     return _yaml().safe_load((K8S / "kustomization.yaml").read_text())
@@ -254,15 +262,21 @@ def _check_pod(template: dict[str, Any], port: int) -> dict[str, Any]:
     assert res["requests"] == res["limits"], "requests equal limits: a Guaranteed pod"
     assert str(res["limits"]["cpu"]).isdigit() and int(res["limits"]["cpu"]) >= 1, "whole cores"
     assert "memory" in res["limits"]
-    assert template["metadata"]["labels"].items() >= spec["affinity"]["podAntiAffinity"][
-        "preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["labelSelector"][
-        "matchLabels"].items()
+    assert (
+        template["metadata"]["labels"].items()
+        >= spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"][
+            "labelSelector"
+        ]["matchLabels"].items()
+    )
     return container
 
 
 def _pdb_for(labels: dict[str, str]) -> dict[str, Any]:
-    [pdb] = [d for d in _manifests() if d["kind"] == "PodDisruptionBudget"
-             and labels.items() >= d["spec"]["selector"]["matchLabels"].items()]
+    [pdb] = [
+        d
+        for d in _manifests()
+        if d["kind"] == "PodDisruptionBudget" and labels.items() >= d["spec"]["selector"]["matchLabels"].items()
+    ]
     return pdb
 
 
@@ -305,12 +319,12 @@ def test_coordinators_are_a_deployment_behind_a_service_with_the_topology() -> N
 
 # --- topology --------------------------------------------------------------------------------------------
 
+
 def _expected_addresses() -> list[str]:
     sts = _get("StatefulSet", "shoal-shard")
     namespace = _kustomization()["namespace"]
     name, service = sts["metadata"]["name"], sts["spec"]["serviceName"]
-    return [f"{name}-{i}.{service}.{namespace}.svc.cluster.local:{SHARD_PORT}"
-            for i in range(sts["spec"]["replicas"])]
+    return [f"{name}-{i}.{service}.{namespace}.svc.cluster.local:{SHARD_PORT}" for i in range(sts["spec"]["replicas"])]
 
 
 def _configmap_json() -> str:
@@ -323,8 +337,8 @@ def test_configmap_is_what_the_generator_writes() -> None:
     topo = gen.topology(_expected_addresses())
     assert _configmap_json() == gen.to_json(topo)
     assert (K8S / "topology-configmap.yaml").read_text() == gen.configmap(topo, "shoal"), (
-        "regenerate: python deploy/k8s/topology.py --shards 3 --namespace shoal"
-        " > deploy/k8s/topology-configmap.yaml")
+        "regenerate: python deploy/k8s/topology.py --shards 3 --namespace shoal > deploy/k8s/topology-configmap.yaml"
+    )
 
 
 def test_configmap_topology_covers_every_slot_once() -> None:

@@ -37,8 +37,9 @@ class ShardProc:
 
     def __init__(self, data: Path, log: Path | None = None) -> None:
         self.data = data
-        self.proc = Process("shard", ["shard", "--data", str(data), "--listen", "127.0.0.1:0"],
-                            log or data.parent / f"{data.name}.log")
+        self.proc = Process(
+            "shard", ["shard", "--data", str(data), "--listen", "127.0.0.1:0"], log or data.parent / f"{data.name}.log"
+        )
         self._channel: grpc.Channel | None = None
         self.stub: shard_pb2_grpc.ShardStub
 
@@ -111,8 +112,10 @@ def upsert(shard: ShardProc, expected: dict[str, Expected], start: int, n: int, 
     x = clustered(n, DIM, seed=seed)
     payloads = [b'{"n":%d,"seed":%d}' % (i, seed) for i in range(start, start + n)]
     for name, ids in (("u", list(range(start, start + n))), ("s", [f"id-{i}" for i in range(start, start + n)])):
-        shard.call("Upsert", pb.UpsertRequest(collection=name, ids=encode_ids(ids), vectors=encode_matrix(x),
-                                              payloads=payloads))
+        shard.call(
+            "Upsert",
+            pb.UpsertRequest(collection=name, ids=encode_ids(ids), vectors=encode_matrix(x), payloads=payloads),
+        )
         expected[name].update({i: (x[j].tobytes(), payloads[j]) for j, i in enumerate(ids)})
 
 
@@ -138,14 +141,14 @@ def check(shard: ShardProc, expected: dict[str, Expected]) -> None:
         if not points:
             continue
         ids = list(points)
-        got = shard.call("Get", pb.GetRequest(collection=name, ids=encode_ids(ids), with_vectors=True,
-                                              with_payload=True))
+        got = shard.call(
+            "Get", pb.GetRequest(collection=name, ids=encode_ids(ids), with_vectors=True, with_payload=True)
+        )
         assert decode_ids(got.ids).tolist() == ids  # type: ignore[attr-defined]
         vectors = decode_matrix(got.vectors)  # type: ignore[attr-defined]
         for i, pid in enumerate(ids):
             assert (vectors[i].tobytes(), got.payloads[i]) == points[pid], (name, pid)  # type: ignore[attr-defined]
-        found = shard.call("Search", pb.SearchRequest(collection=name, queries=encode_matrix(vectors), k=1,
-                                                      ef=4096))
+        found = shard.call("Search", pb.SearchRequest(collection=name, queries=encode_matrix(vectors), k=1, ef=4096))
         assert decode_ids(found.ids).tolist() == ids, name  # type: ignore[attr-defined]
 
 
@@ -199,8 +202,9 @@ def test_crash_after_commit_before_the_index_update_loses_nothing(shard: ShardPr
     shard.start(SHOAL_CRASHPOINT="after-commit")
     x = clustered(30, DIM, seed=3)
     with pytest.raises(ShoalError):  # the process dies before it answers: the outcome is unknown
-        shard.call("Upsert", pb.UpsertRequest(collection="u", ids=encode_ids(list(range(300, 330))),
-                                              vectors=encode_matrix(x)))
+        shard.call(
+            "Upsert", pb.UpsertRequest(collection="u", ids=encode_ids(list(range(300, 330))), vectors=encode_matrix(x))
+        )
     assert shard.wait() == CRASH_EXIT
     shard.start()
     # The batch was durable when the process died: the restart must index it (replayed after the snapshot).
@@ -299,8 +303,12 @@ def test_graceful_stop_finishes_calls_in_flight_and_restarts_from_snapshots(shar
         for b in range(100):
             ids = list(range(10_000 * (w + 1) + 20 * b, 10_000 * (w + 1) + 20 * b + 20))
             try:
-                shard.stub.Upsert(pb.UpsertRequest(collection="u", ids=encode_ids(ids),
-                                                   vectors=encode_matrix(x[20 * b:20 * b + 20])), timeout=TIMEOUT)
+                shard.stub.Upsert(
+                    pb.UpsertRequest(
+                        collection="u", ids=encode_ids(ids), vectors=encode_matrix(x[20 * b : 20 * b + 20])
+                    ),
+                    timeout=TIMEOUT,
+                )
             except grpc.RpcError:
                 return  # refused once the shard stops taking calls
             with lock:
@@ -381,8 +389,14 @@ def test_a_failed_rocksdb_write_is_fatal_and_a_restart_recovers(tmp_path: Path) 
             upsert(shard, expected, 0, 300, seed=10)
             filler = fill(disk, 0)
             with pytest.raises(ShoalError) as failure:
-                shard.call("Upsert", pb.UpsertRequest(collection="u", ids=encode_ids(list(range(300, 1300))),
-                                                      vectors=encode_matrix(clustered(1000, DIM, seed=11))))
+                shard.call(
+                    "Upsert",
+                    pb.UpsertRequest(
+                        collection="u",
+                        ids=encode_ids(list(range(300, 1300))),
+                        vectors=encode_matrix(clustered(1000, DIM, seed=11)),
+                    ),
+                )
             assert failure.value.code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
             assert shard.wait() == 74  # fatal: RocksDB takes no write after a failed WAL append
             filler.unlink()
@@ -396,8 +410,10 @@ def test_a_failed_rocksdb_write_is_fatal_and_a_restart_recovers(tmp_path: Path) 
 
 def test_a_backup_folder_must_be_new_and_absolute(shard: ShardProc, tmp_path: Path) -> None:
     shard.start()
-    for path, code in (("relative/path", grpc.StatusCode.INVALID_ARGUMENT),
-                       (str(tmp_path), grpc.StatusCode.FAILED_PRECONDITION)):
+    for path, code in (
+        ("relative/path", grpc.StatusCode.INVALID_ARGUMENT),
+        (str(tmp_path), grpc.StatusCode.FAILED_PRECONDITION),
+    ):
         with pytest.raises(ShoalError) as failure:
             shard.call("Backup", shard_pb2.BackupRequest(path=path))
         assert failure.value.code == code

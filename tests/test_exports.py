@@ -20,9 +20,25 @@ def test_error_classes_carry_their_codes() -> None:
     assert shoal.NotFound("x").code == grpc.StatusCode.NOT_FOUND
     assert shoal.AlreadyExists("x").code == grpc.StatusCode.ALREADY_EXISTS
     assert shoal.Unavailable("x").code == grpc.StatusCode.UNAVAILABLE
-    assert all(issubclass(getattr(shoal, n), shoal.ShoalError) for n in shoal.__all__ if n[0].isupper()
-               and n.endswith(("Argument", "Found", "Exists", "Precondition", "Exhausted", "Unavailable",
-                               "Exceeded", "Unauthenticated", "Denied", "Internal")))
+    assert all(
+        issubclass(getattr(shoal, n), shoal.ShoalError)
+        for n in shoal.__all__
+        if n[0].isupper()
+        and n.endswith(
+            (
+                "Argument",
+                "Found",
+                "Exists",
+                "Precondition",
+                "Exhausted",
+                "Unavailable",
+                "Exceeded",
+                "Unauthenticated",
+                "Denied",
+                "Internal",
+            )
+        )
+    )
 
 
 def test_import_shoal_loads_no_server_code() -> None:

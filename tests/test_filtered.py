@@ -25,9 +25,16 @@ CLUSTER = RNG.integers(0, CLUSTERS, N)
 X = CENTERS[CLUSTER] + 0.3 * RNG.standard_normal((N, DIM)).astype(np.float32)
 RANK = RNG.permutation(N)  # unique, independent of the vectors
 PAYLOADS: list[dict[str, Any]] = [
-    {"rank": int(u), "score": u / N, "code": f"c{u % 1000}", "half": bool(u % 2), "cluster": int(c),
-     "m": {"k100": int(u % 100), "k10": int(u % 10)}}
-    for u, c in zip(RANK, CLUSTER, strict=True)]
+    {
+        "rank": int(u),
+        "score": u / N,
+        "code": f"c{u % 1000}",
+        "half": bool(u % 2),
+        "cluster": int(c),
+        "m": {"k100": int(u % 100), "k10": int(u % 10)},
+    }
+    for u, c in zip(RANK, CLUSTER, strict=True)
+]
 QUERY_CLUSTERS = RNG.integers(0, CLUSTERS, 50)
 QUERIES = CENTERS[QUERY_CLUSTERS] + 0.3 * RNG.standard_normal((50, DIM)).astype(np.float32)
 
@@ -39,8 +46,10 @@ def _selectivity_filters() -> list[tuple[str, dict[str, Any]]]:
         n = int(share * N)
         out += [
             (f"{share:.1%} eq", eq),
-            (f"{share:.1%} range", {"rank": {"$gte": 1000, "$lt": 1000 + n}} if share < 0.5
-             else {"score": {"$lt": 0.5}}),
+            (
+                f"{share:.1%} range",
+                {"rank": {"$gte": 1000, "$lt": 1000 + n}} if share < 0.5 else {"score": {"$lt": 0.5}},
+            ),
             (f"{share:.1%} in", {"code": {"$in": [f"c{i}" for i in range(int(share * 1000))]}}),
             (f"{share:.1%} or", {"$or": [{"rank": {"$lt": n // 2}}, {"score": {"$gte": 1 - n / 2 / N}}]}),
         ]
@@ -66,8 +75,9 @@ def filt(client: shoal.Client) -> Iterator[str]:
 
 
 @pytest.mark.parametrize(("case", "spec"), FILTERS, ids=[c for c, _ in FILTERS])
-def test_filtered_search_is_exact_enough_at_every_selectivity(client: shoal.Client, filt: str, case: str,
-                                                              spec: dict[str, Any]) -> None:
+def test_filtered_search_is_exact_enough_at_every_selectivity(
+    client: shoal.Client, filt: str, case: str, spec: dict[str, Any]
+) -> None:
     want = truth_of(spec)
     share = float(case.split("%")[0]) / 100
     assert len(want) == pytest.approx(share * N, rel=0.02)
@@ -81,8 +91,9 @@ def test_filtered_search_is_exact_enough_at_every_selectivity(client: shoal.Clie
     # One query per call: the planner may choose differently (HNSW costs per query, exact per batch).
     singles = [client.search(filt, QUERIES[i], k=K, filter=spec) for i in range(0, len(QUERIES), 5)]
     assert [r.counts.tolist() for r in singles] == [[min(K, len(want))]] * len(singles)
-    recall = np.mean([len(set(r.ids[0].tolist()) & set(want[order[i * 5]].tolist())) / K
-                      for i, r in enumerate(singles)])
+    recall = np.mean(
+        [len(set(r.ids[0].tolist()) & set(want[order[i * 5]].tolist())) / K for i, r in enumerate(singles)]
+    )
     assert recall >= 0.95, (case, recall, singles[0].plan)
     assert client.count(filt, filter=spec) == len(want)
     shards = res.plan.split("; ")
@@ -110,8 +121,9 @@ def test_scroll_visits_each_match_exactly_once(client: shoal.Client, filt: str) 
     again = [p.id for p in client.scroll(filt, limit=50)]
     assert again == [p.id for p in client.scroll(filt, limit=50)]  # a stable order
     with_vectors = client.scroll(filt, limit=3, with_vectors=True, with_payload=False)
-    assert all(p.vector is not None and p.vector.tobytes() == X[p.id].tobytes() and p.payload is None
-               for p in with_vectors)
+    assert all(
+        p.vector is not None and p.vector.tobytes() == X[p.id].tobytes() and p.payload is None for p in with_vectors
+    )
 
 
 def test_min_k_matches_and_widening_for_an_anticorrelated_filter(client: shoal.Client, filt: str) -> None:
@@ -134,8 +146,7 @@ def test_min_k_matches_and_widening_for_an_anticorrelated_filter(client: shoal.C
     assert all(set(r.ids.ravel().tolist()) <= set(truth_of(few).tolist()) for r in streamed)
 
 
-def test_upserts_that_change_a_field_keep_payloads_and_indexes_consistent(client: shoal.Client,
-                                                                           name: str) -> None:
+def test_upserts_that_change_a_field_keep_payloads_and_indexes_consistent(client: shoal.Client, name: str) -> None:
     client.create_collection(name, dim=DIM)
     ids = np.arange(1000)
     client.upsert(name, ids=ids, vectors=X[:1000], payloads=[{"color": "red", "n": i} for i in range(1000)])
@@ -152,10 +163,15 @@ def test_upserts_that_change_a_field_keep_payloads_and_indexes_consistent(client
 
 def test_set_payload_changes_keys_without_resending_vectors(client: shoal.Client, name: str) -> None:
     client.create_collection(name, dim=DIM)
-    client.upsert(name, ids=np.arange(100), vectors=X[:100],
-                  payloads=[{"lang": "en", "meta": {"src": "web", "year": 2020}} for _ in range(100)])
-    assert client.set_payload(name, ids=[1, 2, 3, 10_000], payload={"lang": "de", "new": True},
-                              unset=["meta.year"]) == 3
+    client.upsert(
+        name,
+        ids=np.arange(100),
+        vectors=X[:100],
+        payloads=[{"lang": "en", "meta": {"src": "web", "year": 2020}} for _ in range(100)],
+    )
+    assert (
+        client.set_payload(name, ids=[1, 2, 3, 10_000], payload={"lang": "de", "new": True}, unset=["meta.year"]) == 3
+    )
     got = client.get(name, ids=[1, 4])
     assert got[0].payload == {"lang": "de", "meta": {"src": "web"}, "new": True}
     assert got[0].vector is not None and got[0].vector.tobytes() == X[1].tobytes()
@@ -176,8 +192,11 @@ def test_string_id_collections_filter_too(client: shoal.Client, name: str) -> No
     client.upsert(name, ids=names, vectors=X[:300], payloads=[{"i": i, "odd": i % 2 == 1} for i in range(300)])
     res = client.search(name, X[:4], k=5, filter={"odd": True}, with_payload=True)
     assert res.counts.tolist() == [5] * 4
-    assert all(hit.payload is not None and hit.payload["odd"] and hit.id == f"doc-{hit.payload['i']}"
-               for hits in res for hit in hits)
+    assert all(
+        hit.payload is not None and hit.payload["odd"] and hit.id == f"doc-{hit.payload['i']}"
+        for hits in res
+        for hit in hits
+    )
     page = client.scroll(name, filter={"i": {"$lt": 7}}, limit=5)
     rest = client.scroll(name, filter={"i": {"$lt": 7}}, limit=5, cursor=page.next_cursor)
     assert sorted(p.id for p in [*page, *rest]) == sorted(f"doc-{i}" for i in range(7)) and rest.next_cursor is None
@@ -195,24 +214,29 @@ BAD_FILTERS: list[tuple[dict[str, Any], str]] = [
 
 
 @pytest.mark.parametrize(("spec", "message"), BAD_FILTERS, ids=[m.split(":")[0] for _, m in BAD_FILTERS])
-def test_malformed_filters_are_invalid_argument_and_change_nothing(client: shoal.Client, filt: str,
-                                                                   cluster: LocalCluster, spec: dict[str, Any],
-                                                                   message: str) -> None:
-    for call in (lambda: client.search(filt, QUERIES[:1], filter=spec), lambda: client.count(filt, filter=spec),
-                 lambda: client.delete(filt, filter=spec), lambda: client.scroll(filt, filter=spec)):
+def test_malformed_filters_are_invalid_argument_and_change_nothing(
+    client: shoal.Client, filt: str, cluster: LocalCluster, spec: dict[str, Any], message: str
+) -> None:
+    for call in (
+        lambda: client.search(filt, QUERIES[:1], filter=spec),
+        lambda: client.count(filt, filter=spec),
+        lambda: client.delete(filt, filter=spec),
+        lambda: client.scroll(filt, filter=spec),
+    ):
         with pytest.raises(shoal.InvalidArgument, match=message.replace("$", r"\$").replace("[", r"\[")):
             call()
     # The same through a raw stub: the coordinator checks what the SDK would have refused to send.
     raw = json.dumps(spec)
     with grpc.insecure_channel(cluster.address) as channel:
         stub = shoal_pb2_grpc.ShoalStub(channel)
-        for method, request in (("Count", pb.CountRequest(collection=filt, filter=raw)),
-                                ("Delete", pb.DeleteRequest(collection=filt, filter=raw)),
-                                ("Scroll", pb.ScrollRequest(collection=filt, filter=raw)),
-                                ("Delete", pb.DeleteRequest(collection=filt, filter="{not json")),
-                                ("Scroll", pb.ScrollRequest(collection=filt, cursor="bogus")),
-                                ("SetPayload", pb.SetPayloadRequest(collection=filt, ids=pb.Ids(u64=b"\0" * 8),
-                                                                    set=b"[1]"))):
+        for method, request in (
+            ("Count", pb.CountRequest(collection=filt, filter=raw)),
+            ("Delete", pb.DeleteRequest(collection=filt, filter=raw)),
+            ("Scroll", pb.ScrollRequest(collection=filt, filter=raw)),
+            ("Delete", pb.DeleteRequest(collection=filt, filter="{not json")),
+            ("Scroll", pb.ScrollRequest(collection=filt, cursor="bogus")),
+            ("SetPayload", pb.SetPayloadRequest(collection=filt, ids=pb.Ids(u64=b"\0" * 8), set=b"[1]")),
+        ):
             with pytest.raises(grpc.RpcError) as info:
                 getattr(stub, method)(request, timeout=30)
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, info.value.details())
@@ -231,10 +255,13 @@ def test_delete_by_filter_and_payload_updates_survive_a_crash(tmp_path: Path) ->
         client.create_collection("d", dim=DIM)
         client.upsert("d", ids=np.arange(3000), vectors=X[:3000], payloads=payloads)
         assert client.delete("d", filter={"$or": [{"k": 3}, {"tag": "a"}]}) == len(
-            truth_of({"$or": [{"k": 3}, {"tag": "a"}]}, payloads))
+            truth_of({"$or": [{"k": 3}, {"tag": "a"}]}, payloads)
+        )
         client.set_payload("d", ids=[1, 2, 4], payload={"k": 99})
-        before = {json.dumps(s): client.count("d", filter=s) for s in
-                  ({"k": 3}, {"tag": "a"}, {"k": 99}, {"tag": "c"}, {"k": {"$ne": 5}})}
+        before = {
+            json.dumps(s): client.count("d", filter=s)
+            for s in ({"k": 3}, {"tag": "a"}, {"k": 99}, {"tag": "c"}, {"k": {"$ne": 5}})
+        }
         remaining = client.count("d")
         for proc in own.shard_procs:
             proc.kill()

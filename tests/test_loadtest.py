@@ -57,16 +57,46 @@ def test_drive_asks_every_item_once_first_then_keeps_going() -> None:
 
 def test_bench_runs_against_a_cluster_and_writes_its_report(cluster: LocalCluster, tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    cmd = [sys.executable, str(LOADTEST / "bench.py"), "--address", cluster.address, "--generate", "1500",
-           "--dim", "8", "--queries", "60", "--batch", "20", "--ef", "8,64", "--seconds", "0.1", "--repeat", "1",
-           "--modes", "batch,single-stream", "--clients", "3", "--target-recall", "0.5", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(LOADTEST / "bench.py"),
+        "--address",
+        cluster.address,
+        "--generate",
+        "1500",
+        "--dim",
+        "8",
+        "--queries",
+        "60",
+        "--batch",
+        "20",
+        "--ef",
+        "8,64",
+        "--seconds",
+        "0.1",
+        "--repeat",
+        "1",
+        "--modes",
+        "batch,single-stream",
+        "--clients",
+        "3",
+        "--target-recall",
+        "0.5",
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "bench.json").read_text())
     assert (out / "bench.png").stat().st_size > 0
     modes = {(s["system"], s["mode"]) for s in report["summary"]}
-    assert modes == {("usearch", "all"), ("usearch", "batch"), ("usearch", "single"), ("shoal", "batch"),
-                     ("shoal", "single-stream")}
+    assert modes == {
+        ("usearch", "all"),
+        ("usearch", "batch"),
+        ("usearch", "single"),
+        ("shoal", "batch"),
+        ("shoal", "single-stream"),
+    }
     assert all(s["recall"] > 0.9 for s in report["summary"] if s["ef"] == 64)
     assert {r["mode"] for r in report["at_target_recall"]} >= {"batch", "single-stream"}
     assert [h["mode"] for h in report["half_load"]] == ["single-stream"]
@@ -84,10 +114,33 @@ def test_locust_runs_the_configured_task_mix(client: shoal.Client, name: str, tm
         pytest.skip("locust is not installed (pip install -e '.[dev]')")
     client.create_collection(name, dim=8)  # else the locust file creates it (tested by hand: it takes a while)
     client.upsert(name, ids=np.arange(300), vectors=clustered(300, 8), payloads=[{"group": i % 10} for i in range(300)])
-    cmd = [str(locust), "-f", str(LOADTEST / "locustfile.py"), "--headless", "-u", "3", "-r", "3", "-t", "3s",
-           "--host", client.address, "--collection", name, "--dim", "8", "--preload", "300", "--batch", "10",
-           "--tasks", "search=3,search_batch=1,filtered_search=1,upsert=1", "--csv", str(tmp_path / "locust"),
-           "--only-summary"]
+    cmd = [
+        str(locust),
+        "-f",
+        str(LOADTEST / "locustfile.py"),
+        "--headless",
+        "-u",
+        "3",
+        "-r",
+        "3",
+        "-t",
+        "3s",
+        "--host",
+        client.address,
+        "--collection",
+        name,
+        "--dim",
+        "8",
+        "--preload",
+        "300",
+        "--batch",
+        "10",
+        "--tasks",
+        "search=3,search_batch=1,filtered_search=1,upsert=1",
+        "--csv",
+        str(tmp_path / "locust"),
+        "--only-summary",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     with open(tmp_path / "locust_stats.csv") as f:

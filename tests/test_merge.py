@@ -17,8 +17,9 @@ def make_ids(n: int, string_ids: bool, rng: np.random.Generator) -> np.ndarray:
     return rng.choice(2**40, size=n, replace=False).astype(np.uint64) + np.uint64(1)
 
 
-def local_topk(ids: np.ndarray, distances: np.ndarray, vectors: np.ndarray, payloads: np.ndarray,
-               k: int, string_ids: bool) -> TopK:
+def local_topk(
+    ids: np.ndarray, distances: np.ndarray, vectors: np.ndarray, payloads: np.ndarray, k: int, string_ids: bool
+) -> TopK:
     """What a shard answers: its own top-k of each query, padded to k columns."""
     q, n = distances.shape
     out = empty(q, k, string_ids=string_ids, payloads=True, dim=DIM)
@@ -47,8 +48,10 @@ def test_merge_equals_brute_force_over_the_union(string_ids: bool, seed: int) ->
     distances = ((queries[:, None, :] - vectors[None, :, :]) ** 2).sum(axis=-1).astype(np.float32)
 
     bounds = np.cumsum([0, *sizes])
-    parts = [local_topk(ids[a:b], distances[:, a:b], vectors[a:b], payloads[a:b], k, string_ids)
-             for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    parts = [
+        local_topk(ids[a:b], distances[:, a:b], vectors[a:b], payloads[a:b], k, string_ids)
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
     result = merge(parts, k)
 
     expected = np.argsort(distances, axis=1, kind="stable")[:, :k]
@@ -73,8 +76,9 @@ def part(ids: list, distances: list[float], count: int, payloads: list[bytes] | 
     if payloads is not None:
         blobs = np.empty((1, len(payloads)), dtype=object)
         blobs[0, :] = payloads
-    return TopK(np.array([ids], dtype=dtype), np.array([distances], dtype=np.float32),
-                np.array([count], dtype=np.uint32), blobs)
+    return TopK(
+        np.array([ids], dtype=dtype), np.array([distances], dtype=np.float32), np.array([count], dtype=np.uint32), blobs
+    )
 
 
 def test_padding_never_beats_a_real_hit() -> None:
@@ -152,8 +156,9 @@ def test_a_merged_result_survives_the_wire() -> None:
 def found(ids: list, with_vectors: bool = True) -> Found:
     arr = np.array(ids, dtype=object if ids and isinstance(ids[0], str) else np.uint64)
     # A vector that depends only on the id, so it can be checked after reordering.
-    vectors = np.array([[float(int.from_bytes(str(i).encode()[-3:], "little"))] * DIM for i in ids],
-                       np.float32).reshape(len(ids), DIM)
+    vectors = np.array(
+        [[float(int.from_bytes(str(i).encode()[-3:], "little"))] * DIM for i in ids], np.float32
+    ).reshape(len(ids), DIM)
     payloads = np.empty(len(ids), dtype=object)
     payloads[:] = [f"{i}".encode() for i in ids]
     return Found(arr, vectors if with_vectors else None, payloads)

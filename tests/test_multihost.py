@@ -70,9 +70,20 @@ class Lab:
 
     def start_shard(self, shard: str, host: Host, cores: list[int]) -> HostProcess:
         """Start shard `shard` on `host` with its data folder, and wait until it serves."""
-        proc = HostProcess(f"shard-{shard}", ["shard", "--data", str(self.root / f"shard-{shard}"), "--listen",
-                                              f"0.0.0.0:{SHARD_PORT}", "--cores", ",".join(map(str, cores))],
-                           self.root / f"shard-{shard}.log", host=host)
+        proc = HostProcess(
+            f"shard-{shard}",
+            [
+                "shard",
+                "--data",
+                str(self.root / f"shard-{shard}"),
+                "--listen",
+                f"0.0.0.0:{SHARD_PORT}",
+                "--cores",
+                ",".join(map(str, cores)),
+            ],
+            self.root / f"shard-{shard}.log",
+            host=host,
+        )
         self.shards[shard], self.hosts[shard] = proc, host
         proc.start(START_TIMEOUT)
         wait_serving(self.shard_address(shard), START_TIMEOUT)
@@ -80,9 +91,13 @@ class Lab:
 
     def status(self) -> str:
         """`shoal status` as run on the coordinator's host, where the shard names resolve."""
-        done = subprocess.run(self.coordinator_host.command(sys.executable, "-m", "shoal", "status", "--address",
-                                                            self.address),
-                              capture_output=True, text=True, timeout=60, env=environment())
+        done = subprocess.run(
+            self.coordinator_host.command(sys.executable, "-m", "shoal", "status", "--address", self.address),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=environment(),
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -109,10 +124,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         topology.write_text(
             '{"version": 1, "shards": [\n'
             f'  {{"address": "{hosts["a"].address}:{SHARD_PORT}", "slots": [0, 2048]}},\n'
-            f'  {{"address": "{NAME_B}:{SHARD_PORT}", "slots": [2048, 4096]}}\n]}}\n')
-        lab.coordinator = HostProcess("coordinator", ["coordinator", "--topology", str(topology), "--listen",
-                                                      f"0.0.0.0:{COORDINATOR_PORT}"],
-                                      root / "coordinator.log", host=coordinator_host)
+            f'  {{"address": "{NAME_B}:{SHARD_PORT}", "slots": [2048, 4096]}}\n]}}\n'
+        )
+        lab.coordinator = HostProcess(
+            "coordinator",
+            ["coordinator", "--topology", str(topology), "--listen", f"0.0.0.0:{COORDINATOR_PORT}"],
+            root / "coordinator.log",
+            host=coordinator_host,
+        )
         lab.coordinator.start(START_TIMEOUT)
         wait_serving(lab.address, START_TIMEOUT)
         with shoal.Client(lab.address) as client:
@@ -136,8 +155,11 @@ def _check_full(client: shoal.Client, lab: Lab) -> None:
     np.testing.assert_array_equal(res.ids, brute_force(lab.x, q, K, "l2")[0])
 
 
-def _timed_failure(call: Callable[[], Any], error: type[shoal.ShoalError] | tuple[type[shoal.ShoalError], ...],
-                   match: str | None = None) -> float:
+def _timed_failure(
+    call: Callable[[], Any],
+    error: type[shoal.ShoalError] | tuple[type[shoal.ShoalError], ...],
+    match: str | None = None,
+) -> float:
     """Seconds until `call` raised `error` (with `match` in its message)."""
     start = time.monotonic()
     with pytest.raises(error, match=match):
@@ -190,16 +212,18 @@ def test_cut_link_fails_fast_with_unavailable_and_recovers(lab: Lab) -> None:
             took = _timed_failure(lambda: patient.count("docs"), shoal.Unavailable, a)
             _report("count without a deadline, until UNAVAILABLE", took)
             assert took < DETECT_BUDGET
-            took = _timed_failure(lambda: client.upsert("docs", ids=on_a, vectors=lab.x[:len(on_a)]),
-                                  shoal.Unavailable, a)
+            took = _timed_failure(
+                lambda: client.upsert("docs", ids=on_a, vectors=lab.x[: len(on_a)]), shoal.Unavailable, a
+            )
             assert took < DETECT_BUDGET
             # What needs only the reachable shard still works.
-            assert client.upsert("docs", ids=on_b, vectors=lab.x[:len(on_b)]) == len(on_b)
+            assert client.upsert("docs", ids=on_b, vectors=lab.x[: len(on_b)]) == len(on_b)
             assert client.delete("docs", ids=on_b) == len(on_b)
             # A deadline shorter than the detection: the deadline comes first (or the shard is known down).
             with shoal.Client(lab.address, timeout=0.5) as hurried:
-                took = _timed_failure(lambda: hurried.search("docs", lab.x[:3], k=K),
-                                      (shoal.DeadlineExceeded, shoal.Unavailable))
+                took = _timed_failure(
+                    lambda: hurried.search("docs", lab.x[:3], k=K), (shoal.DeadlineExceeded, shoal.Unavailable)
+                )
             assert took < 0.5 + 1.0
         finally:
             lab.net.restore(lab.hosts["a"])

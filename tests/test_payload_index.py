@@ -107,11 +107,23 @@ def test_number_and_string_encodings_keep_python_order() -> None:
 
 
 def test_fields_follow_the_reference_lookup() -> None:
-    payload = {"a": [1, "x", [2], {"b": 3}, None, True, 1], "b": {"c": None, "d": {}}, "x.y": 5, "": 1,
-               "n": float("nan")}
+    payload = {
+        "a": [1, "x", [2], {"b": 3}, None, True, 1],
+        "b": {"c": None, "d": {}},
+        "x.y": 5,
+        "": 1,
+        "n": float("nan"),
+    }
     assert fields(payload) == [
-        ("a", "e", None), ("a", "n", 1.0), ("a", "s", "x"), ("a", "b", True),
-        ("b", "e", None), ("b.c", "e", None), ("b.d", "e", None), ("n", "e", None)]
+        ("a", "e", None),
+        ("a", "n", 1.0),
+        ("a", "s", "x"),
+        ("a", "b", True),
+        ("b", "e", None),
+        ("b.c", "e", None),
+        ("b.d", "e", None),
+        ("n", "e", None),
+    ]
 
 
 def test_mirror_and_rocksdb_agree_with_the_reference_through_changes(shard: Shard) -> None:
@@ -129,8 +141,10 @@ def test_mirror_and_rocksdb_agree_with_the_reference_through_changes(shard: Shar
     shard.delete("u", np.array(gone, dtype=np.uint64))
     shard.submit_set_payload("u", [0, 1, 2, 3], b'{"a": "set", "z": [1, 2]}', ["b.c", "c"]).result()
     alive = sorted(set(range(n)) - set(gone))
-    stored = {int(i): json.loads(p) if p else None
-              for i, p in zip(shard.get("u", alive).ids, shard.get("u", alive).payloads or [], strict=True)}
+    stored = {
+        int(i): json.loads(p) if p else None
+        for i, p in zip(shard.get("u", alive).ids, shard.get("u", alive).payloads or [], strict=True)
+    }
     assert check(store_of(shard, "u")) == []
     for _ in range(300):
         spec = random_filter(rng)
@@ -182,8 +196,9 @@ def test_data_from_before_payload_indexes_gets_one(tmp_path: Path) -> None:
         shard.create_collection(CollectionConfig("u", DIM))
         shard.upsert("u", np.arange(30, dtype=np.uint64), clustered(30, DIM), encode([{"k": i % 3} for i in range(30)]))
     path = str(tmp_path / "rocksdb")
-    db = Rdict(path, _options(), column_families={n: _options() for n in Rdict.list_cf(path, _options())
-                                                  if n != "default"})
+    db = Rdict(
+        path, _options(), column_families={n: _options() for n in Rdict.list_cf(path, _options()) if n != "default"}
+    )
     db.drop_column_family("x.u")  # as the layout was before
     db.close()
     with Shard(tmp_path, threads=2) as shard:
@@ -193,8 +208,9 @@ def test_data_from_before_payload_indexes_gets_one(tmp_path: Path) -> None:
 def test_string_ids_filter_scroll_and_delete(shard: Shard) -> None:
     names = [f"doc-{i}" for i in range(50)]
     shard.upsert("s", names, clustered(50, DIM), encode([{"even": i % 2 == 0, "i": i} for i in range(50)]))
-    result, plan = shard.submit_filtered_search("s", clustered(2, DIM, seed=9), 5, 0, True, False,
-                                                '{"even": true}').result()
+    result, plan = shard.submit_filtered_search(
+        "s", clustered(2, DIM, seed=9), 5, 0, True, False, '{"even": true}'
+    ).result()
     assert plan == "exact(matches=25)" and result.counts.tolist() == [5, 5]
     assert all(json.loads(result.payloads[j])["even"] for j in range(10))  # type: ignore[index]
     assert all(int(i.split("-")[1]) % 2 == 0 for i in result.ids.ravel())
@@ -212,8 +228,11 @@ def test_string_ids_filter_scroll_and_delete(shard: Shard) -> None:
 @pytest.mark.parametrize("bad", ['{"a": {"$gt": [1]}}', "{", '{"$or": []}', ""])
 def test_bad_filters_are_rejected_and_change_nothing(shard: Shard, bad: str) -> None:
     shard.upsert("u", np.arange(5, dtype=np.uint64), clustered(5, DIM), encode([{"a": 1}] * 5))
-    for call in (lambda: shard.count_filtered("u", bad), lambda: shard.submit_delete_filter("u", bad),
-                 lambda: shard.submit_filtered_search("u", clustered(1, DIM), 3, 0, False, False, bad)):
+    for call in (
+        lambda: shard.count_filtered("u", bad),
+        lambda: shard.submit_delete_filter("u", bad),
+        lambda: shard.submit_filtered_search("u", clustered(1, DIM), 3, 0, False, False, bad),
+    ):
         with pytest.raises(InvalidArgument):
             call()
     with pytest.raises(InvalidArgument, match="nothing to change"):
@@ -248,17 +267,16 @@ def test_both_paths_find_the_nearest_matches(metric: str, monkeypatch: pytest.Mo
         want, dist = brute_force(x[selected], q, k, metric)
         exact = planner.exact(index, planner.Matching(keys), q, k)
         assert exact.counts.tolist() == [min(k, len(keys))] * len(q)
-        assert (exact.keys[:, :min(k, len(keys))] == keys[want]).mean() > 0.99  # ties may swap
-        np.testing.assert_allclose(exact.distances[:, :min(k, len(keys))], dist, rtol=1e-4, atol=1e-4)
+        assert (exact.keys[:, : min(k, len(keys))] == keys[want]).mean() > 0.99  # ties may swap
+        np.testing.assert_allclose(exact.distances[:, : min(k, len(keys))], dist, rtol=1e-4, atol=1e-4)
         plans = []
         for hnsw_cost in (tuned, 1e-3):  # as tuned, then HNSW whenever it can
             monkeypatch.setattr(planner, "HNSW_COST", hnsw_cost)
             hits, plan = planner.search(index, n, planner.Matching(keys), q, k, ef=16)
             plans.append(plan)
             assert hits.counts.tolist() == [min(k, len(keys))] * len(q), plan
-            assert np.isin(hits.keys[:, :min(k, len(keys))], keys).all()
-            recall = np.mean([len(set(hits.keys[i]) & set(keys[want[i]])) / min(k, len(keys))
-                              for i in range(len(q))])
+            assert np.isin(hits.keys[:, : min(k, len(keys))], keys).all()
+            recall = np.mean([len(set(hits.keys[i]) & set(keys[want[i]])) / min(k, len(keys)) for i in range(len(q))])
             # HNSW over raw inner products navigates poorly (ip is no metric): there only exact is checked.
             assert recall >= 0.9 or (metric == "ip" and plan.startswith("hnsw")), (plan, recall)
         assert plans[1].startswith("hnsw" if len(keys) > 16 else "exact"), plans  # exact when ef covers them
@@ -287,8 +305,10 @@ def test_index_entries_are_written_with_the_point(shard: Shard) -> None:
     shard.upsert("u", [1, 2], clustered(2, DIM), [b'{"lang": "en", "n": 1}', b'{"lang": "fr"}'])
     shard.upsert("u", [1], clustered(1, DIM), [b'{"lang": "de"}'])  # the "en" and "n" entries must go
     names = {(path, tag) for path, tag, _, _ in columns(store_of(shard, "u")) if path}
-    entries = {(path, tag, keys.tolist()[0] if len(keys) == 1 else tuple(keys.tolist()))
-               for path, tag, keys, _ in columns(store_of(shard, "u"))}
+    entries = {
+        (path, tag, keys.tolist()[0] if len(keys) == 1 else tuple(keys.tolist()))
+        for path, tag, keys, _ in columns(store_of(shard, "u"))
+    }
     assert names == {("lang", "e"), ("lang", "s")}
     assert ("", "L", (1, 2)) in entries and ("lang", "e", (1, 2)) in entries
     assert shard.count_filtered("u", '{"lang": "en"}') == 0 and shard.count_filtered("u", '{"n": 1}') == 0

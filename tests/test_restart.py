@@ -37,8 +37,10 @@ def _check(client: shoal.Client, x: np.ndarray, payloads: list[dict[str, int]]) 
     kept = np.setdiff1d(np.arange(2000), np.arange(0, 2000, 10))
     points = client.get("keep", ids=np.arange(2000))
     assert [p.id for p in points] == kept.tolist()
-    assert all(p.vector.tobytes() == x[p.id].tobytes() and p.payload == payloads[p.id]  # type: ignore[union-attr]
-               for p in points)
+    assert all(
+        p.vector.tobytes() == x[p.id].tobytes() and p.payload == payloads[p.id]  # type: ignore[union-attr]
+        for p in points
+    )
     res = client.search("keep", x[kept[:50]], k=1, ef=2000)
     assert res.ids[:, 0].tolist() == kept[:50].tolist()
     assert client.search("names", x[:3], k=1, ef=100).ids[:, 0].tolist() == ["n0", "n1", "n2"]
@@ -71,8 +73,11 @@ def test_down_shard_fails_with_unavailable_naming_it(own_cluster: LocalCluster) 
         client.upsert("c", ids=np.arange(100), vectors=clustered(100, 4))
         down = own_cluster.shard_procs[1]
         down.kill()
-        for call in (lambda: client.search("c", np.ones(4), k=5), lambda: client.count("c"),
-                     lambda: client.upsert("c", ids=np.arange(100, 200), vectors=clustered(100, 4))):
+        for call in (
+            lambda: client.search("c", np.ones(4), k=5),
+            lambda: client.count("c"),
+            lambda: client.upsert("c", ids=np.arange(100, 200), vectors=clustered(100, 4)),
+        ):
             with pytest.raises(shoal.Unavailable, match=down.address):
                 call()
         own_cluster.restart(down)

@@ -130,7 +130,7 @@ def test_search_pads_when_fewer_points_than_k(shard: Shard) -> None:
 def test_coalesced_searches_answer_each_caller(shard: Shard) -> None:
     x = clustered(500, DIM, seed=8)
     shard.upsert("u", np.arange(500, dtype=np.uint64), x)
-    futures = [shard.submit_search("u", x[i:i + 2], k=3, ef=500) for i in range(0, 100, 2)]
+    futures = [shard.submit_search("u", x[i : i + 2], k=3, ef=500) for i in range(0, 100, 2)]
     futures.append(shard.submit_search("u", x[:1], k=7, ef=500))
     order, _ = brute_force(x, x[:100], 3, "cosine")
     got = np.concatenate([f.result().ids for f in futures[:-1]])
@@ -144,8 +144,9 @@ def test_restart_keeps_every_point(tmp_path: Path) -> None:
         shard.create_collection(CollectionConfig("u", DIM))
         shard.create_collection(CollectionConfig("s", DIM, id_type="string"))
         for start in range(0, 600, 200):
-            shard.upsert("u", np.arange(start, start + 200, dtype=np.uint64), x[start:start + 200],
-                         payloads(200, start))
+            shard.upsert(
+                "u", np.arange(start, start + 200, dtype=np.uint64), x[start : start + 200], payloads(200, start)
+            )
         shard.delete("u", np.arange(0, 600, 10, dtype=np.uint64))
         shard.upsert("s", ["a", "b", "c"], x[:3])
         shard.delete("s", ["b"])
@@ -199,8 +200,9 @@ BAD: list[tuple[str, Callable[[Shard, np.ndarray], Any], type[Exception]]] = [
 
 
 @pytest.mark.parametrize("call, error", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
-def test_bad_input_raises_and_changes_nothing(shard: Shard, call: Callable[[Shard, np.ndarray], Any],
-                                              error: type[Exception]) -> None:
+def test_bad_input_raises_and_changes_nothing(
+    shard: Shard, call: Callable[[Shard, np.ndarray], Any], error: type[Exception]
+) -> None:
     x = clustered(10, DIM, seed=10)
     shard.upsert("u", np.arange(5, dtype=np.uint64), x[:5], payloads(5))
     shard.upsert("s", ["a"], x[:1])
@@ -240,7 +242,7 @@ def test_concurrent_upserts_are_all_durable_and_visible(tmp_path: Path) -> None:
             for b in range(batches):
                 first = (w * batches + b) * rows
                 ids = np.arange(first, first + rows, dtype=np.uint64)
-                assert core.upsert("c", ids, x[first:first + rows]) == rows
+                assert core.upsert("c", ids, x[first : first + rows]) == rows
                 assert core.get("c", ids[-1:]).ids.tolist() == [first + rows - 1]  # read your writes
         except BaseException as exc:
             errors.append(exc)
@@ -288,6 +290,7 @@ def test_group_commit_makes_a_burst_durable_with_one_sync(tmp_path: Path) -> Non
             batch = Storage.batch()
             batch.put(pack_key(i), b"x")
             return batch, lambda: i
+
         return prepare
 
     try:
@@ -355,8 +358,9 @@ def test_a_snapshot_plus_the_change_log_equals_rocksdb(tmp_path: Path) -> None:
         index.extend(first, x[:200])
         tmp = files.temporary(store, "t")
         size, crc = write_index(index, tmp, CrashPoints())
-        manifest = Manifest("c", store.born, storage.seq, f"snapshot-{storage.seq}.usearch", size, crc, 200,
-                            dataclasses.asdict(config))
+        manifest = Manifest(
+            "c", store.born, storage.seq, f"snapshot-{storage.seq}.usearch", size, crc, 200, dataclasses.asdict(config)
+        )
         files.publish(store, tmp, manifest, CrashPoints())
         assert not list(files.folder(store).glob("*.tmp"))
         # After the snapshot: replace some points, add some, delete some (also some of the new ones).
@@ -380,20 +384,31 @@ def test_a_snapshot_plus_the_change_log_equals_rocksdb(tmp_path: Path) -> None:
 
 
 def _manifest(**changes: Any) -> Manifest:
-    fields: dict[str, Any] = dict(collection="c", born=3, sequence=10, file="snapshot-10.usearch", size=1, crc32=0,
-                                  count=0, config=dataclasses.asdict(CollectionConfig("c", DIM)))
+    fields: dict[str, Any] = dict(
+        collection="c",
+        born=3,
+        sequence=10,
+        file="snapshot-10.usearch",
+        size=1,
+        crc32=0,
+        count=0,
+        config=dataclasses.asdict(CollectionConfig("c", DIM)),
+    )
     return Manifest(**{**fields, **changes})
 
 
-@pytest.mark.parametrize("changes, problem", [
-    ({}, None),
-    ({"born": 2}, "earlier collection"),
-    ({"collection": "d"}, "earlier collection"),
-    ({"config": dataclasses.asdict(CollectionConfig("c", DIM, metric="l2"))}, "another config"),
-    ({"sequence": 21}, "ahead of RocksDB"),
-    ({"sequence": 4}, "older than the change log"),
-    ({"format": 2}, "unknown format"),
-])
+@pytest.mark.parametrize(
+    "changes, problem",
+    [
+        ({}, None),
+        ({"born": 2}, "earlier collection"),
+        ({"collection": "d"}, "earlier collection"),
+        ({"config": dataclasses.asdict(CollectionConfig("c", DIM, metric="l2"))}, "another config"),
+        ({"sequence": 21}, "ahead of RocksDB"),
+        ({"sequence": 4}, "older than the change log"),
+        ({"format": 2}, "unknown format"),
+    ],
+)
 def test_which_snapshots_recovery_trusts(changes: dict[str, Any], problem: str | None) -> None:
     store = cast(CollectionStore, SimpleNamespace(name="c", born=3, config=CollectionConfig("c", DIM)))
     found = manifest_problem(_manifest(**changes), store, sequence=20, trimmed=5)

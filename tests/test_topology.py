@@ -35,15 +35,18 @@ def test_even_split_of_three() -> None:
     assert topology.shard_of_slots(np.array([0, 1364, 1365, 2729, 2730, 4095])).tolist() == [0, 0, 1, 1, 2, 2]
 
 
-@pytest.mark.parametrize(("addresses", "message"), [
-    ([], "at least one shard"),
-    (["a:1", "b:2", "a:1"], "shard address a:1 is given twice"),
-    ([f"h:{i + 1}" for i in range(SLOTS + 1)], f"at most {SLOTS} shards"),
-    (["localhost"], "must be 'host:port'"),
-    (["host:0"], "must be 'host:port'"),
-    (["host:70000"], "must be 'host:port'"),
-    ([":7000"], "must be 'host:port'"),
-])
+@pytest.mark.parametrize(
+    ("addresses", "message"),
+    [
+        ([], "at least one shard"),
+        (["a:1", "b:2", "a:1"], "shard address a:1 is given twice"),
+        ([f"h:{i + 1}" for i in range(SLOTS + 1)], f"at most {SLOTS} shards"),
+        (["localhost"], "must be 'host:port'"),
+        (["host:0"], "must be 'host:port'"),
+        (["host:70000"], "must be 'host:port'"),
+        ([":7000"], "must be 'host:port'"),
+    ],
+)
 def test_even_split_rejects(addresses: list[str], message: str) -> None:
     with pytest.raises(TopologyError, match=message):
         Topology.even(addresses)
@@ -74,34 +77,37 @@ def test_ipv6_and_names_are_addresses() -> None:
     assert topology.addresses == ("[::1]:7000", "shard-0.shoal.svc:7000")
 
 
-@pytest.mark.parametrize(("document", "message"), [
-    ([], "a topology is a JSON object"),
-    ({"shards": doc(("a:1", 0, SLOTS))["shards"]}, "no 'version'"),
-    (doc(("a:1", 0, SLOTS), version="1"), "version must be a non-negative integer"),
-    (doc(("a:1", 0, SLOTS), version=True), "version must be a non-negative integer"),
-    (doc(("a:1", 0, SLOTS), version=-1), "version must be a non-negative integer"),
-    ({"version": 1}, "'shards' must be a non-empty list"),
-    ({"version": 1, "shards": []}, "'shards' must be a non-empty list"),
-    ({"version": 1, "shards": {"a:1": [0, SLOTS]}}, "'shards' must be a non-empty list"),
-    ({"version": 1, "shards": ["a:1"]}, r"shards\[0\] must be an object"),
-    ({**doc(("a:1", 0, SLOTS)), "replicas": 2}, r"the topology has unknown keys \['replicas'\]"),
-    ({"version": 1, "shards": [{"address": "a:1", "slots": [0, SLOTS], "weight": 1}]}, "unknown keys"),
-    ({"version": 1, "shards": [{"slots": [0, SLOTS]}]}, r"shards\[0\].address must be a string"),
-    ({"version": 1, "shards": [{"address": 7, "slots": [0, SLOTS]}]}, r"address must be a string"),
-    ({"version": 1, "shards": [{"address": "a:1"}]}, r"shards\[0\].slots must be \[start, end\]"),
-    ({"version": 1, "shards": [{"address": "a:1", "slots": [0, 1, 2]}]}, "slots must be"),
-    ({"version": 1, "shards": [{"address": "a:1", "slots": [0, 4096.0]}]}, "slots must be"),
-    ({"version": 1, "shards": [{"address": "a:1", "slots": [False, SLOTS]}]}, "slots must be"),
-    (doc(("a", 0, SLOTS)), "shard address 'a' must be 'host:port'"),
-    (doc(("a:1", 0, 0), ("b:2", 0, SLOTS)), r"shard a:1: slots \[0, 0\) must satisfy"),
-    (doc(("a:1", -1, SLOTS)), r"slots \[-1, 4096\) must satisfy"),
-    (doc(("a:1", 0, SLOTS + 1)), r"slots \[0, 4097\) must satisfy"),
-    (doc(("a:1", 0, 2000), ("b:2", 1999, SLOTS)), "slot 1999 is assigned twice: to a:1 and to b:2"),
-    (doc(("a:1", 0, SLOTS), ("a:1", 5, 6)), "slot 5 is assigned twice"),
-    (doc(("a:1", 0, 2000), ("b:2", 2001, SLOTS)), "1 slots have no shard, the first is slot 2000"),
-    (doc(("a:1", 10, SLOTS)), "10 slots have no shard, the first is slot 0"),
-    (doc(("a:1", 0, 4000)), "96 slots have no shard, the first is slot 4000"),
-])
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ([], "a topology is a JSON object"),
+        ({"shards": doc(("a:1", 0, SLOTS))["shards"]}, "no 'version'"),
+        (doc(("a:1", 0, SLOTS), version="1"), "version must be a non-negative integer"),
+        (doc(("a:1", 0, SLOTS), version=True), "version must be a non-negative integer"),
+        (doc(("a:1", 0, SLOTS), version=-1), "version must be a non-negative integer"),
+        ({"version": 1}, "'shards' must be a non-empty list"),
+        ({"version": 1, "shards": []}, "'shards' must be a non-empty list"),
+        ({"version": 1, "shards": {"a:1": [0, SLOTS]}}, "'shards' must be a non-empty list"),
+        ({"version": 1, "shards": ["a:1"]}, r"shards\[0\] must be an object"),
+        ({**doc(("a:1", 0, SLOTS)), "replicas": 2}, r"the topology has unknown keys \['replicas'\]"),
+        ({"version": 1, "shards": [{"address": "a:1", "slots": [0, SLOTS], "weight": 1}]}, "unknown keys"),
+        ({"version": 1, "shards": [{"slots": [0, SLOTS]}]}, r"shards\[0\].address must be a string"),
+        ({"version": 1, "shards": [{"address": 7, "slots": [0, SLOTS]}]}, r"address must be a string"),
+        ({"version": 1, "shards": [{"address": "a:1"}]}, r"shards\[0\].slots must be \[start, end\]"),
+        ({"version": 1, "shards": [{"address": "a:1", "slots": [0, 1, 2]}]}, "slots must be"),
+        ({"version": 1, "shards": [{"address": "a:1", "slots": [0, 4096.0]}]}, "slots must be"),
+        ({"version": 1, "shards": [{"address": "a:1", "slots": [False, SLOTS]}]}, "slots must be"),
+        (doc(("a", 0, SLOTS)), "shard address 'a' must be 'host:port'"),
+        (doc(("a:1", 0, 0), ("b:2", 0, SLOTS)), r"shard a:1: slots \[0, 0\) must satisfy"),
+        (doc(("a:1", -1, SLOTS)), r"slots \[-1, 4096\) must satisfy"),
+        (doc(("a:1", 0, SLOTS + 1)), r"slots \[0, 4097\) must satisfy"),
+        (doc(("a:1", 0, 2000), ("b:2", 1999, SLOTS)), "slot 1999 is assigned twice: to a:1 and to b:2"),
+        (doc(("a:1", 0, SLOTS), ("a:1", 5, 6)), "slot 5 is assigned twice"),
+        (doc(("a:1", 0, 2000), ("b:2", 2001, SLOTS)), "1 slots have no shard, the first is slot 2000"),
+        (doc(("a:1", 10, SLOTS)), "10 slots have no shard, the first is slot 0"),
+        (doc(("a:1", 0, 4000)), "96 slots have no shard, the first is slot 4000"),
+    ],
+)
 def test_bad_topologies_are_rejected(document: Any, message: str) -> None:
     with pytest.raises(TopologyError, match=message):
         Topology.from_dict(document)
@@ -182,6 +188,26 @@ def test_route_is_pinned() -> None:
     # Golden values: the same ids go to the same shards in every process and every version.
     topology = Topology.even(["a:1", "b:2", "c:3", "d:4"])
     assert shard_of_each(topology, np.arange(20, dtype=np.uint64)) == [
-        3, 3, 1, 3, 2, 0, 0, 3, 1, 0, 3, 0, 3, 2, 1, 0, 0, 0, 0, 2]
+        3,
+        3,
+        1,
+        3,
+        2,
+        0,
+        0,
+        3,
+        1,
+        0,
+        3,
+        0,
+        3,
+        2,
+        1,
+        0,
+        0,
+        0,
+        0,
+        2,
+    ]
     strings = np.array(["a", "b", "c", "doc-1", "doc-2"], dtype=object)
     assert shard_of_each(topology, strings) == [2, 0, 3, 1, 3]

@@ -50,12 +50,15 @@ def test_counts_round_trip() -> None:
     assert decode_counts(encode_counts(np.array([3, 0, 10]))).tolist() == [3, 0, 10]
 
 
-@pytest.mark.parametrize(("ids", "message"), [
-    (np.array([], dtype=np.uint64), "empty"),
-    (np.array([1, 2, 1], dtype=np.uint64), "duplicate id in the batch: 1"),
-    (np.array(["a", "b", "a"], dtype=object), "duplicate id in the batch: 'a'"),
-    (np.array([""], dtype=object), "must be 1-512 bytes"),
-])
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        (np.array([], dtype=np.uint64), "empty"),
+        (np.array([1, 2, 1], dtype=np.uint64), "duplicate id in the batch: 1"),
+        (np.array(["a", "b", "a"], dtype=object), "duplicate id in the batch: 'a'"),
+        (np.array([""], dtype=object), "must be 1-512 bytes"),
+    ],
+)
 def test_bad_ids(ids: np.ndarray, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         check_ids(ids)
@@ -89,11 +92,14 @@ def test_upsert_checks() -> None:
         check_upsert(ids, x, [b"{}"])
 
 
-@pytest.mark.parametrize(("raw", "message"), [
-    (b"[1, 2]", "must be a JSON object, got list"),
-    (b"{oops", "not valid JSON"),
-    (b"\xff", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"[1, 2]", "must be a JSON object, got list"),
+        (b"{oops", "not valid JSON"),
+        (b"\xff", "not valid JSON"),
+    ],
+)
 def test_bad_payloads(raw: bytes, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         check_payloads([b"{}", raw])

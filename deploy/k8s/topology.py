@@ -33,8 +33,7 @@ def topology(addresses: list[str]) -> dict[str, Any]:
     n = len(addresses)
     if n < 1 or n > SLOTS:
         raise ValueError(f"need between 1 and {SLOTS} shards, got {n}")
-    shards = [{"address": a, "slots": [i * SLOTS // n, (i + 1) * SLOTS // n]}
-              for i, a in enumerate(addresses)]
+    shards = [{"address": a, "slots": [i * SLOTS // n, (i + 1) * SLOTS // n]} for i, a in enumerate(addresses)]
     return {"version": VERSION, "shards": shards}
 
 
