@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shoal._errors import DeadlineExceeded
-from shoal.coordinator.merge import TopK
+from shoal._results import TopK
 
 
 @dataclass(frozen=True)

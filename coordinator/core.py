@@ -11,10 +11,10 @@ from grpc import StatusCode
 
 from shoal._config import CollectionConfig, check_k, check_name
 from shoal._errors import AlreadyExists, Internal, InvalidArgument, NotFound, ShoalError
+from shoal._results import Found, TopK, found_from_proto, topk_from_proto
 from shoal._wire import check_ids, check_queries, check_upsert, encode_ids, encode_matrix
 from shoal.coordinator.batcher import DEFAULT_BATCHING, BatchConfig, SearchBatcher, Shape
-from shoal.coordinator.codec import found_from_proto, topk_from_proto
-from shoal.coordinator.merge import Found, TopK, merge, merge_found
+from shoal.coordinator.merge import merge, merge_found
 from shoal.coordinator.topology import Topology
 from shoal.v1 import types_pb2 as pb
 

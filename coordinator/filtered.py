@@ -20,6 +20,7 @@ import numpy as np
 from shoal._config import check_k, check_name
 from shoal._errors import DeadlineExceeded, Internal, InvalidArgument
 from shoal._filter import check_path, parse_json
+from shoal._results import TopK, topk_from_proto
 from shoal._wire import (
     check_ids,
     check_payloads,
@@ -29,9 +30,8 @@ from shoal._wire import (
     encode_ids,
     encode_matrix,
 )
-from shoal.coordinator.codec import topk_from_proto
 from shoal.coordinator.core import Coordinator, ShardConnection
-from shoal.coordinator.merge import TopK, merge
+from shoal.coordinator.merge import merge
 from shoal.v1 import types_pb2 as pb
 
 DEFAULT_SCROLL = 100

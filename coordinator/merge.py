@@ -3,51 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class TopK:
-    """Results of q queries in k columns, nearest first; columns from counts[i] on are padding.
-
-    ids: (q, k) uint64, or object array of str; distances: (q, k) float32; counts: (q,) integers;
-    payloads: (q, k) object array of bytes, or None; vectors: (q, k, dim) float32, or None.
-    """
-
-    ids: np.ndarray
-    distances: np.ndarray
-    counts: np.ndarray
-    payloads: np.ndarray | None = None
-    vectors: np.ndarray | None = None
-
-    @property
-    def queries(self) -> int:
-        """The number of queries (rows)."""
-        return int(self.ids.shape[0])
-
-    @property
-    def k(self) -> int:
-        """The number of columns."""
-        return int(self.ids.shape[1])
-
-
-def empty(q: int, k: int, *, string_ids: bool, payloads: bool = False, dim: int | None = None) -> TopK:
-    """A result of q queries with k columns of padding only."""
-    return TopK(
-        ids=np.full((q, k), "", dtype=object) if string_ids else np.zeros((q, k), dtype=np.uint64),
-        distances=np.full((q, k), np.inf, dtype=np.float32),
-        counts=np.zeros(q, dtype=np.uint32),
-        payloads=np.full((q, k), b"", dtype=object) if payloads else None,
-        vectors=np.zeros((q, k, dim), dtype=np.float32) if dim is not None else None,
-    )
-
-
-def valid_mask(part: TopK) -> np.ndarray:
-    """(q, k) booleans: True where a column holds a real hit rather than padding."""
-    counts = np.minimum(np.asarray(part.counts, dtype=np.int64), part.k)
-    return np.arange(part.k)[None, :] < counts[:, None]
+from shoal._results import Found, TopK, empty, valid_mask
 
 
 def merge(parts: Sequence[TopK], k: int) -> TopK:
@@ -111,15 +70,6 @@ def _vectors_of(part: TopK, dim: int) -> np.ndarray:
     if part.vectors is not None and part.vectors.shape[2] == dim:
         return part.vectors
     return np.zeros((*part.ids.shape, dim), dtype=np.float32)
-
-
-@dataclass(frozen=True)
-class Found:
-    """Points found by id: ids (n,); vectors (n, dim) float32 or None; payloads (n,) of bytes or None."""
-
-    ids: np.ndarray
-    vectors: np.ndarray | None = None
-    payloads: np.ndarray | None = None
 
 
 def merge_found(requested: np.ndarray, parts: Sequence[Found]) -> Found:

@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health
 
-from shoal._rpc import add_standard_services, aio_server, bind, set_serving, wait_for_signal
+from shoal._server import add_standard_services, aio_server, bind, set_serving, wait_for_signal
 from shoal.coordinator.core import Coordinator
 from shoal.coordinator.servicer import ShoalServicer
 from shoal.coordinator.shards import ShardPool

@@ -11,12 +11,12 @@ import grpc
 import numpy as np
 
 from shoal._config import CollectionConfig
-from shoal._errors import ShoalError
+from shoal._results import TopK, found_to_proto, topk_to_proto
+from shoal._server import error_status
 from shoal._wire import decode_ids, decode_matrix
-from shoal.coordinator.codec import found_to_proto, topk_to_proto, topology_to_proto
 from shoal.coordinator.core import Coordinator
 from shoal.coordinator.filtered import Filtering, page_to_proto
-from shoal.coordinator.merge import TopK
+from shoal.coordinator.topology import topology_to_proto
 from shoal.v1 import shoal_pb2_grpc
 from shoal.v1 import types_pb2 as pb
 
@@ -252,9 +252,5 @@ def _stream_answer(request_id: int, outcome: TopK | BaseException) -> pb.SearchR
     """The answer to one question of a stream; a failure answers only that question."""
     if isinstance(outcome, TopK):
         return topk_to_proto(outcome, request_id)
-    if isinstance(outcome, ShoalError):
-        code, message = outcome.code, outcome.message
-    else:
-        log.error("unexpected error in SearchStream", exc_info=outcome)
-        code, message = grpc.StatusCode.INTERNAL, "internal error in SearchStream; see the server log"
+    code, message = error_status(outcome, "/shoal.v1.Shoal/SearchStream")
     return pb.SearchResponse(request_id=request_id, error_code=code.value[0], error_message=message)

@@ -12,6 +12,7 @@ import numpy as np
 
 from shoal._config import SLOTS
 from shoal._hash import slots_of
+from shoal.v1 import types_pb2 as pb
 
 
 class TopologyError(ValueError):
@@ -152,3 +153,11 @@ def _no_unknown_keys(doc: Mapping[str, Any], known: set[str], where: str) -> Non
     unknown = sorted(set(doc) - known)
     if unknown:
         raise TopologyError(f"{where} has unknown keys {unknown}; expected {sorted(known)}")
+
+
+def topology_to_proto(topology: Topology) -> pb.TopologyInfo:
+    """The wire form of a topology: its version and every slot range with its shard's address."""
+    return pb.TopologyInfo(
+        version=topology.version,
+        shards=[pb.ShardRange(address=r.address, slot_start=r.start, slot_end=r.end) for r in topology.ranges],
+    )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
-from shoal._rpc import add_standard_services, aio_server, bind, set_serving, wait_for_signal
+from shoal._server import add_standard_services, aio_server, bind, set_serving, wait_for_signal
 from shoal.shard.core import Shard
 from shoal.shard.options import ShardOptions
 from shoal.shard.servicer import ShardServicer

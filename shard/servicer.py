@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 
 from shoal._config import CollectionConfig
-from shoal._errors import ShoalError
+from shoal._server import error_status
 from shoal._wire import decode_ids, decode_matrix, encode_counts, encode_ids, encode_matrix
 from shoal.shard import filtered_servicer as filtered
 from shoal.shard.core import CollectionStats, Shard
@@ -158,11 +158,8 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         """A stream answer: the result, or this request's error without breaking the stream."""
         try:
             return await self._search(request)
-        except ShoalError as exc:
-            code, message = exc.code, exc.message
-        except Exception:
-            log.exception("unexpected error in SearchStream request %d", request.request_id)
-            code, message = grpc.StatusCode.INTERNAL, "internal error in SearchStream; see the server log"
+        except Exception as exc:
+            code, message = error_status(exc, "/shoal.v1.Shard/SearchStream")
         return pb.SearchResponse(request_id=request.request_id, error_code=code.value[0], error_message=message)
 
     async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from shoal._errors import DeadlineExceeded, NotFound, Unavailable
+from shoal._results import TopK
 from shoal._wire import encode_counts, encode_ids, encode_matrix
 from shoal.coordinator.batcher import BatchConfig, SearchBatcher, Shape
 from shoal.coordinator.core import Coordinator
-from shoal.coordinator.merge import TopK
 from shoal.coordinator.topology import Topology
 from shoal.v1 import types_pb2 as pb
 from tests.conftest import brute_force, clustered

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shoal.coordinator.codec import topk_from_proto, topk_to_proto
-from shoal.coordinator.merge import Found, TopK, empty, merge, merge_found
+from shoal._results import Found, TopK, empty, topk_from_proto, topk_to_proto
+from shoal.coordinator.merge import merge, merge_found
 
 DIM = 4
 

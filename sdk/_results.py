@@ -1,13 +1,67 @@
-"""Search and get results to and from their wire form, checking that a shard's answer has the right shape."""
+"""The results servers hand each other and the SDK, and their wire form: search top-k lists, found points, pages.
+
+Decoding checks that an answer's parts fit together (ValueError otherwise), so a bad answer is never merged.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from shoal._wire import decode_counts, decode_ids, decode_matrix, encode_counts, encode_ids, encode_matrix
-from shoal.coordinator.merge import Found, TopK
-from shoal.coordinator.topology import Topology
 from shoal.v1 import types_pb2 as pb
+
+
+@dataclass(frozen=True)
+class TopK:
+    """Results of q queries in k columns, nearest first; columns from counts[i] on are padding.
+
+    ids: (q, k) uint64, or object array of str; distances: (q, k) float32; counts: (q,) integers;
+    payloads: (q, k) object array of bytes, or None; vectors: (q, k, dim) float32, or None.
+    """
+
+    ids: np.ndarray
+    distances: np.ndarray
+    counts: np.ndarray
+    payloads: np.ndarray | None = None
+    vectors: np.ndarray | None = None
+
+    @property
+    def queries(self) -> int:
+        """The number of queries (rows)."""
+        return int(self.ids.shape[0])
+
+    @property
+    def k(self) -> int:
+        """The number of columns."""
+        return int(self.ids.shape[1])
+
+
+def empty(q: int, k: int, *, string_ids: bool, payloads: bool = False, dim: int | None = None) -> TopK:
+    """A result of q queries with k columns of padding only."""
+    return TopK(
+        ids=np.full((q, k), "", dtype=object) if string_ids else np.zeros((q, k), dtype=np.uint64),
+        distances=np.full((q, k), np.inf, dtype=np.float32),
+        counts=np.zeros(q, dtype=np.uint32),
+        payloads=np.full((q, k), b"", dtype=object) if payloads else None,
+        vectors=np.zeros((q, k, dim), dtype=np.float32) if dim is not None else None,
+    )
+
+
+def valid_mask(part: TopK) -> np.ndarray:
+    """(q, k) booleans: True where a column holds a real hit rather than padding."""
+    counts = np.minimum(np.asarray(part.counts, dtype=np.int64), part.k)
+    return np.arange(part.k)[None, :] < counts[:, None]
+
+
+@dataclass(frozen=True)
+class Found:
+    """Points found by id: ids (n,); vectors (n, dim) float32 or None; payloads (n,) of bytes or None."""
+
+    ids: np.ndarray
+    vectors: np.ndarray | None = None
+    payloads: np.ndarray | None = None
 
 
 def topk_from_proto(msg: pb.SearchResponse, queries: int, with_payload: bool = False) -> TopK:
@@ -89,16 +143,26 @@ def found_to_proto(found: Found) -> pb.GetResponse:
     return msg
 
 
-def topology_to_proto(topology: Topology) -> pb.TopologyInfo:
-    """The wire form of a topology: its version and every slot range with its shard's address."""
-    return pb.TopologyInfo(
-        version=topology.version,
-        shards=[pb.ShardRange(address=r.address, slot_start=r.start, slot_end=r.end) for r in topology.ranges],
-    )
-
-
 def _object_array(items: list[bytes]) -> np.ndarray:
     # np.array(list_of_bytes) would make a fixed-width bytes array that strips trailing zero bytes.
     out = np.empty(len(items), dtype=object)
     out[:] = items
     return out
+
+
+@dataclass(frozen=True)
+class Page:
+    """A page of a scroll: ids, vectors and payloads when asked, and the cursor of the next page ("" at the end)."""
+
+    ids: np.ndarray
+    vectors: np.ndarray | None
+    payloads: list[bytes] | None
+    next_cursor: str
+
+
+def page_to_proto(page: Page) -> pb.ScrollResponse:
+    """The wire answer of a scroll."""
+    msg = pb.ScrollResponse(ids=encode_ids(page.ids), payloads=page.payloads or [], next_cursor=page.next_cursor)
+    if page.vectors is not None and len(page.vectors):
+        msg.vectors.CopyFrom(encode_matrix(page.vectors))
+    return msg

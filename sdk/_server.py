@@ -1,0 +1,143 @@
+"""What only servers need: the server factory, the one error translator, health, reflection and signals.
+
+`import shoal` never loads this module (a test checks it): clients need none of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from shoal._config import MAX_MESSAGE_BYTES
+from shoal._errors import ShoalError
+
+log = logging.getLogger("shoal.server")
+
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # Accept the clients' keepalive pings instead of closing with "too many pings": a coordinator pings
+    # its shards every 2 s (coordinator/shards.py), more often than gRPC's default policy allows.
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    # Ping idle clients too, so the streams of a peer that vanished without closing its connection (a cut
+    # link, a powered-off host) are freed within 15 s instead of after TCP's two hours.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.ping_timeout_ms", 5_000),
+    # One process owns its port: a second one must fail to bind, not share it.
+    ("grpc.so_reuseport", 0),
+]
+
+
+def error_status(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
+    """The one translator: a catalogue error's own code and message; INTERNAL (detail only in the log) otherwise."""
+    if isinstance(exc, ShoalError):
+        return exc.code, exc.message
+    log.error("unexpected error in %s", method, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log"
+
+
+async def _translate(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+    """Abort the call with the translated status."""
+    await context.abort(*error_status(exc, method))
+
+
+def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """The same handler with errors translated, for all four kinds of RPC."""
+    passthrough = (asyncio.CancelledError, grpc.aio.AbortError)
+    if handler.unary_unary or handler.stream_unary:
+        inner = handler.unary_unary or handler.stream_unary
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await inner(request, context)
+            except passthrough:
+                raise
+            except Exception as exc:
+                await _translate(exc, context, method)
+
+        kind = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+    else:
+        inner = handler.unary_stream or handler.stream_stream
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:  # type: ignore[misc]
+            try:
+                async for item in inner(request, context):
+                    yield item
+            except passthrough:
+                raise
+            except Exception as exc:
+                await _translate(exc, context, method)
+
+        kind = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+    return kind(
+        unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps catalogue errors to their status codes on every RPC; hides unexpected ones behind INTERNAL."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(("/grpc.health", "/grpc.reflection")):
+            return handler
+        return _wrap(handler, method)
+
+
+def aio_server() -> grpc.aio.Server:
+    """An asyncio server with Shoal's options and the error translator."""
+    return grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
+
+
+def add_standard_services(server: grpc.aio.Server, service_names: Iterable[str]) -> health.aio.HealthServicer:
+    """Add grpc.health.v1 (starting NOT_SERVING) and server reflection; return the health servicer."""
+    servicer = health.aio.HealthServicer()
+    # grpc's servicer starts the overall status as SERVING; a process is not serving until it says so.
+    servicer._server_status[""] = health_pb2.HealthCheckResponse.NOT_SERVING
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    names = list(service_names)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    return servicer
+
+
+async def set_serving(servicer: health.aio.HealthServicer, service_names: Iterable[str], serving: bool) -> None:
+    """Set the overall health and every named service's health at once."""
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ["", *service_names]:
+        await servicer.set(name, status)
+
+
+def bind(server: grpc.aio.Server, listen: str) -> str:
+    """Bind `listen` (port 0 picks a free port) and return the real address."""
+    host, _, port = listen.rpartition(":")
+    try:
+        bound = server.add_insecure_port(listen)
+    except RuntimeError:
+        bound = 0
+    if bound == 0 or not host or not port.isdigit():
+        raise SystemExit(f"cannot listen on {listen!r}: give HOST:PORT of a free port on this machine")
+    return f"{host}:{bound}"
+
+
+async def wait_for_signal() -> None:
+    """Return when SIGTERM or SIGINT arrives."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
