@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import grpc
@@ -108,11 +108,23 @@ def add_standard_services(server: grpc.aio.Server, service_names: Iterable[str])
     """Add grpc.health.v1 (starting NOT_SERVING) and server reflection; return the health servicer."""
     servicer = health.aio.HealthServicer()
     # grpc's servicer starts the overall status as SERVING; a process is not serving until it says so.
-    servicer._server_status[""] = health_pb2.HealthCheckResponse.NOT_SERVING
+    _finish_now(servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING))
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     names = list(service_names)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     return servicer
+
+
+def _finish_now(step: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine that never waits to its end, outside the event loop."""
+    # Setting a status waits only for the lock of a service somebody watches; before the server starts
+    # nobody can watch, so the public `set` finishes at its first step.
+    try:
+        step.send(None)
+    except StopIteration:
+        return
+    step.close()
+    raise RuntimeError("setting the health status had to wait: call this before the server starts")
 
 
 async def set_serving(servicer: health.aio.HealthServicer, service_names: Iterable[str], serving: bool) -> None:
