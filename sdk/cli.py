@@ -72,7 +72,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_backup(args: argparse.Namespace) -> int:
     """Copy every shard of a running cluster into a new folder."""
-    from shoal.shard.backup import backup_cluster
+    from shoal._backup import backup_cluster
 
     manifest = backup_cluster(args.address, Path(args.out))
     for shard in manifest["shards"]:
