@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from operator import attrgetter
 from typing import Any, Generic, NamedTuple, TypeVar
 
+import grpc
 import numpy as np
 
 from shoal._config import MAX_BATCH_ROWS, MAX_MESSAGE_BYTES, CollectionConfig, check_k
@@ -108,7 +109,13 @@ class BaseClient:
     """A client's settings and channel, and every request it sends; subclasses only send them."""
 
     def __init__(
-        self, address: str, channel: Any, *, owns_channel: bool, timeout: float | None, batch_rows: int
+        self,
+        address: str,
+        channel: grpc.Channel | grpc.aio.Channel,
+        *,
+        owns_channel: bool,
+        timeout: float | None,
+        batch_rows: int,
     ) -> None:
         self.address = address
         self.timeout = timeout

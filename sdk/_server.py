@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from shoal._config import MAX_MESSAGE_BYTES
+from shoal._config import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS, MAX_MESSAGE_BYTES
 from shoal._errors import ShoalError
 
 log = logging.getLogger("shoal.server")
@@ -30,9 +30,9 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.http2.max_ping_strikes", 0),
     # Ping idle clients too, so the streams of a peer that vanished without closing its connection (a cut
     # link, a powered-off host) are freed within 15 s instead of after TCP's two hours.
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.http2.ping_timeout_ms", 5_000),
+    ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     # One process owns its port: a second one must fail to bind, not share it.
     ("grpc.so_reuseport", 0),
 ]
