@@ -6,36 +6,46 @@ blocking client, above all over `search_stream` (one long-lived stream per concu
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from typing import TypeVar
 
 import grpc
 
 from shoal import _rpc
-from shoal._client import (
+from shoal._base import BaseClient, Call, InOrder, stream_request
+from shoal._config import (
     DEFAULT_ADDRESS,
     DEFAULT_BATCH_ROWS,
+    DEFAULT_EF_CONSTRUCTION,
+    DEFAULT_EF_SEARCH,
+    DEFAULT_ID_TYPE,
+    DEFAULT_M,
+    DEFAULT_METRIC,
+    DEFAULT_PRECISION,
+    DEFAULT_SCROLL,
     DEFAULT_TIMEOUT,
-    _Progress,
-    _search_request,
-    _stream_outcome,
-    _upsert_plan,
 )
-from shoal._config import CollectionConfig
-from shoal._errors import InvalidArgument, ShoalError, from_rpc_error
-from shoal._filter import check_path, to_json
-from shoal._types import CollectionInfo, Point, ScrollPage, SearchResult, points_from_proto
-from shoal._wire import encode_ids, encode_payload
-from shoal.v1 import shoal_pb2_grpc
+from shoal._errors import from_rpc_error
+from shoal._types import (
+    CollectionInfo,
+    FilterLike,
+    IdsLike,
+    PayloadLike,
+    Point,
+    ScrollPage,
+    SearchResult,
+    VectorsLike,
+)
 from shoal.v1 import types_pb2 as pb
 
 T = TypeVar("T")
 
 
-class AsyncClient:
+class AsyncClient(BaseClient):
     """An asyncio connection to a Shoal cluster through one coordinator address; create it inside a coroutine.
 
     Every method raises a `shoal.ShoalError` subclass on failure, carrying the gRPC status code.
+    With `channel=`, calls go over that channel (the caller's to close) and `address` only names it.
     """
 
     def __init__(
@@ -44,16 +54,20 @@ class AsyncClient:
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
         batch_rows: int = DEFAULT_BATCH_ROWS,
+        channel: grpc.aio.Channel | None = None,
     ) -> None:
-        self.address = address
-        self.timeout = timeout
-        self.batch_rows = batch_rows
-        self._channel = _rpc.aio_channel(address)
-        self._stub = shoal_pb2_grpc.ShoalStub(self._channel)
+        super().__init__(
+            address,
+            channel if channel is not None else _rpc.aio_channel(address),
+            owns_channel=channel is None,
+            timeout=timeout,
+            batch_rows=batch_rows,
+        )
 
     async def close(self) -> None:
-        """Close the channel, cancelling calls still running."""
-        await self._channel.close()
+        """Close the channel (unless it was passed in), cancelling calls still running."""
+        if self._owns_channel:
+            await self._channel.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -61,11 +75,12 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _call(self, fn: Callable[..., Awaitable[T]], request: Any, timeout: float | None = None) -> T:
+    async def _send(self, call: Call[T]) -> T:
         try:
-            return await fn(request, timeout=timeout if timeout is not None else self.timeout)
+            reply = await call.method(call.request, timeout=self.timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
+        return call.decode(reply)
 
     # collections
 
@@ -73,102 +88,65 @@ class AsyncClient:
         self,
         name: str,
         dim: int,
-        metric: str = "cosine",
+        metric: str = DEFAULT_METRIC,
         *,
-        precision: str = "f32",
-        id_type: str = "uint64",
-        m: int = 16,
-        ef_construction: int = 128,
-        ef_search: int = 64,
+        precision: str = DEFAULT_PRECISION,
+        id_type: str = DEFAULT_ID_TYPE,
+        m: int = DEFAULT_M,
+        ef_construction: int = DEFAULT_EF_CONSTRUCTION,
+        ef_search: int = DEFAULT_EF_SEARCH,
     ) -> CollectionInfo:
         """Create a collection; AlreadyExists if the name is taken."""
-        config = CollectionConfig(
-            name=name,
-            dim=dim,
-            metric=metric,
-            precision=precision,
-            id_type=id_type,
-            m=m,
-            ef_construction=ef_construction,
-            ef_search=ef_search,
+        return await self._send(
+            self._create_collection(name, dim, metric, precision, id_type, m, ef_construction, ef_search)
         )
-        reply = await self._call(self._stub.CreateCollection, pb.CreateCollectionRequest(config=config.to_proto()))
-        return CollectionInfo.from_proto(reply.info)
 
     async def drop_collection(self, name: str) -> None:
         """Drop a collection and all its points; NotFound if there is none."""
-        await self._call(self._stub.DropCollection, pb.DropCollectionRequest(name=name))
+        await self._send(self._drop_collection(name))
 
     async def list_collections(self) -> list[str]:
         """The names of all collections, sorted."""
-        return list((await self._call(self._stub.ListCollections, pb.ListCollectionsRequest())).names)
+        return await self._send(self._list_collections())
 
     async def describe_collection(self, name: str) -> CollectionInfo:
         """A collection's config, point count and per-shard sizes."""
-        return CollectionInfo.from_proto(
-            await self._call(self._stub.DescribeCollection, pb.DescribeCollectionRequest(name=name))
-        )
+        return await self._send(self._describe_collection(name))
 
     # points
 
     async def upsert(
         self,
         collection: str,
-        ids: Any,
-        vectors: Any,
-        payloads: Sequence[dict[str, Any] | None] | None = None,
+        ids: IdsLike,
+        vectors: VectorsLike,
+        payloads: Sequence[PayloadLike | None] | None = None,
         *,
         progress: bool = False,
     ) -> int:
         """Insert or replace points; large uploads go in bounded batches over one stream. Returns the count."""
-        rows, step, batch = _upsert_plan(collection, ids, vectors, payloads, self.batch_rows)
-        bar = _Progress(f"upsert {collection}", rows, progress)
-        if rows <= step:
-            n = (await self._call(self._stub.Upsert, batch(0))).upserted
-            bar.advance(rows)
-            return n
-
-        def stream() -> Iterator[pb.UpsertRequest]:
-            for lo in range(0, rows, step):
-                yield batch(lo)
-                bar.advance(min(step, rows - lo))
-
-        try:
-            return (await self._stub.UpsertStream(stream(), timeout=None)).upserted
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
+        return await self._send(self._upsert(collection, ids, vectors, payloads, progress))
 
     async def get(
-        self, collection: str, ids: Any, *, with_vectors: bool = True, with_payload: bool = True
+        self, collection: str, ids: IdsLike, *, with_vectors: bool = True, with_payload: bool = True
     ) -> list[Point]:
         """The points with these ids, in the order asked; ids that do not exist are left out."""
-        request = pb.GetRequest(
-            collection=collection, ids=encode_ids(ids), with_vectors=with_vectors, with_payload=with_payload
-        )
-        return points_from_proto(await self._call(self._stub.Get, request))
+        return await self._send(self._get(collection, ids, with_vectors, with_payload))
 
-    async def delete(self, collection: str, ids: Any = None, *, filter: dict[str, Any] | None = None) -> int:
+    async def delete(self, collection: str, ids: IdsLike | None = None, *, filter: FilterLike | None = None) -> int:
         """Delete points by id or every point matching a filter (one of them); returns how many there were."""
-        if (ids is None) == (filter is None):
-            raise InvalidArgument("give ids or a filter to delete, not both and not neither")
-        request = (
-            pb.DeleteRequest(collection=collection, filter=to_json(filter))
-            if filter is not None
-            else pb.DeleteRequest(collection=collection, ids=encode_ids(ids))
-        )
-        return (await self._call(self._stub.Delete, request)).deleted
+        return await self._send(self._delete(collection, ids, filter))
 
-    async def count(self, collection: str, *, filter: dict[str, Any] | None = None) -> int:
+    async def count(self, collection: str, *, filter: FilterLike | None = None) -> int:
         """The number of points in a collection, or of those matching a filter."""
-        request = pb.CountRequest(collection=collection, filter=to_json(filter))
-        return (await self._call(self._stub.Count, request)).count
+        return await self._send(self._count(collection, filter))
 
     async def scroll(
         self,
         collection: str,
         *,
-        filter: dict[str, Any] | None = None,
-        limit: int = 100,
+        filter: FilterLike | None = None,
+        limit: int = DEFAULT_SCROLL,
         cursor: str | None = None,
         with_payload: bool = True,
         with_vectors: bool = False,
@@ -177,94 +155,73 @@ class AsyncClient:
 
         Pass the page's `next_cursor` to get the next page; it is None after the last one.
         """
-        request = pb.ScrollRequest(
-            collection=collection,
-            filter=to_json(filter),
-            limit=limit,
-            cursor=cursor or "",
-            with_payload=with_payload,
-            with_vectors=with_vectors,
-        )
-        return ScrollPage.from_proto(await self._call(self._stub.Scroll, request))
+        return await self._send(self._scroll(collection, filter, limit, cursor, with_payload, with_vectors))
 
     async def set_payload(
-        self, collection: str, ids: Any, payload: dict[str, Any] | None = None, *, unset: Sequence[str] = ()
+        self, collection: str, ids: IdsLike, payload: PayloadLike | None = None, *, unset: Sequence[str] = ()
     ) -> int:
         """Set top-level payload keys of existing points, then remove dotted `unset` paths; vectors stay.
 
         Returns how many of the ids exist (unknown ids are skipped).
         """
-        unset = [check_path(p, "unset path") for p in ([unset] if isinstance(unset, str) else unset)]
-        request = pb.SetPayloadRequest(
-            collection=collection, ids=encode_ids(ids), set=encode_payload(payload), unset=unset
-        )
-        return (await self._call(self._stub.SetPayload, request)).updated
+        return await self._send(self._set_payload(collection, ids, payload, unset))
 
     # search
 
     async def search(
         self,
         collection: str,
-        queries: Any,
+        queries: VectorsLike,
         k: int = 10,
         *,
         ef: int | None = None,
         with_payload: bool = False,
         with_vectors: bool = False,
-        filter: dict[str, Any] | None = None,
+        filter: FilterLike | None = None,
     ) -> SearchResult:
         """The k nearest points of each query row ((q, dim) or one (dim,) vector), nearest first.
 
         With a `filter`, only points whose payload matches it: min(k, matches) hits per query.
         """
-        request = _search_request(collection, queries, k, ef, with_payload, with_vectors, filter_json=to_json(filter))
-        return SearchResult.from_proto(await self._call(self._stub.Search, request))
+        shape = self._search_shape(collection, k, ef, with_payload, with_vectors, filter)
+        return await self._send(self._search(shape, queries))
 
     async def search_stream(
         self,
         collection: str,
-        batches: Iterable[Any] | AsyncIterable[Any],
+        batches: Iterable[VectorsLike] | AsyncIterable[VectorsLike],
         k: int = 10,
         *,
         ef: int | None = None,
         with_payload: bool = False,
         with_vectors: bool = False,
-        filter: dict[str, Any] | None = None,
+        filter: FilterLike | None = None,
     ) -> AsyncIterator[SearchResult]:
         """Pipeline query batches (a plain or async iterable) over one stream; yields results in the order given.
 
         Fed from an async queue, one stream serves a caller that sends a query, awaits its answer and sends
         the next: cheaper per query than unary calls on both ends.
         """
-
+        shape = self._search_shape(collection, k, ef, with_payload, with_vectors, filter)
         failed: list[Exception] = []
-        filter_json = to_json(filter)
 
         async def requests() -> AsyncIterator[pb.SearchRequest]:
             items = batches if isinstance(batches, AsyncIterable) else _aiter(batches)
             i = 0
             try:
                 async for q in items:
-                    yield _search_request(
-                        collection, q, k, ef, with_payload, with_vectors, request_id=i, filter_json=filter_json
-                    )
+                    yield stream_request(shape, q, i)
                     i += 1
             except Exception as exc:
                 # gRPC would only cancel the call; the caller gets this error after the answers before it.
                 failed.append(exc)
 
         call = self._stub.SearchStream(requests(), timeout=None)
-        pending: dict[int, SearchResult | ShoalError] = {}
-        want = 0
+        order = InOrder()
         try:
             async for reply in call:
-                pending[reply.request_id] = _stream_outcome(reply)
-                while want in pending:
-                    outcome = pending.pop(want)
-                    want += 1
-                    if isinstance(outcome, ShoalError):
-                        raise outcome
-                    yield outcome
+                for result in order.release(reply):
+                    yield result
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         finally:
@@ -273,6 +230,6 @@ class AsyncClient:
             raise failed[0]
 
 
-async def _aiter(items: Iterable[Any]) -> AsyncIterator[Any]:
+async def _aiter(items: Iterable[VectorsLike]) -> AsyncIterator[VectorsLike]:
     for item in items:
         yield item

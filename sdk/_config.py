@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from shoal._errors import InvalidArgument
@@ -13,22 +14,34 @@ MAX_EF = 4096  # the same bound as a collection's ef_search
 MAX_QUERIES = 10_000  # query rows in one search call
 MAX_BATCH_ROWS = 100_000  # points in one upsert, get or delete call
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # any gRPC message; larger ones get RESOURCE_EXHAUSTED
+KEEPALIVE_MS = 10_000  # every process and client pings an idle peer this often
+KEEPALIVE_TIMEOUT_MS = 5_000  # and counts it dead when the answer takes longer
 MAX_NAME_LENGTH = 128
 MAX_STRING_ID_BYTES = 512
 SLOTS = 4096
 DEFAULT_SCROLL = 100  # points in one scroll page when no limit is given
 MAX_SCROLL = 10_000  # points in one scroll page
 
+DEFAULT_METRIC = "cosine"
+DEFAULT_PRECISION = "f32"
+DEFAULT_ID_TYPE = "uint64"
 DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 128
 DEFAULT_EF_SEARCH = 64
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7070  # a coordinator's
+DEFAULT_ADDRESS = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
+DEFAULT_TIMEOUT = 60.0  # seconds: the SDK's deadline of a call (None: no deadline)
+DEFAULT_BATCH_ROWS = 2048  # points in one message of an upload
+DEFAULT_SHARDS = 2  # shard processes of a local cluster (`shoal up`)
 
 METRICS = {"cosine": pb.METRIC_COSINE, "l2": pb.METRIC_L2, "ip": pb.METRIC_IP}
 PRECISIONS = {"f32": pb.PRECISION_F32, "bf16": pb.PRECISION_BF16, "f16": pb.PRECISION_F16, "i8": pb.PRECISION_I8}
 ID_TYPES = {"uint64": pb.ID_TYPE_UINT64, "string": pb.ID_TYPE_STRING}
 
 
-def _name_of(table: dict[str, int], value: int, what: str) -> str:
+def _name_of(table: Mapping[str, int], value: int, what: str) -> str:
     for name, number in table.items():
         if number == value:
             return name
@@ -41,9 +54,9 @@ class CollectionConfig:
 
     name: str
     dim: int
-    metric: str = "cosine"
-    precision: str = "f32"
-    id_type: str = "uint64"
+    metric: str = DEFAULT_METRIC
+    precision: str = DEFAULT_PRECISION
+    id_type: str = DEFAULT_ID_TYPE
     m: int = DEFAULT_M
     ef_construction: int = DEFAULT_EF_CONSTRUCTION
     ef_search: int = DEFAULT_EF_SEARCH
@@ -57,10 +70,10 @@ class CollectionConfig:
                 raise InvalidArgument(f"{field} must be one of {sorted(table)}, got {getattr(self, field)!r}")
         if not 2 <= self.m <= 256:
             raise InvalidArgument(f"m must be between 2 and 256, got {self.m}")
-        if not 1 <= self.ef_construction <= 4096:
-            raise InvalidArgument(f"ef_construction must be between 1 and 4096, got {self.ef_construction}")
-        if not 1 <= self.ef_search <= 4096:
-            raise InvalidArgument(f"ef_search must be between 1 and 4096, got {self.ef_search}")
+        if not 1 <= self.ef_construction <= MAX_EF:
+            raise InvalidArgument(f"ef_construction must be between 1 and {MAX_EF}, got {self.ef_construction}")
+        if not 1 <= self.ef_search <= MAX_EF:
+            raise InvalidArgument(f"ef_search must be between 1 and {MAX_EF}, got {self.ef_search}")
 
     def to_proto(self) -> pb.CollectionConfig:
         """The wire form."""

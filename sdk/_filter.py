@@ -70,7 +70,7 @@ def kind(value: Any) -> str:
 
 def _scalar(value: Any, where: str) -> Scalar:
     if isinstance(value, bool | str) or (isinstance(value, int | float) and _finite(value)):
-        return value  # type: ignore[no-any-return]
+        return value
     raise InvalidArgument(f"filter {where}: expected a string, number or boolean, got {json.dumps(value)[:60]}")
 
 

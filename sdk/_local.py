@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shoal import _rpc
+from shoal._config import DEFAULT_HOST, DEFAULT_SHARDS
 from shoal._errors import FailedPrecondition, Unavailable
 
 START_TIMEOUT = 120.0
@@ -124,9 +125,9 @@ class LocalCluster:
     """A coordinator and `shards` shard processes with data under `data`; a context manager."""
 
     data: Path
-    shards: int = 2
+    shards: int = DEFAULT_SHARDS
     port: int = 0
-    host: str = "127.0.0.1"
+    host: str = DEFAULT_HOST
     timeout: float = START_TIMEOUT
     shard_env: dict[str, str] = field(default_factory=dict)  # e.g. SHOAL_SNAPSHOT_* settings for every shard
     shard_procs: list[Process] = field(default_factory=list)

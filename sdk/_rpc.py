@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from shoal._config import MAX_MESSAGE_BYTES
+from shoal._config import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS, MAX_MESSAGE_BYTES
 
 # Every option says why it is set.
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
@@ -16,9 +16,9 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     # Notice a dead peer within seconds, even on an idle long-lived stream. gRPC waits for the ping's
     # answer for ping_timeout (default 60 s), not keepalive_timeout; the latter sets TCP_USER_TIMEOUT.
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.http2.ping_timeout_ms", 5_000),
+    ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     # Reconnect to a restarted peer quickly instead of backing off for minutes.

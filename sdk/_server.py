@@ -8,14 +8,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from shoal._config import MAX_MESSAGE_BYTES
+from shoal._config import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS, MAX_MESSAGE_BYTES
 from shoal._errors import ShoalError
 
 log = logging.getLogger("shoal.server")
@@ -30,9 +30,9 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.http2.max_ping_strikes", 0),
     # Ping idle clients too, so the streams of a peer that vanished without closing its connection (a cut
     # link, a powered-off host) are freed within 15 s instead of after TCP's two hours.
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.http2.ping_timeout_ms", 5_000),
+    ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     # One process owns its port: a second one must fail to bind, not share it.
     ("grpc.so_reuseport", 0),
 ]
@@ -108,11 +108,23 @@ def add_standard_services(server: grpc.aio.Server, service_names: Iterable[str])
     """Add grpc.health.v1 (starting NOT_SERVING) and server reflection; return the health servicer."""
     servicer = health.aio.HealthServicer()
     # grpc's servicer starts the overall status as SERVING; a process is not serving until it says so.
-    servicer._server_status[""] = health_pb2.HealthCheckResponse.NOT_SERVING
+    _finish_now(servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING))
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     names = list(service_names)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     return servicer
+
+
+def _finish_now(step: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine that never waits to its end, outside the event loop."""
+    # Setting a status waits only for the lock of a service somebody watches; before the server starts
+    # nobody can watch, so the public `set` finishes at its first step.
+    try:
+        step.send(None)
+    except StopIteration:
+        return
+    step.close()
+    raise RuntimeError("setting the health status had to wait: call this before the server starts")
 
 
 async def set_serving(servicer: health.aio.HealthServicer, service_names: Iterable[str], serving: bool) -> None:

@@ -1,9 +1,10 @@
-"""Value objects the SDK returns: points, hits, search results and collection descriptions."""
+"""The SDK's types: what its methods take (the `...Like` aliases) and the value objects they return."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -12,6 +13,11 @@ from shoal._wire import decode_counts, decode_ids, decode_matrix, decode_payload
 from shoal.v1 import types_pb2 as pb
 
 PointId = int | str
+# What the methods take: numpy arrays or plain Python sequences, converted once per call.
+VectorsLike: TypeAlias = np.ndarray | Sequence[float] | Sequence[Sequence[float]]  # (n, dim) rows or one (dim,)
+IdsLike: TypeAlias = np.ndarray | Iterable[int] | Iterable[str] | int | str  # all integers or all strings
+PayloadLike: TypeAlias = dict[str, Any]  # a JSON object
+FilterLike: TypeAlias = dict[str, Any]  # a MongoDB-style filter over payload fields (README "Filtered search")
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,7 @@ class SearchResult:
             hits.append(Hit(_plain(self.ids[i, j]), float(self.distances[i, j]), payload, vector))
         return hits
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[list[Hit]]:
         return (self[i] for i in range(len(self)))
 
 
@@ -138,12 +144,12 @@ class ScrollPage:
     @classmethod
     def from_proto(cls, msg: pb.ScrollResponse) -> ScrollPage:
         """Decode a ScrollResponse."""
-        return cls(points_from_proto(msg), msg.next_cursor or None)  # type: ignore[arg-type]
+        return cls(points_from_proto(msg), msg.next_cursor or None)
 
     def __len__(self) -> int:
         return len(self.points)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Point]:
         return iter(self.points)
 
 

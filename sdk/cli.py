@@ -8,9 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+from shoal._config import DEFAULT_ADDRESS, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SHARDS
 from shoal._errors import ShoalError
-
-DEFAULT_PORT = 7070
 
 
 def _cores(text: str) -> list[int]:
@@ -72,7 +71,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_backup(args: argparse.Namespace) -> int:
     """Copy every shard of a running cluster into a new folder."""
-    from shoal.shard.backup import backup_cluster
+    from shoal._backup import backup_cluster
 
     manifest = backup_cluster(args.address, Path(args.out))
     for shard in manifest["shards"]:
@@ -109,15 +108,17 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start a local cluster: a coordinator and N shards")
-    up.add_argument("--shards", type=int, default=2, help="number of shard processes (default 2)")
+    up.add_argument(
+        "--shards", type=int, default=DEFAULT_SHARDS, help=f"number of shard processes (default {DEFAULT_SHARDS})"
+    )
     up.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"coordinator port (default {DEFAULT_PORT})")
-    up.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    up.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     up.add_argument("--data", default="./shoal-data", help="data folder (default ./shoal-data)")
     up.set_defaults(func=cmd_up)
 
     shard = sub.add_parser("shard", help="run one shard process")
     shard.add_argument("--data", required=True, help="the shard's data folder")
-    shard.add_argument("--listen", default="127.0.0.1:7100", help="HOST:PORT to serve on (port 0: any free port)")
+    shard.add_argument("--listen", default=f"{DEFAULT_HOST}:7100", help="HOST:PORT to serve on (port 0: any free port)")
     shard.add_argument("--cores", type=_cores, default=None, help="CPU cores to pin to, e.g. 0,1 or 0-3")
     shard.set_defaults(func=cmd_shard)
 
@@ -125,15 +126,15 @@ def parser() -> argparse.ArgumentParser:
     where = coord.add_mutually_exclusive_group(required=True)
     where.add_argument("--shards", help="shard addresses HOST:PORT,HOST:PORT (slots split evenly)")
     where.add_argument("--topology", help="JSON topology file mapping slot ranges to shard addresses")
-    coord.add_argument("--listen", default=f"127.0.0.1:{DEFAULT_PORT}", help="HOST:PORT to serve on")
+    coord.add_argument("--listen", default=DEFAULT_ADDRESS, help="HOST:PORT to serve on")
     coord.set_defaults(func=cmd_coordinator)
 
     status = sub.add_parser("status", help="print the cluster's shards, health and point counts")
-    status.add_argument("--address", default=f"127.0.0.1:{DEFAULT_PORT}", help="a coordinator's address")
+    status.add_argument("--address", default=DEFAULT_ADDRESS, help="a coordinator's address")
     status.set_defaults(func=cmd_status)
 
     backup = sub.add_parser("backup", help="copy every shard of a running cluster into a new folder")
-    backup.add_argument("--address", default=f"127.0.0.1:{DEFAULT_PORT}", help="a coordinator's address")
+    backup.add_argument("--address", default=DEFAULT_ADDRESS, help="a coordinator's address")
     backup.add_argument(
         "--out", required=True, help="a new folder, writable by every shard (each shard copies itself there)"
     )
@@ -149,7 +150,7 @@ def parser() -> argparse.ArgumentParser:
     restore.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"with --up: coordinator port (default {DEFAULT_PORT})"
     )
-    restore.add_argument("--host", default="127.0.0.1", help="with --up: address to listen on")
+    restore.add_argument("--host", default=DEFAULT_HOST, help="with --up: address to listen on")
     restore.set_defaults(func=cmd_restore)
     return p
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
 
 import shoal
+from shoal import _rpc
 from shoal._local import LocalCluster
 from tests.conftest import brute_force, clustered
 
@@ -82,3 +84,35 @@ def test_async_search_stream_keeps_order_and_reports_a_bad_batch_last(cluster: L
             assert len(seen) == 1
 
     asyncio.run(body())
+
+
+def test_an_injected_aio_channel_is_used_and_left_open(cluster: LocalCluster, name: str) -> None:
+    async def body() -> None:
+        channel = _rpc.aio_channel(cluster.address)
+        async with shoal.AsyncClient("the coordinator", channel=channel) as c:
+            assert c.address == "the coordinator"
+            await c.create_collection(name, dim=3)
+            assert await c.upsert(name, ids=[1, 2], vectors=np.eye(3, dtype=np.float32)[:2]) == 2
+        again = shoal.AsyncClient("the coordinator", channel=channel)  # the channel outlived the first client
+        assert await again.count(name) == 2
+        await again.close()
+        assert await again.count(name) == 2
+        await channel.close()
+        own = shoal.AsyncClient(cluster.address)
+        await own.close()
+        with pytest.raises(Exception, match="Channel is closed"):  # its own channel closed with it
+            await own.count(name)
+
+    asyncio.run(body())
+
+
+def test_both_clients_have_the_same_methods_and_parameters() -> None:
+    def surface(cls: type) -> dict[str, list[tuple[str, object, object]]]:
+        return {
+            n: [(p.name, p.kind, p.default) for p in inspect.signature(getattr(cls, n)).parameters.values()]
+            for n in dir(cls)
+            if not n.startswith("_")
+        }
+
+    assert surface(shoal.Client) == surface(shoal.AsyncClient)
+    assert {"search", "search_stream", "upsert", "scroll", "set_payload", "close"} <= set(surface(shoal.Client))

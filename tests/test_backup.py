@@ -125,3 +125,18 @@ def test_restore_checks_its_input(tmp_path: Path) -> None:
 def test_backup_of_nothing_is_a_clear_error(tmp_path: Path) -> None:
     result = _shoal("backup", "--address", "127.0.0.1:1", "--out", str(tmp_path / "b"))
     assert result.returncode == 1 and "UNAVAILABLE" in result.stderr
+
+
+def test_backup_is_a_client_command(tmp_path: Path) -> None:
+    # The backup client sits in the SDK: taking a backup loads no server code, restoring loads the shard's.
+    code = (
+        "import sys; from shoal import cli; cli.main(sys.argv[1:]); "
+        "print(sorted(m for m in sys.modules if m.startswith(('shoal.shard', 'shoal.coordinator', 'shoal._server'))))"
+    )
+    backup = ["backup", "--address", "127.0.0.1:1", "--out", str(tmp_path / "b")]
+    out = subprocess.run([sys.executable, "-c", code, *backup], capture_output=True, text=True, timeout=120)
+    assert "UNAVAILABLE" in out.stderr and out.stdout.strip() == "[]"
+    restore = ["restore", str(tmp_path / "none"), "--data", str(tmp_path / "data")]
+    (tmp_path / "none").mkdir()
+    out = subprocess.run([sys.executable, "-c", code, *restore], capture_output=True, text=True, timeout=120)
+    assert "not a finished backup" in out.stderr and "shoal.shard.backup" in out.stdout

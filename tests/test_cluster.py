@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 import shoal
+from shoal import _rpc
+from shoal._local import LocalCluster
 from tests.conftest import brute_force, clustered
 
 
@@ -147,3 +149,21 @@ def test_one_vector_query_and_drop(client: shoal.Client, name: str) -> None:
     assert name not in client.list_collections()
     with pytest.raises(shoal.NotFound):
         client.count(name)
+
+
+def test_an_injected_channel_is_used_and_left_open(client: shoal.Client, cluster: LocalCluster, name: str) -> None:
+    with _rpc.channel(cluster.address) as channel:
+        with shoal.Client("the coordinator", channel=channel) as mine:
+            assert mine.address == "the coordinator"  # only a name: the calls go over the channel
+            mine.create_collection(name, dim=3)
+            assert mine.upsert(name, ids=[1, 2], vectors=np.eye(3, dtype=np.float32)[:2]) == 2
+        # Closing the client left the caller's channel open: another client still works over it.
+        again = shoal.Client("the coordinator", channel=channel)
+        assert again.count(name) == 2
+        again.close()
+        assert again.search(name, np.ones(3), k=1).counts.tolist() == [1]
+    # A client's own channel is closed with it.
+    own = shoal.Client(cluster.address)
+    own.close()
+    with pytest.raises(ValueError, match="closed channel"):
+        own.count(name)

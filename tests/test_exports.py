@@ -45,3 +45,24 @@ def test_import_shoal_loads_no_server_code() -> None:
     code = "import sys, shoal; print([m for m in sys.modules if m.startswith(('shoal.shard', 'shoal.coordinator'))])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _loaded_by(setup: str) -> set[str]:
+    """The modules a fresh interpreter holds after running `setup`."""
+    code = f"import sys; {setup}; print(sorted(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(eval(out))
+
+
+def test_import_shoal_is_client_only() -> None:
+    def server_side(modules: set[str]) -> set[str]:
+        prefixes = ("grpc_health", "grpc_reflection", "shoal._server", "shoal.coordinator", "shoal.shard")
+        return {m for m in modules if any(m == p or m.startswith(p + ".") for p in prefixes)}
+
+    # `import grpc` itself imports the bare grpc_health and grpc_reflection packages (to alias them as
+    # grpc.health and grpc.reflection): nothing of them beyond that may come with `import shoal`.
+    baseline = server_side(_loaded_by("import grpc"))
+    assert baseline <= {"grpc_health", "grpc_reflection"}
+    assert server_side(_loaded_by("import shoal")) == baseline
+    assert server_side(_loaded_by("import shoal; shoal.Client; shoal.AsyncClient")) == baseline
+    assert "shoal._server" in _loaded_by("import shoal._server")  # the check can see it when it is there

@@ -1,0 +1,272 @@
+"""What `Client` and `AsyncClient` share: settings, requests built and checked from Python values, decoding.
+
+Every method of a client builds a `Call` here and sends it; the two clients differ only in sending
+(blocking or awaited), as httpx's `Client` and `AsyncClient` do.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from operator import attrgetter
+from typing import Any, Generic, NamedTuple, TypeVar
+
+import grpc
+import numpy as np
+
+from shoal._config import MAX_BATCH_ROWS, MAX_MESSAGE_BYTES, CollectionConfig, check_k
+from shoal._errors import InvalidArgument, ShoalError, error_for_code, status_from_value
+from shoal._filter import check_path, to_json
+from shoal._search import Search, SearchShape
+from shoal._types import (
+    CollectionInfo,
+    FilterLike,
+    IdsLike,
+    PayloadLike,
+    Point,
+    ScrollPage,
+    SearchResult,
+    VectorsLike,
+    points_from_proto,
+)
+from shoal._wire import as_id_array, check_upsert, encode_ids, encode_matrix, encode_payload
+from shoal.v1 import shoal_pb2_grpc
+from shoal.v1 import types_pb2 as pb
+
+T = TypeVar("T")
+
+# An upload message stays well below the server's limit, so payloads cannot push it over.
+_BATCH_BYTES = MAX_MESSAGE_BYTES // 4
+
+
+class Call(NamedTuple, Generic[T]):
+    """One RPC to make: the stub's method, its request (an iterator of them for a client stream), the decoder."""
+
+    method: Callable[..., Any]
+    request: object  # a message, or an iterator of messages for a client stream
+    decode: Callable[[Any], T]
+
+
+def _nothing(reply: object) -> None:
+    return None
+
+
+def as_matrix(vectors: VectorsLike, what: str) -> np.ndarray:
+    """A 2-D float32 matrix from an array-like of rows (one 1-D vector becomes one row)."""
+    x = np.asarray(vectors, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise InvalidArgument(f"{what} must be a (n, dim) matrix or one (dim,) vector, got shape {x.shape}")
+    return x
+
+
+def stream_request(shape: SearchShape, queries: VectorsLike, request_id: int) -> pb.SearchRequest:
+    """One request of a search stream."""
+    return Search(shape, as_matrix(queries, "queries")).to_proto(request_id)
+
+
+class Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, label: str, total: int, enabled: bool) -> None:
+        self.label, self.total, self.enabled, self.done = label, total, enabled, 0
+
+    def advance(self, n: int) -> None:
+        """Count `n` more done and redraw."""
+        self.done += n
+        if self.enabled:
+            pct = 100 * self.done // max(self.total, 1)
+            end = "\n" if self.done >= self.total else ""
+            print(f"\r{self.label}: {self.done:,}/{self.total:,} ({pct}%)", end=end, file=sys.stderr, flush=True)
+
+
+class InOrder:
+    """A search stream's answers, released in the order of their requests."""
+
+    def __init__(self) -> None:
+        self._pending: dict[int, SearchResult | ShoalError] = {}
+        self._next = 0
+
+    def release(self, reply: pb.SearchResponse) -> Iterator[SearchResult]:
+        """Take one answer; the results now due, raising a request's error when its turn comes."""
+        if reply.error_code:
+            self._pending[reply.request_id] = error_for_code(status_from_value(reply.error_code), reply.error_message)
+        else:
+            self._pending[reply.request_id] = SearchResult.from_proto(reply)
+        return self._due()
+
+    def _due(self) -> Iterator[SearchResult]:
+        while self._next in self._pending:
+            outcome = self._pending.pop(self._next)
+            self._next += 1
+            if isinstance(outcome, ShoalError):
+                raise outcome
+            yield outcome
+
+
+class BaseClient:
+    """A client's settings and channel, and every request it sends; subclasses only send them."""
+
+    def __init__(
+        self,
+        address: str,
+        channel: grpc.Channel | grpc.aio.Channel,
+        *,
+        owns_channel: bool,
+        timeout: float | None,
+        batch_rows: int,
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.batch_rows = batch_rows
+        self._channel = channel
+        self._owns_channel = owns_channel  # a channel the caller passed in is the caller's to close
+        self._stub = shoal_pb2_grpc.ShoalStub(channel)
+
+    # collections
+
+    def _create_collection(
+        self,
+        name: str,
+        dim: int,
+        metric: str,
+        precision: str,
+        id_type: str,
+        m: int,
+        ef_construction: int,
+        ef_search: int,
+    ) -> Call[CollectionInfo]:
+        config = CollectionConfig(
+            name=name,
+            dim=dim,
+            metric=metric,
+            precision=precision,
+            id_type=id_type,
+            m=m,
+            ef_construction=ef_construction,
+            ef_search=ef_search,
+        )
+        return Call(
+            self._stub.CreateCollection,
+            pb.CreateCollectionRequest(config=config.to_proto()),
+            lambda reply: CollectionInfo.from_proto(reply.info),
+        )
+
+    def _drop_collection(self, name: str) -> Call[None]:
+        return Call(self._stub.DropCollection, pb.DropCollectionRequest(name=name), _nothing)
+
+    def _list_collections(self) -> Call[list[str]]:
+        return Call(self._stub.ListCollections, pb.ListCollectionsRequest(), lambda reply: list(reply.names))
+
+    def _describe_collection(self, name: str) -> Call[CollectionInfo]:
+        return Call(self._stub.DescribeCollection, pb.DescribeCollectionRequest(name=name), CollectionInfo.from_proto)
+
+    # points
+
+    def _upsert(
+        self,
+        collection: str,
+        ids: IdsLike,
+        vectors: VectorsLike,
+        payloads: Sequence[PayloadLike | None] | None,
+        progress: bool,
+    ) -> Call[int]:
+        """One unary call for a small upload; bounded batches over one client stream for a large one."""
+        id_arr = as_id_array(ids)
+        x = as_matrix(vectors, "vectors")
+        raw = [encode_payload(p) for p in payloads] if payloads is not None else []
+        # The whole upload is checked before the first batch is sent, so bad input changes nothing.
+        check_upsert(id_arr, x, raw, max_rows=None)
+        rows = len(id_arr)
+        row_bytes = x.shape[1] * 4 + (max(map(len, raw)) if raw else 0) + 16
+        step = max(1, min(self.batch_rows, MAX_BATCH_ROWS, _BATCH_BYTES // row_bytes))
+        bar = Progress(f"upsert {collection}", rows, progress)
+
+        def batch(lo: int) -> pb.UpsertRequest:
+            hi = lo + step
+            return pb.UpsertRequest(
+                collection=collection,
+                ids=encode_ids(id_arr[lo:hi]),
+                vectors=encode_matrix(x[lo:hi]),
+                payloads=raw[lo:hi],
+            )
+
+        if rows <= step:
+
+            def upserted(reply: pb.UpsertResponse) -> int:
+                bar.advance(rows)
+                return int(reply.upserted)
+
+            return Call(self._stub.Upsert, batch(0), upserted)
+
+        def stream() -> Iterator[pb.UpsertRequest]:
+            for lo in range(0, rows, step):
+                yield batch(lo)
+                bar.advance(min(step, rows - lo))
+
+        return Call(self._stub.UpsertStream, stream(), attrgetter("upserted"))
+
+    def _get(self, collection: str, ids: IdsLike, with_vectors: bool, with_payload: bool) -> Call[list[Point]]:
+        request = pb.GetRequest(
+            collection=collection,
+            ids=encode_ids(as_id_array(ids)),
+            with_vectors=with_vectors,
+            with_payload=with_payload,
+        )
+        return Call(self._stub.Get, request, points_from_proto)
+
+    def _delete(self, collection: str, ids: IdsLike | None, filter: FilterLike | None) -> Call[int]:
+        if (ids is None) == (filter is None):
+            raise InvalidArgument("give ids or a filter to delete, not both and not neither")
+        request = (
+            pb.DeleteRequest(collection=collection, filter=to_json(filter))
+            if ids is None
+            else pb.DeleteRequest(collection=collection, ids=encode_ids(as_id_array(ids)))
+        )
+        return Call(self._stub.Delete, request, attrgetter("deleted"))
+
+    def _count(self, collection: str, filter: FilterLike | None) -> Call[int]:
+        request = pb.CountRequest(collection=collection, filter=to_json(filter))
+        return Call(self._stub.Count, request, attrgetter("count"))
+
+    def _scroll(
+        self,
+        collection: str,
+        filter: FilterLike | None,
+        limit: int,
+        cursor: str | None,
+        with_payload: bool,
+        with_vectors: bool,
+    ) -> Call[ScrollPage]:
+        request = pb.ScrollRequest(
+            collection=collection,
+            filter=to_json(filter),
+            limit=limit,
+            cursor=cursor or "",
+            with_payload=with_payload,
+            with_vectors=with_vectors,
+        )
+        return Call(self._stub.Scroll, request, ScrollPage.from_proto)
+
+    def _set_payload(
+        self, collection: str, ids: IdsLike, payload: PayloadLike | None, unset: Sequence[str] | str
+    ) -> Call[int]:
+        paths = [check_path(p, "unset path") for p in ([unset] if isinstance(unset, str) else unset)]
+        request = pb.SetPayloadRequest(
+            collection=collection, ids=encode_ids(as_id_array(ids)), set=encode_payload(payload), unset=paths
+        )
+        return Call(self._stub.SetPayload, request, attrgetter("updated"))
+
+    # search
+
+    @staticmethod
+    def _search_shape(
+        collection: str, k: int, ef: int | None, with_payload: bool, with_vectors: bool, filter: FilterLike | None
+    ) -> SearchShape:
+        """What every query batch of a search or search stream shares, checked once."""
+        return SearchShape(collection, check_k(k), ef or 0, to_json(filter), with_payload, with_vectors)
+
+    def _search(self, shape: SearchShape, queries: VectorsLike) -> Call[SearchResult]:
+        request = Search(shape, as_matrix(queries, "queries")).to_proto()
+        return Call(self._stub.Search, request, SearchResult.from_proto)
