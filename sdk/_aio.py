@@ -77,7 +77,7 @@ class AsyncClient(BaseClient):
 
     async def _send(self, call: Call[T]) -> T:
         try:
-            reply = await call.method(call.request, timeout=self.timeout)
+            reply = await call.method(call.request, timeout=self.timeout if call.timed else None)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return call.decode(reply)

@@ -45,6 +45,9 @@ class Call(NamedTuple, Generic[T]):
     method: Callable[..., Any]
     request: object  # a message, or an iterator of messages for a client stream
     decode: Callable[[Any], T]
+    # False for an upload stream: its length is the caller's data, so a deadline meant for one call must not
+    # cut it short.
+    timed: bool = True
 
 
 def _nothing(reply: object) -> None:
@@ -205,7 +208,7 @@ class BaseClient:
                 yield batch(lo)
                 bar.advance(min(step, rows - lo))
 
-        return Call(self._stub.UpsertStream, stream(), attrgetter("upserted"))
+        return Call(self._stub.UpsertStream, stream(), attrgetter("upserted"), timed=False)
 
     def _get(self, collection: str, ids: IdsLike, with_vectors: bool, with_payload: bool) -> Call[list[Point]]:
         request = pb.GetRequest(

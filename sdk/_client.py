@@ -72,7 +72,7 @@ class Client(BaseClient):
 
     def _send(self, call: Call[T]) -> T:
         try:
-            reply = call.method(call.request, timeout=self.timeout)
+            reply = call.method(call.request, timeout=self.timeout if call.timed else None)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return call.decode(reply)
