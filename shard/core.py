@@ -10,28 +10,42 @@ every changed one, so a graceful restart loads them instead of replaying anythin
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rocksdict import WriteBatch
 
-from shoal._config import CollectionConfig, check_ef, check_k, check_name
+from shoal._config import CollectionConfig, check_name
 from shoal._errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from shoal._wire import as_id_array, check_ids, check_queries, check_upsert
+from shoal._filter import check_path
+from shoal._results import Found, Page, TopK
+from shoal._search import Search, SearchShape
+from shoal._wire import as_id_array, check_ids, check_payloads, check_upsert
+from shoal.shard import reads
+from shoal.shard import records as rec
+from shoal.shard import search as searching
+from shoal.shard.collection import Collection, CollectionStats, parse_filter, stats
 from shoal.shard.committer import Committer
 from shoal.shard.faults import CrashPoints, fatal
-from shoal.shard.filtered import FilterOps
-from shoal.shard.index import Hits, IndexWorker, VectorIndex
+from shoal.shard.index import IndexWorker, VectorIndex
 from shoal.shard.options import ShardOptions
-from shoal.shard.payload_index import EMPTY_PAYLOAD, columns, delete_entries, ensure_complete, indexed, write_entries
-from shoal.shard.recovery import Collection, recover
-from shoal.shard.results import Points, SearchResult, Verification, resolve_hits
+from shoal.shard.payload_index import (
+    EMPTY_PAYLOAD,
+    columns,
+    delete_entries,
+    ensure_complete,
+    indexed,
+    rocks_match,
+    write_entries,
+)
+from shoal.shard.reads import Verification
+from shoal.shard.recovery import recover
 from shoal.shard.snapshots import SnapshotFiles
 from shoal.shard.snapshotter import Snapshotter
 from shoal.shard.storage import CollectionStore, Storage, keys_bytes, pack_key, pack_keys, unpack_keys
@@ -39,16 +53,7 @@ from shoal.shard.storage import CollectionStore, Storage, keys_bytes, pack_key, 
 log = logging.getLogger("shoal.shard")
 
 
-@dataclass(frozen=True)
-class CollectionStats:
-    """A collection as this shard sees it."""
-
-    config: CollectionConfig
-    count: int
-    memory_bytes: int
-
-
-class Shard(FilterOps):
+class Shard:
     """One shard's collections; open() before use, close() after."""
 
     def __init__(self, data: Path, threads: int = 1, options: ShardOptions | None = None) -> None:
@@ -138,10 +143,6 @@ class Shard(FilterOps):
             raise NotFound(f"collection {name!r} does not exist")
         return coll
 
-    def _stats(self, coll: Collection) -> CollectionStats:
-        """On the index worker: count and memory."""
-        return CollectionStats(coll.config, coll.index.count, coll.index.memory_bytes())
-
     # Collections
 
     def create_collection(self, config: CollectionConfig) -> tuple[CollectionStats, bool]:
@@ -155,13 +156,13 @@ class Shard(FilterOps):
                     raise AlreadyExists(
                         f"collection {config.name!r} already exists with another config: {existing.config}"
                     )
-                return None, lambda: (self._stats(existing), False)
+                return None, lambda: (stats(existing), False)
             coll = Collection(self._storage.create(config), VectorIndex(config, self.threads))
             self._writing[config.name] = coll
 
             def publish() -> tuple[CollectionStats, bool]:
                 self._collections[config.name] = coll
-                return self._stats(coll), True
+                return stats(coll), True
 
             log.info("created collection %s", config)
             return None, publish
@@ -197,29 +198,27 @@ class Shard(FilterOps):
     def describe(self, name: str) -> CollectionStats:
         """A collection's config, count and memory."""
         coll = self._collection(name)
-        return self._worker.call(lambda: self._stats(coll)).result()
+        return self._worker.call(lambda: stats(coll)).result()
 
-    def count(self, name: str) -> int:
-        """The number of live points."""
-        return self._collection(name).index.count
+    def count(self, name: str, filter_text: str = "") -> int:
+        """The number of live points, or of those matching a filter."""
+        return reads.count(self._collection(name), self._worker, filter_text)
 
     # Writes
 
     @staticmethod
-    def _ids(ids: Any, config: CollectionConfig) -> np.ndarray:
+    def _ids(ids: np.ndarray, config: CollectionConfig) -> np.ndarray:
         return check_ids(as_id_array(ids), config.id_type)
 
     def submit_upsert(self, name: str, ids: Any, vectors: np.ndarray, payloads: Sequence[bytes] = ()) -> Future[int]:
         """Validate an upsert and queue it; the future resolves to the number of points written."""
         coll = self._collection(name)
         config = coll.config
-        vectors = _matrix(vectors, "vectors")
+        vectors = searching.as_matrix(vectors, "vectors")
         payloads = list(payloads)
         ids = as_id_array(ids)
         check_upsert(ids, vectors, payloads, config.id_type, config.dim)
-        raw = vectors.tobytes()
-        row = coll.store.row_bytes
-        records = [raw[i * row : (i + 1) * row] + (payloads[i] if payloads else b"") for i in range(len(ids))]
+        records = rec.pack_many(vectors, payloads)
         entries = [indexed(p) for p in payloads] if payloads else [EMPTY_PAYLOAD] * len(ids)
 
         batch = Storage.batch()
@@ -361,64 +360,26 @@ class Shard(FilterOps):
 
     # Reads
 
-    def get(self, name: str, ids: Any, with_vectors: bool = True, with_payload: bool = True) -> Points:
+    def get(self, name: str, ids: np.ndarray, with_vectors: bool = True, with_payload: bool = True) -> Found:
         """The stored points of ids, in request order; missing ids are left out."""
-        coll = self._collection(name)
-        store = coll.store
-        ids = self._ids(ids, coll.config)
-        if coll.config.id_type == "uint64":
-            records = store.records(pack_keys(ids))
-        else:
-            keys8 = store.keys_of(ids)
-            found = [k for k in keys8 if k is not None]
-            by_key = dict(zip(found, store.records(found), strict=True))
-            records = [None if k is None else by_key[k] for k in keys8]
-        keep = np.array([i for i, r in enumerate(records) if r is not None], dtype=np.intp)
-        kept = [r for r in records if r is not None]
-        row, dim = store.row_bytes, coll.config.dim
-        vectors = None
-        if with_vectors:
-            vectors = np.frombuffer(b"".join(r[:row] for r in kept), "<f4").reshape(len(kept), dim)
-        return Points(ids[keep], vectors, [r[row:] for r in kept] if with_payload else None)
+        return reads.get(self._collection(name), ids, with_vectors, with_payload)
 
-    def submit_search(
+    def scroll(
         self,
         name: str,
-        queries: np.ndarray,
-        k: int,
-        ef: int = 0,
-        with_payload: bool = False,
+        filter_text: str = "",
+        limit: int = 0,
+        cursor: str = "",
+        with_payload: bool = True,
         with_vectors: bool = False,
-    ) -> Future[SearchResult]:
-        """Validate a search and queue it; the future resolves to the local top-k of every query."""
+    ) -> Page:
+        """The points after `cursor` in key order, only those matching the filter if one is given."""
         coll = self._collection(name)
-        check_k(k)
-        check_ef(ef)
-        queries = check_queries(_matrix(queries, "queries"), coll.config.dim)
-        hits = self._worker.search(coll.index, queries, k, ef)
-        result: Future[SearchResult] = Future()
-        result.add_done_callback(lambda f: hits.cancel() if f.cancelled() else None)
-        lookup = with_payload or with_vectors or coll.config.id_type == "string"
+        return reads.scroll(coll, self._worker, filter_text, limit, cursor, with_payload, with_vectors)
 
-        def finish() -> None:
-            try:
-                result.set_result(resolve_hits(coll.store, hits.result(), with_payload, with_vectors))
-            except Exception as exc:
-                result.set_exception(exc)
-
-        def on_hits(_: Future[Hits]) -> None:
-            if not result.set_running_or_notify_cancel():
-                return
-            if hits.cancelled() or hits.exception() is not None:
-                result.set_exception(hits.exception() if not hits.cancelled() else Unavailable("cancelled"))
-            elif lookup:
-                self._lookups.submit(finish)
-            else:
-                h = hits.result()
-                result.set_result(SearchResult(k, h.keys, h.distances, h.counts, None, None))
-
-        hits.add_done_callback(on_hits)
-        return result
+    def submit_search(self, search: Search) -> Future[tuple[TopK, str]]:
+        """Validate a search and queue it; resolves to the local top-k of every query and the plan that ran."""
+        return searching.submit(self._collection(search.shape.collection), self._worker, self._lookups, search)
 
     def search(
         self,
@@ -428,14 +389,99 @@ class Shard(FilterOps):
         ef: int = 0,
         with_payload: bool = False,
         with_vectors: bool = False,
-    ) -> SearchResult:
-        """The local top-k of every query, nearest first."""
-        return self.submit_search(name, queries, k, ef, with_payload, with_vectors).result()
+        filter_text: str = "",
+    ) -> TopK:
+        """The local top-k of every query, nearest first (sugar over submit_search)."""
+        shape = SearchShape(name, k, ef, filter_text, with_payload, with_vectors)
+        return self.submit_search(Search(shape, queries)).result()[0]
+
+    # Payload writes
+
+    def submit_delete_filter(self, name: str, filter_text: str) -> Future[int]:
+        """Queue the deletion of every point matching a filter; resolves to how many there were."""
+        coll = self._collection(name)
+        node = parse_filter(filter_text)
+
+        def prepare() -> tuple[WriteBatch | None, Callable[[], int]]:
+            store = self._writable(name, coll).store
+            keys = rocks_match(store, node)
+            keys8 = pack_keys(keys)
+            batch = Storage.batch()
+            if coll.config.id_type == "string":
+                for key8, sid in zip(keys8, store.ids_of(keys8), strict=True):
+                    if sid is not None:
+                        store.delete_id(batch, sid, key8)
+            for key8 in keys8:
+                store.delete_point(batch, key8)
+            delete_entries(store, batch, keys8, store.records(keys8))
+            if len(keys):  # so that recovery from an older index snapshot removes them too
+                self._storage.log_change(batch, store, b"".join(keys8))
+
+            def apply() -> int:
+                coll.index.remove(keys)
+                coll.filters.remove(keys)
+                return len(keys)
+
+            return (batch if len(keys) else None), apply
+
+        return self._submit(prepare)
+
+    def submit_set_payload(self, name: str, ids: Any, set_raw: bytes, unset: Sequence[str]) -> Future[int]:
+        """Queue setting and removing payload keys of existing points; resolves to how many exist."""
+        coll = self._collection(name)
+        ids = check_ids(as_id_array(ids), coll.config.id_type)
+        check_payloads([set_raw])
+        updates: dict[str, Any] = json.loads(set_raw) if set_raw else {}
+        paths = [check_path(p, "unset path") for p in unset]
+        if not updates and not paths:
+            raise InvalidArgument("nothing to change: give keys to set or paths to unset")
+
+        def prepare() -> tuple[WriteBatch | None, Callable[[], int]]:
+            store = self._writable(name, coll).store
+            if coll.config.id_type == "string":
+                keys8 = [k for k in store.keys_of(ids) if k is not None]
+            else:
+                keys8 = pack_keys(ids)
+            batch = Storage.batch()
+            changed, entries, existing = [], [], 0
+            dim = store.config.dim
+            for key8, record in zip(keys8, store.records(keys8), strict=True):
+                if record is None:
+                    continue
+                existing += 1
+                stored = rec.payload(record, dim)
+                old = json.loads(stored) if stored else None
+                new = _changed(old, updates, paths)
+                if new == old:
+                    continue
+                raw = json.dumps(new, separators=(",", ":"), ensure_ascii=False).encode()
+                store.put_point(batch, key8, rec.with_payload(record, dim, raw))
+                entry = indexed(raw)
+                write_entries(store, batch, [key8], [entry], [record])
+                changed.append(key8)
+                entries.append(entry.fields)
+            keys = unpack_keys(changed)
+
+            def apply() -> int:
+                coll.filters.upsert(keys, entries)
+                return existing
+
+            return (batch if changed else None), apply
+
+        return self._submit(prepare)
 
 
-def _matrix(x: np.ndarray, what: str) -> np.ndarray:
-    """A 2-D little-endian float32 C-contiguous array."""
-    if getattr(x, "ndim", None) != 2:
-        raise InvalidArgument(f"{what} must be a 2-D matrix, got shape {getattr(x, 'shape', None)}")
-    with np.errstate(over="ignore"):  # values beyond float32 become inf and are then rejected as such
-        return np.ascontiguousarray(x, dtype="<f4")
+def _changed(old: dict[str, Any] | None, updates: dict[str, Any], paths: Sequence[str]) -> dict[str, Any] | None:
+    """A payload with top-level keys set, then dotted paths removed (None stays None if nothing is set)."""
+    if old is None and not updates:
+        return None
+    new = json.loads(json.dumps(old)) if old else {}  # a deep copy: removals may reach nested objects
+    new.update(updates)
+    for path in paths:
+        *parents, last = path.split(".")
+        node: Any = new
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return new

@@ -27,6 +27,7 @@ import numpy as np
 from rocksdict import ReadOptions, WriteBatch
 
 from shoal._filter import And, Cond, Node, Not, Or, kind
+from shoal.shard import records
 from shoal.shard.storage import INDEX_READY, CollectionStore, Storage
 
 LIVE = b"\0\0L"
@@ -170,14 +171,14 @@ def write_entries(
     old_records: Sequence[bytes | None],
 ) -> None:
     """Add to a batch the index entries of upserted points, removing those of the payloads they replace."""
-    cf, row = store.payload_index_cf, store.row_bytes
+    cf, dim = store.payload_index_cf, store.config.dim
     for key8, entry, old in zip(keys8, new, old_records, strict=True):
         if old is None:
             batch.put(LIVE + key8, b"", cf)
-        elif old[row:] == entry.raw:
+        elif (old_payload := records.payload(old, dim)) == entry.raw:
             continue  # the same payload: the same entries
         else:
-            for stale in indexed(old[row:]).prefixes:
+            for stale in indexed(old_payload).prefixes:
                 batch.delete(stale + key8, cf)
         for p in entry.prefixes:
             batch.put(p + key8, b"", cf)
@@ -187,11 +188,11 @@ def delete_entries(
     store: CollectionStore, batch: WriteBatch, keys8: Sequence[bytes], old_records: Sequence[bytes | None]
 ) -> None:
     """Add to a batch the removal of every index entry of deleted points."""
-    cf, row = store.payload_index_cf, store.row_bytes
+    cf, dim = store.payload_index_cf, store.config.dim
     for key8, old in zip(keys8, old_records, strict=True):
         if old is not None:
             batch.delete(LIVE + key8, cf)
-            for stale in indexed(old[row:]).prefixes:
+            for stale in indexed(records.payload(old, dim)).prefixes:
                 batch.delete(stale + key8, cf)
 
 
@@ -315,13 +316,13 @@ def ensure_complete(storage: Storage, store: CollectionStore) -> bool:
     assert store.payload_index is not None
     if store.payload_index.get(INDEX_READY) is not None:
         return False
-    cf, row = store.payload_index_cf, store.row_bytes
+    cf, dim = store.payload_index_cf, store.config.dim
     batch = storage.batch()
     # One batch: a crash half-way leaves the index unmarked, and the next open starts over.
     batch.delete_range(b"", b"\xff", cf)
     for key8, record in store.items():
         batch.put(LIVE + key8, b"", cf)
-        for p in indexed(record[row:]).prefixes:
+        for p in indexed(records.payload(record, dim)).prefixes:
             batch.put(p + key8, b"", cf)
     batch.put(INDEX_READY, b"", cf)
     storage.write(batch)
@@ -332,10 +333,10 @@ def ensure_complete(storage: Storage, store: CollectionStore) -> bool:
 def check(store: CollectionStore) -> list[str]:
     """Differences between the RocksDB index and the entries the stored payloads call for (empty: consistent)."""
     assert store.payload_index is not None
-    row = store.row_bytes
+    dim = store.config.dim
     want = {INDEX_READY}
     for key8, record in store.items():
         want.add(LIVE + key8)
-        want.update(p + key8 for p in indexed(record[row:]).prefixes)
+        want.update(p + key8 for p in indexed(records.payload(record, dim)).prefixes)
     have = set(store.payload_index.keys())
     return [f"missing {k!r}" for k in sorted(want - have)[:20]] + [f"stale {k!r}" for k in sorted(have - want)[:20]]

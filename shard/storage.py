@@ -42,6 +42,7 @@ from rocksdict import Checkpoint, ColumnFamily, Options, Rdict, WriteBatch, Writ
 
 from shoal._config import CollectionConfig
 from shoal._errors import ResourceExhausted
+from shoal.shard import records as rec
 
 log = logging.getLogger("shoal.shard.storage")
 
@@ -53,7 +54,6 @@ _TRIM = b"trim/"
 _LOG = "log"
 INDEX_READY = b"\0\0R"  # an encoded path never starts with two zero bytes: reserved keys do
 _BE64 = np.dtype(">u8")
-_F32 = np.dtype("<f4")
 
 
 def pack_key(key: int) -> bytes:
@@ -112,7 +112,6 @@ class CollectionStore:
     def __init__(self, config: CollectionConfig, db: Rdict, next_key: int, born: int) -> None:
         self.config = config
         self.born = born  # unique per incarnation: a dropped and recreated collection gets a new one
-        self.row_bytes = config.dim * 4
         self.next_key = next_key  # only the committer thread reads or advances it
         self._points: Rdict | None = db.get_column_family(_points_cf(config.name))
         self._points_cf: ColumnFamily | None = db.get_column_family_handle(_points_cf(config.name))
@@ -186,24 +185,20 @@ class CollectionStore:
         """Every stored point as (uint64 keys, float32 vectors) batches of at most `rows`."""
         assert self._points is not None
         keys: list[bytes] = []
-        vectors: list[bytes] = []
+        found: list[bytes] = []
         for key, record in cast(Iterator[tuple[bytes, bytes]], self._points.items()):
             keys.append(key)
-            vectors.append(record[: self.row_bytes])
+            found.append(record)
             if len(keys) == rows:
-                yield self._batch(keys, vectors)
-                keys, vectors = [], []
+                yield unpack_keys(keys), rec.vectors(found, self.config.dim)
+                keys, found = [], []
         if keys:
-            yield self._batch(keys, vectors)
+            yield unpack_keys(keys), rec.vectors(found, self.config.dim)
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every stored (key8, record), in key order."""
         assert self._points is not None
         return cast(Iterator[tuple[bytes, bytes]], self._points.items())
-
-    def _batch(self, keys: list[bytes], vectors: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        matrix = np.frombuffer(b"".join(vectors), dtype=_F32).reshape(len(keys), self.config.dim)
-        return unpack_keys(keys), matrix
 
     def close(self, dropped: bool = False) -> None:
         """Release the column family handles; RocksDB closes only once none is left."""
