@@ -41,7 +41,7 @@ import numpy as np
 from rocksdict import Checkpoint, ColumnFamily, Options, Rdict, WriteBatch, WriteOptions
 
 from shoal._config import CollectionConfig
-from shoal._errors import ResourceExhausted
+from shoal._errors import ResourceExhausted, ShoalError, Unavailable
 from shoal.shard import records as rec
 
 log = logging.getLogger("shoal.shard.storage")
@@ -80,6 +80,21 @@ def keys_bytes(keys: np.ndarray) -> bytes:
 def unpack_keys(raws: Sequence[bytes]) -> np.ndarray:
     """8-byte big-endian keys as a native uint64 array."""
     return np.frombuffer(b"".join(raws), dtype=_BE64).astype(np.uint64)
+
+
+def classify_write_error(exc: Exception) -> tuple[ShoalError, bool]:
+    """The error a caller gets for a failed RocksDB write, and whether the shard must stop (fatal).
+
+    rocksdict raises a plain Exception whose text starts with RocksDB's status ("IO error: ..."); it has no
+    exception types per status, so the text is all there is to go by, and it is matched here only.
+    An I/O error is fatal: RocksDB refuses every later write after a failed WAL append.
+    """
+    text = str(exc)
+    if not text.startswith("IO error"):
+        return Unavailable(f"the shard could not write: {type(exc).__name__}"), False
+    if "No space left" in text:
+        return ResourceExhausted("the shard's disk is full"), True
+    return Unavailable("the shard could not write to its disk"), True
 
 
 def _multi_get(cf: Rdict, keys: list[bytes]) -> list[bytes | None]:

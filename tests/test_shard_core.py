@@ -496,3 +496,15 @@ def test_a_failed_index_update_after_commit_is_fatal() -> None:
         assert fatal == ["the index update of committed batch 8 failed"] and worker.applied_seq == 8
     finally:
         worker.stop()
+
+
+def test_rocksdb_write_failures_are_classified_in_one_place() -> None:
+    from shoal._errors import ResourceExhausted
+    from shoal.shard.storage import classify_write_error
+
+    full, fatal_full = classify_write_error(Exception("IO error: No space left on device: While appending to file"))
+    assert isinstance(full, ResourceExhausted) and fatal_full
+    io, fatal_io = classify_write_error(Exception("IO error: Input/output error"))
+    assert isinstance(io, Unavailable) and "disk" in str(io) and fatal_io
+    other, fatal_other = classify_write_error(ValueError("bad batch"))
+    assert isinstance(other, Unavailable) and "ValueError" in str(other) and not fatal_other
