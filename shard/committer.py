@@ -23,12 +23,11 @@ from rocksdict import WriteBatch
 from shoal._errors import ShoalError, Unavailable
 from shoal.shard.faults import CrashPoints, fatal
 from shoal.shard.index import IndexWorker, Step
+from shoal.shard.options import MAX_GROUP
 from shoal.shard.queue_thread import QueueThread
 from shoal.shard.storage import Storage, classify_write_error
 
 log = logging.getLogger("shoal.shard.committer")
-
-MAX_GROUP = 256  # jobs per WAL sync; bounds the wait of the first job in a burst
 
 # A job's prepare returns its batch (None when it has nothing to write) and the step to run on the
 # index worker once the batch is durable; the step's return value is the caller's result.

@@ -1,6 +1,7 @@
-"""The shard core: collections, writes, reads and searches on numpy arrays, with no gRPC in sight.
+"""The shard core: the Shard's lifecycle and its thin public methods, with no gRPC in sight.
 
-Threads: callers validate on their own thread; writes run on the committer thread (committer.py), every
+Searches are in search.py, reads in reads.py, write planning in writes.py. Threads: callers validate on
+their own thread; writes are planned and written on the committer thread (committer.py), every
 usearch call on the index worker thread (index.py), search results that need RocksDB look-ups on a small
 lookup pool, and index snapshots on the snapshot thread (snapshotter.py). Two views of the collections
 exist: `_writing` (the committer's, ahead) and `_collections` (what callers see, changed on the index
@@ -27,28 +28,20 @@ from shoal._filter import check_path
 from shoal._results import Found, Page, TopK
 from shoal._search import Search, SearchShape
 from shoal._wire import as_id_array, check_ids, check_payloads, check_upsert
-from shoal.shard import reads
-from shoal.shard import records as rec
+from shoal.shard import reads, writes
 from shoal.shard import search as searching
 from shoal.shard.collection import Collection, CollectionStats, parse_filter, stats
 from shoal.shard.committer import Committer
 from shoal.shard.faults import CrashPoints, fatal
 from shoal.shard.index import IndexWorker, VectorIndex
 from shoal.shard.options import ShardOptions
-from shoal.shard.payload_index import (
-    EMPTY_PAYLOAD,
-    columns,
-    delete_entries,
-    ensure_complete,
-    indexed,
-    rocks_match,
-    write_entries,
-)
+from shoal.shard.payload_index import columns, ensure_complete
 from shoal.shard.reads import Verification
 from shoal.shard.recovery import recover
 from shoal.shard.snapshots import SnapshotFiles
 from shoal.shard.snapshotter import Snapshotter
-from shoal.shard.storage import CollectionStore, Storage, keys_bytes, pack_key, pack_keys, unpack_keys
+from shoal.shard.storage import Storage, pack_keys
+from shoal.shard.writes import WritePlan
 
 log = logging.getLogger("shoal.shard")
 
@@ -167,7 +160,7 @@ class Shard:
             log.info("created collection %s", config)
             return None, publish
 
-        return self._submit(prepare).result()  # type: ignore[no-any-return]
+        return self._submit(prepare).result()
 
     def drop_collection(self, name: str) -> bool:
         """Drop a collection and all its points; False if it did not exist."""
@@ -187,7 +180,7 @@ class Shard:
             log.info("dropped collection %s", name)
             return None, unpublish
 
-        return self._submit(prepare).result()  # type: ignore[no-any-return]
+        return self._submit(prepare).result()
 
     def list_collections(self) -> list[str]:
         """The names of all collections, sorted."""
@@ -210,102 +203,39 @@ class Shard:
     def _ids(ids: np.ndarray, config: CollectionConfig) -> np.ndarray:
         return check_ids(as_id_array(ids), config.id_type)
 
-    def submit_upsert(self, name: str, ids: Any, vectors: np.ndarray, payloads: Sequence[bytes] = ()) -> Future[int]:
+    def submit_upsert(
+        self, name: str, ids: np.ndarray, vectors: np.ndarray, payloads: Sequence[bytes] = ()
+    ) -> Future[int]:
         """Validate an upsert and queue it; the future resolves to the number of points written."""
         coll = self._collection(name)
-        config = coll.config
         vectors = searching.as_matrix(vectors, "vectors")
         payloads = list(payloads)
         ids = as_id_array(ids)
-        check_upsert(ids, vectors, payloads, config.id_type, config.dim)
-        records = rec.pack_many(vectors, payloads)
-        entries = [indexed(p) for p in payloads] if payloads else [EMPTY_PAYLOAD] * len(ids)
+        check_upsert(ids, vectors, payloads, coll.config.id_type, coll.config.dim)
+        return self._submit_plan(name, coll, lambda view: writes.plan_upsert(view, ids, vectors, payloads))
 
-        batch = Storage.batch()
-        keys8: list[bytes] = []
-        if config.id_type == "uint64":  # nothing depends on current state: build the batch here
-            keys8 = pack_keys(ids)
-            for key, record in zip(keys8, records, strict=True):
-                coll.store.put_point(batch, key, record)
-
-        def prepare() -> tuple[WriteBatch, Callable[[], int]]:
-            nonlocal keys8
-            assert self._storage is not None
-            store = self._writable(name, coll).store
-            keys = ids
-            if config.id_type == "string":
-                keys8 = self._string_keys(store, ids, batch)
-                for key, record in zip(keys8, records, strict=True):
-                    store.put_point(batch, key, record)
-                keys = unpack_keys(keys8)
-            self._storage.log_change(batch, store, keys_bytes(keys))
-            write_entries(store, batch, keys8, entries, store.records(keys8))
-
-            def apply() -> int:
-                coll.index.upsert(keys, vectors)
-                coll.filters.upsert(keys, [e.fields for e in entries])
-                return len(keys)
-
-            return batch, apply
-
-        return self._submit(prepare)
-
-    @staticmethod
-    def _string_keys(store: CollectionStore, ids: np.ndarray, batch: WriteBatch) -> list[bytes]:
-        """On the committer: the internal keys of string ids, allocating (in the batch) those that are new."""
-        keys8: list[bytes] = []
-        fresh = False
-        for sid, key in zip(ids, store.keys_of(ids), strict=True):
-            if key is None:
-                key = pack_key(store.next_key)
-                store.next_key += 1
-                store.put_id(batch, sid.encode(), key)
-                fresh = True
-            keys8.append(key)
-        if fresh:
-            store.put_next_key(batch)
-        return keys8
-
-    def upsert(self, name: str, ids: Any, vectors: np.ndarray, payloads: Sequence[bytes] = ()) -> int:
-        """Insert or replace points; returns once they are durable and searchable."""
-        return self.submit_upsert(name, ids, vectors, payloads).result()
-
-    def submit_delete(self, name: str, ids: Any) -> Future[int]:
-        """Validate a delete and queue it; the future resolves to the number of points that existed."""
-        coll = self._collection(name)
-        config = coll.config
-        ids = self._ids(ids, config)
+    def _submit_plan(self, name: str, coll: Collection, plan: Callable[[writes.StoreView], WritePlan]) -> Future[int]:
+        """Queue a write planned on the committer against the current state, applied on the index worker."""
 
         def prepare() -> tuple[WriteBatch | None, Callable[[], int]]:
             assert self._storage is not None
             store = self._writable(name, coll).store
-            batch = Storage.batch()
-            existing: list[bytes] = []
-            if config.id_type == "uint64":
-                keys8 = pack_keys(ids)
-                existing = [k for k, r in zip(keys8, store.records(keys8), strict=True) if r is not None]
-            else:
-                for sid, key in zip(ids, store.keys_of(ids), strict=True):
-                    if key is not None:
-                        store.delete_id(batch, sid.encode(), key)
-                        existing.append(key)
-            for key in existing:
-                store.delete_point(batch, key)
-            delete_entries(store, batch, existing, store.records(existing))
-            keys = unpack_keys(existing)
-            if existing:
-                self._storage.log_change(batch, store, b"".join(existing))
-
-            def apply() -> int:
-                coll.index.remove(keys)
-                coll.filters.remove(keys)
-                return len(keys)
-
-            return (batch if existing else None), apply
+            planned = plan(writes.RocksView(store))
+            return writes.to_batch(planned, self._storage, store), lambda: writes.apply(planned, coll)
 
         return self._submit(prepare)
 
-    def delete(self, name: str, ids: Any) -> int:
+    def upsert(self, name: str, ids: np.ndarray, vectors: np.ndarray, payloads: Sequence[bytes] = ()) -> int:
+        """Insert or replace points; returns once they are durable and searchable."""
+        return self.submit_upsert(name, ids, vectors, payloads).result()
+
+    def submit_delete(self, name: str, ids: np.ndarray) -> Future[int]:
+        """Validate a delete and queue it; the future resolves to the number of points that existed."""
+        coll = self._collection(name)
+        ids = self._ids(ids, coll.config)
+        return self._submit_plan(name, coll, lambda view: writes.plan_delete(view, ids))
+
+    def delete(self, name: str, ids: np.ndarray) -> int:
         """Delete points; returns how many existed, once durable and gone from search."""
         return self.submit_delete(name, ids).result()
 
@@ -335,7 +265,7 @@ class Shard:
 
             return None, compare
 
-        return self._submit(prepare).result()  # type: ignore[no-any-return]
+        return self._submit(prepare).result()
 
     def snapshot(self) -> dict[str, int | None]:
         """Snapshot every changed index now; the write sequence each snapshot holds (None: failed)."""
@@ -401,87 +331,15 @@ class Shard:
         """Queue the deletion of every point matching a filter; resolves to how many there were."""
         coll = self._collection(name)
         node = parse_filter(filter_text)
+        return self._submit_plan(name, coll, lambda view: writes.plan_delete_filter(view, node))
 
-        def prepare() -> tuple[WriteBatch | None, Callable[[], int]]:
-            store = self._writable(name, coll).store
-            keys = rocks_match(store, node)
-            keys8 = pack_keys(keys)
-            batch = Storage.batch()
-            if coll.config.id_type == "string":
-                for key8, sid in zip(keys8, store.ids_of(keys8), strict=True):
-                    if sid is not None:
-                        store.delete_id(batch, sid, key8)
-            for key8 in keys8:
-                store.delete_point(batch, key8)
-            delete_entries(store, batch, keys8, store.records(keys8))
-            if len(keys):  # so that recovery from an older index snapshot removes them too
-                self._storage.log_change(batch, store, b"".join(keys8))
-
-            def apply() -> int:
-                coll.index.remove(keys)
-                coll.filters.remove(keys)
-                return len(keys)
-
-            return (batch if len(keys) else None), apply
-
-        return self._submit(prepare)
-
-    def submit_set_payload(self, name: str, ids: Any, set_raw: bytes, unset: Sequence[str]) -> Future[int]:
+    def submit_set_payload(self, name: str, ids: np.ndarray, set_raw: bytes, unset: Sequence[str]) -> Future[int]:
         """Queue setting and removing payload keys of existing points; resolves to how many exist."""
         coll = self._collection(name)
-        ids = check_ids(as_id_array(ids), coll.config.id_type)
+        ids = self._ids(ids, coll.config)
         check_payloads([set_raw])
         updates: dict[str, Any] = json.loads(set_raw) if set_raw else {}
         paths = [check_path(p, "unset path") for p in unset]
         if not updates and not paths:
             raise InvalidArgument("nothing to change: give keys to set or paths to unset")
-
-        def prepare() -> tuple[WriteBatch | None, Callable[[], int]]:
-            store = self._writable(name, coll).store
-            if coll.config.id_type == "string":
-                keys8 = [k for k in store.keys_of(ids) if k is not None]
-            else:
-                keys8 = pack_keys(ids)
-            batch = Storage.batch()
-            changed, entries, existing = [], [], 0
-            dim = store.config.dim
-            for key8, record in zip(keys8, store.records(keys8), strict=True):
-                if record is None:
-                    continue
-                existing += 1
-                stored = rec.payload(record, dim)
-                old = json.loads(stored) if stored else None
-                new = _changed(old, updates, paths)
-                if new == old:
-                    continue
-                raw = json.dumps(new, separators=(",", ":"), ensure_ascii=False).encode()
-                store.put_point(batch, key8, rec.with_payload(record, dim, raw))
-                entry = indexed(raw)
-                write_entries(store, batch, [key8], [entry], [record])
-                changed.append(key8)
-                entries.append(entry.fields)
-            keys = unpack_keys(changed)
-
-            def apply() -> int:
-                coll.filters.upsert(keys, entries)
-                return existing
-
-            return (batch if changed else None), apply
-
-        return self._submit(prepare)
-
-
-def _changed(old: dict[str, Any] | None, updates: dict[str, Any], paths: Sequence[str]) -> dict[str, Any] | None:
-    """A payload with top-level keys set, then dotted paths removed (None stays None if nothing is set)."""
-    if old is None and not updates:
-        return None
-    new = json.loads(json.dumps(old)) if old else {}  # a deep copy: removals may reach nested objects
-    new.update(updates)
-    for path in paths:
-        *parents, last = path.split(".")
-        node: Any = new
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(last, None)
-    return new
+        return self._submit_plan(name, coll, lambda view: writes.plan_set_payload(view, ids, updates, paths))

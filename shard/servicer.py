@@ -60,7 +60,8 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
     async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
         ids, vectors = decode_ids(request.ids), decode_matrix(request.vectors)
         future = await asyncio.to_thread(self._shard.submit_upsert, request.collection, ids, vectors, request.payloads)
-        return pb.UpsertResponse(upserted=await asyncio.wrap_future(future))
+        upserted: int = await asyncio.wrap_future(future)
+        return pb.UpsertResponse(upserted=upserted)
 
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
         found = await asyncio.to_thread(
@@ -76,7 +77,8 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         else:
             ids = decode_ids(request.ids)
             future = await asyncio.to_thread(self._shard.submit_delete, request.collection, ids)
-        return pb.DeleteResponse(deleted=await asyncio.wrap_future(future))
+        deleted: int = await asyncio.wrap_future(future)
+        return pb.DeleteResponse(deleted=deleted)
 
     async def Count(self, request: pb.CountRequest, context: grpc.aio.ServicerContext) -> pb.CountResponse:
         if request.filter:
@@ -104,7 +106,8 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         future = await asyncio.to_thread(
             self._shard.submit_set_payload, request.collection, ids, request.set, list(request.unset)
         )
-        return pb.SetPayloadResponse(updated=await asyncio.wrap_future(future))
+        updated: int = await asyncio.wrap_future(future)
+        return pb.SetPayloadResponse(updated=updated)
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         return await self._search(request)

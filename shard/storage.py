@@ -143,12 +143,22 @@ class CollectionStore:
         """The collection's name."""
         return self.config.name
 
+    @property
+    def points_cf(self) -> ColumnFamily | None:
+        """The handle of the points column family, for batches."""
+        return self._points_cf
+
+    @property
+    def ids_cf(self) -> ColumnFamily | None:
+        """The handle of the id-map column family (None for uint64 ids), for batches."""
+        return self._ids_cf
+
     def records(self, keys: list[bytes]) -> list[bytes | None]:
         """The stored records of internal keys (None where missing)."""
         assert self._points is not None
         return _multi_get(self._points, keys)
 
-    def keys_of(self, ids: Sequence[str]) -> list[bytes | None]:
+    def keys_of(self, ids: Sequence[str] | np.ndarray) -> list[bytes | None]:
         """The internal keys of string ids (None where unknown)."""
         assert self._ids is not None
         return _multi_get(self._ids, [b"s" + s.encode() for s in ids])
