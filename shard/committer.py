@@ -20,15 +20,14 @@ from typing import Any
 
 from rocksdict import WriteBatch
 
-from shoal._errors import ResourceExhausted, ShoalError, Unavailable
+from shoal._errors import ShoalError, Unavailable
 from shoal.shard.faults import CrashPoints, fatal
 from shoal.shard.index import IndexWorker, Step
+from shoal.shard.options import MAX_GROUP
 from shoal.shard.queue_thread import QueueThread
-from shoal.shard.storage import Storage
+from shoal.shard.storage import Storage, classify_write_error
 
 log = logging.getLogger("shoal.shard.committer")
-
-MAX_GROUP = 256  # jobs per WAL sync; bounds the wait of the first job in a burst
 
 # A job's prepare returns its batch (None when it has nothing to write) and the step to run on the
 # index worker once the batch is durable; the step's return value is the caller's result.
@@ -96,18 +95,14 @@ class Committer(QueueThread[_Job]):
                 job.future.set_exception(exc)
                 continue
             except Exception as exc:
-                if not str(exc).startswith("IO error"):
+                error, fatal_error = classify_write_error(exc)
+                if not fatal_error:
                     log.exception("a write failed")
-                    job.future.set_exception(Unavailable(f"the shard could not write: {type(exc).__name__}"))
+                    job.future.set_exception(error)
                     continue
-                # RocksDB refuses every write after a failed WAL append, and the batches written before
-                # this one cannot be synced: fail them all, then start over from what is on disk.
+                # The batches written before this one cannot be synced: fail them all, then start over
+                # from what is on disk.
                 log.error("RocksDB write failed: %s", exc)
-                error = (
-                    ResourceExhausted("the shard's disk is full")
-                    if "No space left" in str(exc)
-                    else Unavailable("the shard could not write to its disk")
-                )
                 job.future.set_exception(error)
                 self._fail(group, Unavailable("the shard could not make the write durable"))
                 self._fatal(f"RocksDB write failed: {exc}")

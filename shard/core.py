@@ -1,6 +1,7 @@
-"""The shard core: collections, writes, reads and searches on numpy arrays, with no gRPC in sight.
+"""The shard core: the Shard's lifecycle and its thin public methods, with no gRPC in sight.
 
-Threads: callers validate on their own thread; writes run on the committer thread (committer.py), every
+Searches are in search.py, reads in reads.py, write planning in writes.py. Threads: callers validate on
+their own thread; writes are planned and written on the committer thread (committer.py), every
 usearch call on the index worker thread (index.py), search results that need RocksDB look-ups on a small
 lookup pool, and index snapshots on the snapshot thread (snapshotter.py). Two views of the collections
 exist: `_writing` (the committer's, ahead) and `_collections` (what callers see, changed on the index
@@ -10,45 +11,42 @@ every changed one, so a graceful restart loads them instead of replaying anythin
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rocksdict import WriteBatch
 
-from shoal._config import CollectionConfig, check_ef, check_k, check_name
+from shoal._config import CollectionConfig, check_name
 from shoal._errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from shoal._wire import as_id_array, check_ids, check_queries, check_upsert
+from shoal._filter import check_path
+from shoal._results import Found, Page, TopK
+from shoal._search import Search, SearchShape
+from shoal._wire import as_id_array, check_ids, check_payloads, check_upsert
+from shoal.shard import reads, writes
+from shoal.shard import search as searching
+from shoal.shard.collection import Collection, CollectionStats, parse_filter, stats
 from shoal.shard.committer import Committer
 from shoal.shard.faults import CrashPoints, fatal
-from shoal.shard.filtered import FilterOps
-from shoal.shard.index import Hits, IndexWorker, VectorIndex
+from shoal.shard.index import IndexWorker, VectorIndex
 from shoal.shard.options import ShardOptions
-from shoal.shard.payload_index import EMPTY_PAYLOAD, columns, delete_entries, ensure_complete, indexed, write_entries
-from shoal.shard.recovery import Collection, recover
-from shoal.shard.results import Points, SearchResult, Verification, resolve_hits
+from shoal.shard.payload_index import columns, ensure_complete
+from shoal.shard.reads import Verification
+from shoal.shard.recovery import recover
 from shoal.shard.snapshots import SnapshotFiles
 from shoal.shard.snapshotter import Snapshotter
-from shoal.shard.storage import CollectionStore, Storage, keys_bytes, pack_key, pack_keys, unpack_keys
+from shoal.shard.storage import Storage, pack_keys
+from shoal.shard.writes import WritePlan
 
 log = logging.getLogger("shoal.shard")
 
 
-@dataclass(frozen=True)
-class CollectionStats:
-    """A collection as this shard sees it."""
-
-    config: CollectionConfig
-    count: int
-    memory_bytes: int
-
-
-class Shard(FilterOps):
+class Shard:
     """One shard's collections; open() before use, close() after."""
 
     def __init__(self, data: Path, threads: int = 1, options: ShardOptions | None = None) -> None:
@@ -138,10 +136,6 @@ class Shard(FilterOps):
             raise NotFound(f"collection {name!r} does not exist")
         return coll
 
-    def _stats(self, coll: Collection) -> CollectionStats:
-        """On the index worker: count and memory."""
-        return CollectionStats(coll.config, coll.index.count, coll.index.memory_bytes())
-
     # Collections
 
     def create_collection(self, config: CollectionConfig) -> tuple[CollectionStats, bool]:
@@ -155,18 +149,18 @@ class Shard(FilterOps):
                     raise AlreadyExists(
                         f"collection {config.name!r} already exists with another config: {existing.config}"
                     )
-                return None, lambda: (self._stats(existing), False)
+                return None, lambda: (stats(existing), False)
             coll = Collection(self._storage.create(config), VectorIndex(config, self.threads))
             self._writing[config.name] = coll
 
             def publish() -> tuple[CollectionStats, bool]:
                 self._collections[config.name] = coll
-                return self._stats(coll), True
+                return stats(coll), True
 
             log.info("created collection %s", config)
             return None, publish
 
-        return self._submit(prepare).result()  # type: ignore[no-any-return]
+        return self._submit(prepare).result()
 
     def drop_collection(self, name: str) -> bool:
         """Drop a collection and all its points; False if it did not exist."""
@@ -186,7 +180,7 @@ class Shard(FilterOps):
             log.info("dropped collection %s", name)
             return None, unpublish
 
-        return self._submit(prepare).result()  # type: ignore[no-any-return]
+        return self._submit(prepare).result()
 
     def list_collections(self) -> list[str]:
         """The names of all collections, sorted."""
@@ -197,116 +191,51 @@ class Shard(FilterOps):
     def describe(self, name: str) -> CollectionStats:
         """A collection's config, count and memory."""
         coll = self._collection(name)
-        return self._worker.call(lambda: self._stats(coll)).result()
+        return self._worker.call(lambda: stats(coll)).result()
 
-    def count(self, name: str) -> int:
-        """The number of live points."""
-        return self._collection(name).index.count
+    def count(self, name: str, filter_text: str = "") -> int:
+        """The number of live points, or of those matching a filter."""
+        return reads.count(self._collection(name), self._worker, filter_text)
 
     # Writes
 
     @staticmethod
-    def _ids(ids: Any, config: CollectionConfig) -> np.ndarray:
+    def _ids(ids: np.ndarray, config: CollectionConfig) -> np.ndarray:
         return check_ids(as_id_array(ids), config.id_type)
 
-    def submit_upsert(self, name: str, ids: Any, vectors: np.ndarray, payloads: Sequence[bytes] = ()) -> Future[int]:
+    def submit_upsert(
+        self, name: str, ids: np.ndarray, vectors: np.ndarray, payloads: Sequence[bytes] = ()
+    ) -> Future[int]:
         """Validate an upsert and queue it; the future resolves to the number of points written."""
         coll = self._collection(name)
-        config = coll.config
-        vectors = _matrix(vectors, "vectors")
+        vectors = searching.as_matrix(vectors, "vectors")
         payloads = list(payloads)
         ids = as_id_array(ids)
-        check_upsert(ids, vectors, payloads, config.id_type, config.dim)
-        raw = vectors.tobytes()
-        row = coll.store.row_bytes
-        records = [raw[i * row : (i + 1) * row] + (payloads[i] if payloads else b"") for i in range(len(ids))]
-        entries = [indexed(p) for p in payloads] if payloads else [EMPTY_PAYLOAD] * len(ids)
+        check_upsert(ids, vectors, payloads, coll.config.id_type, coll.config.dim)
+        return self._submit_plan(name, coll, lambda view: writes.plan_upsert(view, ids, vectors, payloads))
 
-        batch = Storage.batch()
-        keys8: list[bytes] = []
-        if config.id_type == "uint64":  # nothing depends on current state: build the batch here
-            keys8 = pack_keys(ids)
-            for key, record in zip(keys8, records, strict=True):
-                coll.store.put_point(batch, key, record)
-
-        def prepare() -> tuple[WriteBatch, Callable[[], int]]:
-            nonlocal keys8
-            assert self._storage is not None
-            store = self._writable(name, coll).store
-            keys = ids
-            if config.id_type == "string":
-                keys8 = self._string_keys(store, ids, batch)
-                for key, record in zip(keys8, records, strict=True):
-                    store.put_point(batch, key, record)
-                keys = unpack_keys(keys8)
-            self._storage.log_change(batch, store, keys_bytes(keys))
-            write_entries(store, batch, keys8, entries, store.records(keys8))
-
-            def apply() -> int:
-                coll.index.upsert(keys, vectors)
-                coll.filters.upsert(keys, [e.fields for e in entries])
-                return len(keys)
-
-            return batch, apply
-
-        return self._submit(prepare)
-
-    @staticmethod
-    def _string_keys(store: CollectionStore, ids: np.ndarray, batch: WriteBatch) -> list[bytes]:
-        """On the committer: the internal keys of string ids, allocating (in the batch) those that are new."""
-        keys8: list[bytes] = []
-        fresh = False
-        for sid, key in zip(ids, store.keys_of(ids), strict=True):
-            if key is None:
-                key = pack_key(store.next_key)
-                store.next_key += 1
-                store.put_id(batch, sid.encode(), key)
-                fresh = True
-            keys8.append(key)
-        if fresh:
-            store.put_next_key(batch)
-        return keys8
-
-    def upsert(self, name: str, ids: Any, vectors: np.ndarray, payloads: Sequence[bytes] = ()) -> int:
-        """Insert or replace points; returns once they are durable and searchable."""
-        return self.submit_upsert(name, ids, vectors, payloads).result()
-
-    def submit_delete(self, name: str, ids: Any) -> Future[int]:
-        """Validate a delete and queue it; the future resolves to the number of points that existed."""
-        coll = self._collection(name)
-        config = coll.config
-        ids = self._ids(ids, config)
+    def _submit_plan(self, name: str, coll: Collection, plan: Callable[[writes.StoreView], WritePlan]) -> Future[int]:
+        """Queue a write planned on the committer against the current state, applied on the index worker."""
 
         def prepare() -> tuple[WriteBatch | None, Callable[[], int]]:
             assert self._storage is not None
             store = self._writable(name, coll).store
-            batch = Storage.batch()
-            existing: list[bytes] = []
-            if config.id_type == "uint64":
-                keys8 = pack_keys(ids)
-                existing = [k for k, r in zip(keys8, store.records(keys8), strict=True) if r is not None]
-            else:
-                for sid, key in zip(ids, store.keys_of(ids), strict=True):
-                    if key is not None:
-                        store.delete_id(batch, sid.encode(), key)
-                        existing.append(key)
-            for key in existing:
-                store.delete_point(batch, key)
-            delete_entries(store, batch, existing, store.records(existing))
-            keys = unpack_keys(existing)
-            if existing:
-                self._storage.log_change(batch, store, b"".join(existing))
-
-            def apply() -> int:
-                coll.index.remove(keys)
-                coll.filters.remove(keys)
-                return len(keys)
-
-            return (batch if existing else None), apply
+            planned = plan(writes.RocksView(store))
+            return writes.to_batch(planned, self._storage, store), lambda: writes.apply(planned, coll)
 
         return self._submit(prepare)
 
-    def delete(self, name: str, ids: Any) -> int:
+    def upsert(self, name: str, ids: np.ndarray, vectors: np.ndarray, payloads: Sequence[bytes] = ()) -> int:
+        """Insert or replace points; returns once they are durable and searchable."""
+        return self.submit_upsert(name, ids, vectors, payloads).result()
+
+    def submit_delete(self, name: str, ids: np.ndarray) -> Future[int]:
+        """Validate a delete and queue it; the future resolves to the number of points that existed."""
+        coll = self._collection(name)
+        ids = self._ids(ids, coll.config)
+        return self._submit_plan(name, coll, lambda view: writes.plan_delete(view, ids))
+
+    def delete(self, name: str, ids: np.ndarray) -> int:
         """Delete points; returns how many existed, once durable and gone from search."""
         return self.submit_delete(name, ids).result()
 
@@ -336,7 +265,7 @@ class Shard(FilterOps):
 
             return None, compare
 
-        return self._submit(prepare).result()  # type: ignore[no-any-return]
+        return self._submit(prepare).result()
 
     def snapshot(self) -> dict[str, int | None]:
         """Snapshot every changed index now; the write sequence each snapshot holds (None: failed)."""
@@ -361,64 +290,26 @@ class Shard(FilterOps):
 
     # Reads
 
-    def get(self, name: str, ids: Any, with_vectors: bool = True, with_payload: bool = True) -> Points:
+    def get(self, name: str, ids: np.ndarray, with_vectors: bool = True, with_payload: bool = True) -> Found:
         """The stored points of ids, in request order; missing ids are left out."""
-        coll = self._collection(name)
-        store = coll.store
-        ids = self._ids(ids, coll.config)
-        if coll.config.id_type == "uint64":
-            records = store.records(pack_keys(ids))
-        else:
-            keys8 = store.keys_of(ids)
-            found = [k for k in keys8 if k is not None]
-            by_key = dict(zip(found, store.records(found), strict=True))
-            records = [None if k is None else by_key[k] for k in keys8]
-        keep = np.array([i for i, r in enumerate(records) if r is not None], dtype=np.intp)
-        kept = [r for r in records if r is not None]
-        row, dim = store.row_bytes, coll.config.dim
-        vectors = None
-        if with_vectors:
-            vectors = np.frombuffer(b"".join(r[:row] for r in kept), "<f4").reshape(len(kept), dim)
-        return Points(ids[keep], vectors, [r[row:] for r in kept] if with_payload else None)
+        return reads.get(self._collection(name), ids, with_vectors, with_payload)
 
-    def submit_search(
+    def scroll(
         self,
         name: str,
-        queries: np.ndarray,
-        k: int,
-        ef: int = 0,
-        with_payload: bool = False,
+        filter_text: str = "",
+        limit: int = 0,
+        cursor: str = "",
+        with_payload: bool = True,
         with_vectors: bool = False,
-    ) -> Future[SearchResult]:
-        """Validate a search and queue it; the future resolves to the local top-k of every query."""
+    ) -> Page:
+        """The points after `cursor` in key order, only those matching the filter if one is given."""
         coll = self._collection(name)
-        check_k(k)
-        check_ef(ef)
-        queries = check_queries(_matrix(queries, "queries"), coll.config.dim)
-        hits = self._worker.search(coll.index, queries, k, ef)
-        result: Future[SearchResult] = Future()
-        result.add_done_callback(lambda f: hits.cancel() if f.cancelled() else None)
-        lookup = with_payload or with_vectors or coll.config.id_type == "string"
+        return reads.scroll(coll, self._worker, filter_text, limit, cursor, with_payload, with_vectors)
 
-        def finish() -> None:
-            try:
-                result.set_result(resolve_hits(coll.store, hits.result(), with_payload, with_vectors))
-            except Exception as exc:
-                result.set_exception(exc)
-
-        def on_hits(_: Future[Hits]) -> None:
-            if not result.set_running_or_notify_cancel():
-                return
-            if hits.cancelled() or hits.exception() is not None:
-                result.set_exception(hits.exception() if not hits.cancelled() else Unavailable("cancelled"))
-            elif lookup:
-                self._lookups.submit(finish)
-            else:
-                h = hits.result()
-                result.set_result(SearchResult(k, h.keys, h.distances, h.counts, None, None))
-
-        hits.add_done_callback(on_hits)
-        return result
+    def submit_search(self, search: Search) -> Future[tuple[TopK, str]]:
+        """Validate a search and queue it; resolves to the local top-k of every query and the plan that ran."""
+        return searching.submit(self._collection(search.shape.collection), self._worker, self._lookups, search)
 
     def search(
         self,
@@ -428,14 +319,27 @@ class Shard(FilterOps):
         ef: int = 0,
         with_payload: bool = False,
         with_vectors: bool = False,
-    ) -> SearchResult:
-        """The local top-k of every query, nearest first."""
-        return self.submit_search(name, queries, k, ef, with_payload, with_vectors).result()
+        filter_text: str = "",
+    ) -> TopK:
+        """The local top-k of every query, nearest first (sugar over submit_search)."""
+        shape = SearchShape(name, k, ef, filter_text, with_payload, with_vectors)
+        return self.submit_search(Search(shape, queries)).result()[0]
 
+    # Payload writes
 
-def _matrix(x: np.ndarray, what: str) -> np.ndarray:
-    """A 2-D little-endian float32 C-contiguous array."""
-    if getattr(x, "ndim", None) != 2:
-        raise InvalidArgument(f"{what} must be a 2-D matrix, got shape {getattr(x, 'shape', None)}")
-    with np.errstate(over="ignore"):  # values beyond float32 become inf and are then rejected as such
-        return np.ascontiguousarray(x, dtype="<f4")
+    def submit_delete_filter(self, name: str, filter_text: str) -> Future[int]:
+        """Queue the deletion of every point matching a filter; resolves to how many there were."""
+        coll = self._collection(name)
+        node = parse_filter(filter_text)
+        return self._submit_plan(name, coll, lambda view: writes.plan_delete_filter(view, node))
+
+    def submit_set_payload(self, name: str, ids: np.ndarray, set_raw: bytes, unset: Sequence[str]) -> Future[int]:
+        """Queue setting and removing payload keys of existing points; resolves to how many exist."""
+        coll = self._collection(name)
+        ids = self._ids(ids, coll.config)
+        check_payloads([set_raw])
+        updates: dict[str, Any] = json.loads(set_raw) if set_raw else {}
+        paths = [check_path(p, "unset path") for p in unset]
+        if not updates and not paths:
+            raise InvalidArgument("nothing to change: give keys to set or paths to unset")
+        return self._submit_plan(name, coll, lambda view: writes.plan_set_payload(view, ids, updates, paths))

@@ -2,7 +2,8 @@
 
 usearch indexes are not safe to call from several Python threads at once (every call uses the thread
 contexts 0..threads-1), so every usearch call of the shard runs on the IndexWorker thread, in arrival
-order. Queued searches of the same collection, k and ef are coalesced into one batch call. The worker
+order. Queued searches of one group (same collection incarnation, k, ef and filter) are coalesced into
+one call of the group's runner, the one place where searches are batched. The worker
 also knows the sequence number of the last write it applied, so whatever it sees of an index between two
 queue items is exactly the state of RocksDB at that sequence (what a snapshot records).
 """
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 from usearch.index import Index, Matches
 
+from shoal._coalesce import row_slices, stack
 from shoal._config import CollectionConfig
 from shoal.shard.queue_thread import QueueThread
 
@@ -141,13 +143,16 @@ class VectorIndex:
         return rows.reshape(-1, self.config.dim)
 
 
+# Answers a stacked batch of queries: their hits and the plan that ran ("" for plain HNSW).
+Runner = Callable[[np.ndarray], tuple[Hits, str]]
+
+
 @dataclass
 class _Search:
-    index: VectorIndex
+    group: tuple[object, ...]  # searches with equal groups are answered by one call of `run`
+    run: Runner
     queries: np.ndarray
-    k: int
-    ef: int
-    future: Future[Hits]
+    future: Future[tuple[Hits, str]]
 
 
 @dataclass
@@ -178,10 +183,10 @@ class IndexWorker(QueueThread["_Search | _Call | _Apply"]):
         self._on_fatal = on_fatal
         super().__init__("shoal-index")
 
-    def search(self, index: VectorIndex, queries: np.ndarray, k: int, ef: int) -> Future[Hits]:
-        """Queue a search; the future resolves to its Hits."""
-        future: Future[Hits] = Future()
-        self._put(_Search(index, queries, k, ef, future))
+    def search(self, group: tuple[object, ...], run: Runner, queries: np.ndarray) -> Future[tuple[Hits, str]]:
+        """Queue a search; the future resolves to its hits and plan. Queued searches of one group share a run."""
+        future: Future[tuple[Hits, str]] = Future()
+        self._put(_Search(group, run, queries, future))
         return future
 
     def call(self, fn: Callable[[], T]) -> Future[T]:
@@ -221,26 +226,24 @@ class IndexWorker(QueueThread["_Search | _Call | _Apply"]):
             self._searches(searches)
 
     def _searches(self, searches: list[_Search]) -> None:
-        groups: dict[tuple[int, int, int], list[_Search]] = {}
+        groups: dict[tuple[object, ...], list[_Search]] = {}
         for s in searches:
             if s.future.set_running_or_notify_cancel():
-                groups.setdefault((id(s.index), s.k, s.ef), []).append(s)
+                groups.setdefault(s.group, []).append(s)
         for group in groups.values():
-            first = group[0]
+            blocks = [s.queries for s in group]
             try:
-                queries = group[0].queries if len(group) == 1 else np.concatenate([s.queries for s in group])
-                hits = first.index.search(queries, first.k, first.ef)
+                hits, plan = group[0].run(stack(blocks))
             except Exception as exc:
                 log.exception("search failed")
                 for s in group:
                     s.future.set_exception(exc)
                 continue
-            start = 0
-            for s in group:
-                end = start + len(s.queries)
-                part = slice(start, end)
-                s.future.set_result(Hits(hits.keys[part], hits.distances[part], hits.counts[part]))
-                start = end
+            if len(group) == 1:
+                group[0].future.set_result((hits, plan))
+                continue
+            for s, rows in zip(group, row_slices(blocks), strict=True):
+                s.future.set_result((Hits(hits.keys[rows], hits.distances[rows], hits.counts[rows]), plan))
 
 
 def _resolve(future: Future[Any], fn: Callable[[], Any]) -> bool:

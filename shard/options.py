@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from shoal.shard.faults import crashpoint_from_env
 
+MAX_GROUP = 256  # writes per WAL sync; bounds the wait of the first write in a burst
+
 # Index snapshots: a restart replays at most about `changes` points on top of the last snapshot.
 SNAPSHOT_CHANGES_ENV = "SHOAL_SNAPSHOT_CHANGES"
 SNAPSHOT_MIN_INTERVAL_ENV = "SHOAL_SNAPSHOT_MIN_INTERVAL"
@@ -43,7 +45,7 @@ class ShardOptions:
     # Writes are refused (RESOURCE_EXHAUSTED) while the data disk has less free space than this: RocksDB
     # needs room to flush memtables and compact, and stops for good after a failed WAL append.
     min_free_bytes: int = 256 * 1024 * 1024
-    max_group: int = 256  # writes per WAL sync; 1 means one sync per batch (no group commit)
+    max_group: int = MAX_GROUP  # writes per WAL sync; 1 means one sync per batch (no group commit)
     crashpoint: str | None = None  # test-only: see faults.py
 
     @classmethod

@@ -21,12 +21,13 @@ import json
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-from rocksdict import ReadOptions, WriteBatch
+from rocksdict import ReadOptions
 
 from shoal._filter import And, Cond, Node, Not, Or, kind
+from shoal.shard import records
 from shoal.shard.storage import INDEX_READY, CollectionStore, Storage
 
 LIVE = b"\0\0L"
@@ -162,37 +163,31 @@ def indexed(raw: bytes) -> Indexed:
 EMPTY_PAYLOAD = indexed(b"")
 
 
-def write_entries(
-    store: CollectionStore,
-    batch: WriteBatch,
-    keys8: Sequence[bytes],
-    new: Sequence[Indexed],
-    old_records: Sequence[bytes | None],
-) -> None:
-    """Add to a batch the index entries of upserted points, removing those of the payloads they replace."""
-    cf, row = store.payload_index_cf, store.row_bytes
+def entries_to_write(
+    keys8: Sequence[bytes], new: Sequence[Indexed], old_records: Sequence[bytes | None], dim: int
+) -> tuple[list[bytes], list[bytes]]:
+    """The index entries (puts, deletes) of upserted points, removing those of the payloads they replace."""
+    puts: list[bytes] = []
+    deletes: list[bytes] = []
     for key8, entry, old in zip(keys8, new, old_records, strict=True):
         if old is None:
-            batch.put(LIVE + key8, b"", cf)
-        elif old[row:] == entry.raw:
+            puts.append(LIVE + key8)
+        elif (old_payload := records.payload(old, dim)) == entry.raw:
             continue  # the same payload: the same entries
         else:
-            for stale in indexed(old[row:]).prefixes:
-                batch.delete(stale + key8, cf)
-        for p in entry.prefixes:
-            batch.put(p + key8, b"", cf)
+            deletes.extend(stale + key8 for stale in indexed(old_payload).prefixes)
+        puts.extend(p + key8 for p in entry.prefixes)
+    return puts, deletes
 
 
-def delete_entries(
-    store: CollectionStore, batch: WriteBatch, keys8: Sequence[bytes], old_records: Sequence[bytes | None]
-) -> None:
-    """Add to a batch the removal of every index entry of deleted points."""
-    cf, row = store.payload_index_cf, store.row_bytes
+def entries_to_delete(keys8: Sequence[bytes], old_records: Sequence[bytes | None], dim: int) -> list[bytes]:
+    """The index entries of deleted points."""
+    deletes: list[bytes] = []
     for key8, old in zip(keys8, old_records, strict=True):
         if old is not None:
-            batch.delete(LIVE + key8, cf)
-            for stale in indexed(old[row:]).prefixes:
-                batch.delete(stale + key8, cf)
+            deletes.append(LIVE + key8)
+            deletes.extend(stale + key8 for stale in indexed(records.payload(old, dim)).prefixes)
+    return deletes
 
 
 def spans(cond: Cond) -> list[tuple[str, Any, bool, Any, bool]]:
@@ -254,7 +249,8 @@ def _keys_between(store: CollectionStore, start: bytes, end: bytes) -> np.ndarra
     assert store.payload_index is not None
     options = ReadOptions()
     options.set_iterate_upper_bound(end)
-    raws = [k[-_KEY_BYTES:] for k in store.payload_index.keys(from_key=start, read_opt=options)]
+    found = cast(Iterator[bytes], store.payload_index.keys(from_key=start, read_opt=options))
+    raws = [k[-_KEY_BYTES:] for k in found]
     return np.frombuffer(b"".join(raws), dtype=">u8").astype(np.uint64) if raws else _EMPTY
 
 
@@ -291,7 +287,7 @@ def columns(store: CollectionStore) -> Iterator[tuple[str, str, np.ndarray, list
         array = np.frombuffer(b"".join(keys), dtype=">u8").astype(np.uint64)
         return (_unescaped(path[:-2]) if path else "", chr(tag), array, values)
 
-    for raw in store.payload_index.keys():  # noqa: SIM118 - an Rdict is not iterable itself
+    for raw in cast(Iterator[bytes], store.payload_index.keys()):  # noqa: SIM118 - an Rdict is not iterable itself
         if raw.startswith(b"\0\0"):
             column = (b"", raw[2]) if raw[:3] == LIVE else None
             value = b""
@@ -315,13 +311,13 @@ def ensure_complete(storage: Storage, store: CollectionStore) -> bool:
     assert store.payload_index is not None
     if store.payload_index.get(INDEX_READY) is not None:
         return False
-    cf, row = store.payload_index_cf, store.row_bytes
+    cf, dim = store.payload_index_cf, store.config.dim
     batch = storage.batch()
     # One batch: a crash half-way leaves the index unmarked, and the next open starts over.
     batch.delete_range(b"", b"\xff", cf)
     for key8, record in store.items():
         batch.put(LIVE + key8, b"", cf)
-        for p in indexed(record[row:]).prefixes:
+        for p in indexed(records.payload(record, dim)).prefixes:
             batch.put(p + key8, b"", cf)
     batch.put(INDEX_READY, b"", cf)
     storage.write(batch)
@@ -332,10 +328,10 @@ def ensure_complete(storage: Storage, store: CollectionStore) -> bool:
 def check(store: CollectionStore) -> list[str]:
     """Differences between the RocksDB index and the entries the stored payloads call for (empty: consistent)."""
     assert store.payload_index is not None
-    row = store.row_bytes
+    dim = store.config.dim
     want = {INDEX_READY}
     for key8, record in store.items():
         want.add(LIVE + key8)
-        want.update(p + key8 for p in indexed(record[row:]).prefixes)
+        want.update(p + key8 for p in indexed(records.payload(record, dim)).prefixes)
     have = set(store.payload_index.keys())
     return [f"missing {k!r}" for k in sorted(want - have)[:20]] + [f"stale {k!r}" for k in sorted(have - want)[:20]]

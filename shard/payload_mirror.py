@@ -194,4 +194,4 @@ class FilterIndex:
         while len(self._cache) > CACHED_FILTERS or (total > CACHE_BYTES and len(self._cache) > 1):
             _, oldest = self._cache.popitem(last=False)
             total -= getattr(oldest, "nbytes", 0)
-        return self._cache[text]  # type: ignore[no-any-return]
+        return self._cache[text]

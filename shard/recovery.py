@@ -11,42 +11,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from shoal._config import CollectionConfig
+from shoal.shard import records as rec
+from shoal.shard.collection import Collection
 from shoal.shard.index import VectorIndex
-from shoal.shard.payload_mirror import FilterIndex
 from shoal.shard.snapshots import Manifest, SnapshotError, SnapshotFiles
 from shoal.shard.storage import CollectionStore, Storage, pack_keys
 
 log = logging.getLogger("shoal.shard.recovery")
 
 REPLAY_ROWS = 8192  # points re-read from RocksDB per index call while replaying
-
-
-@dataclass
-class Collection:
-    """A collection's storage and index, as one unit, and what its last snapshot covers."""
-
-    store: CollectionStore
-    index: VectorIndex
-    snapshot_seq: int | None = None  # the write sequence the last durable snapshot holds (None: none)
-    snapshot_changes: int = 0  # index.changes when that snapshot was taken
-    snapshot_time: float = field(default_factory=time.monotonic)
-    snapshot_bytes: int = 0  # the size of that snapshot file
-    filters: FilterIndex = field(default_factory=FilterIndex)  # the payload index in memory, like `index`
-
-    @property
-    def config(self) -> CollectionConfig:
-        """The collection's config."""
-        return self.store.config
-
-    @property
-    def unsnapshotted(self) -> int:
-        """Points changed since the last snapshot (an estimate: read from outside the worker)."""
-        return self.index.changes - self.snapshot_changes
 
 
 def manifest_problem(manifest: Manifest, store: CollectionStore, sequence: int, trimmed: int) -> str | None:
@@ -114,13 +90,12 @@ def rebuild(store: CollectionStore, threads: int, reason: str, started: float) -
 def replay(index: VectorIndex, store: CollectionStore, storage: Storage, after: int) -> int:
     """Make the index hold exactly what RocksDB holds for every key changed after sequence `after`."""
     touched = storage.changed_keys(store, after)
-    row, dim = store.row_bytes, store.config.dim
+    dim = store.config.dim
     for start in range(0, len(touched), REPLAY_ROWS):
         keys = touched[start : start + REPLAY_ROWS]
         records = store.records(pack_keys(keys))
         alive = np.array([r is not None for r in records], bool)
         index.discard(keys[~alive])
         if alive.any():
-            raw = b"".join(r[:row] for r in records if r is not None)
-            index.upsert(keys[alive], np.frombuffer(raw, "<f4").reshape(-1, dim))
+            index.upsert(keys[alive], rec.vectors([r for r in records if r is not None], dim))
     return len(touched)

@@ -10,11 +10,13 @@ from pathlib import Path
 import grpc
 
 from shoal._config import CollectionConfig
+from shoal._errors import InvalidArgument
+from shoal._results import found_to_proto, page_to_proto, topk_to_proto
+from shoal._search import Search
 from shoal._server import error_status
-from shoal._wire import decode_ids, decode_matrix, encode_counts, encode_ids, encode_matrix
-from shoal.shard import filtered_servicer as filtered
-from shoal.shard.core import CollectionStats, Shard
-from shoal.shard.results import SearchResult
+from shoal._wire import decode_ids, decode_matrix, encode_ids
+from shoal.shard.collection import CollectionStats
+from shoal.shard.core import Shard
 from shoal.v1 import shard_pb2, shard_pb2_grpc
 from shoal.v1 import types_pb2 as pb
 
@@ -58,36 +60,54 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
     async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
         ids, vectors = decode_ids(request.ids), decode_matrix(request.vectors)
         future = await asyncio.to_thread(self._shard.submit_upsert, request.collection, ids, vectors, request.payloads)
-        return pb.UpsertResponse(upserted=await asyncio.wrap_future(future))
+        upserted: int = await asyncio.wrap_future(future)
+        return pb.UpsertResponse(upserted=upserted)
 
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
-        points = await asyncio.to_thread(
+        found = await asyncio.to_thread(
             self._shard.get, request.collection, decode_ids(request.ids), request.with_vectors, request.with_payload
         )
-        response = pb.GetResponse(ids=encode_ids(points.ids), payloads=points.payloads or [])
-        if points.vectors is not None:
-            response.vectors.CopyFrom(encode_matrix(points.vectors))
-        return response
+        return found_to_proto(found)
 
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
         if request.filter:
-            return await filtered.delete(self._shard, request)
-        ids = decode_ids(request.ids)
-        future = await asyncio.to_thread(self._shard.submit_delete, request.collection, ids)
-        return pb.DeleteResponse(deleted=await asyncio.wrap_future(future))
+            if request.ids.u64 or request.ids.str:
+                raise InvalidArgument("give ids or a filter to delete, not both")
+            future = await asyncio.to_thread(self._shard.submit_delete_filter, request.collection, request.filter)
+        else:
+            ids = decode_ids(request.ids)
+            future = await asyncio.to_thread(self._shard.submit_delete, request.collection, ids)
+        deleted: int = await asyncio.wrap_future(future)
+        return pb.DeleteResponse(deleted=deleted)
 
     async def Count(self, request: pb.CountRequest, context: grpc.aio.ServicerContext) -> pb.CountResponse:
         if request.filter:
-            return await filtered.count(self._shard, request)
-        return pb.CountResponse(count=self._shard.count(request.collection))
+            count = await asyncio.to_thread(self._shard.count, request.collection, request.filter)
+        else:
+            count = self._shard.count(request.collection)
+        return pb.CountResponse(count=count)
 
     async def Scroll(self, request: pb.ScrollRequest, context: grpc.aio.ServicerContext) -> pb.ScrollResponse:
-        return await filtered.scroll(self._shard, request)
+        page = await asyncio.to_thread(
+            self._shard.scroll,
+            request.collection,
+            request.filter,
+            request.limit,
+            request.cursor,
+            request.with_payload,
+            request.with_vectors,
+        )
+        return page_to_proto(page)
 
     async def SetPayload(
         self, request: pb.SetPayloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetPayloadResponse:
-        return await filtered.set_payload(self._shard, request)
+        ids = decode_ids(request.ids)
+        future = await asyncio.to_thread(
+            self._shard.submit_set_payload, request.collection, ids, request.set, list(request.unset)
+        )
+        updated: int = await asyncio.wrap_future(future)
+        return pb.SetPayloadResponse(updated=updated)
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         return await self._search(request)
@@ -163,25 +183,9 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         return pb.SearchResponse(request_id=request.request_id, error_code=code.value[0], error_message=message)
 
     async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
-        if request.filter:
-            return await filtered.search(self._shard, request)
-        queries = decode_matrix(request.queries, "queries")
-        future = self._shard.submit_search(
-            request.collection, queries, request.k, request.ef, request.with_payload, request.with_vectors
-        )
-        return encode_search(await asyncio.wrap_future(future), request.request_id)
-
-
-def encode_search(result: SearchResult, request_id: int) -> pb.SearchResponse:
-    """The wire form of a search result."""
-    response = pb.SearchResponse(
-        k=result.k,
-        ids=encode_ids(result.ids.ravel()),
-        distances=encode_matrix(result.distances),
-        counts=encode_counts(result.counts),
-        payloads=result.payloads or [],
-        request_id=request_id,
-    )
-    if result.vectors is not None:
-        response.vectors.CopyFrom(encode_matrix(result.vectors))
-    return response
+        future = self._shard.submit_search(Search.from_proto(request))
+        result, plan = await asyncio.wrap_future(future)
+        response = topk_to_proto(result, request.request_id)
+        if plan:
+            response.plan = plan
+        return response

@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from shoal.shard.collection import Collection
 from shoal.shard.faults import CrashPoints, fatal
 from shoal.shard.index import IndexWorker
 from shoal.shard.options import SnapshotPolicy
-from shoal.shard.recovery import Collection
 from shoal.shard.snapshots import FsyncFailed, Manifest, SnapshotFiles, Writing, fork_write, write_index
 from shoal.shard.storage import Storage
 

@@ -41,7 +41,8 @@ import numpy as np
 from rocksdict import Checkpoint, ColumnFamily, Options, Rdict, WriteBatch, WriteOptions
 
 from shoal._config import CollectionConfig
-from shoal._errors import ResourceExhausted
+from shoal._errors import ResourceExhausted, ShoalError, Unavailable
+from shoal.shard import records as rec
 
 log = logging.getLogger("shoal.shard.storage")
 
@@ -53,7 +54,6 @@ _TRIM = b"trim/"
 _LOG = "log"
 INDEX_READY = b"\0\0R"  # an encoded path never starts with two zero bytes: reserved keys do
 _BE64 = np.dtype(">u8")
-_F32 = np.dtype("<f4")
 
 
 def pack_key(key: int) -> bytes:
@@ -80,6 +80,21 @@ def keys_bytes(keys: np.ndarray) -> bytes:
 def unpack_keys(raws: Sequence[bytes]) -> np.ndarray:
     """8-byte big-endian keys as a native uint64 array."""
     return np.frombuffer(b"".join(raws), dtype=_BE64).astype(np.uint64)
+
+
+def classify_write_error(exc: Exception) -> tuple[ShoalError, bool]:
+    """The error a caller gets for a failed RocksDB write, and whether the shard must stop (fatal).
+
+    rocksdict raises a plain Exception whose text starts with RocksDB's status ("IO error: ..."); it has no
+    exception types per status, so the text is all there is to go by, and it is matched here only.
+    An I/O error is fatal: RocksDB refuses every later write after a failed WAL append.
+    """
+    text = str(exc)
+    if not text.startswith("IO error"):
+        return Unavailable(f"the shard could not write: {type(exc).__name__}"), False
+    if "No space left" in text:
+        return ResourceExhausted("the shard's disk is full"), True
+    return Unavailable("the shard could not write to its disk"), True
 
 
 def _multi_get(cf: Rdict, keys: list[bytes]) -> list[bytes | None]:
@@ -112,7 +127,6 @@ class CollectionStore:
     def __init__(self, config: CollectionConfig, db: Rdict, next_key: int, born: int) -> None:
         self.config = config
         self.born = born  # unique per incarnation: a dropped and recreated collection gets a new one
-        self.row_bytes = config.dim * 4
         self.next_key = next_key  # only the committer thread reads or advances it
         self._points: Rdict | None = db.get_column_family(_points_cf(config.name))
         self._points_cf: ColumnFamily | None = db.get_column_family_handle(_points_cf(config.name))
@@ -129,12 +143,22 @@ class CollectionStore:
         """The collection's name."""
         return self.config.name
 
+    @property
+    def points_cf(self) -> ColumnFamily | None:
+        """The handle of the points column family, for batches."""
+        return self._points_cf
+
+    @property
+    def ids_cf(self) -> ColumnFamily | None:
+        """The handle of the id-map column family (None for uint64 ids), for batches."""
+        return self._ids_cf
+
     def records(self, keys: list[bytes]) -> list[bytes | None]:
         """The stored records of internal keys (None where missing)."""
         assert self._points is not None
         return _multi_get(self._points, keys)
 
-    def keys_of(self, ids: Sequence[str]) -> list[bytes | None]:
+    def keys_of(self, ids: Sequence[str] | np.ndarray) -> list[bytes | None]:
         """The internal keys of string ids (None where unknown)."""
         assert self._ids is not None
         return _multi_get(self._ids, [b"s" + s.encode() for s in ids])
@@ -186,24 +210,20 @@ class CollectionStore:
         """Every stored point as (uint64 keys, float32 vectors) batches of at most `rows`."""
         assert self._points is not None
         keys: list[bytes] = []
-        vectors: list[bytes] = []
+        found: list[bytes] = []
         for key, record in cast(Iterator[tuple[bytes, bytes]], self._points.items()):
             keys.append(key)
-            vectors.append(record[: self.row_bytes])
+            found.append(record)
             if len(keys) == rows:
-                yield self._batch(keys, vectors)
-                keys, vectors = [], []
+                yield unpack_keys(keys), rec.vectors(found, self.config.dim)
+                keys, found = [], []
         if keys:
-            yield self._batch(keys, vectors)
+            yield unpack_keys(keys), rec.vectors(found, self.config.dim)
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every stored (key8, record), in key order."""
         assert self._points is not None
         return cast(Iterator[tuple[bytes, bytes]], self._points.items())
-
-    def _batch(self, keys: list[bytes], vectors: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        matrix = np.frombuffer(b"".join(vectors), dtype=_F32).reshape(len(keys), self.config.dim)
-        return unpack_keys(keys), matrix
 
     def close(self, dropped: bool = False) -> None:
         """Release the column family handles; RocksDB closes only once none is left."""

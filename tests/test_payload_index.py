@@ -15,6 +15,7 @@ import pytest
 from shoal._config import CollectionConfig
 from shoal._errors import InvalidArgument
 from shoal._filter import matches, parse
+from shoal._search import Search, SearchShape
 from shoal.shard import planner
 from shoal.shard.core import Shard
 from shoal.shard.index import VectorIndex
@@ -143,7 +144,7 @@ def test_mirror_and_rocksdb_agree_with_the_reference_through_changes(shard: Shar
     alive = sorted(set(range(n)) - set(gone))
     stored = {
         int(i): json.loads(p) if p else None
-        for i, p in zip(shard.get("u", alive).ids, shard.get("u", alive).payloads or [], strict=True)
+        for i, p in zip(shard.get("u", alive).ids, list(shard.get("u", alive).payloads), strict=True)  # type: ignore[arg-type]
     }
     assert check(store_of(shard, "u")) == []
     for _ in range(300):
@@ -164,9 +165,9 @@ def test_the_mirror_after_a_restart_is_the_mirror_before(tmp_path: Path) -> None
         shard.create_collection(CollectionConfig("u", DIM))
         shard.upsert("u", np.arange(200, dtype=np.uint64), clustered(200, DIM), encode(payloads))
         shard.delete("u", np.arange(0, 200, 7, dtype=np.uint64))
-        before = [shard.count_filtered("u", json.dumps(s)) for s in specs]
+        before = [shard.count("u", json.dumps(s)) for s in specs]
     with Shard(tmp_path, threads=2) as shard:
-        assert [shard.count_filtered("u", json.dumps(s)) for s in specs] == before
+        assert [shard.count("u", json.dumps(s)) for s in specs] == before
         assert len(mirror_of(shard, "u")) == shard.count("u") == 200 - 29
 
 
@@ -183,8 +184,8 @@ def test_an_index_missing_or_unfinished_is_rebuilt_at_open(tmp_path: Path) -> No
         assert store.payload_index.get(INDEX_READY) is None
     with Shard(tmp_path, threads=2) as shard:
         assert check(store_of(shard, "u")) == []
-        assert shard.count_filtered("u", '{"k": 2}') == 20
-        assert shard.count_filtered("u", '{"t": {"$ne": "w0"}}') == 66
+        assert shard.count("u", '{"k": 2}') == 20
+        assert shard.count("u", '{"t": {"$ne": "w0"}}') == 66
 
 
 def test_data_from_before_payload_indexes_gets_one(tmp_path: Path) -> None:
@@ -202,17 +203,16 @@ def test_data_from_before_payload_indexes_gets_one(tmp_path: Path) -> None:
     db.drop_column_family("x.u")  # as the layout was before
     db.close()
     with Shard(tmp_path, threads=2) as shard:
-        assert shard.count_filtered("u", '{"k": 1}') == 10 and check(store_of(shard, "u")) == []
+        assert shard.count("u", '{"k": 1}') == 10 and check(store_of(shard, "u")) == []
 
 
 def test_string_ids_filter_scroll_and_delete(shard: Shard) -> None:
     names = [f"doc-{i}" for i in range(50)]
     shard.upsert("s", names, clustered(50, DIM), encode([{"even": i % 2 == 0, "i": i} for i in range(50)]))
-    result, plan = shard.submit_filtered_search(
-        "s", clustered(2, DIM, seed=9), 5, 0, True, False, '{"even": true}'
-    ).result()
+    shape = SearchShape("s", 5, 0, '{"even": true}', with_payload=True)
+    result, plan = shard.submit_search(Search(shape, clustered(2, DIM, seed=9))).result()
     assert plan == "exact(matches=25)" and result.counts.tolist() == [5, 5]
-    assert all(json.loads(result.payloads[j])["even"] for j in range(10))  # type: ignore[index]
+    assert all(json.loads(result.payloads.ravel()[j])["even"] for j in range(10))  # type: ignore[union-attr]
     assert all(int(i.split("-")[1]) % 2 == 0 for i in result.ids.ravel())
     page = shard.scroll("s", '{"i": {"$lt": 10}}', limit=4)
     assert page.ids.tolist() == ["doc-0", "doc-1", "doc-2", "doc-3"] and page.next_cursor
@@ -221,18 +221,20 @@ def test_string_ids_filter_scroll_and_delete(shard: Shard) -> None:
     assert shard.submit_delete_filter("s", '{"even": false}').result() == 25
     assert shard.count("s") == 25 and shard.get("s", ["doc-1"]).ids.size == 0
     shard.upsert("s", ["doc-1"], clustered(1, DIM), [b'{"even": false}'])  # the name is free again
-    assert shard.count_filtered("s", '{"even": false}') == 1
+    assert shard.count("s", '{"even": false}') == 1
     assert check(store_of(shard, "s")) == []
 
 
-@pytest.mark.parametrize("bad", ['{"a": {"$gt": [1]}}', "{", '{"$or": []}', ""])
+@pytest.mark.parametrize("bad", ['{"a": {"$gt": [1]}}', "{", '{"$or": []}', "", "{}"])
 def test_bad_filters_are_rejected_and_change_nothing(shard: Shard, bad: str) -> None:
     shard.upsert("u", np.arange(5, dtype=np.uint64), clustered(5, DIM), encode([{"a": 1}] * 5))
-    for call in (
-        lambda: shard.count_filtered("u", bad),
-        lambda: shard.submit_delete_filter("u", bad),
-        lambda: shard.submit_filtered_search("u", clustered(1, DIM), 3, 0, False, False, bad),
-    ):
+    calls = [lambda: shard.submit_delete_filter("u", bad)]
+    if bad:  # for count and search "" means no filter at all; "{}" is the empty filter they refuse
+        calls += [
+            lambda: shard.count("u", bad),
+            lambda: shard.submit_search(Search(SearchShape("u", 3, 0, bad), clustered(1, DIM))),
+        ]
+    for call in calls:
         with pytest.raises(InvalidArgument):
             call()
     with pytest.raises(InvalidArgument, match="nothing to change"):
@@ -241,7 +243,7 @@ def test_bad_filters_are_rejected_and_change_nothing(shard: Shard, bad: str) -> 
         shard.submit_set_payload("u", [1], b"", ["a..b"])
     with pytest.raises(InvalidArgument, match="not one this shard gave out"):
         shard.scroll("u", "", cursor="x")
-    assert shard.count("u") == 5 and shard.count_filtered("u", '{"a": 1}') == 5
+    assert shard.count("u") == 5 and shard.count("u", '{"a": 1}') == 5
 
 
 def test_planner_decisions() -> None:
@@ -311,8 +313,8 @@ def test_index_entries_are_written_with_the_point(shard: Shard) -> None:
     }
     assert names == {("lang", "e"), ("lang", "s")}
     assert ("", "L", (1, 2)) in entries and ("lang", "e", (1, 2)) in entries
-    assert shard.count_filtered("u", '{"lang": "en"}') == 0 and shard.count_filtered("u", '{"n": 1}') == 0
-    assert shard.count_filtered("u", '{"lang": {"$in": ["de", "fr"]}}') == 2
+    assert shard.count("u", '{"lang": "en"}') == 0 and shard.count("u", '{"n": 1}') == 0
+    assert shard.count("u", '{"lang": {"$in": ["de", "fr"]}}') == 2
 
 
 def test_the_filter_cache_keeps_to_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,13 +15,15 @@ import pytest
 
 from shoal._config import CollectionConfig
 from shoal._errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from shoal._search import Search, SearchShape
+from shoal.shard import records
 from shoal.shard.committer import Committer
 from shoal.shard.core import Shard
 from shoal.shard.faults import CrashPoints
 from shoal.shard.index import Hits, IndexWorker, VectorIndex
 from shoal.shard.options import SnapshotPolicy
 from shoal.shard.recovery import manifest_problem, recover
-from shoal.shard.results import resolve_hits
+from shoal.shard.search import resolve_hits
 from shoal.shard.snapshots import Manifest, SnapshotFiles, write_index
 from shoal.shard.storage import CollectionStore, Storage, keys_bytes, pack_key, pack_keys
 from tests.conftest import brute_force, clustered
@@ -48,7 +50,7 @@ def test_upsert_then_get_returns_the_exact_bytes_in_request_order(shard: Shard) 
     points = shard.get("u", [7, 1000, 3, 99])
     assert points.ids.tolist() == [7, 3, 99]
     assert points.vectors is not None and points.vectors.tobytes() == x[[7, 3, 99]].tobytes()
-    assert points.payloads == [b'{"i":7}', b'{"i":3}', b'{"i":99}']
+    assert points.payloads is not None and points.payloads.tolist() == [b'{"i":7}', b'{"i":3}', b'{"i":99}']
     bare = shard.get("u", [5], with_vectors=False, with_payload=False)
     assert bare.ids.tolist() == [5] and bare.vectors is None and bare.payloads is None
     assert shard.count("u") == 100
@@ -61,12 +63,12 @@ def test_upsert_replaces_an_existing_id(shard: Shard) -> None:
     shard.upsert("u", [0], new, [b'{"new":true}'])
     points = shard.get("u", [0])
     assert points.vectors is not None and points.vectors.tobytes() == new.tobytes()
-    assert points.payloads == [b'{"new":true}']
+    assert points.payloads is not None and points.payloads.tolist() == [b'{"new":true}']
     assert shard.count("u") == 50
     hit = shard.search("u", new, k=1)
     assert hit.ids[0, 0] == 0 and hit.distances[0, 0] == pytest.approx(0, abs=1e-5)
     shard.upsert("u", [1], x[1:2])  # no payload: the old one goes too
-    assert shard.get("u", [1]).payloads == [b""]
+    assert shard.get("u", [1]).payloads.tolist() == [b""]  # type: ignore[union-attr]
 
 
 def test_deleted_points_never_come_back(shard: Shard) -> None:
@@ -94,8 +96,12 @@ def test_string_ids_round_trip_replace_search_and_delete(shard: Shard) -> None:
     found = shard.search("s", x[4:6], k=25, with_payload=True, with_vectors=True)
     assert found.ids[0, 0] == "doc-4" and found.ids[1, 0] == "doc-5"
     assert found.counts.tolist() == [21, 21] and found.ids[0, 21:].tolist() == ["", "", "", ""]
-    assert found.payloads is not None and found.payloads[0] == b'{"i":4}' and found.payloads[21] == b""
-    assert found.vectors is not None and found.vectors.shape == (50, DIM) and not found.vectors[21:25].any()
+    assert found.payloads is not None and found.payloads.ravel()[0] == b'{"i":4}' and found.payloads.ravel()[21] == b""
+    assert (
+        found.vectors is not None
+        and found.vectors.shape == (2, 25, DIM)
+        and not found.vectors.reshape(50, DIM)[21:25].any()
+    )
     assert shard.delete("s", ["doc-3", "nope"]) == 1
     assert "doc-3" not in shard.search("s", x[:1], k=25).ids
 
@@ -122,7 +128,7 @@ def test_search_pads_when_fewer_points_than_k(shard: Shard) -> None:
     found = shard.search("u", x[:2], k=5, with_payload=True)
     assert found.counts.tolist() == [3, 3]
     assert found.ids[:, 3:].tolist() == [[0, 0], [0, 0]] and np.isinf(found.distances[:, 3:]).all()
-    assert found.payloads == [b""] * 10
+    assert found.payloads is not None and found.payloads.ravel().tolist() == [b""] * 10
     empty = shard.search("s", x[:1], k=2)
     assert empty.counts.tolist() == [0] and empty.ids.tolist() == [["", ""]]
 
@@ -130,12 +136,12 @@ def test_search_pads_when_fewer_points_than_k(shard: Shard) -> None:
 def test_coalesced_searches_answer_each_caller(shard: Shard) -> None:
     x = clustered(500, DIM, seed=8)
     shard.upsert("u", np.arange(500, dtype=np.uint64), x)
-    futures = [shard.submit_search("u", x[i : i + 2], k=3, ef=500) for i in range(0, 100, 2)]
-    futures.append(shard.submit_search("u", x[:1], k=7, ef=500))
+    futures = [shard.submit_search(Search(SearchShape("u", 3, 500), x[i : i + 2])) for i in range(0, 100, 2)]
+    futures.append(shard.submit_search(Search(SearchShape("u", 7, 500), x[:1])))
     order, _ = brute_force(x, x[:100], 3, "cosine")
-    got = np.concatenate([f.result().ids for f in futures[:-1]])
+    got = np.concatenate([f.result()[0].ids for f in futures[:-1]])
     assert got.tolist() == order.tolist()
-    assert futures[-1].result().ids.shape == (1, 7)
+    assert futures[-1].result()[0].ids.shape == (1, 7)
 
 
 def test_restart_keeps_every_point(tmp_path: Path) -> None:
@@ -163,7 +169,7 @@ def test_restart_keeps_every_point(tmp_path: Path) -> None:
         points = shard.get("u", live)
         assert points.ids.tolist() == live.tolist()
         assert points.vectors is not None and points.vectors.tobytes() == x[live.astype(np.intp)].tobytes()
-        assert points.payloads == [b'{"i":%d}' % i for i in live]
+        assert points.payloads is not None and points.payloads.tolist() == [b'{"i":%d}' % i for i in live]
         assert shard.search("u", x[1:2], k=1, ef=1000).ids[0, 0] == 1
         shard.upsert("s", ["d"], x[3:4])  # a new string id after restart must not reuse a key
         assert shard.get("s", ["a", "c", "d"]).vectors.tobytes() == x[[0, 2, 3]].tobytes()  # type: ignore[union-attr]
@@ -209,7 +215,7 @@ def test_bad_input_raises_and_changes_nothing(
     with pytest.raises(error):
         call(shard, x)
     assert shard.count("u") == 5 and shard.count("s") == 1
-    assert shard.get("u", [1]).payloads == [b'{"i":1}']
+    assert shard.get("u", [1]).payloads.tolist() == [b'{"i":1}']  # type: ignore[union-attr]
     assert shard.describe("u").config == CollectionConfig("u", DIM)
 
 
@@ -316,7 +322,7 @@ def test_hits_of_points_deleted_meanwhile_are_left_out(tmp_path: Path) -> None:
         batch = Storage.batch()
         for key, name in ((1, b"a"), (3, b"c")):
             store.put_id(batch, name, pack_key(key))
-            store.put_point(batch, pack_key(key), np.array([key, 0], "<f4").tobytes() + b'{"k":%d}' % key)
+            store.put_point(batch, pack_key(key), records.pack(np.array([key, 0], "<f4").tobytes(), b'{"k":%d}' % key))
         storage.write(batch)
         distances = np.array([[0.1, 0.2, 0.3], [0.2, np.inf, np.inf]], np.float32)
         hits = Hits(np.array([[1, 2, 3], [2, 0, 0]], np.uint64), distances, np.array([3, 1], np.uint32))
@@ -325,8 +331,15 @@ def test_hits_of_points_deleted_meanwhile_are_left_out(tmp_path: Path) -> None:
         assert result.counts.tolist() == [2, 0]
         expected = np.array([[0.1, 0.3, np.inf], [np.inf] * 3], np.float32)
         np.testing.assert_array_equal(result.distances, expected)
-        assert result.payloads == [b'{"k":1}', b'{"k":3}', b"", b"", b"", b""]
-        assert result.vectors is not None and result.vectors[:, 0].tolist() == [1, 3, 0, 0, 0, 0]
+        assert result.payloads is not None and result.payloads.ravel().tolist() == [
+            b'{"k":1}',
+            b'{"k":3}',
+            b"",
+            b"",
+            b"",
+            b"",
+        ]
+        assert result.vectors is not None and result.vectors.reshape(6, 2)[:, 0].tolist() == [1, 3, 0, 0, 0, 0]
     finally:
         storage.close()
 
@@ -483,3 +496,15 @@ def test_a_failed_index_update_after_commit_is_fatal() -> None:
         assert fatal == ["the index update of committed batch 8 failed"] and worker.applied_seq == 8
     finally:
         worker.stop()
+
+
+def test_rocksdb_write_failures_are_classified_in_one_place() -> None:
+    from shoal._errors import ResourceExhausted
+    from shoal.shard.storage import classify_write_error
+
+    full, fatal_full = classify_write_error(Exception("IO error: No space left on device: While appending to file"))
+    assert isinstance(full, ResourceExhausted) and fatal_full
+    io, fatal_io = classify_write_error(Exception("IO error: Input/output error"))
+    assert isinstance(io, Unavailable) and "disk" in str(io) and fatal_io
+    other, fatal_other = classify_write_error(ValueError("bad batch"))
+    assert isinstance(other, Unavailable) and "ValueError" in str(other) and not fatal_other
