@@ -143,7 +143,9 @@ class EmbeddedEtcd:
                 try:
                     # wait_for_ready holds the call until the port accepts, so this is no busy loop; the short
                     # timeout only lets us notice an etcd that died (e.g. its port was taken meanwhile).
-                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=min(remaining, 1.0), wait_for_ready=True)
+                    reply = stub.Check(
+                        health_pb2.HealthCheckRequest(), timeout=min(remaining, 1.0), wait_for_ready=True
+                    )
                 except grpc.RpcError:
                     continue
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
