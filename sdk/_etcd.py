@@ -104,6 +104,11 @@ class EmbeddedEtcd:
         """host:port of the client API."""
         return f"{self.host}:{self.client_port}"
 
+    @property
+    def running(self) -> bool:
+        """Whether the etcd process is up."""
+        return self._proc is not None and self._proc.poll() is None
+
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Start etcd and return once it answers health checks."""
         binary = find_binary(self.binary)
