@@ -1,4 +1,4 @@
-"""Coalesce concurrent searches of the same shape into one fan-out, so one message per shard carries many queries.
+"""Coalesce concurrent searches of one shape and dimension into one fan-out: one message per shard carries many.
 
 A search waits only while `max_inflight` fan-outs of its shape are already running: under light load it
 goes out at once (with those that arrived in the same turn of the event loop), under heavy load the
@@ -6,7 +6,7 @@ waiting searches leave together as one batch when a fan-out comes back. So the w
 fan-out, and no timer adds latency: waiting longer for fuller batches was measured to lose throughput and
 latency alike (loadtest/bench.py; the README's Performance section). A failed fan-out fails every
 search it carried with the same error, which is the error each would have got alone: they share the
-collection, k, ef and dimension, and each was validated on its own before it joined.
+whole SearchShape (filter included) and the dimension, and each was validated on its own before it joined.
 """
 
 from __future__ import annotations
@@ -17,22 +17,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
+from shoal._coalesce import row_slices, stack
 from shoal._errors import DeadlineExceeded
 from shoal._results import TopK
-
-
-@dataclass(frozen=True)
-class Shape:
-    """What searches must share to travel in one message."""
-
-    collection: str
-    dim: int
-    k: int
-    ef: int
-    with_payload: bool
-    with_vectors: bool
+from shoal._search import Search, SearchShape
 
 
 @dataclass(frozen=True)
@@ -52,20 +40,24 @@ class BatchConfig:
 
 DEFAULT_BATCHING = BatchConfig()
 
-# Runs one fan-out: the shape, the stacked queries and the timeout in seconds (None: no deadline).
-Run = Callable[[Shape, np.ndarray, float | None], Awaitable[TopK]]
+# The answer to a search: its merged top-k and how each shard ran it ("addr: plan; ..."; "" unfiltered).
+Answer = tuple[TopK, str]
+# What searches must share to travel in one message: their shape and the dimension of their queries.
+LaneKey = tuple[SearchShape, int]
+# Runs one fan-out: one search (possibly many callers' rows stacked) and the timeout in seconds (None: none).
+Run = Callable[[Search, float | None], Awaitable[Answer]]
 
 
 @dataclass
 class _Waiting:
-    queries: np.ndarray
+    search: Search
     deadline: float | None
-    future: asyncio.Future[TopK]
+    future: asyncio.Future[Answer]
 
 
 @dataclass
 class _Lane:
-    """The searches of one shape: those waiting and the number of fan-outs running."""
+    """The searches of one lane key: those waiting and the number of fan-outs running."""
 
     waiting: deque[_Waiting] = field(default_factory=deque)
     rows: int = 0
@@ -73,9 +65,8 @@ class _Lane:
     timer: asyncio.Handle | None = None  # a partial batch is due on the next turn of the event loop
 
 
-def rows_of(result: TopK, start: int, stop: int) -> TopK:
-    """Rows [start, stop) of a result, as views."""
-    part = slice(start, stop)
+def rows_of(result: TopK, part: slice) -> TopK:
+    """Some rows of a result, as views."""
     return TopK(
         result.ids[part],
         result.distances[part],
@@ -86,52 +77,54 @@ def rows_of(result: TopK, start: int, stop: int) -> TopK:
 
 
 class SearchBatcher:
-    """Coalesces searches per Shape; `submit` answers each with its own rows of the shared result."""
+    """Coalesces searches per lane key; `submit` answers each with its own rows of the shared result."""
 
     def __init__(self, run: Run, config: BatchConfig = DEFAULT_BATCHING) -> None:
         self._run = run
         self.max_rows = config.max_rows
         self.max_inflight = config.max_inflight
-        self._lanes: dict[Shape, _Lane] = {}
+        self._lanes: dict[LaneKey, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # the running fan-outs, held so they are not collected
         self.batches = 0  # fan-outs started, for tests and metrics
         self.searches = 0  # searches answered through a coalesced fan-out
 
-    def submit(self, shape: Shape, queries: np.ndarray, timeout: float | None) -> asyncio.Future[TopK]:
-        """The future result of `queries`, possibly computed together with other searches of the same shape.
+    def submit(self, search: Search, timeout: float | None) -> asyncio.Future[Answer]:
+        """The future answer of `search`, possibly computed together with other searches of its lane.
 
         Cancelling the future withdraws the search if it has not been sent yet.
         """
         loop = asyncio.get_running_loop()
+        queries = search.queries
         if len(queries) >= self.max_rows:  # already a full batch: nothing to gain by waiting
-            return loop.create_task(self._run_alone(shape, queries, timeout))
-        lane = self._lanes.get(shape)
+            return loop.create_task(self._run_alone(search, timeout))
+        key = (search.shape, queries.shape[1])
+        lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[shape] = _Lane()
-        future: asyncio.Future[TopK] = loop.create_future()
+            lane = self._lanes[key] = _Lane()
+        future: asyncio.Future[Answer] = loop.create_future()
         deadline = None if timeout is None else time.monotonic() + timeout
-        lane.waiting.append(_Waiting(queries, deadline, future))
+        lane.waiting.append(_Waiting(search, deadline, future))
         lane.rows += len(queries)
-        self._pump(shape, lane)
+        self._pump(key, lane)
         return future
 
-    async def _run_alone(self, shape: Shape, queries: np.ndarray, timeout: float | None) -> TopK:
-        return await self._run(shape, queries, timeout)
+    async def _run_alone(self, search: Search, timeout: float | None) -> Answer:
+        return await self._run(search, timeout)
 
-    def _pump(self, shape: Shape, lane: _Lane) -> None:
+    def _pump(self, key: LaneKey, lane: _Lane) -> None:
         """Send full batches while fan-outs are free; otherwise send a partial one on the next turn."""
         while lane.waiting and lane.inflight < self.max_inflight and lane.rows >= self.max_rows:
-            self._flush(shape, lane)
+            self._flush(key, lane)
         if lane.waiting and lane.inflight < self.max_inflight and lane.timer is None:
             # Searches that arrive in the same turn of the event loop join this batch.
-            lane.timer = asyncio.get_running_loop().call_soon(self._on_timer, shape, lane)
+            lane.timer = asyncio.get_running_loop().call_soon(self._on_timer, key, lane)
 
-    def _on_timer(self, shape: Shape, lane: _Lane) -> None:
+    def _on_timer(self, key: LaneKey, lane: _Lane) -> None:
         lane.timer = None
-        self._flush(shape, lane)
-        self._pump(shape, lane)
+        self._flush(key, lane)
+        self._pump(key, lane)
 
-    def _flush(self, shape: Shape, lane: _Lane) -> None:
+    def _flush(self, key: LaneKey, lane: _Lane) -> None:
         """Start one fan-out with the searches waiting in the lane, up to max_rows rows."""
         if lane.timer is not None:
             lane.timer.cancel()
@@ -139,32 +132,33 @@ class SearchBatcher:
         now = time.monotonic()
         taken: list[_Waiting] = []
         rows = 0
-        while lane.waiting and (not taken or rows + len(lane.waiting[0].queries) <= self.max_rows):
+        while lane.waiting and (not taken or rows + len(lane.waiting[0].search.queries) <= self.max_rows):
             item = lane.waiting.popleft()
-            lane.rows -= len(item.queries)
+            lane.rows -= len(item.search.queries)
             if item.future.done():
                 continue  # its caller went away
             if item.deadline is not None and item.deadline <= now:
                 item.future.set_exception(DeadlineExceeded("the deadline passed before the search was sent"))
                 continue
             taken.append(item)
-            rows += len(item.queries)
+            rows += len(item.search.queries)
         if not taken:
             return
         lane.inflight += 1
         self.batches += 1
-        task = asyncio.get_running_loop().create_task(self._fan_out(shape, lane, taken))
+        task = asyncio.get_running_loop().create_task(self._fan_out(key, lane, taken))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _fan_out(self, shape: Shape, lane: _Lane, taken: list[_Waiting]) -> None:
+    async def _fan_out(self, key: LaneKey, lane: _Lane, taken: list[_Waiting]) -> None:
         deadlines = [w.deadline for w in taken if w.deadline is not None]
         # The fan-out lasts as long as its most patient search; the others' calls end at their own deadline.
         timeout = max(0.0, max(deadlines) - time.monotonic()) if len(deadlines) == len(taken) else None
-        queries = taken[0].queries if len(taken) == 1 else np.concatenate([w.queries for w in taken])
+        blocks = [w.search.queries for w in taken]
+        search = taken[0].search if len(taken) == 1 else Search(key[0], stack(blocks))
         stopping = False
         try:
-            result = await self._run(shape, queries, timeout)
+            answer = await self._run(search, timeout)
         except Exception as exc:
             for w in taken:
                 if not w.future.done():
@@ -177,21 +171,23 @@ class SearchBatcher:
             lane.rows = 0
             raise
         else:
-            start = 0
-            for w in taken:
-                stop = start + len(w.queries)
-                if not w.future.done():
-                    w.future.set_result(result if len(taken) == 1 else rows_of(result, start, stop))
-                start = stop
+            if len(taken) == 1:
+                if not taken[0].future.done():
+                    taken[0].future.set_result(answer)
+            else:
+                result, plan = answer
+                for w, rows in zip(taken, row_slices(blocks), strict=True):
+                    if not w.future.done():
+                        w.future.set_result((rows_of(result, rows), plan))
             self.searches += len(taken)
         finally:
             lane.inflight -= 1
             if lane.waiting and not stopping:
-                self._flush(shape, lane)  # those that waited for this fan-out go now, together
-                self._pump(shape, lane)
-            self._settle(shape, lane)
+                self._flush(key, lane)  # those that waited for this fan-out go now, together
+                self._pump(key, lane)
+            self._settle(key, lane)
 
-    def _settle(self, shape: Shape, lane: _Lane) -> None:
+    def _settle(self, key: LaneKey, lane: _Lane) -> None:
         """Forget an idle lane, so shapes seen once do not accumulate."""
-        if not lane.waiting and lane.inflight == 0 and lane.timer is None and self._lanes.get(shape) is lane:
-            del self._lanes[shape]
+        if not lane.waiting and lane.inflight == 0 and lane.timer is None and self._lanes.get(key) is lane:
+            del self._lanes[key]

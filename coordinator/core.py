@@ -1,4 +1,8 @@
-"""The coordinator's operations on decoded inputs: validate, route or fan out to the shards, combine."""
+"""The coordinator's operations on decoded inputs: validate, route or fan out to the shards, combine.
+
+Every shard answers a filtered search with its own top-k among its matching points, so the merged top-k
+is the global one, exactly as without a filter.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,15 @@ from typing import Protocol, TypeVar
 import numpy as np
 from grpc import StatusCode
 
-from shoal._config import CollectionConfig, check_k, check_name
-from shoal._errors import AlreadyExists, Internal, InvalidArgument, NotFound, ShoalError
-from shoal._results import Found, TopK, found_from_proto, topk_from_proto
-from shoal._wire import check_ids, check_queries, check_upsert, encode_ids, encode_matrix
-from shoal.coordinator.batcher import DEFAULT_BATCHING, BatchConfig, SearchBatcher, Shape
+from shoal._config import DEFAULT_SCROLL, MAX_SCROLL, CollectionConfig, check_k, check_name
+from shoal._errors import AlreadyExists, DeadlineExceeded, Internal, InvalidArgument, NotFound, ShoalError
+from shoal._filter import check_path, parse_json
+from shoal._results import Found, Page, TopK, found_from_proto, topk_from_proto
+from shoal._search import Search
+from shoal._wire import check_ids, check_payloads, check_queries, check_upsert, encode_ids, encode_matrix
+from shoal.coordinator.batcher import DEFAULT_BATCHING, Answer, BatchConfig, SearchBatcher
 from shoal.coordinator.merge import merge, merge_found
+from shoal.coordinator.scroll import decode_cursor, encode_cursor, join_pages, points_in
 from shoal.coordinator.topology import Topology
 from shoal.v1 import types_pb2 as pb
 
@@ -45,8 +52,15 @@ def pick_error(errors: Sequence[BaseException]) -> BaseException:
     return min(errors, key=rank)
 
 
+def check_filter(text: str) -> str:
+    """A filter's JSON text, validated; InvalidArgument names the offending part."""
+    if parse_json(text) is None:
+        raise InvalidArgument("the filter is empty")
+    return text
+
+
 class ShardConnection(Protocol):
-    """What the core needs from a shard connection (ShardClient in production)."""
+    """Every shard call the core makes (ShardClient in production)."""
 
     address: str
 
@@ -65,6 +79,8 @@ class ShardConnection(Protocol):
     async def delete(self, request: pb.DeleteRequest, timeout: float | None) -> pb.DeleteResponse: ...
     async def count(self, request: pb.CountRequest, timeout: float | None) -> pb.CountResponse: ...
     async def search(self, request: pb.SearchRequest, timeout: float | None) -> pb.SearchResponse: ...
+    async def scroll(self, request: pb.ScrollRequest, timeout: float | None) -> pb.ScrollResponse: ...
+    async def set_payload(self, request: pb.SetPayloadRequest, timeout: float | None) -> pb.SetPayloadResponse: ...
 
 
 class Coordinator:
@@ -180,9 +196,14 @@ class Coordinator:
         except ValueError as exc:
             raise Internal(f"the shards' get results do not fit the request: {exc}") from exc
 
-    async def delete(self, name: str, ids: np.ndarray, timeout: float | None) -> int:
-        """Delete points by id, one batch per shard; the number that existed."""
+    async def delete(self, name: str, ids: np.ndarray, timeout: float | None, filter_text: str = "") -> int:
+        """Delete points by id, one batch per shard, or every point matching a filter; the number deleted."""
         check_name(name)
+        if filter_text:
+            if len(ids):
+                raise InvalidArgument("give ids or a filter to delete, not both")
+            request = pb.DeleteRequest(collection=name, filter=check_filter(filter_text))
+            return sum(a.deleted for a in await self._all(lambda s: s.delete(request, timeout)))
         check_ids(ids)
         groups = self.topology.route(ids)
         answers = await self._fan_out(
@@ -191,67 +212,107 @@ class Coordinator:
         )
         return sum(a.deleted for a in answers)
 
-    async def count(self, name: str, timeout: float | None) -> int:
-        """The number of points over all shards."""
+    async def count(self, name: str, timeout: float | None, filter_text: str = "") -> int:
+        """The number of points over all shards, or of those matching a filter."""
         check_name(name)
-        request = pb.CountRequest(collection=name)
+        request = pb.CountRequest(collection=name, filter=check_filter(filter_text) if filter_text else "")
         return sum(a.count for a in await self._all(lambda s: s.count(request, timeout)))
 
-    async def search(
-        self,
-        name: str,
-        queries: np.ndarray,
-        k: int,
-        ef: int,
-        with_payload: bool,
-        with_vectors: bool,
-        timeout: float | None,
-    ) -> TopK:
-        """The global top-k of each query: every shard's local top-k, merged."""
-        return await self.submit_search(name, queries, k, ef, with_payload, with_vectors, timeout)
+    async def set_payload(
+        self, name: str, ids: np.ndarray, set_raw: bytes, unset: Sequence[str], timeout: float | None
+    ) -> int:
+        """Set and remove payload keys of existing points, one batch per shard; how many points exist."""
+        check_name(name)
+        check_ids(ids)
+        check_payloads([set_raw])
+        for path in unset:
+            check_path(path, "unset path")
+        if not set_raw and not unset:
+            raise InvalidArgument("nothing to change: give keys to set or paths to unset")
+        groups = self.topology.route(ids)
 
-    def submit_search(
+        def request(i: int) -> pb.SetPayloadRequest:
+            return pb.SetPayloadRequest(collection=name, ids=encode_ids(ids[groups[i]]), set=set_raw, unset=list(unset))
+
+        answers = await self._fan_out(groups, lambda i: self.shards[i].set_payload(request(i), timeout))
+        return sum(a.updated for a in answers)
+
+    async def scroll(
         self,
         name: str,
-        queries: np.ndarray,
-        k: int,
-        ef: int,
+        filter_text: str,
+        limit: int,
+        cursor: str,
         with_payload: bool,
         with_vectors: bool,
         timeout: float | None,
-    ) -> asyncio.Future[TopK]:
-        """Validate a search (raising at once) and start it; the future resolves to its merged top-k.
+    ) -> Page:
+        """Up to `limit` points after the cursor, shard by shard in topology order, by key within a shard."""
+        check_name(name)
+        if filter_text:
+            check_filter(filter_text)
+        limit = limit or DEFAULT_SCROLL
+        if not 1 <= limit <= MAX_SCROLL:
+            raise InvalidArgument(f"limit must be between 1 and {MAX_SCROLL}, got {limit}")
+        version = self.topology.version
+        position, shard_cursor = decode_cursor(cursor, version, len(self.shards))
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        answers: list[pb.ScrollResponse] = []
+        remaining = limit
+        while position < len(self.shards) and remaining > 0:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                raise DeadlineExceeded("the deadline passed during the scroll")
+            request = pb.ScrollRequest(
+                collection=name,
+                filter=filter_text,
+                limit=remaining,
+                cursor=shard_cursor,
+                with_payload=with_payload,
+                with_vectors=with_vectors,
+            )
+            answer = await self.shards[position].scroll(request, left)
+            answers.append(answer)
+            remaining -= points_in(answer)
+            shard_cursor = answer.next_cursor
+            if not shard_cursor:
+                position += 1
+        next_cursor = encode_cursor(version, position, shard_cursor) if position < len(self.shards) else ""
+        return join_pages(answers, with_payload, with_vectors, next_cursor)
+
+    def submit_search(self, search: Search, timeout: float | None) -> asyncio.Future[Answer]:
+        """Validate a search (raising at once) and start it; the future resolves to its merged top-k and plan.
 
         A future rather than a coroutine, so a stream can wait for many searches without a task each.
         """
-        check_name(name)
-        check_k(k)
-        check_queries(queries)
-        shape = Shape(name, queries.shape[1], k, ef, with_payload, with_vectors)
+        shape = search.shape
+        check_name(shape.collection)
+        check_k(shape.k)
+        if shape.filter:
+            check_filter(shape.filter)
+        check_queries(search.queries)
         if self.batcher is not None:
-            return self.batcher.submit(shape, queries, timeout)
-        return asyncio.ensure_future(self._search_shards(shape, queries, timeout))
+            return self.batcher.submit(search, timeout)
+        return asyncio.ensure_future(self._search_shards(search, timeout))
 
-    async def _search_shards(self, shape: Shape, queries: np.ndarray, timeout: float | None) -> TopK:
-        """One fan-out: every shard's local top-k of all `queries`, merged."""
-        request = pb.SearchRequest(
-            collection=shape.collection,
-            queries=encode_matrix(queries),
-            k=shape.k,
-            ef=shape.ef,
-            with_payload=shape.with_payload,
-            with_vectors=shape.with_vectors,
-        )
+    async def _search_shards(self, search: Search, timeout: float | None) -> Answer:
+        """One fan-out: every shard's local top-k of all the queries, merged, and each shard's plan."""
+        request = search.to_proto()
+        rows, shape = len(search.queries), search.shape
 
-        async def search(shard: ShardConnection) -> TopK:
+        async def ask(shard: ShardConnection) -> tuple[TopK, str]:
             answer = await shard.search(request, timeout)
             try:
-                return topk_from_proto(answer, len(queries), shape.with_payload)
+                return topk_from_proto(answer, rows, shape.with_payload), answer.plan
             except (ValueError, InvalidArgument) as exc:
                 raise Internal(f"shard {shard.address} answered search with a bad result: {exc}") from exc
 
-        parts = await self._all(search)
+        parts = await self._all(ask)
         try:
-            return merge(parts, shape.k)
+            merged = merge([part for part, _ in parts], shape.k)
         except ValueError as exc:
             raise Internal(f"the shards' search results do not fit together: {exc}") from exc
+        if not shape.filter:
+            return merged, ""
+        return merged, "; ".join(f"{s.address}: {plan}" for s, (_, plan) in zip(self.shards, parts, strict=True))

@@ -11,11 +11,12 @@ import grpc
 import numpy as np
 
 from shoal._config import CollectionConfig
-from shoal._results import TopK, found_to_proto, topk_to_proto
+from shoal._results import found_to_proto, page_to_proto, topk_to_proto
+from shoal._search import Search
 from shoal._server import error_status
 from shoal._wire import decode_ids, decode_matrix
+from shoal.coordinator.batcher import Answer
 from shoal.coordinator.core import Coordinator
-from shoal.coordinator.filtered import Filtering, page_to_proto
 from shoal.coordinator.topology import topology_to_proto
 from shoal.v1 import shoal_pb2_grpc
 from shoal.v1 import types_pb2 as pb
@@ -39,7 +40,6 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
 
     def __init__(self, core: Coordinator) -> None:
         self._core = core
-        self._filtering = Filtering(core)
 
     async def CreateCollection(
         self, request: pb.CreateCollectionRequest, context: grpc.aio.ServicerContext
@@ -113,90 +113,37 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
         return found_to_proto(found)
 
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
-        if request.filter:
-            return pb.DeleteResponse(
-                deleted=await self._filtering.delete(
-                    request.collection, request.filter, bool(request.ids.u64 or request.ids.str), _timeout(context)
-                )
-            )
-        deleted = await self._core.delete(request.collection, decode_ids(request.ids), _timeout(context))
+        deleted = await self._core.delete(
+            request.collection, decode_ids(request.ids), _timeout(context), request.filter
+        )
         return pb.DeleteResponse(deleted=deleted)
 
     async def Count(self, request: pb.CountRequest, context: grpc.aio.ServicerContext) -> pb.CountResponse:
-        if request.filter:
-            return pb.CountResponse(
-                count=await self._filtering.count(request.collection, request.filter, _timeout(context))
-            )
-        return pb.CountResponse(count=await self._core.count(request.collection, _timeout(context)))
+        return pb.CountResponse(count=await self._core.count(request.collection, _timeout(context), request.filter))
 
     async def Scroll(self, request: pb.ScrollRequest, context: grpc.aio.ServicerContext) -> pb.ScrollResponse:
-        return page_to_proto(
-            await self._filtering.scroll(
-                request.collection,
-                request.filter,
-                request.limit,
-                request.cursor,
-                request.with_payload,
-                request.with_vectors,
-                _timeout(context),
-            )
+        page = await self._core.scroll(
+            request.collection,
+            request.filter,
+            request.limit,
+            request.cursor,
+            request.with_payload,
+            request.with_vectors,
+            _timeout(context),
         )
+        return page_to_proto(page)
 
     async def SetPayload(
         self, request: pb.SetPayloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetPayloadResponse:
-        return pb.SetPayloadResponse(
-            updated=await self._filtering.set_payload(
-                request.collection, decode_ids(request.ids), request.set, list(request.unset), _timeout(context)
-            )
+        updated = await self._core.set_payload(
+            request.collection, decode_ids(request.ids), request.set, list(request.unset), _timeout(context)
         )
+        return pb.SetPayloadResponse(updated=updated)
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
-        if request.filter:  # the one answer that also carries each shard's plan
-            found, plan = await self._filtering.search(
-                request.collection,
-                decode_matrix(request.queries, "queries"),
-                request.k,
-                request.ef,
-                request.with_payload,
-                request.with_vectors,
-                request.filter,
-                _timeout(context),
-            )
-            response = topk_to_proto(found, request.request_id)
-            response.plan = plan
-            return response
-        return topk_to_proto(await self._submit_search(request, context), request.request_id)
-
-    def _submit_search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> asyncio.Future[TopK]:
-        queries = decode_matrix(request.queries, "queries")
-        if request.filter:
-            # Filtered searches bypass the coalescing batcher: each filter has its own plan on every shard.
-            return asyncio.ensure_future(self._filtered_search(request, queries, context))
-        return self._core.submit_search(
-            request.collection,
-            queries,
-            request.k,
-            request.ef,
-            request.with_payload,
-            request.with_vectors,
-            _timeout(context),
-        )
-
-    async def _filtered_search(
-        self, request: pb.SearchRequest, queries: np.ndarray, context: grpc.aio.ServicerContext
-    ) -> TopK:
-        found, _ = await self._filtering.search(
-            request.collection,
-            queries,
-            request.k,
-            request.ef,
-            request.with_payload,
-            request.with_vectors,
-            request.filter,
-            _timeout(context),
-        )
-        return found
+        answer = await self._core.submit_search(Search.from_proto(request), _timeout(context))
+        return _answer_to_proto(answer, request.request_id)
 
     async def SearchStream(
         self, request_iterator: AsyncIterator[pb.SearchRequest], context: grpc.aio.ServicerContext
@@ -205,9 +152,9 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
         window = asyncio.Semaphore(STREAM_WINDOW)
         # Each search is a future with a callback rather than a task: a stream of single queries is the
         # hottest path there is, and a task per question costs more than the rest of its handling.
-        running: set[asyncio.Future[TopK]] = set()
+        running: set[asyncio.Future[Answer]] = set()
 
-        def answered(request_id: int, future: asyncio.Future[TopK]) -> None:
+        def answered(request_id: int, future: asyncio.Future[Answer]) -> None:
             running.discard(future)
             window.release()
             if not future.cancelled():
@@ -218,7 +165,7 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
                 async for request in request_iterator:
                     await window.acquire()
                     try:
-                        future = self._submit_search(request, context)
+                        future = self._core.submit_search(Search.from_proto(request), _timeout(context))
                     except Exception as exc:  # a bad question: answer it and read on
                         window.release()
                         answers.put_nowait(_stream_answer(request.request_id, exc))
@@ -236,7 +183,8 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
                 yield item
             await reader  # a broken request stream fails the call
         finally:
-            for future in (reader, *running):
+            reader.cancel()
+            for future in running:
                 future.cancel()
             await asyncio.gather(reader, return_exceptions=True)
 
@@ -248,9 +196,18 @@ def _share_ids(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.intersect1d(a, b).size)
 
 
-def _stream_answer(request_id: int, outcome: TopK | BaseException) -> pb.SearchResponse:
+def _answer_to_proto(answer: Answer, request_id: int) -> pb.SearchResponse:
+    """The wire answer of a search; a filtered one also tells how each shard ran it."""
+    found, plan = answer
+    response = topk_to_proto(found, request_id)
+    if plan:
+        response.plan = plan
+    return response
+
+
+def _stream_answer(request_id: int, outcome: Answer | BaseException) -> pb.SearchResponse:
     """The answer to one question of a stream; a failure answers only that question."""
-    if isinstance(outcome, TopK):
-        return topk_to_proto(outcome, request_id)
+    if not isinstance(outcome, BaseException):
+        return _answer_to_proto(outcome, request_id)
     code, message = error_status(outcome, "/shoal.v1.Shoal/SearchStream")
     return pb.SearchResponse(request_id=request_id, error_code=code.value[0], error_message=message)

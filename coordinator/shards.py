@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from shoal._errors import DeadlineExceeded, Internal, ShoalError, Unavailable, error_for_code, status_from_value
+from shoal._errors import DeadlineExceeded, ShoalError, Unavailable, error_for_code, status_from_value
 from shoal._rpc import aio_channel
 from shoal.v1 import shard_pb2_grpc
 from shoal.v1 import types_pb2 as pb
@@ -41,17 +41,27 @@ SHARD_CHANNEL_OPTIONS = [
 ]
 
 
+# A shard call cut off on the way (the link, the stream or the shard went away) means the shard is unreachable.
+_UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+
 def shard_error(address: str, code: grpc.StatusCode, details: str) -> ShoalError:
-    """The catalogue error for a shard call that failed with `code`: unreachable shards become Unavailable."""
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-        return Unavailable(f"shard {address} is unavailable: {details or code.name}")
+    """The catalogue error for a shard call that failed with `code`, or never got an answer.
+
+    The one place a shard's status code becomes an error: unreachable shards and passed deadlines name
+    the shard; a code outside the catalogue (UNKNOWN, UNIMPLEMENTED, ...: a bug or a version mismatch)
+    becomes Internal, its detail only in the log; any other code passes through with the shard's message.
+    """
+    if code in _UNREACHABLE:
+        return error_for_code(grpc.StatusCode.UNAVAILABLE, f"shard {address} is unavailable: {details or code.name}")
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceeded(f"shard {address} did not answer before the deadline")
+        return error_for_code(code, f"shard {address} did not answer before the deadline")
     error = error_for_code(code, details or code.name)
     if type(error) is ShoalError:
-        # A code outside the catalogue (UNKNOWN, UNIMPLEMENTED, ...) is a bug or a version mismatch.
         log.error("shard %s failed with %s: %s", address, code.name, details)
-        return Internal(f"shard {address} failed with {code.name}; see the coordinator log")
+        return error_for_code(
+            grpc.StatusCode.INTERNAL, f"shard {address} failed with {code.name}; see the coordinator log"
+        )
     return error
 
 
@@ -75,7 +85,7 @@ class SearchStream:
     async def ask(self, request: pb.SearchRequest, request_id: int, timeout: float | None) -> pb.SearchResponse:
         """Send one search and wait for its answer, at most `timeout` seconds."""
         if self.broken:
-            raise Unavailable(f"shard {self.address} is unavailable: the search stream is closed")
+            raise shard_error(self.address, grpc.StatusCode.UNAVAILABLE, "the search stream is closed")
         future: asyncio.Future[pb.SearchResponse] = asyncio.get_running_loop().create_future()
         message = pb.SearchRequest()
         message.CopyFrom(request)
@@ -85,7 +95,7 @@ class SearchStream:
         try:
             answer = await asyncio.wait_for(future, timeout)
         except TimeoutError:
-            raise DeadlineExceeded(f"shard {self.address} did not answer before the deadline") from None
+            raise shard_error(self.address, grpc.StatusCode.DEADLINE_EXCEEDED, "") from None
         finally:
             self._pending.pop(request_id, None)
         if answer.error_code:
@@ -126,7 +136,7 @@ class SearchStream:
         self.broken = True
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(Unavailable(f"shard {self.address} is unavailable: {reason}"))
+                future.set_exception(shard_error(self.address, grpc.StatusCode.UNAVAILABLE, reason))
         self._pending.clear()
         self._call.cancel()
         current = asyncio.current_task()

@@ -131,7 +131,7 @@ class Topology:
         """The shard index serving each slot."""
         return self.owner[np.asarray(slots, dtype=np.int64)]
 
-    def route(self, ids: np.ndarray | Sequence[str]) -> dict[int, np.ndarray]:
+    def route(self, ids: np.ndarray) -> dict[int, np.ndarray]:
         """Group ids by shard: shard index -> ascending positions of its ids (only shards that have ids)."""
         if len(ids) == 0:
             return {}
