@@ -2,12 +2,12 @@
 
 Searches are in search.py, reads in reads.py. A write's path: `Shard.upsert` validates on the caller's
 thread and submits a request value (writes.py: `Upsert`, `Delete`, `CreateCollection`, ...) to the
-committer (committer.py), which plans it (writes.plan) and writes its batch to RocksDB (execute.py), one
-WAL sync per group; the index worker (index.py) then applies the plan's index part and resolves the
-caller. A new kind of write is added in writes.py. Other threads: search results that need RocksDB
-look-ups run on a small lookup pool, index snapshots on the snapshot thread (snapshotter.py). Two views
-of the collections exist: `_writing` (the committer's, ahead) and `_collections` (what callers see,
-changed on the index worker once a create or drop is durable). Opening recovers every index
+committer (committer.py), which plans it (`writes.plan_write`) and writes its batch to RocksDB
+(execute.py), one WAL sync per group; the index worker (index.py) then applies the plan's index part and
+resolves the caller. A new kind of write is added in writes.py. Other threads: search results that need
+RocksDB look-ups run on a small lookup pool, index snapshots on the snapshot thread (snapshotter.py).
+Two views of the collections exist: `_writing` (the committer's, ahead) and `_collections` (what callers
+see, changed on the index worker once a create or drop is durable). Opening recovers every index
 (recovery.py); closing snapshots every changed one, so a graceful restart loads them instead of
 replaying anything.
 """

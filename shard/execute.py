@@ -1,6 +1,6 @@
 """Executing planned writes: the storage part on the committer thread, the index part on the index worker.
 
-For each request of a group the committer calls `Writer.write`: it plans the request (`writes.plan`, against
+For each request of a group the committer calls `Writer.write`: it plans the request (`plan_write`, against
 the committer's view of the collections), then writes the plan's RocksDB batch (`to_batch`), or creates or
 drops the collection's column families, and returns a `Committed` value. Once the group is durable the
 index worker calls `Committed.apply`: the plan's usearch and payload-mirror changes (`apply`), or the
@@ -33,7 +33,7 @@ from shoal.shard.writes import (
     Request,
     StoreView,
     WritePlan,
-    plan,
+    plan_write,
     writable,
 )
 
@@ -125,7 +125,7 @@ class Writer:
         """Plan a job and execute its storage part: its index part, and whether it wrote a batch to sync."""
         if isinstance(job, Verify):
             return self._scan(job), False
-        planned = plan(job, self)
+        planned = plan_write(job, self)
         if isinstance(planned, CreatePlan):
             return self._create(planned), False
         if isinstance(planned, DropPlan):

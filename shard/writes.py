@@ -1,11 +1,11 @@
 """Writes as values: every write is a request (a dataclass), planned with no I/O and no threads into a plan.
 
-`Shard.upsert` validates and submits an `Upsert` request to the committer; on its thread `plan` turns the
+`Shard.upsert` validates and submits an `Upsert` request to the committer; on its thread `plan_write` turns the
 request into a `WritePlan` against the current state, read only through a `Catalogue` of `StoreView`s (so
 tests drive planning with in-memory fakes); execute.py writes the plan's RocksDB part (one WriteBatch, made
 durable by the committer's group sync) and, on the index worker, applies its index part and resolves the
 caller. Create and drop collection plan into `CreatePlan` and `DropPlan`. A new kind of write is added
-here, in one place: its request, its planning function and its case in `plan`. Plans are serializable
+here, in one place: its request, its planning function and its case in `plan_write`. Plans are serializable
 (`to_bytes`, `plan_from_bytes`), so a primary can ship them to replicas that apply them as they are.
 """
 
@@ -235,7 +235,7 @@ def plan_from_bytes(raw: bytes) -> Plan:
     return _KINDS[json.loads(raw)["kind"]].from_bytes(raw)
 
 
-def plan(request: Request, catalogue: Catalogue) -> Plan:
+def plan_write(request: Request, catalogue: Catalogue) -> Plan:
     """The plan of any request against the current state: the one place a kind of write is dispatched."""
     match request:
         case CreateCollection(config):
