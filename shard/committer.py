@@ -1,9 +1,10 @@
-"""Group commit: the one thread that writes the shard's RocksDB.
+"""Group commit: the one thread that writes the shard's RocksDB, executing write values in order.
 
-Each job's `prepare` runs on the committer thread just before its batch is written, so it can read the
-current state (earlier batches of the group are already written) without locks. A group of batches is
-made durable by one WAL sync; then the jobs' index updates run on the index worker, in order, and only
-then are the callers' futures resolved: an acknowledged write is durable and visible to search.
+`Shard.upsert` submits a request (a writes.py value such as `Upsert`); the committer takes queued jobs in
+groups and, for each, `Writer.write` (execute.py) plans it against the current state (earlier batches of
+the group are already written, so no locks) and writes its WriteBatch. The group is made durable by one
+WAL sync; then the jobs' index parts go to the index worker, which applies them in order and only then
+resolves the callers' futures: an acknowledged write is durable and visible to search.
 
 A failed WAL sync or WAL append is fatal: the callers are failed, then the process exits. Retrying an
 fsync after an error can report success for data the kernel already dropped, and RocksDB refuses every
@@ -18,50 +19,46 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from rocksdict import WriteBatch
-
 from shoal._errors import ShoalError, Unavailable
+from shoal.shard.execute import Job, Writer
 from shoal.shard.faults import CrashPoints, fatal
 from shoal.shard.index import IndexWorker, Step
 from shoal.shard.options import MAX_GROUP
 from shoal.shard.queue_thread import QueueThread
-from shoal.shard.storage import Storage, classify_write_error
+from shoal.shard.storage import classify_write_error
 
 log = logging.getLogger("shoal.shard.committer")
-
-# A job's prepare returns its batch (None when it has nothing to write) and the step to run on the
-# index worker once the batch is durable; the step's return value is the caller's result.
-Prepare = Callable[[], tuple[WriteBatch | None, Callable[[], Any]]]
 
 
 @dataclass
 class _Job:
-    prepare: Prepare
+    job: Job
     future: Future[Any]
 
 
 class Committer(QueueThread[_Job]):
-    """Writes every job's batch, one WAL sync per group, then hands the index updates to the worker."""
+    """Writes every job's batch, one WAL sync per group, then hands the index parts to the worker."""
 
     def __init__(
         self,
-        storage: Storage,
+        writer: Writer,
         worker: IndexWorker,
         max_group: int = MAX_GROUP,
         crash: CrashPoints | None = None,
         on_fatal: Callable[[str], None] = fatal,
     ) -> None:
-        self._storage = storage
+        self._writer = writer
+        self._storage = writer.storage
         self._worker = worker
         self._max_group = max_group
         self._crash = crash or CrashPoints()
         self._fatal = on_fatal
         super().__init__("shoal-committer")
 
-    def submit(self, prepare: Prepare) -> Future[Any]:
-        """Queue a write; the future resolves once it is durable and applied to the index."""
+    def submit(self, job: Job) -> Future[Any]:
+        """Queue a write; the future resolves to its result once it is durable and applied to the index."""
         future: Future[Any] = Future()
-        self._put(_Job(prepare, future))
+        self._put(_Job(job, future))
         return future
 
     def _run(self) -> None:
@@ -86,9 +83,8 @@ class Committer(QueueThread[_Job]):
                 continue  # cancelled before anything was written
             seq = None
             try:
-                batch, step = job.prepare()
-                if batch is not None:
-                    self._storage.write(batch)
+                part, wrote = self._writer.write(job.job)
+                if wrote:
                     seq = self._storage.seq
                     unsynced.append(job.future)
             except ShoalError as exc:
@@ -107,7 +103,7 @@ class Committer(QueueThread[_Job]):
                 self._fail(group, Unavailable("the shard could not make the write durable"))
                 self._fatal(f"RocksDB write failed: {exc}")
                 return
-            steps.append((job.future, step, seq))
+            steps.append((job.future, part, seq))
         if unsynced:
             try:
                 self._storage.flush_wal()

@@ -1,12 +1,15 @@
 """The shard core: the Shard's lifecycle and its thin public methods, with no gRPC in sight.
 
-Searches are in search.py, reads in reads.py, write planning in writes.py. Threads: callers validate on
-their own thread; writes are planned and written on the committer thread (committer.py), every
-usearch call on the index worker thread (index.py), search results that need RocksDB look-ups on a small
-lookup pool, and index snapshots on the snapshot thread (snapshotter.py). Two views of the collections
-exist: `_writing` (the committer's, ahead) and `_collections` (what callers see, changed on the index
-worker once a create or drop is durable). Opening recovers every index (recovery.py); closing snapshots
-every changed one, so a graceful restart loads them instead of replaying anything.
+Searches are in search.py, reads in reads.py. A write's path: `Shard.upsert` validates on the caller's
+thread and submits a request value (writes.py: `Upsert`, `Delete`, `CreateCollection`, ...) to the
+committer (committer.py), which plans it (`writes.plan_write`) and writes its batch to RocksDB
+(execute.py), one WAL sync per group; the index worker (index.py) then applies the plan's index part and
+resolves the caller. A new kind of write is added in writes.py. Other threads: search results that need
+RocksDB look-ups run on a small lookup pool, index snapshots on the snapshot thread (snapshotter.py).
+Two views of the collections exist: `_writing` (the committer's, ahead) and `_collections` (what callers
+see, changed on the index worker once a create or drop is durable). Opening recovers every index
+(recovery.py); closing snapshots every changed one, so a graceful restart loads them instead of
+replaying anything.
 """
 
 from __future__ import annotations
@@ -14,34 +17,34 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rocksdict import WriteBatch
 
 from shoal._config import CollectionConfig, check_name
-from shoal._errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from shoal._errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shoal._filter import check_path
 from shoal._results import Found, Page, TopK
 from shoal._search import Search, SearchShape
 from shoal._wire import as_id_array, check_ids, check_payloads, check_upsert
-from shoal.shard import reads, writes
+from shoal.shard import reads
 from shoal.shard import search as searching
 from shoal.shard.collection import Collection, CollectionStats, parse_filter, stats
 from shoal.shard.committer import Committer
+from shoal.shard.execute import Job, Verify, Writer
 from shoal.shard.faults import CrashPoints, fatal
-from shoal.shard.index import IndexWorker, VectorIndex
+from shoal.shard.index import IndexWorker
 from shoal.shard.options import ShardOptions
 from shoal.shard.payload_index import columns, ensure_complete
 from shoal.shard.reads import Verification
 from shoal.shard.recovery import recover
 from shoal.shard.snapshots import SnapshotFiles
 from shoal.shard.snapshotter import Snapshotter
-from shoal.shard.storage import Storage, pack_keys
-from shoal.shard.writes import WritePlan
+from shoal.shard.storage import Storage
+from shoal.shard.writes import CreateCollection, Delete, DeleteByFilter, DropCollection, SetPayload, Upsert
 
 log = logging.getLogger("shoal.shard")
 
@@ -76,7 +79,8 @@ class Shard:
                 log.warning("collection %s: payload index rebuilt from the points", store.name)
             coll.filters.load(list(columns(store)))
         self._worker.applied_seq = storage.seq  # every stored write is in the indexes now
-        self._committer = Committer(storage, self._worker, self.options.max_group, self._crash)
+        writer = Writer(storage, self._writing, self._collections, self.threads)
+        self._committer = Committer(writer, self._worker, self.options.max_group, self._crash)
         self._snapshotter = Snapshotter(
             files, storage, self._worker, lambda: self._collections, self.options.snapshots, self._crash
         )
@@ -117,10 +121,10 @@ class Shard:
         """The sequence number of the last written batch."""
         return self._storage.seq if self._storage is not None else 0
 
-    def _submit(self, prepare: Callable[[], tuple[WriteBatch | None, Callable[[], Any]]]) -> Future[Any]:
+    def _submit(self, job: Job) -> Future[Any]:
         if not self._ready or self._committer is None:
             raise Unavailable("the shard is not open")
-        return self._committer.submit(prepare)
+        return self._committer.submit(job)
 
     def _collection(self, name: str) -> Collection:
         if not self._ready:
@@ -130,57 +134,17 @@ class Shard:
             raise NotFound(f"collection {name!r} does not exist")
         return coll
 
-    def _writable(self, name: str, coll: Collection) -> Collection:
-        """On the committer: the collection the caller validated against, unless dropped since."""
-        if self._writing.get(name) is not coll:
-            raise NotFound(f"collection {name!r} does not exist")
-        return coll
-
     # Collections
 
     def create_collection(self, config: CollectionConfig) -> tuple[CollectionStats, bool]:
         """Create a collection; (stats, False) if it exists with the same config."""
-
-        def prepare() -> tuple[None, Callable[[], tuple[CollectionStats, bool]]]:
-            assert self._storage is not None
-            existing = self._writing.get(config.name)
-            if existing is not None:
-                if existing.config != config:
-                    raise AlreadyExists(
-                        f"collection {config.name!r} already exists with another config: {existing.config}"
-                    )
-                return None, lambda: (stats(existing), False)
-            coll = Collection(self._storage.create(config), VectorIndex(config, self.threads))
-            self._writing[config.name] = coll
-
-            def publish() -> tuple[CollectionStats, bool]:
-                self._collections[config.name] = coll
-                return stats(coll), True
-
-            log.info("created collection %s", config)
-            return None, publish
-
-        return self._submit(prepare).result()
+        result: tuple[CollectionStats, bool] = self._submit(CreateCollection(config)).result()
+        return result
 
     def drop_collection(self, name: str) -> bool:
         """Drop a collection and all its points; False if it did not exist."""
         check_name(name)
-
-        def prepare() -> tuple[None, Callable[[], bool]]:
-            assert self._storage is not None
-            if name not in self._writing:
-                return None, lambda: False
-            self._storage.drop(name)
-            del self._writing[name]
-
-            def unpublish() -> bool:
-                self._collections.pop(name, None)
-                return True
-
-            log.info("dropped collection %s", name)
-            return None, unpublish
-
-        return self._submit(prepare).result()
+        return bool(self._submit(DropCollection(name)).result())
 
     def list_collections(self) -> list[str]:
         """The names of all collections, sorted."""
@@ -212,18 +176,7 @@ class Shard:
         payloads = list(payloads)
         ids = as_id_array(ids)
         check_upsert(ids, vectors, payloads, coll.config.id_type, coll.config.dim)
-        return self._submit_plan(name, coll, lambda view: writes.plan_upsert(view, ids, vectors, payloads))
-
-    def _submit_plan(self, name: str, coll: Collection, plan: Callable[[writes.StoreView], WritePlan]) -> Future[int]:
-        """Queue a write planned on the committer against the current state, applied on the index worker."""
-
-        def prepare() -> tuple[WriteBatch | None, Callable[[], int]]:
-            assert self._storage is not None
-            store = self._writable(name, coll).store
-            planned = plan(writes.RocksView(store))
-            return writes.to_batch(planned, self._storage, store), lambda: writes.apply(planned, coll)
-
-        return self._submit(prepare)
+        return self._submit(Upsert(name, coll.store.born, ids, vectors, payloads))
 
     def upsert(self, name: str, ids: np.ndarray, vectors: np.ndarray, payloads: Sequence[bytes] = ()) -> int:
         """Insert or replace points; returns once they are durable and searchable."""
@@ -233,7 +186,7 @@ class Shard:
         """Validate a delete and queue it; the future resolves to the number of points that existed."""
         coll = self._collection(name)
         ids = self._ids(ids, coll.config)
-        return self._submit_plan(name, coll, lambda view: writes.plan_delete(view, ids))
+        return self._submit(Delete(name, coll.store.born, ids))
 
     def delete(self, name: str, ids: np.ndarray) -> int:
         """Delete points; returns how many existed, once durable and gone from search."""
@@ -244,28 +197,8 @@ class Shard:
     def verify(self, name: str) -> Verification:
         """Compare the index's keys with RocksDB's (a full scan, holding writes back while it reads)."""
         coll = self._collection(name)
-
-        def prepare() -> tuple[None, Callable[[], Verification]]:
-            # On the committer nothing else writes, and the step below sees every earlier write applied.
-            store = self._writable(name, coll).store
-            stored = store.stored_keys()
-            ids: np.ndarray = stored
-            unmapped = 0
-            if coll.config.id_type == "string":
-                unmapped = len(np.setxor1d(stored, store.mapped_keys()))
-                ids = np.array(
-                    [n.decode() if n is not None else "" for n in store.ids_of(pack_keys(stored))], dtype=object
-                )
-
-            def compare() -> Verification:
-                indexed = coll.index.keys()
-                return Verification(
-                    ids, len(indexed), np.setdiff1d(stored, indexed), np.setdiff1d(indexed, stored), unmapped
-                )
-
-            return None, compare
-
-        return self._submit(prepare).result()
+        result: Verification = self._submit(Verify(name, coll.store.born)).result()
+        return result
 
     def snapshot(self) -> dict[str, int | None]:
         """Snapshot every changed index now; the write sequence each snapshot holds (None: failed)."""
@@ -331,7 +264,7 @@ class Shard:
         """Queue the deletion of every point matching a filter; resolves to how many there were."""
         coll = self._collection(name)
         node = parse_filter(filter_text)
-        return self._submit_plan(name, coll, lambda view: writes.plan_delete_filter(view, node))
+        return self._submit(DeleteByFilter(name, coll.store.born, node))
 
     def submit_set_payload(self, name: str, ids: np.ndarray, set_raw: bytes, unset: Sequence[str]) -> Future[int]:
         """Queue setting and removing payload keys of existing points; resolves to how many exist."""
@@ -342,4 +275,4 @@ class Shard:
         paths = [check_path(p, "unset path") for p in unset]
         if not updates and not paths:
             raise InvalidArgument("nothing to change: give keys to set or paths to unset")
-        return self._submit_plan(name, coll, lambda view: writes.plan_set_payload(view, ids, updates, paths))
+        return self._submit(SetPayload(name, coll.store.born, ids, updates, paths))

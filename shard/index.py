@@ -3,7 +3,10 @@
 usearch indexes are not safe to call from several Python threads at once (every call uses the thread
 contexts 0..threads-1), so every usearch call of the shard runs on the IndexWorker thread, in arrival
 order. Queued searches of one group (same collection incarnation, k, ef and filter) are coalesced into
-one call of the group's runner, the one place where searches are batched. The worker
+one call of the group's runner, the one place where searches are batched. Writes arrive from the
+committer as values, once durable: each step's index part (execute.Committed: a plan's usearch and
+payload-mirror changes, or a collection published or withdrawn) is applied in write order and its result
+resolves the caller's future, so an acknowledged write is visible to every later search. The worker
 also knows the sequence number of the last write it applied, so whatever it sees of an index between two
 queue items is exactly the state of RocksDB at that sequence (what a snapshot records).
 """
@@ -15,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from usearch.index import Index, Matches
@@ -161,9 +164,15 @@ class _Call:
     future: Future[Any]
 
 
-# A committed write's index update: its caller's future, the update, and the sequence of its batch (None
-# when the job wrote nothing).
-Step = tuple[Future[Any], Callable[[], Any], int | None]
+class IndexPart(Protocol):
+    """A committed write's index side (execute.Committed): applied in write order, it returns the caller's result."""
+
+    def apply(self) -> Any: ...
+
+
+# A committed write on its way to the index: its caller's future, its index part, and the sequence of its
+# batch (None when the write wrote no batch of its own).
+Step = tuple[Future[Any], IndexPart, int | None]
 
 
 @dataclass
@@ -196,7 +205,7 @@ class IndexWorker(QueueThread["_Search | _Call | _Apply"]):
         return future
 
     def apply(self, steps: list[Step]) -> None:
-        """Run each step's function in order and resolve its (already running) future with the result."""
+        """Apply each step's index part in order and resolve its (already running) future with the result."""
         self._put(_Apply(steps))
 
     def _run(self) -> None:
@@ -215,8 +224,8 @@ class IndexWorker(QueueThread["_Search | _Call | _Apply"]):
                 if item is None:
                     return
                 if isinstance(item, _Apply):
-                    for future, fn, seq in item.steps:
-                        if not _resolve(future, fn) and seq is not None:
+                    for future, part, seq in item.steps:
+                        if not _resolve(future, part.apply) and seq is not None:
                             # The write is in RocksDB but not in the index: it must not be served like this.
                             self._on_fatal(f"the index update of committed batch {seq} failed")
                         if seq is not None:

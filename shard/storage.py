@@ -117,6 +117,12 @@ def _ids_cf(name: str) -> str:
     return f"i.{name}"
 
 
+def collection_families(config: CollectionConfig) -> tuple[str, ...]:
+    """The column families a collection owns: points, the id map (string ids only) and the payload index."""
+    ids = (_ids_cf(config.name),) if config.id_type == "string" else ()
+    return (_points_cf(config.name), *ids, _index_cf(config.name))
+
+
 def _index_cf(name: str) -> str:
     return f"x.{name}"
 
@@ -277,7 +283,7 @@ class Storage:
 
     def _drop_orphans(self, names: list[str]) -> None:
         """Drop column families left by a create or drop that crashed half-way."""
-        wanted = {cf for name in self.collections for cf in (_points_cf(name), _ids_cf(name), _index_cf(name))}
+        wanted = {cf for store in self.collections.values() for cf in collection_families(store.config)}
         for cf in names:
             if cf not in ("default", _LOG) and cf not in wanted:
                 log.warning("dropping orphan column family %s", cf)
@@ -286,10 +292,8 @@ class Storage:
     def create(self, config: CollectionConfig) -> CollectionStore:
         """Create a collection's column families, then durably record its config."""
         self.check_space()
-        self._db.create_column_family(_points_cf(config.name), _options())
-        if config.id_type == "string":
-            self._db.create_column_family(_ids_cf(config.name), _options())
-        self._db.create_column_family(_index_cf(config.name), _options())
+        for cf in collection_families(config):
+            self._db.create_column_family(cf, _options())
         store = CollectionStore(config, self._db, 1, self.seq + 1)
         batch = WriteBatch(raw_mode=True)
         batch.put(_CONFIG + config.name.encode(), json.dumps(dataclasses.asdict(config)).encode())
@@ -315,10 +319,8 @@ class Storage:
         self.write(batch)
         self.flush_wal()
         self._dropped.append(self.collections.pop(name))
-        self._db.drop_column_family(_points_cf(name))
-        if store.config.id_type == "string":
-            self._db.drop_column_family(_ids_cf(name))
-        self._db.drop_column_family(_index_cf(name))
+        for cf in collection_families(store.config):
+            self._db.drop_column_family(cf)
 
     @staticmethod
     def batch() -> WriteBatch:

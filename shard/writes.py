@@ -1,37 +1,37 @@
-"""Writes as values: each kind of point write is planned, with no I/O and no threads, into a `WritePlan`.
+"""Writes as values: every write is a request (a dataclass), planned with no I/O and no threads into a plan.
 
-A plan says what goes into the RocksDB batch (puts and deletes per column family, the string-id key
-counter, the keys for the change log), what the index worker must do (usearch and payload-mirror upserts
-and removals), and what the caller gets. Planning reads the current state only through a `StoreView`, so
-tests drive it with an in-memory fake; the committer turns a plan into a WriteBatch (`to_batch`) and the
-index worker executes its index part (`apply`). A plan is serializable (`to_bytes`), so a primary can ship
-it to replicas that apply it as it is.
+`Shard.upsert` validates and submits an `Upsert` request to the committer; on its thread `plan_write` turns the
+request into a `WritePlan` against the current state, read only through a `Catalogue` of `StoreView`s (so
+tests drive planning with in-memory fakes); execute.py writes the plan's RocksDB part (one WriteBatch, made
+durable by the committer's group sync) and, on the index worker, applies its index part and resolves the
+caller. Create and drop collection plan into `CreatePlan` and `DropPlan`. A new kind of write is added
+here, in one place: its request, its planning function and its case in `plan_write`. Plans are serializable
+(`to_bytes`, `plan_from_bytes`), so a primary can ship them to replicas that apply them as they are.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from rocksdict import WriteBatch
 
 from shoal._config import CollectionConfig
+from shoal._errors import AlreadyExists, NotFound
 from shoal._filter import Node
 from shoal.shard import records as rec
-from shoal.shard.collection import Collection
 from shoal.shard.payload_index import (
     EMPTY_PAYLOAD,
     Field,
     entries_to_delete,
     entries_to_write,
     indexed,
-    rocks_match,
 )
-from shoal.shard.storage import CollectionStore, Storage, keys_bytes, pack_key, pack_keys, unpack_keys
+from shoal.shard.storage import collection_families, keys_bytes, pack_key, pack_keys, unpack_keys
 
 POINTS, IDS, INDEX = "p", "i", "x"  # the column families a plan writes (storage.py has the layout)
 _EMPTY_KEYS = np.zeros(0, np.uint64)
@@ -43,6 +43,8 @@ class StoreView(Protocol):
     @property
     def config(self) -> CollectionConfig: ...
     @property
+    def born(self) -> int: ...
+    @property
     def next_key(self) -> int: ...
     def records(self, keys: list[bytes]) -> list[bytes | None]: ...
     def keys_of(self, ids: Sequence[str] | np.ndarray) -> list[bytes | None]: ...
@@ -50,20 +52,71 @@ class StoreView(Protocol):
     def match(self, node: Node) -> np.ndarray: ...
 
 
-class RocksView:
-    """A StoreView over a collection's RocksDB column families (on the committer thread)."""
+class Catalogue(Protocol):
+    """The collections as the committer sees them (ahead of what callers see): a view of each by name."""
 
-    def __init__(self, store: CollectionStore) -> None:
-        self._store = store
-        self.config = store.config
-        self.next_key = store.next_key
-        self.records = store.records
-        self.keys_of = store.keys_of
-        self.ids_of = store.ids_of
+    def view(self, name: str) -> StoreView | None: ...
 
-    def match(self, node: Node) -> np.ndarray:
-        """The sorted keys of stored points matching a filter."""
-        return rocks_match(self._store, node)
+
+# The requests: what callers submit, validated on their own thread. A point write names the collection
+# incarnation (`born`) it was validated against, so a write to a collection dropped since fails.
+
+
+@dataclass(frozen=True, eq=False)
+class Upsert:
+    """Insert or replace points (ids validated; vectors (n, dim) float32; payloads empty or one per id)."""
+
+    collection: str
+    born: int
+    ids: np.ndarray
+    vectors: np.ndarray
+    payloads: Sequence[bytes] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class Delete:
+    """Delete points by id."""
+
+    collection: str
+    born: int
+    ids: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class DeleteByFilter:
+    """Delete every point matching a filter."""
+
+    collection: str
+    born: int
+    node: Node
+
+
+@dataclass(frozen=True, eq=False)
+class SetPayload:
+    """Set top-level payload keys, then remove dotted paths, of existing points."""
+
+    collection: str
+    born: int
+    ids: np.ndarray
+    updates: dict[str, Any]
+    paths: Sequence[str]
+
+
+@dataclass(frozen=True)
+class CreateCollection:
+    """Create a collection (nothing to do when it exists with the same config)."""
+
+    config: CollectionConfig
+
+
+@dataclass(frozen=True)
+class DropCollection:
+    """Drop a collection and all its points (nothing to do when it does not exist)."""
+
+    name: str
+
+
+Request = Upsert | Delete | DeleteByFilter | SetPayload | CreateCollection | DropCollection
 
 
 @dataclass
@@ -91,6 +144,7 @@ class WritePlan:
         """The plan as bytes (JSON; binary parts in base64)."""
         vectors = self.index_vectors
         doc = {
+            "kind": "points",
             "collection": self.collection,
             "result": self.result,
             "puts": [[cf, _b64(k), _b64(v)] for cf, k, v in self.puts],
@@ -126,6 +180,104 @@ class WritePlan:
             mirror_keys=_keys(doc["mirror_keys"]),
             mirror_fields=[tuple((p, t, v) for p, t, v in f) for f in doc["mirror_fields"]],
         )
+
+
+@dataclass(frozen=True)
+class CreatePlan:
+    """A collection's creation, decided: its config and column families, or nothing when it exists already."""
+
+    config: CollectionConfig
+    created: bool  # False: it exists with this config, and the caller gets its stats
+    families: tuple[str, ...] = ()  # the column families to create
+
+    def to_bytes(self) -> bytes:
+        """The plan as bytes (JSON)."""
+        doc = {"kind": "create", "config": dataclasses.asdict(self.config), "created": self.created}
+        return json.dumps({**doc, "families": list(self.families)}, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> CreatePlan:
+        """The plan `to_bytes` made."""
+        doc = json.loads(raw)
+        return cls(CollectionConfig(**doc["config"]), doc["created"], tuple(doc["families"]))
+
+
+@dataclass(frozen=True)
+class DropPlan:
+    """A collection's removal, decided: the column families to drop, or nothing when it does not exist."""
+
+    name: str
+    dropped: bool
+    families: tuple[str, ...] = ()  # the column families to drop
+
+    def to_bytes(self) -> bytes:
+        """The plan as bytes (JSON)."""
+        doc = {"kind": "drop", "name": self.name, "dropped": self.dropped, "families": list(self.families)}
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> DropPlan:
+        """The plan `to_bytes` made."""
+        doc = json.loads(raw)
+        return cls(doc["name"], doc["dropped"], tuple(doc["families"]))
+
+
+Plan = WritePlan | CreatePlan | DropPlan
+_KINDS: dict[str, type[WritePlan] | type[CreatePlan] | type[DropPlan]] = {
+    "points": WritePlan,
+    "create": CreatePlan,
+    "drop": DropPlan,
+}
+
+
+def plan_from_bytes(raw: bytes) -> Plan:
+    """Any plan that its `to_bytes` made."""
+    return _KINDS[json.loads(raw)["kind"]].from_bytes(raw)
+
+
+def plan_write(request: Request, catalogue: Catalogue) -> Plan:
+    """The plan of any request against the current state: the one place a kind of write is dispatched."""
+    match request:
+        case CreateCollection(config):
+            return plan_create(catalogue, config)
+        case DropCollection(name):
+            return plan_drop(catalogue, name)
+        case Upsert():
+            view = writable(catalogue, request.collection, request.born)
+            return plan_upsert(view, request.ids, request.vectors, request.payloads)
+        case Delete():
+            return plan_delete(writable(catalogue, request.collection, request.born), request.ids)
+        case DeleteByFilter():
+            return plan_delete_filter(writable(catalogue, request.collection, request.born), request.node)
+        case SetPayload():
+            view = writable(catalogue, request.collection, request.born)
+            return plan_set_payload(view, request.ids, request.updates, request.paths)
+
+
+def writable(catalogue: Catalogue, name: str, born: int) -> StoreView:
+    """The collection incarnation a request was validated against; NotFound if it was dropped since."""
+    view = catalogue.view(name)
+    if view is None or view.born != born:
+        raise NotFound(f"collection {name!r} does not exist")
+    return view
+
+
+def plan_create(catalogue: Catalogue, config: CollectionConfig) -> CreatePlan:
+    """Create a collection; AlreadyExists if one of that name has another config."""
+    existing = catalogue.view(config.name)
+    if existing is None:
+        return CreatePlan(config, True, collection_families(config))
+    if existing.config != config:
+        raise AlreadyExists(f"collection {config.name!r} already exists with another config: {existing.config}")
+    return CreatePlan(config, False)
+
+
+def plan_drop(catalogue: Catalogue, name: str) -> DropPlan:
+    """Drop a collection if it exists."""
+    existing = catalogue.view(name)
+    if existing is None:
+        return DropPlan(name, False)
+    return DropPlan(name, True, collection_families(existing.config))
 
 
 def _b64(raw: bytes | list[bytes]) -> str:
@@ -254,33 +406,3 @@ def changed_payload(old: dict[str, Any] | None, updates: dict[str, Any], paths: 
         if isinstance(node, dict):
             node.pop(last, None)
     return new
-
-
-def to_batch(plan: WritePlan, storage: Storage, store: CollectionStore) -> WriteBatch | None:
-    """On the committer, just before writing: the plan's RocksDB changes as one batch (None: nothing)."""
-    if not plan.writes:
-        return None
-    batch = Storage.batch()
-    families = {POINTS: store.points_cf, IDS: store.ids_cf, INDEX: store.payload_index_cf}
-    for cf, key in plan.deletes:
-        batch.delete(key, families[cf])
-    for cf, key, value in plan.puts:
-        batch.put(key, value, families[cf])
-    if plan.next_key is not None:
-        store.next_key = plan.next_key
-        store.put_next_key(batch)
-    if plan.logged:
-        storage.log_change(batch, store, plan.logged)
-    return batch
-
-
-def apply(plan: WritePlan, coll: Collection) -> int:
-    """On the index worker, once the plan's batch is durable: its index changes; the caller's result."""
-    if len(plan.removed):
-        coll.index.remove(plan.removed)
-        coll.filters.remove(plan.removed)
-    if plan.index_vectors is not None:
-        coll.index.upsert(plan.index_keys, plan.index_vectors)
-    if len(plan.mirror_keys):
-        coll.filters.upsert(plan.mirror_keys, plan.mirror_fields)
-    return plan.result

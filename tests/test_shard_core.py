@@ -17,8 +17,10 @@ from shoal._config import CollectionConfig
 from shoal._errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from shoal._search import Search, SearchShape
 from shoal.shard import records
+from shoal.shard.collection import Collection
 from shoal.shard.committer import Committer
 from shoal.shard.core import Shard
+from shoal.shard.execute import Verify, Writer
 from shoal.shard.faults import CrashPoints
 from shoal.shard.index import Hits, IndexWorker, VectorIndex
 from shoal.shard.options import SnapshotPolicy
@@ -26,6 +28,7 @@ from shoal.shard.recovery import manifest_problem, recover
 from shoal.shard.search import resolve_hits
 from shoal.shard.snapshots import Manifest, SnapshotFiles, write_index
 from shoal.shard.storage import CollectionStore, Storage, keys_bytes, pack_key, pack_keys
+from shoal.shard.writes import CreateCollection, Upsert
 from tests.conftest import brute_force, clustered
 
 DIM = 16
@@ -277,42 +280,42 @@ class CountingStorage(Storage):
         super().flush_wal()
 
 
-def test_group_commit_makes_a_burst_durable_with_one_sync(tmp_path: Path) -> None:
+def test_group_commit_makes_a_burst_durable_with_one_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     storage = CountingStorage(tmp_path)
     worker = IndexWorker()
-    committer = Committer(storage, worker)
+    writing: dict[str, Collection] = {}
+    committer = Committer(Writer(storage, writing, {}, threads=1), worker)
     worker.start()
     committer.start()
     release = threading.Event()
     entered = threading.Event()
+    coll = committer.submit(CreateCollection(CollectionConfig("c", 2))).result()[0]
+    store = writing["c"].store
+    storage.syncs, created = 0, storage.seq
 
-    def blocking() -> tuple[Any, Callable[[], str]]:
+    def blocking() -> np.ndarray:
         entered.set()
         release.wait()
-        return None, lambda: "first"
+        return np.zeros(0, np.uint64)
 
-    def write(i: int) -> Callable[[], tuple[Any, Callable[[], int]]]:
-        def prepare() -> tuple[Any, Callable[[], int]]:
-            batch = Storage.batch()
-            batch.put(pack_key(i), b"x")
-            return batch, lambda: i
+    def write(i: int) -> Upsert:
+        return Upsert("c", store.born, np.arange(i + 1, dtype=np.uint64), np.ones((i + 1, 2), np.float32))
 
-        return prepare
-
+    monkeypatch.setattr(store, "stored_keys", blocking)  # a Verify job holds the committer up
     try:
-        first = committer.submit(blocking)
+        first = committer.submit(Verify("c", store.born))
         entered.wait()
         burst: list[Future[Any]] = [committer.submit(write(i)) for i in range(20)]
         release.set()
-        assert first.result() == "first"
-        assert [f.result() for f in burst] == list(range(20))
-        assert storage.syncs == 1 and storage.seq == 20
+        assert first.result().consistent and coll.count == 0
+        assert [f.result() for f in burst] == list(range(1, 21))
+        assert storage.syncs == 1 and storage.seq == created + 20
     finally:
         committer.stop()
         worker.stop()
         storage.close()
     with pytest.raises(Unavailable):
-        committer.submit(blocking)
+        committer.submit(Verify("c", store.born))
 
 
 def test_hits_of_points_deleted_meanwhile_are_left_out(tmp_path: Path) -> None:
@@ -448,35 +451,47 @@ def test_verify_reports_an_index_that_differs_from_rocksdb(shard: Shard) -> None
 
 
 class FailingSync(Storage):
-    """A Storage whose WAL sync fails."""
+    """A Storage whose WAL sync fails once `failing` is set."""
+
+    failing = False
 
     def flush_wal(self) -> None:
-        raise OSError(5, "Input/output error")
+        if self.failing:
+            raise OSError(5, "Input/output error")
+        super().flush_wal()
 
 
 def test_a_failed_wal_sync_fails_the_callers_and_is_fatal(tmp_path: Path) -> None:
     storage = FailingSync(tmp_path)
     fatal: list[str] = []
     worker = IndexWorker()
-    committer = Committer(storage, worker, on_fatal=fatal.append)
+    writing: dict[str, Collection] = {}
+    committer = Committer(Writer(storage, writing, {}, threads=1), worker, on_fatal=fatal.append)
     worker.start()
     committer.start()
-    applied: list[int] = []
-
-    def prepare() -> tuple[Any, Callable[[], None]]:
-        batch = Storage.batch()
-        batch.put(b"k", b"v")
-        return batch, lambda: applied.append(1)
-
     try:
+        committer.submit(CreateCollection(CollectionConfig("c", 2))).result()
+        storage.failing = True
+        born = writing["c"].store.born
         with pytest.raises(Unavailable, match="durable"):
-            committer.submit(prepare).result()
+            committer.submit(Upsert("c", born, np.array([1], np.uint64), np.ones((1, 2), np.float32))).result()
         assert len(fatal) == 1 and "WAL sync failed" in fatal[0]
+        applied = worker.call(lambda: writing["c"].index.count).result()
         assert not applied  # never applied to the index, never retried
     finally:
         committer.stop()
         worker.stop()
         storage.close()
+
+
+@dataclasses.dataclass
+class Part:
+    """An index part that returns a value or raises."""
+
+    fn: Callable[[], Any]
+
+    def apply(self) -> Any:
+        return self.fn()
 
 
 def test_a_failed_index_update_after_commit_is_fatal() -> None:
@@ -488,7 +503,7 @@ def test_a_failed_index_update_after_commit_is_fatal() -> None:
         failed: Future[Any] = Future()
         for f in (ok, failed):
             f.set_running_or_notify_cancel()
-        worker.apply([(ok, lambda: 1, 7), (failed, lambda: 1 / 0, 8)])
+        worker.apply([(ok, Part(lambda: 1), 7), (failed, Part(lambda: 1 / 0), 8)])
         assert ok.result() == 1
         with pytest.raises(ZeroDivisionError):
             failed.result()

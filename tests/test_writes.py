@@ -6,8 +6,10 @@ import json
 from collections.abc import Sequence
 
 import numpy as np
+import pytest
 
 from shoal._config import CollectionConfig
+from shoal._errors import AlreadyExists, NotFound
 from shoal._filter import Node, parse_json
 from shoal.shard import records
 from shoal.shard.payload_index import LIVE, indexed
@@ -17,11 +19,20 @@ from shoal.shard.writes import (
     IDS,
     INDEX,
     POINTS,
+    CreateCollection,
+    CreatePlan,
+    Delete,
+    DropCollection,
+    DropPlan,
+    StoreView,
+    Upsert,
     WritePlan,
     plan_delete,
     plan_delete_filter,
+    plan_from_bytes,
     plan_set_payload,
     plan_upsert,
+    plan_write,
 )
 
 DIM = 2
@@ -30,8 +41,9 @@ DIM = 2
 class FakeView:
     """A StoreView over dicts: key8 -> record, string id -> key8."""
 
-    def __init__(self, id_type: str = "uint64", next_key: int = 1) -> None:
+    def __init__(self, id_type: str = "uint64", next_key: int = 1, born: int = 1) -> None:
         self.config = CollectionConfig("c", DIM, id_type=id_type)
+        self.born = born
         self.next_key = next_key
         self.points: dict[bytes, bytes] = {}
         self.names: dict[str, bytes] = {}
@@ -51,6 +63,16 @@ class FakeView:
         keys = np.array([int.from_bytes(k, "big") for k in sorted(self.points)], np.uint64)
         mirror.upsert(keys, [indexed(records.payload(self.points[k], DIM)).fields for k in sorted(self.points)])
         return mirror.match(node)
+
+
+class FakeCatalogue:
+    """A Catalogue over a dict of views."""
+
+    def __init__(self, *views: FakeView) -> None:
+        self.views = {v.config.name: v for v in views}
+
+    def view(self, name: str) -> StoreView | None:
+        return self.views.get(name)
 
 
 def vec(*values: float) -> np.ndarray:
@@ -133,3 +155,52 @@ def test_a_plan_round_trips_through_bytes() -> None:
         assert (back.index_vectors is None) == (plan.index_vectors is None)
         if plan.index_vectors is not None and back.index_vectors is not None:
             assert back.index_vectors.tobytes() == plan.index_vectors.tobytes()
+
+
+def test_create_plans_column_families_only_for_a_new_collection() -> None:
+    catalogue = FakeCatalogue(FakeView())
+    new = plan_write(CreateCollection(CollectionConfig("s", DIM, id_type="string")), catalogue)
+    assert isinstance(new, CreatePlan) and new.created and new.families == ("p.s", "i.s", "x.s")
+    numeric = plan_write(CreateCollection(CollectionConfig("n", DIM)), catalogue)
+    assert isinstance(numeric, CreatePlan) and numeric.families == ("p.n", "x.n")
+    same = plan_write(CreateCollection(CollectionConfig("c", DIM)), catalogue)
+    assert isinstance(same, CreatePlan) and not same.created and same.families == ()
+    with pytest.raises(AlreadyExists, match="another config"):
+        plan_write(CreateCollection(CollectionConfig("c", DIM + 1)), catalogue)
+    assert set(catalogue.views) == {"c"}  # planning created nothing
+
+
+def test_drop_plans_the_column_families_of_an_existing_collection_only() -> None:
+    catalogue = FakeCatalogue(FakeView("string"))
+    drop = plan_write(DropCollection("c"), catalogue)
+    assert isinstance(drop, DropPlan) and drop.dropped and drop.families == ("p.c", "i.c", "x.c")
+    missing = plan_write(DropCollection("nope"), catalogue)
+    assert isinstance(missing, DropPlan) and not missing.dropped and missing.families == ()
+    assert set(catalogue.views) == {"c"}
+
+
+def test_a_point_write_to_another_incarnation_is_not_found() -> None:
+    view = FakeView(born=7)
+    view.points[pack_key(1)] = records.pack(vec(1, 1).tobytes(), b"")
+    catalogue = FakeCatalogue(view)
+    ids = np.array([1], np.uint64)
+    assert plan_write(Delete("c", 7, ids), catalogue).result == 1
+    for request in (Delete("c", 3, ids), Delete("gone", 7, ids), Upsert("c", 8, ids, vec(1, 2))):
+        with pytest.raises(NotFound, match="does not exist"):
+            plan_write(request, catalogue)
+
+
+def test_create_and_drop_plans_round_trip_through_bytes() -> None:
+    config = CollectionConfig("s", DIM, metric="l2", precision="f16", id_type="string")
+    catalogue = FakeCatalogue(FakeView())
+    for planned in (
+        plan_write(CreateCollection(config), catalogue),
+        plan_write(CreateCollection(CollectionConfig("c", DIM)), catalogue),
+        plan_write(DropCollection("c"), catalogue),
+        plan_write(DropCollection("nope"), catalogue),
+    ):
+        back = plan_from_bytes(planned.to_bytes())
+        assert type(back) is type(planned) and back == planned and back.to_bytes() == planned.to_bytes()
+    points = plan_upsert(FakeView(), np.array([1], np.uint64), vec(1, 2), [])
+    back = plan_from_bytes(points.to_bytes())
+    assert isinstance(back, WritePlan) and back.to_bytes() == points.to_bytes()
