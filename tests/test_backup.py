@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import shoal
 from shoal import _rpc
@@ -17,6 +18,8 @@ from shoal._hash import slots_of
 from shoal._local import LocalCluster
 from shoal.v1 import shard_pb2, shard_pb2_grpc
 from tests.conftest import clustered
+
+pytestmark = pytest.mark.slow  # starts and restores its own clusters
 
 DIM = 24
 

@@ -10,8 +10,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import shoal
+
+pytestmark = pytest.mark.slow  # starts and stops clusters through the CLI
 
 
 def _shoal(*args: str) -> subprocess.CompletedProcess[str]:

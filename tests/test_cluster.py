@@ -24,6 +24,7 @@ def test_exact_search_equals_brute_force(client: shoal.Client, name: str, metric
     np.testing.assert_allclose(res.distances, want_d, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # loads and searches 100k real embeddings
 def test_recall_at_default_settings_on_real_embeddings(
     client: shoal.Client, name: str, wordnet: tuple[np.ndarray, np.ndarray]
 ) -> None:

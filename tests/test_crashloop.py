@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import pytest
 
 import shoal
 from shoal import _rpc
@@ -30,6 +31,8 @@ from shoal._hash import slots_of
 from shoal._local import LocalCluster, Process
 from shoal._wire import decode_ids
 from shoal.v1 import shard_pb2, shard_pb2_grpc
+
+pytestmark = pytest.mark.slow  # kills shards hundreds of times
 
 COLLECTIONS = ("u", "s")  # uint64 ids, string ids
 QUARANTINE_SECONDS = 30.0

@@ -27,6 +27,8 @@ from shoal.v1 import shard_pb2, shard_pb2_grpc
 from shoal.v1 import types_pb2 as pb
 from tests.conftest import clustered
 
+pytestmark = pytest.mark.slow  # crashes and restarts its own shard processes
+
 DIM = 16
 TIMEOUT = 60.0
 CRASH_EXIT = -9  # the crash points SIGKILL the shard process

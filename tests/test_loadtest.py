@@ -17,6 +17,8 @@ from loadtest.loadgen import Run, drive, qps_at_recall, recall
 from shoal._local import LocalCluster
 from tests.conftest import clustered
 
+pytestmark = pytest.mark.slow  # runs the benchmark and locust end to end
+
 LOADTEST = Path(__file__).resolve().parent.parent / "loadtest"
 
 

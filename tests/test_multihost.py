@@ -27,6 +27,8 @@ from shoal.coordinator.shards import SHARD_KEEPALIVE_MS
 from tests.conftest import brute_force, clustered
 from tests.netns import Host, HostProcess, Network, environment, sweep_stale, unavailable_reason
 
+pytestmark = pytest.mark.slow  # starts shards in network namespaces
+
 # Every host has its own ports, as every pod does in Kubernetes: the same fixed port on each.
 SHARD_PORT = 7100
 COORDINATOR_PORT = 7070

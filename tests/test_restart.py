@@ -12,6 +12,8 @@ import shoal
 from shoal._local import LocalCluster
 from tests.conftest import clustered
 
+pytestmark = pytest.mark.slow  # restarts and kills its own cluster's shards
+
 
 @pytest.fixture
 def own_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
