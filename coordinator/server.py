@@ -9,8 +9,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health
 
+from shoal._errors import ShoalError
+from shoal._meta import MetaStore
 from shoal._server import add_standard_services, aio_server, bind, set_serving, wait_for_signal
 from shoal.coordinator.core import Coordinator
+from shoal.coordinator.groups import GroupView, MetaCatalogue
 from shoal.coordinator.servicer import ShoalServicer
 from shoal.coordinator.shards import ShardPool
 from shoal.coordinator.topology import Topology, TopologyError
@@ -34,8 +37,9 @@ def load_topology(shards: list[str] | None, topology_file: Path | None) -> Topol
 class CoordinatorServer:
     """A coordinator's gRPC server, its health and its shard connections: start, mark serving, stop."""
 
-    def __init__(self, topology: Topology, listen: str) -> None:
+    def __init__(self, topology: Topology | None, listen: str, view: GroupView | None = None) -> None:
         self.topology = topology
+        self.view = view  # shard groups in etcd (topology None), or a fixed topology
         self.listen = listen
         self.address = ""
         self._server: grpc.aio.Server | None = None
@@ -46,8 +50,16 @@ class CoordinatorServer:
         """Bind and start (health still NOT_SERVING); return the bound address."""
         server = aio_server()
         self.address = bind(server, self.listen)
-        self._server, self._pool = server, ShardPool(self.topology.addresses)
-        core = Coordinator(self.topology, self._pool.clients)
+        if self.view is not None:
+            self._server = server
+            view = self.view
+            topology, connections = view.routing()
+            core = Coordinator(topology, connections, catalogue=MetaCatalogue(view.meta))
+            view.on_change = lambda: core.retarget(*view.routing())
+        else:
+            assert self.topology is not None
+            self._server, self._pool = server, ShardPool(self.topology.addresses)
+            core = Coordinator(self.topology, self._pool.clients)
         shoal_pb2_grpc.add_ShoalServicer_to_server(ShoalServicer(core), server)
         self._health = add_standard_services(server, [SERVICE_NAME])
         await server.start()
@@ -67,17 +79,35 @@ class CoordinatorServer:
             await self._server.stop(grace)
         if self._pool is not None:
             await self._pool.close()
+        if self.view is not None:
+            await self.view.close()
+            await self.view.meta.close()
 
 
-async def serve(topology: Topology, listen: str) -> None:
+async def connect_view(endpoint: str, cluster: str) -> GroupView:
+    """The cluster's live view from etcd at `endpoint` (waiting for etcd to answer)."""
+    while True:
+        try:
+            meta = await MetaStore.connect(endpoint, cluster)
+            break
+        except ShoalError as exc:
+            log.warning("etcd at %s: %s", endpoint, exc)
+            await asyncio.sleep(0.5)
+    view = GroupView(meta)
+    await view.start()
+    return view
+
+
+async def serve(topology: Topology | None, listen: str, meta: str = "", cluster: str = "default") -> None:
     """Serve until SIGTERM or SIGINT, announcing the bound address on stdout."""
-    server = CoordinatorServer(topology, listen)
+    server = CoordinatorServer(topology, listen, await connect_view(meta, cluster) if meta else None)
     signalled = asyncio.create_task(wait_for_signal())
     await asyncio.sleep(0)  # the signal handlers are in place before anyone can learn the address
     try:
         address = await server.start()
         print(f"shoal coordinator listening on {address}", flush=True)
-        log.info("topology version %d: %s", topology.version, ", ".join(topology.addresses))
+        if topology is not None:
+            log.info("topology version %d: %s", topology.version, ", ".join(topology.addresses))
         await server.serving()
         await signalled
     finally:
@@ -85,8 +115,13 @@ async def serve(topology: Topology, listen: str) -> None:
         await server.stop()
 
 
-def run(shards: list[str] | None, topology_file: Path | None, listen: str) -> None:
-    """Run a coordinator over `shards` (an even split) or a topology file until SIGTERM or SIGINT."""
+def run(
+    shards: list[str] | None, topology_file: Path | None, listen: str, meta: str = "", cluster: str = "default"
+) -> None:
+    """Run a coordinator over `shards` (an even split), a topology file, or etcd's groups until a signal."""
+    if meta:
+        asyncio.run(serve(None, listen, meta, cluster))
+        return
     try:
         topology = load_topology(shards, topology_file)
     except TopologyError as exc:

@@ -1,7 +1,13 @@
-"""A local cluster: a coordinator and N shard processes on this machine, used by `shoal up` and the tests."""
+"""A local cluster: etcd, a coordinator and N shard groups of R processes each on this machine.
+
+Used by `shoal up` and the tests. The cluster's metadata lives in an embedded etcd under DATA/etcd: the
+topology (slot ranges → groups g0..gN-1) is written once, and every shard joins its group there. With
+`meta=False` the cluster runs without etcd (the coordinator gets the shard addresses, one copy each).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -17,8 +23,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shoal import _rpc
-from shoal._config import DEFAULT_HOST, DEFAULT_SHARDS
+from shoal._config import DEFAULT_HOST, DEFAULT_SHARDS, SLOTS
 from shoal._errors import FailedPrecondition, Unavailable
+from shoal._etcd import EmbeddedEtcd
+from shoal._meta import MetaStore
+from shoal._meta_values import SlotRange
 
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 15.0
@@ -132,6 +141,23 @@ class LocalCluster:
     shard_env: dict[str, str] = field(default_factory=dict)  # e.g. SHOAL_SNAPSHOT_* settings for every shard
     shard_procs: list[Process] = field(default_factory=list)
     coordinator: Process | None = None
+    replicas: int = 1  # copies of each shard group's data (1: a primary only)
+    meta: bool = True  # cluster metadata in an embedded etcd (False: a fixed list of shards, no replicas)
+    cluster: str = "default"
+    etcd: EmbeddedEtcd | None = None
+
+    @property
+    def groups(self) -> list[str]:
+        """The shard groups' names."""
+        return [f"g{i}" for i in range(self.shards)]
+
+    def member_name(self, group: int, replica: int) -> str:
+        """A member's name, which is also its data folder's name."""
+        return f"shard-{group}" if replica == 0 else f"shard-{group}-r{replica}"
+
+    def members(self, group: int) -> list[Process]:
+        """The processes of one shard group."""
+        return self.shard_procs[group * self.replicas : (group + 1) * self.replicas]
 
     @property
     def address(self) -> str:
@@ -153,24 +179,37 @@ class LocalCluster:
             layout.write_text(json.dumps({"shards": self.shards}) + "\n")
 
     def start(self) -> LocalCluster:
-        """Start every shard, wait until they serve, then start the coordinator."""
+        """Start etcd, every shard, wait until they serve (and every group has its primary), then the coordinator."""
         self.data.mkdir(parents=True, exist_ok=True)
         self._check_layout()
         (self.data / "logs").mkdir(exist_ok=True)
+        if not self.meta and self.replicas != 1:
+            raise FailedPrecondition("replicas need the cluster metadata (meta=True)")
         try:
-            for i, cores in enumerate(split_cores(self.shards)):
+            group_args: list[str] = []
+            if self.meta:
+                self.etcd = EmbeddedEtcd(self.data / "etcd", host="127.0.0.1")
+                self.etcd.start(self.timeout)
+                asyncio.run(self._write_topology())
+                group_args = ["--meta", self.etcd.endpoint, "--cluster", self.cluster]
+            cores_of = split_cores(self.shards * self.replicas)
+            for n, cores in enumerate(cores_of):
+                group, replica = divmod(n, self.replicas)
+                member = self.member_name(group, replica)
                 proc = Process(
-                    f"shard-{i}",
+                    member,
                     [
                         "shard",
                         "--data",
-                        str(self.data / f"shard-{i}"),
+                        str(self.data / member),
                         "--listen",
                         f"{self.host}:0",
                         "--cores",
                         ",".join(map(str, cores)),
+                        *group_args,
+                        *(["--group", f"g{group}"] if self.meta else []),
                     ],
-                    self.data / "logs" / f"shard-{i}.log",
+                    self.data / "logs" / f"{member}.log",
                     env={**SHARD_ENV, **self.shard_env},
                 )
                 proc.start(self.timeout)
@@ -179,15 +218,14 @@ class LocalCluster:
                 self.shard_procs.append(proc)
             for proc in self.shard_procs:
                 wait_serving(proc.address, self.timeout)
+            if self.etcd is not None:
+                self.wait_groups(self.replicas)
+                where = ["--meta", self.etcd.endpoint, "--cluster", self.cluster]
+            else:
+                where = ["--shards", ",".join(p.address for p in self.shard_procs)]
             self.coordinator = Process(
                 "coordinator",
-                [
-                    "coordinator",
-                    "--shards",
-                    ",".join(p.address for p in self.shard_procs),
-                    "--listen",
-                    f"{self.host}:{self.port}",
-                ],
+                ["coordinator", *where, "--listen", f"{self.host}:{self.port}"],
                 self.data / "logs" / "coordinator.log",
             )
             self.coordinator.start(self.timeout)
@@ -198,16 +236,44 @@ class LocalCluster:
             raise
         return self
 
+    async def _write_topology(self) -> None:
+        assert self.etcd is not None
+        async with await MetaStore.connect(self.etcd.endpoint, self.cluster) as meta:
+            if (await meta.get_topology()).version == 0:
+                n = self.shards
+                ranges = tuple(SlotRange(i * SLOTS // n, (i + 1) * SLOTS // n, f"g{i}") for i in range(n))
+                await meta.replace_topology(ranges, 0)
+
+    def wait_groups(self, in_sync: int, timeout: float | None = None) -> None:
+        """Block until every group has a live primary and at least `in_sync` members in its in-sync set."""
+        assert self.etcd is not None
+        etcd = self.etcd
+
+        async def wait() -> None:
+            deadline = time.monotonic() + (timeout or self.timeout)
+            async with await MetaStore.connect(etcd.endpoint, self.cluster) as meta:
+                while True:
+                    states = [await meta.get_group(g) for g in self.groups]
+                    if all(s.primary is not None and len(s.in_sync) >= in_sync for s in states):
+                        return
+                    if time.monotonic() > deadline:
+                        raise Unavailable(f"the shard groups did not settle: {states}")
+                    await asyncio.sleep(0.1)
+
+        asyncio.run(wait())
+
     def restart(self, proc: Process) -> None:
         """Start a stopped or killed process again on its old address and wait until it serves."""
         proc.start(self.timeout)
         wait_serving(proc.address, self.timeout)
 
     def stop(self) -> None:
-        """Stop the coordinator, then the shards, each with SIGTERM."""
+        """Stop the coordinator, then the shards, each with SIGTERM, then etcd."""
         for proc in [self.coordinator, *self.shard_procs]:
             if proc is not None:
                 proc.stop()
+        if self.etcd is not None:
+            self.etcd.stop()
 
     def __enter__(self) -> LocalCluster:
         return self.start()

@@ -166,7 +166,7 @@ class MetaStore:
         existing = responses[0][0][0] if responses and responses[0] else None
         if existing == value:
             return False
-        raise AlreadyExists(f"collection {config.name!r} exists with another config")
+        raise AlreadyExists(f"collection {config.name!r} already exists with another config")
 
     async def drop_collection(self, name: str) -> bool:
         """Remove a collection; True if it was there."""

@@ -23,9 +23,14 @@ def _cores(text: str) -> list[int]:
 
 def cmd_shard(args: argparse.Namespace) -> int:
     """Run one shard process."""
-    from shoal.shard.server import run
+    from shoal.shard.server import GroupSettings, run
 
-    run(Path(args.data), args.listen, args.cores)
+    group = None
+    if args.meta:
+        if not args.group:
+            raise SystemExit("shoal shard: --meta needs --group")
+        group = GroupSettings(args.meta, args.cluster, args.group, args.member or Path(args.data).resolve().name)
+    run(Path(args.data), args.listen, args.cores, group)
     return 0
 
 
@@ -34,7 +39,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     from shoal.coordinator.server import run
 
     shards = args.shards.split(",") if args.shards else None
-    run(shards, Path(args.topology) if args.topology else None, args.listen)
+    run(shards, Path(args.topology) if args.topology else None, args.listen, args.meta, args.cluster)
     return 0
 
 
@@ -120,12 +125,18 @@ def parser() -> argparse.ArgumentParser:
     shard.add_argument("--data", required=True, help="the shard's data folder")
     shard.add_argument("--listen", default=f"{DEFAULT_HOST}:7100", help="HOST:PORT to serve on (port 0: any free port)")
     shard.add_argument("--cores", type=_cores, default=None, help="CPU cores to pin to, e.g. 0,1 or 0-3")
+    shard.add_argument("--meta", default="", help="etcd endpoint HOST:PORT: run as a member of a shard group")
+    shard.add_argument("--cluster", default="default", help="the cluster's name in etcd (default 'default')")
+    shard.add_argument("--group", default="", help="with --meta: the shard group to join, e.g. g0")
+    shard.add_argument("--member", default="", help="with --meta: this member's name (default: the data folder's name)")
     shard.set_defaults(func=cmd_shard)
 
     coord = sub.add_parser("coordinator", help="run one coordinator process")
     where = coord.add_mutually_exclusive_group(required=True)
     where.add_argument("--shards", help="shard addresses HOST:PORT,HOST:PORT (slots split evenly)")
     where.add_argument("--topology", help="JSON topology file mapping slot ranges to shard addresses")
+    where.add_argument("--meta", help="etcd endpoint HOST:PORT: follow the cluster's topology and groups there")
+    coord.add_argument("--cluster", default="default", help="with --meta: the cluster's name in etcd")
     coord.add_argument("--listen", default=DEFAULT_ADDRESS, help="HOST:PORT to serve on")
     coord.set_defaults(func=cmd_coordinator)
 

@@ -47,6 +47,10 @@ class ShardOptions:
     min_free_bytes: int = 256 * 1024 * 1024
     max_group: int = MAX_GROUP  # writes per WAL sync; 1 means one sync per batch (no group commit)
     crashpoint: str | None = None  # test-only: see faults.py
+    # A member of a shard group logs every write's plan (the op log) for replicas to catch up from, keeping
+    # the last `oplog_keep`; a replica further behind than that copies a snapshot instead.
+    oplog: bool = False
+    oplog_keep: int = 100_000
 
     @classmethod
     def from_env(cls, threads: int, environ: Mapping[str, str] = os.environ) -> ShardOptions:

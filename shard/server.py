@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
 from shoal._server import add_standard_services, aio_server, bind, set_serving, wait_for_signal
 from shoal.shard.core import Shard
+from shoal.shard.group import GroupMember
 from shoal.shard.options import ShardOptions
 from shoal.shard.servicer import ShardServicer
 from shoal.v1 import shard_pb2, shard_pb2_grpc
@@ -24,8 +27,18 @@ GRACE_SECONDS = 5
 GRPC_FORK_ENV = "GRPC_ENABLE_FORK_SUPPORT"
 
 
-def run(data: Path, listen: str, cores: list[int] | None) -> None:
-    """Run a shard on `listen` with its data under `data` until SIGTERM or SIGINT."""
+@dataclass(frozen=True)
+class GroupSettings:
+    """Where a shard in a shard group finds etcd, and its group and member name."""
+
+    meta: str  # etcd endpoint host:port
+    cluster: str
+    group: str
+    member: str
+
+
+def run(data: Path, listen: str, cores: list[int] | None, group: GroupSettings | None = None) -> None:
+    """Run a shard on `listen` with its data under `data` until SIGTERM or SIGINT (in a group when given)."""
     if os.environ.get(GRPC_FORK_ENV) != "false":
         # Snapshots fork (snapshots.py) and the child never touches gRPC, so gRPC's fork handlers must stay
         # out of it (they would pause gRPC's threads, and do not support the asyncio server). gRPC reads
@@ -37,10 +50,13 @@ def run(data: Path, listen: str, cores: list[int] | None) -> None:
     # numpy's BLAS (exact filtered search) started its threads before the pinning, one per core of the
     # machine: left so, every shard would compete for every core.
     threadpool_limits(threads, user_api="blas")
-    asyncio.run(_serve(Path(data), listen, ShardOptions.from_env(threads)))
+    options = ShardOptions.from_env(threads)
+    if group is not None:
+        options = dataclasses.replace(options, oplog=True)
+    asyncio.run(_serve(Path(data), listen, options, group))
 
 
-async def _serve(data: Path, listen: str, options: ShardOptions) -> None:
+async def _serve(data: Path, listen: str, options: ShardOptions, group: GroupSettings | None = None) -> None:
     threads = options.threads
     shard = Shard(data, options=options)
     server = aio_server()
@@ -59,12 +75,19 @@ async def _serve(data: Path, listen: str, options: ShardOptions) -> None:
             if loading.exception() is not None:  # a shard that cannot load its data must not serve
                 log.error("shard cannot load its data from %s", data, exc_info=loading.exception())
                 raise SystemExit(1)
+            if group is not None:
+                servicer.member = GroupMember(
+                    shard, group.meta, group.cluster, group.group, group.member, servicer.address
+                )
+                await servicer.member.start()
             await set_serving(health, [SERVICE], True)
             log.info("shard serving on %s with %d threads, data in %s", servicer.address, threads, data)
             await signalled
         log.info("shard on %s stopping", servicer.address)
     finally:
         await set_serving(health, [SERVICE], False)
+        if servicer.member is not None:
+            await servicer.member.stop()
         await server.stop(grace=GRACE_SECONDS)
         signalled.cancel()
         with contextlib.suppress(Exception):

@@ -1,0 +1,270 @@
+"""The coordinator over shard groups in etcd: a live view of topology, groups and catalogue, and one
+connection per group that sends writes to its primary and reads to any in-sync member.
+
+`GroupView` reads the cluster's topology and groups once, then follows etcd's watches (re-reading on any
+change), and tells the core (`Coordinator.retarget`) whenever the routing changes. `GroupConnection`
+is the core's ShardConnection for one group: a write goes to the group's primary and, when that member
+is unreachable or answers "not the primary", waits for the view to change and tries again within the
+caller's deadline; a read goes to the in-sync member with the fewest calls in flight and, when that
+member fails, is retried on another one, so one member's death costs no failed call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from shoal._config import SLOTS
+from shoal._errors import FailedPrecondition, ShoalError, Unavailable
+from shoal._meta import MetaStore
+from shoal._meta_values import GroupState, Section
+from shoal._meta_values import Topology as MetaTopology
+from shoal.coordinator.shards import ShardClient
+from shoal.coordinator.topology import SlotRange, Topology
+from shoal.v1 import types_pb2 as pb
+
+log = logging.getLogger("shoal.coordinator.groups")
+
+T = TypeVar("T")
+DEFAULT_DEADLINE = 30.0  # seconds a call without a deadline keeps retrying
+WAIT_STEP = 0.05  # seconds between retries when no change arrives
+
+
+def routing_topology(topology: MetaTopology, groups: dict[str, GroupState]) -> Topology:
+    """The core's topology: each slot range's group named by its primary's address (or a placeholder)."""
+    names = list(dict.fromkeys(r.group for r in topology.ranges))
+
+    def address(i: int, group: str) -> str:
+        state = groups.get(group)
+        if state is not None and state.primary is not None and state.primary in state.members:
+            return state.members[state.primary]
+        return f"{group}.unavailable:{i + 1}"
+
+    addresses = {g: address(i, g) for i, g in enumerate(names)}
+    ranges = tuple(SlotRange(addresses[r.group], r.start, r.end) for r in topology.ranges)
+    return Topology(max(topology.version, 1), ranges or (SlotRange("none.unavailable:1", 0, SLOTS),))
+
+
+class GroupView:
+    """The topology and groups as etcd has them, kept current by watches."""
+
+    def __init__(self, meta: MetaStore) -> None:
+        self.meta = meta
+        self.topology = MetaTopology()
+        self.groups: dict[str, GroupState] = {}
+        self.connections: dict[str, GroupConnection] = {}
+        self.clients: dict[str, ShardClient] = {}
+        self.on_change: Callable[[], None] = lambda: None
+        self._changed = asyncio.Event()  # set (and replaced) on every change
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Read everything once, then follow changes."""
+        revision = await self.meta.revision()
+        await self._reload()
+        for section in ("topology", "groups"):
+            self._tasks.append(asyncio.create_task(self._watch(section, revision + 1)))
+        self._tasks.append(asyncio.create_task(self._poll()))
+
+    async def _reload(self) -> None:
+        topology = await self.meta.get_topology()
+        names = list(dict.fromkeys(r.group for r in topology.ranges))
+        groups = dict(zip(names, await asyncio.gather(*(self.meta.get_group(g) for g in names)), strict=True))
+        self.topology, self.groups = topology, groups
+        for name in names:
+            if name not in self.connections:
+                self.connections[name] = GroupConnection(self, name)
+        self.on_change()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def _watch(self, section: Section, revision: int) -> None:
+        while True:
+            try:
+                async for change in self.meta.watch(section, revision):
+                    revision = change.revision + 1
+                    await self._reload()
+            except ShoalError as exc:
+                log.warning("watch of %s: %s", section, exc)
+                await asyncio.sleep(0.5)
+                with contextlib.suppress(ShoalError):
+                    revision = await self.meta.revision() + 1
+                    await self._reload()
+
+    async def _poll(self) -> None:
+        # A safety net beside the watches (a broken watch, a missed lease expiry).
+        while True:
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(ShoalError):
+                await self._reload()
+
+    async def changed(self, timeout: float) -> None:
+        """Wait for the next change, at most `timeout` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), max(timeout, 0.0))
+
+    def routing(self) -> tuple[Topology, list[GroupConnection]]:
+        """The core's topology and one connection per shard of it, in its order."""
+        topology = routing_topology(self.topology, self.groups)
+        by_address = {}
+        for r_meta, r in zip(self.topology.ranges, topology.ranges, strict=True):
+            by_address[r.address] = self.connections[r_meta.group]
+        return topology, [by_address[a] for a in topology.addresses]
+
+    def client(self, address: str) -> ShardClient:
+        """The one connection to a member's address."""
+        client = self.clients.get(address)
+        if client is None:
+            client = self.clients[address] = ShardClient(address)
+        return client
+
+    async def close(self) -> None:
+        """Stop watching and close every connection."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await asyncio.gather(*(c.close() for c in self.clients.values()), return_exceptions=True)
+
+
+class GroupConnection:
+    """The core's connection to one shard group (a ShardConnection): writes to the primary, reads spread."""
+
+    def __init__(self, view: GroupView, group: str) -> None:
+        self.view, self.group = view, group
+        self.outstanding: dict[str, int] = {}  # member address → calls in flight
+
+    @property
+    def address(self) -> str:
+        """The primary's address (what describe and errors name)."""
+        state = self.view.groups.get(self.group)
+        if state is not None and state.primary is not None:
+            return state.members.get(state.primary, self.group)
+        return self.group
+
+    def _primary(self) -> str | None:
+        state = self.view.groups.get(self.group)
+        if state is None or state.primary is None:
+            return None
+        return state.members.get(state.primary)
+
+    def _readers(self, avoid: set[str]) -> list[str]:
+        state = self.view.groups.get(self.group)
+        if state is None:
+            return []
+        names = state.in_sync or ((state.primary,) if state.primary else ())
+        addresses = [state.members[m] for m in names if m in state.members and state.members[m] not in avoid]
+        return sorted(addresses, key=lambda a: self.outstanding.get(a, 0))
+
+    async def _retry(
+        self,
+        pick: Callable[[set[str]], str | None],
+        call: Callable[[Any, float], Awaitable[T]],
+        timeout: float | None,
+        write: bool,
+    ) -> T:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout if timeout is not None else DEFAULT_DEADLINE)
+        failed: set[str] = set()
+        last: ShoalError = Unavailable(f"shard group {self.group} has no reachable member")
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise last
+            address = pick(failed)
+            if address is None:
+                failed.clear()
+                await self.view.changed(min(left, 0.5))
+                continue
+            self.outstanding[address] = self.outstanding.get(address, 0) + 1
+            try:
+                return await call(self.view.client(address), left)
+            except Unavailable as exc:
+                last = exc
+                failed.add(address)
+            except FailedPrecondition as exc:
+                if not write or "not the primary" not in exc.message:
+                    raise
+                last = Unavailable(f"shard group {self.group} is electing a primary")
+                await self.view.changed(min(left, WAIT_STEP * 4))
+            finally:
+                self.outstanding[address] -= 1
+            if write:
+                await self.view.changed(min(deadline - loop.time(), WAIT_STEP))
+
+    async def _write(self, call: Callable[[Any, float], Awaitable[T]], timeout: float | None) -> T:
+        return await self._retry(lambda failed: self._primary(), call, timeout, True)
+
+    async def _read(self, call: Callable[[Any, float], Awaitable[T]], timeout: float | None) -> T:
+        def pick(failed: set[str]) -> str | None:
+            readers = self._readers(failed)
+            return readers[0] if readers else None
+
+        return await self._retry(pick, call, timeout, False)
+
+    async def create_collection(self, request: pb.CreateCollectionRequest, timeout: float | None) -> Any:
+        """Create on the primary (only used without a catalogue)."""
+        return await self._write(lambda c, t: c.create_collection(request, t), timeout)
+
+    async def drop_collection(self, request: pb.DropCollectionRequest, timeout: float | None) -> Any:
+        """Drop on the primary (only used without a catalogue)."""
+        return await self._write(lambda c, t: c.drop_collection(request, t), timeout)
+
+    async def list_collections(self, timeout: float | None) -> Any:
+        """The primary's collections."""
+        return await self._write(lambda c, t: c.list_collections(t), timeout)
+
+    async def describe_collection(self, request: pb.DescribeCollectionRequest, timeout: float | None) -> Any:
+        """The primary's view of a collection (its count is the acknowledged one)."""
+        return await self._write(lambda c, t: c.describe_collection(request, t), timeout)
+
+    async def upsert(self, request: pb.UpsertRequest, timeout: float | None) -> Any:
+        """Upsert through the primary."""
+        return await self._write(lambda c, t: c.upsert(request, t), timeout)
+
+    async def delete(self, request: pb.DeleteRequest, timeout: float | None) -> Any:
+        """Delete through the primary."""
+        return await self._write(lambda c, t: c.delete(request, t), timeout)
+
+    async def set_payload(self, request: pb.SetPayloadRequest, timeout: float | None) -> Any:
+        """Set payloads through the primary."""
+        return await self._write(lambda c, t: c.set_payload(request, t), timeout)
+
+    async def get(self, request: pb.GetRequest, timeout: float | None) -> Any:
+        """Get from an in-sync member."""
+        return await self._read(lambda c, t: c.get(request, t), timeout)
+
+    async def count(self, request: pb.CountRequest, timeout: float | None) -> Any:
+        """Count on an in-sync member."""
+        return await self._read(lambda c, t: c.count(request, t), timeout)
+
+    async def scroll(self, request: pb.ScrollRequest, timeout: float | None) -> Any:
+        """Scroll on the primary (cursors are per member only by chance equal: keep one member)."""
+        return await self._write(lambda c, t: c.scroll(request, t), timeout)
+
+    async def search(self, request: pb.SearchRequest, timeout: float | None) -> Any:
+        """Search on an in-sync member (least outstanding), another one if it fails."""
+        return await self._read(lambda c, t: c.search(request, t), timeout)
+
+
+class MetaCatalogue:
+    """The collection catalogue in etcd, as the coordinator core uses it."""
+
+    def __init__(self, meta: MetaStore) -> None:
+        self.meta = meta
+
+    async def create(self, config: Any) -> bool:
+        """Add a collection; False if it exists with this config."""
+        return await self.meta.create_collection(config)
+
+    async def drop(self, name: str) -> bool:
+        """Remove a collection; False if it was not there."""
+        return await self.meta.drop_collection(name)
+
+    async def names(self) -> list[str]:
+        """Every collection's name, sorted."""
+        return sorted(c.name for c in await self.meta.list_collections())
