@@ -124,7 +124,7 @@ class Link:
         return entry_digest(found[0][1]) == digest
 
     async def _read(self, call: Any) -> None:
-        async for ack in call:
+        while (ack := await call.read()) is not grpc.aio.EOF:
             self.acked = int(ack.seq)
             self.replicator.acked(self)
 
