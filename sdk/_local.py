@@ -26,6 +26,7 @@ from shoal import _rpc
 from shoal._config import DEFAULT_HOST, DEFAULT_SHARDS, SLOTS
 from shoal._errors import FailedPrecondition, Unavailable
 from shoal._etcd import EmbeddedEtcd
+from shoal._group_status import ENDPOINT_FILE
 from shoal._meta import MetaStore
 from shoal._meta_values import SlotRange
 
@@ -190,6 +191,7 @@ class LocalCluster:
             if self.meta:
                 self.etcd = EmbeddedEtcd(self.data / "etcd", host="127.0.0.1")
                 self.etcd.start(self.timeout)
+                (self.data / ENDPOINT_FILE).write_text(self.etcd.endpoint + "\n")
                 asyncio.run(self._write_topology())
                 group_args = ["--meta", self.etcd.endpoint, "--cluster", self.cluster]
             cores_of = split_cores(self.shards * self.replicas)

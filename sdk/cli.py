@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import signal
 import sys
@@ -47,13 +48,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     """Start a local cluster and keep it running until Ctrl-C or SIGTERM."""
     from shoal._local import LocalCluster
 
-    cluster = LocalCluster(data=Path(args.data), shards=args.shards, port=args.port, host=args.host)
+    replicas = getattr(args, "replicas", 1)
+    cluster = LocalCluster(data=Path(args.data), shards=args.shards, port=args.port, host=args.host, replicas=replicas)
     # SIGTERM stops the cluster the same way Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         cluster.start()
         print(
-            f"Shoal is ready at {cluster.address} ({args.shards} shards, data in {args.data}, "
+            f"Shoal is ready at {cluster.address} ({args.shards} shards x {replicas} copies, data in {args.data}, "
             f"logs in {Path(args.data) / 'logs'}). Press Ctrl-C to stop.",
             flush=True,
         )
@@ -68,10 +70,46 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print each shard's address, health, collections and point counts."""
+    endpoint = _meta_endpoint(args)
+    if args.json:
+        from shoal._group_status import groups, groups_json
+
+        if not endpoint:
+            raise SystemExit("shoal status --json needs --meta or --data (the cluster's etcd)")
+        print(groups_json(asyncio.run(groups(endpoint, args.cluster))))
+        return 0
     from shoal._status import cluster_status
 
     print(cluster_status(args.address))
+    if endpoint:
+        from shoal._group_status import groups, groups_table
+
+        print()
+        print(groups_table(asyncio.run(groups(endpoint, args.cluster))))
     return 0
+
+
+def _meta_endpoint(args: argparse.Namespace) -> str:
+    """The etcd endpoint from --meta, or from a local cluster's data folder (--data), or ""."""
+    if args.meta:
+        return str(args.meta)
+    if args.data:
+        from shoal._group_status import endpoint_of
+
+        return endpoint_of(Path(args.data))
+    return ""
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Compare the members of every shard group; exit 0 when identical."""
+    from shoal._check import check
+
+    endpoint = _meta_endpoint(args)
+    if not endpoint:
+        raise SystemExit("shoal check needs --meta or --data (the cluster's etcd)")
+    same, lines = asyncio.run(check(endpoint, args.cluster))
+    print("\n".join(lines))
+    return 0 if same else 1
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -119,6 +157,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"coordinator port (default {DEFAULT_PORT})")
     up.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     up.add_argument("--data", default="./shoal-data", help="data folder (default ./shoal-data)")
+    up.add_argument("--replicas", type=int, default=1, help="copies of each shard's data, on separate processes")
     up.set_defaults(func=cmd_up)
 
     shard = sub.add_parser("shard", help="run one shard process")
@@ -142,7 +181,14 @@ def parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="print the cluster's shards, health and point counts")
     status.add_argument("--address", default=DEFAULT_ADDRESS, help="a coordinator's address")
+    status.add_argument("--json", action="store_true", help="print the shard groups as JSON (needs the etcd)")
     status.set_defaults(func=cmd_status)
+    check = sub.add_parser("check", help="compare the replicas of every shard group (exit 0 when identical)")
+    check.set_defaults(func=cmd_check)
+    for command in (status, check):
+        command.add_argument("--meta", default="", help="the cluster's etcd endpoint HOST:PORT")
+        command.add_argument("--data", default="", help="or: the data folder of a `shoal up` cluster")
+        command.add_argument("--cluster", default="default", help="the cluster's name in etcd")
 
     backup = sub.add_parser("backup", help="copy every shard of a running cluster into a new folder")
     backup.add_argument("--address", default=DEFAULT_ADDRESS, help="a coordinator's address")
