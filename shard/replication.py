@@ -17,6 +17,7 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Future
 from typing import Any
 
@@ -79,6 +80,7 @@ class Link:
             sent = int(hello.seq)
             if not await asyncio.to_thread(self._agrees, sent, hello.digest):
                 self.diverged = True
+                rep.diverged(self)
                 log.error(
                     "member %s has writes up to %d that this primary lacks: it needs a new copy", self.member, sent
                 )
@@ -151,6 +153,7 @@ class Replicator:
         self._loop = asyncio.get_running_loop()
         self._on_deposed = on_deposed
         self._changing = False  # an in-sync change is being written to etcd
+        self._lock = asyncio.Lock()  # one in-sync change at a time, each computed from the last
         self._monitor = asyncio.create_task(self._watch_timeouts(), name="replication timeouts")
         self.deposed = False
 
@@ -183,8 +186,13 @@ class Replicator:
         """A member acknowledged up to `link.acked`: release writes, and add a caught-up member to the in-sync set."""
         caught_up = link.member not in self.in_sync and not link.diverged and link.acked >= self.shard.sequence
         if caught_up and not self._changing:
-            asyncio.create_task(self._change_in_sync(self.in_sync | {link.member}))
+            asyncio.create_task(self._change_in_sync(add={link.member}))
         self._release()
+
+    def diverged(self, link: Link) -> None:
+        """A member's log has writes this primary lacks: it cannot count as in sync."""
+        if link.member in self.in_sync:
+            asyncio.create_task(self._change_in_sync(remove={link.member}))
 
     def _release(self) -> None:
         """Resolve every waiting write that all in-sync members acknowledged."""
@@ -216,9 +224,17 @@ class Replicator:
                     sorted(late),
                     seq,
                 )
-                await self._change_in_sync(self.in_sync - late)
+                await self._change_in_sync(remove=late)
 
-    async def _change_in_sync(self, members: set[str]) -> None:
+    async def _change_in_sync(
+        self, add: AbstractSet[str] = frozenset(), remove: AbstractSet[str] = frozenset()
+    ) -> None:
+        async with self._lock:
+            await self._write_in_sync((self.in_sync | add) - remove)
+
+    async def _write_in_sync(self, members: set[str]) -> None:
+        if members == self.in_sync:
+            return
         self._changing = True
         try:
             await self.meta.set_in_sync(self.group, sorted(members | {self.member}), self.term)
