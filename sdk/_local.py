@@ -23,12 +23,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shoal import _rpc
-from shoal._config import DEFAULT_HOST, DEFAULT_SHARDS, SLOTS
+from shoal._config import DEFAULT_HOST, DEFAULT_SHARDS
 from shoal._errors import FailedPrecondition, Unavailable
 from shoal._etcd import EmbeddedEtcd
 from shoal._group_status import ENDPOINT_FILE
 from shoal._meta import MetaStore
-from shoal._meta_values import SlotRange
+from shoal._meta_init import init_topology
 
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 15.0
@@ -240,11 +240,7 @@ class LocalCluster:
 
     async def _write_topology(self) -> None:
         assert self.etcd is not None
-        async with await MetaStore.connect(self.etcd.endpoint, self.cluster) as meta:
-            if (await meta.get_topology()).version == 0:
-                n = self.shards
-                ranges = tuple(SlotRange(i * SLOTS // n, (i + 1) * SLOTS // n, f"g{i}") for i in range(n))
-                await meta.replace_topology(ranges, 0)
+        await init_topology(self.etcd.endpoint, self.cluster, self.shards)
 
     def wait_groups(self, in_sync: int, timeout: float | None = None) -> None:
         """Block until every group has a live primary and at least `in_sync` members in its in-sync set."""

@@ -30,7 +30,8 @@ def cmd_shard(args: argparse.Namespace) -> int:
     if args.meta:
         if not args.group:
             raise SystemExit("shoal shard: --meta needs --group")
-        group = GroupSettings(args.meta, args.cluster, args.group, args.member or Path(args.data).resolve().name)
+        member = args.member or Path(args.data).resolve().name
+        group = GroupSettings(args.meta, args.cluster, args.group, member, args.advertise)
     run(Path(args.data), args.listen, args.cores, group)
     return 0
 
@@ -98,6 +99,15 @@ def _meta_endpoint(args: argparse.Namespace) -> str:
 
         return endpoint_of(Path(args.data))
     return ""
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write the topology of a new cluster (nothing when one is there already)."""
+    from shoal._meta_init import init_topology
+
+    version = asyncio.run(init_topology(args.meta, args.cluster, args.groups))
+    print(f"topology version {version} in etcd at {args.meta} (cluster {args.cluster})")
+    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -168,6 +178,13 @@ def parser() -> argparse.ArgumentParser:
     shard.add_argument("--cluster", default="default", help="the cluster's name in etcd (default 'default')")
     shard.add_argument("--group", default="", help="with --meta: the shard group to join, e.g. g0")
     shard.add_argument("--member", default="", help="with --meta: this member's name (default: the data folder's name)")
+    shard.add_argument("--advertise", default="", help="with --meta: HOST:PORT others reach it at (default: --listen)")
+
+    init = sub.add_parser("init", help="write a new cluster's topology into etcd: slots split over N shard groups")
+    init.add_argument("--meta", required=True, help="the cluster's etcd endpoint HOST:PORT")
+    init.add_argument("--cluster", default="default", help="the cluster's name in etcd")
+    init.add_argument("--groups", type=int, required=True, help="number of shard groups (g0..gN-1)")
+    init.set_defaults(func=cmd_init)
     shard.set_defaults(func=cmd_shard)
 
     coord = sub.add_parser("coordinator", help="run one coordinator process")

@@ -35,6 +35,7 @@ class GroupSettings:
     cluster: str
     group: str
     member: str
+    advertise: str = ""  # the address others reach this shard at (default: the bound address)
 
 
 def run(data: Path, listen: str, cores: list[int] | None, group: GroupSettings | None = None) -> None:
@@ -77,7 +78,7 @@ async def _serve(data: Path, listen: str, options: ShardOptions, group: GroupSet
                 raise SystemExit(1)
             if group is not None:
                 servicer.member = GroupMember(
-                    shard, group.meta, group.cluster, group.group, group.member, servicer.address
+                    shard, group.meta, group.cluster, group.group, group.member, group.advertise or servicer.address
                 )
                 await servicer.member.start()
             await set_serving(health, [SERVICE], True)
