@@ -85,14 +85,17 @@ def latency(copies: int, batches: int = 300, rows: int = 100) -> list[float]:
     """Milliseconds per acknowledged upsert of `rows` points, one group of `copies`."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((rows, 64)).astype("f4")
-    with tempfile.TemporaryDirectory() as tmp, LocalCluster(data=Path(tmp), shards=1, replicas=copies) as cluster:
-        with shoal.Client(cluster.address) as client:
-            client.create_collection("l", dim=64)
-            took = []
-            for b in range(batches):
-                start = time.perf_counter()
-                client.upsert("l", ids=np.arange(b * rows, (b + 1) * rows), vectors=x)
-                took.append((time.perf_counter() - start) * 1000)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LocalCluster(data=Path(tmp), shards=1, replicas=copies) as cluster,
+        shoal.Client(cluster.address) as client,
+    ):
+        client.create_collection("l", dim=64)
+        took = []
+        for b in range(batches):
+            start = time.perf_counter()
+            client.upsert("l", ids=np.arange(b * rows, (b + 1) * rows), vectors=x)
+            took.append((time.perf_counter() - start) * 1000)
     return took
 
 
