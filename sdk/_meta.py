@@ -313,6 +313,12 @@ class MetaStore:
             got = await self._client.get_prefix(self.keys.root)
         return int(got.header.revision)
 
+    async def cluster_id(self) -> int:
+        """etcd's cluster id: a fresh etcd (say, of a restored cluster) has a new one."""
+        with _translated():
+            got = await self._client.get_prefix(self.keys.root)
+        return int(got.header.cluster_id)
+
     async def watch(self, section: Section, start_revision: int | None = None) -> AsyncIterator[Change]:
         """Changes under a section, in order, from `start_revision` (inclusive) or from now on."""
         prefix = self.keys.section(section)

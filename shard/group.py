@@ -221,6 +221,7 @@ class GroupMember:
     async def _sync_catalogue(self) -> None:
         """Make this primary's collections the catalogue's (each create or drop a replicated write)."""
         assert self._meta is not None
+        await self._adopt()
         wanted = {c.name: c for c in await self._meta.list_collections()}
         futures = []
         for name in set(self.shard.list_collections()) - set(wanted):
@@ -232,6 +233,23 @@ class GroupMember:
                 await asyncio.wrap_future(future)
             except (AlreadyExists, NotFound) as exc:
                 log.error("group %s: catalogue and shard disagree: %s", self.group, exc)
+
+    async def _adopt(self) -> None:
+        """Under an etcd it never followed (a restored or pre-etcd data folder), add its collections to the
+        catalogue first, so that syncing with the catalogue keeps them rather than dropping them."""
+        assert self._meta is not None
+        cluster_id = await self._meta.cluster_id()
+        storage = self.shard.storage
+        if storage.etcd_cluster == cluster_id:
+            return
+        for name in self.shard.list_collections():
+            config = (await asyncio.to_thread(self.shard.describe, name)).config
+            try:
+                await self._meta.create_collection(config)
+            except AlreadyExists as exc:
+                log.error("group %s: collection %s differs from the catalogue's: %s", self.group, name, exc)
+        await asyncio.to_thread(storage.follow_etcd, cluster_id)
+        log.info("group %s: follows the catalogue of etcd cluster %x", self.group, cluster_id)
 
     async def _trim(self) -> None:
         while True:

@@ -8,6 +8,7 @@ Layout (every key and value raw bytes):
                 b"born/<name>"    -> born: the sequence number of the batch that created the collection
                 b"trim/" + born8  -> the sequence up to which the collection's change log was trimmed
                 b"term"           -> the highest replication term this shard accepted, 8 bytes big-endian
+                b"etcd"           -> the id of the etcd cluster whose catalogue the collections follow
     p.<name>    key8              -> vector (dim float32 little-endian) + payload JSON (possibly empty)
     i.<name>    b"s" + utf8 id    -> key8        (string-id collections only)
                 b"k" + key8       -> utf8 id
@@ -57,6 +58,7 @@ _TRIM = b"trim/"
 _LOG = "log"
 _OPLOG = "oplog"
 _TERM = b"term"
+_ETCD = b"etcd"
 INDEX_READY = b"\0\0R"  # an encoded path never starts with two zero bytes: reserved keys do
 _BE64 = np.dtype(">u8")
 
@@ -426,6 +428,18 @@ class Storage:
         options = WriteOptions()
         options.sync = True
         self._db.put(_TERM, pack_key(term), options)
+
+    @property
+    def etcd_cluster(self) -> int:
+        """The etcd cluster whose catalogue this shard's collections follow (0: none yet)."""
+        raw = self._db.get(_ETCD)
+        return unpack_key(raw) if raw else 0
+
+    def follow_etcd(self, cluster_id: int) -> None:
+        """Durably record the etcd cluster whose catalogue this shard's collections follow."""
+        options = WriteOptions()
+        options.sync = True
+        self._db.put(_ETCD, pack_key(cluster_id), options)
 
     def flush_wal(self) -> None:
         """Make every batch written so far durable."""
