@@ -29,7 +29,7 @@ from shoal.v1 import types_pb2 as pb
 log = logging.getLogger("shoal.coordinator.groups")
 
 T = TypeVar("T")
-DEFAULT_DEADLINE = 30.0  # seconds a call without a deadline keeps retrying
+RETRY_BUDGET = 8.0  # seconds a call keeps retrying on other members or a new primary
 WAIT_STEP = 0.05  # seconds between retries when no change arrives
 
 
@@ -77,6 +77,8 @@ class GroupView:
         for name in names:
             if name not in self.connections:
                 self.connections[name] = GroupConnection(self, name)
+            if groups[name].members:
+                self.connections[name].last_seen = sorted(groups[name].members.values())
         self.on_change()
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
@@ -137,6 +139,7 @@ class GroupConnection:
     def __init__(self, view: GroupView, group: str) -> None:
         self.view, self.group = view, group
         self.outstanding: dict[str, int] = {}  # member address → calls in flight
+        self.last_seen: list[str] = []  # the addresses of the members last listed (named when none is)
 
     @property
     def address(self) -> str:
@@ -168,9 +171,13 @@ class GroupConnection:
         write: bool,
     ) -> T:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (timeout if timeout is not None else DEFAULT_DEADLINE)
+        # Retry through a failover (about 3 s), but answer with the member's error before the caller's
+        # deadline passes, so a group that stays down is reported as UNAVAILABLE naming its member.
+        budget = min(RETRY_BUDGET, 0.9 * timeout) if timeout is not None else RETRY_BUDGET
+        deadline = loop.time() + budget
         failed: set[str] = set()
-        last: ShoalError = Unavailable(f"shard group {self.group} has no reachable member")
+        where = ", ".join(self.last_seen) or "none"
+        last: ShoalError = Unavailable(f"shard group {self.group} has no reachable member (last listed: {where})")
         while True:
             left = deadline - loop.time()
             if left <= 0:

@@ -262,6 +262,8 @@ class LocalCluster:
 
     def restart(self, proc: Process) -> None:
         """Start a stopped or killed process again on its old address and wait until it serves."""
+        if self.etcd is not None and not self.etcd.running:
+            self.etcd.start(self.timeout)  # on its old ports
         proc.start(self.timeout)
         wait_serving(proc.address, self.timeout)
 
