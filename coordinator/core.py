@@ -16,7 +16,7 @@ from grpc import StatusCode
 from shoal._config import DEFAULT_SCROLL, MAX_SCROLL, CollectionConfig, check_k, check_name
 from shoal._errors import AlreadyExists, DeadlineExceeded, Internal, InvalidArgument, NotFound, ShoalError
 from shoal._filter import check_path, parse_json
-from shoal._results import Found, Page, TopK, found_from_proto, topk_from_proto
+from shoal._results import Found, Page, TopK, check_answer_budget, found_from_proto, topk_from_proto
 from shoal._search import Search
 from shoal._wire import check_ids, check_payloads, check_queries, check_upsert, encode_ids, encode_matrix
 from shoal.coordinator.batcher import DEFAULT_BATCHING, Answer, BatchConfig, SearchBatcher
@@ -291,7 +291,9 @@ class Coordinator:
         check_k(shape.k)
         if shape.filter:
             check_filter(shape.filter)
-        check_queries(search.queries)
+        queries = check_queries(search.queries)
+        # Refused before any work: an answer that cannot be sent would cost the shards for nothing.
+        check_answer_budget(len(queries), shape.k, queries.shape[1], shape.with_payload, shape.with_vectors)
         if self.batcher is not None:
             return self.batcher.submit(search, timeout)
         return asyncio.ensure_future(self._search_shards(search, timeout))

@@ -11,7 +11,8 @@ import grpc
 import numpy as np
 
 from shoal._config import CollectionConfig
-from shoal._results import found_to_proto, page_to_proto, topk_to_proto
+from shoal._errors import ResourceExhausted
+from shoal._results import check_answer_size, found_to_proto, page_to_proto, topk_to_proto
 from shoal._search import Search
 from shoal._server import error_status
 from shoal._wire import decode_ids, decode_matrix
@@ -202,12 +203,15 @@ def _answer_to_proto(answer: Answer, request_id: int) -> pb.SearchResponse:
     response = topk_to_proto(found, request_id)
     if plan:
         response.plan = plan
-    return response
+    return check_answer_size(response)
 
 
 def _stream_answer(request_id: int, outcome: Answer | BaseException) -> pb.SearchResponse:
     """The answer to one question of a stream; a failure answers only that question."""
     if not isinstance(outcome, BaseException):
-        return _answer_to_proto(outcome, request_id)
+        try:
+            return _answer_to_proto(outcome, request_id)
+        except ResourceExhausted as exc:  # too large to send: only this question fails
+            outcome = exc
     code, message = error_status(outcome, "/shoal.v1.Shoal/SearchStream")
     return pb.SearchResponse(request_id=request_id, error_code=code.value[0], error_message=message)

@@ -11,7 +11,7 @@ import grpc
 
 from shoal._config import CollectionConfig
 from shoal._errors import InvalidArgument
-from shoal._results import found_to_proto, page_to_proto, topk_to_proto
+from shoal._results import check_answer_size, found_to_proto, page_to_proto, topk_to_proto
 from shoal._search import Search
 from shoal._server import error_status
 from shoal._wire import decode_ids, decode_matrix, encode_ids
@@ -188,4 +188,4 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         response = topk_to_proto(result, request.request_id)
         if plan:
             response.plan = plan
-        return response
+        return check_answer_size(response)  # too large to send: this request fails, the stream stays up
