@@ -27,6 +27,7 @@ from shoal.shard.storage import CollectionStore, pack_keys
 # Hits whose records are looked up at once: an answer that grows past the message limit is refused after
 # at most this many more, so a search for too many payloads cannot fill the shard's memory first.
 RESOLVE_CELLS = 4096
+FETCH_BYTES = 4 * 1024 * 1024  # records fetched from RocksDB at once, about
 
 
 def as_matrix(x: np.ndarray, what: str) -> np.ndarray:
@@ -196,11 +197,15 @@ def _records(
     # What a record adds to the answer: its payload (with framing) if asked for, its vector if asked for.
     fixed = (2 - row if with_payload else 0) + (row if with_vectors else 0)
     records: list[bytes | None] = []
-    for lo in range(0, len(keys8), RESOLVE_CELLS):
-        chunk = store.records(keys8[lo : lo + RESOLVE_CELLS])
+    lo, step = 0, 16  # the first look-ups learn how large the records are
+    while lo < len(keys8):
+        chunk = store.records(keys8[lo : lo + step])
         found = [r for r in chunk if r is not None]
-        budget.spend((sum(map(len, found)) if with_payload else 0) + fixed * len(found))
+        size = sum(map(len, found))
+        budget.spend((size if with_payload else 0) + fixed * len(found))
         records.extend(chunk)
+        lo += step
+        step = max(16, min(RESOLVE_CELLS, FETCH_BYTES * len(found) // max(size, 1)))
     return records
 
 
