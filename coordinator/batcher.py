@@ -157,6 +157,14 @@ class SearchBatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+        def withdrawn(_: asyncio.Future[Answer]) -> None:
+            # Every caller went away: the fan-out stops, and the shards drop the search (coordinator/shards.py).
+            if not task.done() and all(w.future.cancelled() for w in taken):
+                task.cancel()
+
+        for w in taken:
+            w.future.add_done_callback(withdrawn)
+
     async def _fan_out(self, key: LaneKey, lane: _Lane, taken: list[_Waiting]) -> None:
         deadlines = [w.deadline for w in taken if w.deadline is not None]
         # The fan-out lasts as long as its most patient search; the others' calls end at their own deadline.
@@ -170,8 +178,10 @@ class SearchBatcher:
             for w in taken:
                 if not w.future.done():
                     w.future.set_exception(exc)
-        except BaseException:  # the coordinator is stopping: nothing more is sent
-            stopping = True
+        except BaseException:
+            if all(w.future.cancelled() for w in taken):  # withdrawn by its callers: the lane goes on
+                raise
+            stopping = True  # the coordinator is stopping: nothing more is sent
             for w in (*taken, *lane.waiting):
                 w.future.cancel()
             lane.waiting.clear()

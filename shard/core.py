@@ -235,10 +235,11 @@ class Shard:
         cursor: str = "",
         with_payload: bool = True,
         with_vectors: bool = False,
+        max_bytes: int = 0,
     ) -> Page:
         """The points after `cursor` in key order, only those matching the filter if one is given."""
         coll = self._collection(name)
-        return reads.scroll(coll, self._worker, filter_text, limit, cursor, with_payload, with_vectors)
+        return reads.scroll(coll, self._worker, filter_text, limit, cursor, with_payload, with_vectors, max_bytes)
 
     def submit_search(self, search: Search) -> Future[tuple[TopK, str]]:
         """Validate a search and queue it; resolves to the local top-k of every query and the plan that ran."""

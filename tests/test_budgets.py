@@ -113,3 +113,34 @@ def test_a_shard_answer_too_large_to_send_fails_that_search_alone(
     assert not other.failures, other.failures[:3]
     # A few hits with their payloads still fit.
     assert client.search(name, X[0], k=3, with_payload=True)[0][0].payload == big
+
+
+@pytest.mark.slow
+def test_scroll_pages_are_bounded_by_bytes_across_all_shards(client: shoal.Client, name: str) -> None:
+    # 6 MiB payloads: each shard's page alone stays under the 32 MiB page bound, both together did not
+    # fit in one message.
+    big = "x" * (6 << 20)
+    n = 16
+    client.create_collection(name, dim=DIM)
+    for i in range(0, n, 4):
+        client.upsert(
+            name,
+            ids=np.arange(i, i + 4),
+            vectors=X[i : i + 4],
+            payloads=[{"blob": big, "i": j} for j in range(i, i + 4)],
+        )
+    seen: list[int] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page = client.scroll(name, cursor=cursor, with_payload=True)
+        pages += 1
+        assert 1 <= len(page.points) <= 6
+        for p in page.points:
+            assert p.payload is not None and p.payload["blob"] == big and p.payload["i"] == p.id
+        seen += [int(p.id) for p in page.points]
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    assert sorted(seen) == list(range(n))
+    assert pages >= 3
