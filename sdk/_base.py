@@ -14,7 +14,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import grpc
 import numpy as np
 
-from shoal._config import MAX_BATCH_ROWS, MAX_MESSAGE_BYTES, CollectionConfig, check_k
+from shoal._config import MAX_BATCH_ROWS, MAX_MESSAGE_BYTES, CollectionConfig, check_ef, check_k
 from shoal._errors import InvalidArgument, ShoalError, error_for_code, status_from_value
 from shoal._filter import check_path, to_json
 from shoal._search import Search, SearchShape
@@ -268,7 +268,7 @@ class BaseClient:
         collection: str, k: int, ef: int | None, with_payload: bool, with_vectors: bool, filter: FilterLike | None
     ) -> SearchShape:
         """What every query batch of a search or search stream shares, checked once."""
-        return SearchShape(collection, check_k(k), ef or 0, to_json(filter), with_payload, with_vectors)
+        return SearchShape(collection, check_k(k), check_ef(ef or 0), to_json(filter), with_payload, with_vectors)
 
     def _search(self, shape: SearchShape, queries: VectorsLike) -> Call[SearchResult]:
         request = Search(shape, as_matrix(queries, "queries")).to_proto()

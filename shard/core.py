@@ -29,7 +29,7 @@ from shoal._errors import FailedPrecondition, InvalidArgument, NotFound, Unavail
 from shoal._filter import check_path
 from shoal._results import Found, Page, TopK
 from shoal._search import Search, SearchShape
-from shoal._wire import as_id_array, check_ids, check_payloads, check_upsert
+from shoal._wire import as_id_array, check_ids, check_nonzero, check_payloads, check_upsert
 from shoal.shard import reads
 from shoal.shard import search as searching
 from shoal.shard.collection import Collection, CollectionStats, parse_filter, stats
@@ -176,6 +176,8 @@ class Shard:
         payloads = list(payloads)
         ids = as_id_array(ids)
         check_upsert(ids, vectors, payloads, coll.config.id_type, coll.config.dim)
+        if coll.config.metric == "cosine":
+            check_nonzero(vectors)
         return self._submit(Upsert(name, coll.store.born, ids, vectors, payloads))
 
     def upsert(self, name: str, ids: np.ndarray, vectors: np.ndarray, payloads: Sequence[bytes] = ()) -> int:

@@ -17,7 +17,7 @@ from shoal._errors import InvalidArgument, ResourceExhausted, Unavailable
 from shoal._filter import Node
 from shoal._results import TopK
 from shoal._search import Search
-from shoal._wire import check_queries
+from shoal._wire import check_nonzero, check_queries
 from shoal.shard import planner
 from shoal.shard import records as rec
 from shoal.shard.collection import Collection, matching, parse_filter
@@ -53,6 +53,8 @@ def submit(coll: Collection, worker: IndexWorker, lookups: Executor, search: Sea
     check_ef(shape.ef)
     node = parse_filter(shape.filter) if shape.filter else None
     queries = check_queries(as_matrix(search.queries, "queries"), coll.config.dim)
+    if coll.config.metric == "cosine":
+        check_nonzero(queries, "queries")
     group = (coll.store.born, shape.k, shape.ef, shape.filter)
     found = worker.search(group, runner(coll, shape.k, shape.ef, shape.filter, node), queries)
     result: Future[tuple[TopK, str]] = Future()
