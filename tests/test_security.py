@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import shoal
@@ -26,6 +26,8 @@ from shoal._secrets import ensure_secrets
 from shoal._server import ServerSecurity, ServerTLS, check_safe
 from shoal._tls import TLS, api_key_metadata, cluster_metadata
 from shoal.shard.backup import backup_folder
+from shoal.v1 import shard_pb2, shard_pb2_grpc
+from shoal.v1 import types_pb2 as pb
 
 OK, UNAUTH, DENIED = "ok", grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED
 
@@ -98,8 +100,6 @@ def _methods(channel: grpc.Channel, service: str) -> dict[str, Any]:
     full = f"shoal.v1.{service}"
     (reply,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol=full)]))
     pool = descriptor_pool.DescriptorPool()
-    from google.protobuf import descriptor_pb2
-
     pending = list(reply.file_descriptor_response.file_descriptor_proto)
     while pending:  # dependencies come in the same answer; add them before the files that need them
         for raw in list(pending):
@@ -248,10 +248,6 @@ def test_plaintext_and_wrong_ca_clients_fail_cleanly(secure: LocalCluster, tmp_p
 def test_the_users_certificate_gets_no_shard_access(secure: LocalCluster) -> None:
     assert secure.secrets is not None
     with shoal.Client(secure.shard_procs[0].address, api_key=secure.api_key, tls=secure.tls) as c:
-        from shoal.v1 import types_pb2 as pb
-
-        from shoal.v1 import shard_pb2_grpc
-
         with pytest.raises(grpc.RpcError) as info:
             shard_pb2_grpc.ShardStub(c._channel).ListCollections(
                 pb.ListCollectionsRequest(), timeout=10, metadata=c._metadata
@@ -274,8 +270,6 @@ def test_backup_paths_must_stay_inside_the_backup_root(tmp_path: Path) -> None:
 
 def test_backup_escapes_are_invalid_argument_over_the_wire(secure: LocalCluster) -> None:
     assert secure.secrets is not None
-    from shoal.v1 import shard_pb2, shard_pb2_grpc
-
     secret = cluster_metadata(secure.secrets.cluster_secret.read_bytes().strip())
     with _rpc.channel(secure.shard_procs[0].address, TLS(ca=secure.secrets.ca)) as channel:
         stub = shard_pb2_grpc.ShardStub(channel)
