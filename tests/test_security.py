@@ -298,3 +298,14 @@ def test_unsafe_servers_need_insecure_and_warn(caplog: pytest.LogCaptureFixture,
         timeout=60,
     )
     assert out.returncode != 0 and "--insecure" in out.stderr
+
+
+@pytest.mark.slow
+def test_the_cluster_suite_passes_on_a_secure_cluster() -> None:
+    # The same tests, their session cluster started with --secure (TLS, API keys, the cluster secret).
+    tests = Path(__file__).resolve().parent
+    files = [str(tests / f) for f in ("test_cluster.py", "test_aio.py")]
+    cmd = [sys.executable, "-m", "pytest", "-q", "--secure", "-m", "not slow", "-p", "no:cacheprovider", *files]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tests.parent)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert " passed" in out.stdout and "failed" not in out.stdout
