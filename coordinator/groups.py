@@ -22,6 +22,7 @@ from shoal._errors import FailedPrecondition, ShoalError, Unavailable
 from shoal._meta import MetaStore
 from shoal._meta_values import GroupState, Section
 from shoal._meta_values import Topology as MetaTopology
+from shoal._tls import TLS
 from shoal.coordinator.shards import ShardClient
 from shoal.coordinator.topology import SlotRange, Topology
 from shoal.v1 import types_pb2 as pb
@@ -51,8 +52,9 @@ def routing_topology(topology: MetaTopology, groups: dict[str, GroupState]) -> T
 class GroupView:
     """The topology and groups as etcd has them, kept current by watches."""
 
-    def __init__(self, meta: MetaStore) -> None:
+    def __init__(self, meta: MetaStore, tls: TLS | None = None, cluster_secret: bytes | None = None) -> None:
         self.meta = meta
+        self._tls, self._secret = tls, cluster_secret  # how members are reached (as ShardPool does)
         self.topology = MetaTopology()
         self.groups: dict[str, GroupState] = {}
         self.connections: dict[str, GroupConnection] = {}
@@ -120,7 +122,7 @@ class GroupView:
         """The one connection to a member's address."""
         client = self.clients.get(address)
         if client is None:
-            client = self.clients[address] = ShardClient(address)
+            client = self.clients[address] = ShardClient(address, self._tls, self._secret)
         return client
 
     async def close(self) -> None:

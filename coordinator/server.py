@@ -11,7 +11,16 @@ from grpc_health.v1 import health
 
 from shoal._errors import ShoalError
 from shoal._meta import MetaStore
-from shoal._server import add_standard_services, aio_server, bind, set_serving, wait_for_signal
+from shoal._server import (
+    ServerSecurity,
+    add_standard_services,
+    aio_server,
+    bind,
+    check_safe,
+    set_serving,
+    wait_for_signal,
+)
+from shoal._tls import TLS
 from shoal.coordinator.core import Coordinator
 from shoal.coordinator.groups import GroupView, MetaCatalogue
 from shoal.coordinator.servicer import ShoalServicer
@@ -37,10 +46,21 @@ def load_topology(shards: list[str] | None, topology_file: Path | None) -> Topol
 class CoordinatorServer:
     """A coordinator's gRPC server, its health and its shard connections: start, mark serving, stop."""
 
-    def __init__(self, topology: Topology | None, listen: str, view: GroupView | None = None) -> None:
+    def __init__(
+        self,
+        topology: Topology | None,
+        listen: str,
+        security: ServerSecurity | None = None,
+        shard_tls: TLS | None = None,
+        cluster_secret: bytes | None = None,
+        view: GroupView | None = None,
+    ) -> None:
         self.topology = topology
         self.view = view  # shard groups in etcd (topology None), or a fixed topology
         self.listen = listen
+        self.security = security or ServerSecurity()
+        self.shard_tls = shard_tls  # how this coordinator reaches its shards: TLS (a member's certificate)...
+        self.cluster_secret = cluster_secret  # ...or the cluster secret
         self.address = ""
         self._server: grpc.aio.Server | None = None
         self._pool: ShardPool | None = None
@@ -48,17 +68,17 @@ class CoordinatorServer:
 
     async def start(self) -> str:
         """Bind and start (health still NOT_SERVING); return the bound address."""
-        server = aio_server()
-        self.address = bind(server, self.listen)
+        server = aio_server(self.security.guard)
+        self.address = bind(server, self.listen, self.security.tls)
+        self._server = server
         if self.view is not None:
-            self._server = server
             view = self.view
             topology, connections = view.routing()
             core = Coordinator(topology, connections, catalogue=MetaCatalogue(view.meta))
             view.on_change = lambda: core.retarget(*view.routing())
         else:
             assert self.topology is not None
-            self._server, self._pool = server, ShardPool(self.topology.addresses)
+            self._pool = ShardPool(self.topology.addresses, self.shard_tls, self.cluster_secret)
             core = Coordinator(self.topology, self._pool.clients)
         shoal_pb2_grpc.add_ShoalServicer_to_server(ShoalServicer(core), server)
         self._health = add_standard_services(server, [SERVICE_NAME])
@@ -84,7 +104,9 @@ class CoordinatorServer:
             await self.view.meta.close()
 
 
-async def connect_view(endpoint: str, cluster: str) -> GroupView:
+async def connect_view(
+    endpoint: str, cluster: str, shard_tls: TLS | None = None, cluster_secret: bytes | None = None
+) -> GroupView:
     """The cluster's live view from etcd at `endpoint` (waiting for etcd to answer)."""
     while True:
         try:
@@ -93,14 +115,21 @@ async def connect_view(endpoint: str, cluster: str) -> GroupView:
         except ShoalError as exc:
             log.warning("etcd at %s: %s", endpoint, exc)
             await asyncio.sleep(0.5)
-    view = GroupView(meta)
+    view = GroupView(meta, shard_tls, cluster_secret)
     await view.start()
     return view
 
 
-async def serve(topology: Topology | None, listen: str, meta: str = "", cluster: str = "default") -> None:
+async def serve_groups(
+    listen: str, meta: str, cluster: str, security: ServerSecurity, shard_tls: TLS | None, secret: bytes | None
+) -> None:
+    """Serve over the shard groups in etcd until SIGTERM or SIGINT."""
+    view = await connect_view(meta, cluster, shard_tls, secret)
+    await serve(None, listen, CoordinatorServer(None, listen, security, shard_tls, secret, view))
+
+
+async def serve(topology: Topology | None, listen: str, server: CoordinatorServer) -> None:
     """Serve until SIGTERM or SIGINT, announcing the bound address on stdout."""
-    server = CoordinatorServer(topology, listen, await connect_view(meta, cluster) if meta else None)
     signalled = asyncio.create_task(wait_for_signal())
     await asyncio.sleep(0)  # the signal handlers are in place before anyone can learn the address
     try:
@@ -116,14 +145,25 @@ async def serve(topology: Topology | None, listen: str, meta: str = "", cluster:
 
 
 def run(
-    shards: list[str] | None, topology_file: Path | None, listen: str, meta: str = "", cluster: str = "default"
+    shards: list[str] | None,
+    topology_file: Path | None,
+    listen: str,
+    security: ServerSecurity | None = None,
+    shard_tls: TLS | None = None,
+    cluster_secret: bytes | None = None,
+    meta: str = "",
+    cluster: str = "default",
 ) -> None:
     """Run a coordinator over `shards` (an even split), a topology file, or etcd's groups until a signal."""
     if meta:
-        asyncio.run(serve(None, listen, meta, cluster))
+        security = security or ServerSecurity()
+        check_safe(listen, security)
+        asyncio.run(serve_groups(listen, meta, cluster, security, shard_tls, cluster_secret))
         return
     try:
         topology = load_topology(shards, topology_file)
     except TopologyError as exc:
         raise SystemExit(f"invalid topology: {exc}") from None
-    asyncio.run(serve(topology, listen))
+    security = security or ServerSecurity()
+    check_safe(listen, security)
+    asyncio.run(serve(topology, listen, CoordinatorServer(topology, listen, security, shard_tls, cluster_secret)))

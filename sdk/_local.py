@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -29,6 +30,10 @@ from shoal._etcd import EmbeddedEtcd
 from shoal._group_status import ENDPOINT_FILE
 from shoal._meta import MetaStore
 from shoal._meta_init import init_topology
+from shoal._tls import TLS
+
+if TYPE_CHECKING:
+    from shoal._secrets import LocalSecrets
 
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 15.0
@@ -51,10 +56,10 @@ def split_cores(shards: int, cores: list[int] | None = None) -> list[list[int]]:
     return [[cores[i % len(cores)]] for i in range(shards)]
 
 
-def wait_serving(address: str, timeout: float) -> None:
+def wait_serving(address: str, timeout: float, tls: TLS | None = None) -> None:
     """Block until the process at `address` reports SERVING over grpc.health.v1 (Watch, no polling)."""
     deadline = time.monotonic() + timeout
-    with _rpc.channel(address) as channel:
+    with _rpc.channel(address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             remaining = deadline - time.monotonic()
@@ -140,6 +145,9 @@ class LocalCluster:
     host: str = DEFAULT_HOST
     timeout: float = START_TIMEOUT
     shard_env: dict[str, str] = field(default_factory=dict)  # e.g. SHOAL_SNAPSHOT_* settings for every shard
+    # TLS everywhere, API keys on the coordinator, the cluster secret on the shards (secrets in DATA/secrets).
+    secure: bool = False
+    backup_root: Path | None = None  # where shards may write backups (default DATA/backups)
     shard_procs: list[Process] = field(default_factory=list)
     coordinator: Process | None = None
     replicas: int = 1  # copies of each shard group's data (1: a primary only)
@@ -159,6 +167,42 @@ class LocalCluster:
     def members(self, group: int) -> list[Process]:
         """The processes of one shard group."""
         return self.shard_procs[group * self.replicas : (group + 1) * self.replicas]
+
+    secrets: LocalSecrets | None = None
+
+    @property
+    def tls(self) -> TLS | None:
+        """How a user reaches the coordinator: the CA and the user's client certificate (None: plaintext)."""
+        if self.secrets is None:
+            return None
+        return TLS(ca=self.secrets.ca, cert=self.secrets.client_cert, key=self.secrets.client_key)
+
+    @property
+    def api_key(self) -> str | None:
+        """The admin key of a secure cluster."""
+        return self.secrets.admin_key.read_text().strip() if self.secrets else None
+
+    def _shard_security(self) -> list[str]:
+        if self.secrets is None:
+            return []
+        s = self.secrets
+        return [
+            "--tls-cert",
+            str(s.server_cert),
+            "--tls-key",
+            str(s.server_key),
+            "--cluster-secret-file",
+            str(s.cluster_secret),
+        ]
+
+    def _coordinator_security(self) -> list[str]:
+        if self.secrets is None:
+            return []
+        s = self.secrets
+        return [
+            *("--tls-cert", str(s.server_cert), "--tls-key", str(s.server_key), "--tls-client-ca", str(s.ca)),
+            *("--auth", str(s.keys), "--shard-tls-ca", str(s.ca), "--cluster-secret-file", str(s.cluster_secret)),
+        ]
 
     @property
     def address(self) -> str:
@@ -186,6 +230,11 @@ class LocalCluster:
         (self.data / "logs").mkdir(exist_ok=True)
         if not self.meta and self.replicas != 1:
             raise FailedPrecondition("replicas need the cluster metadata (meta=True)")
+        if self.secure:
+            from shoal._secrets import ensure_secrets  # cryptography, only when asked for
+
+            self.secrets = ensure_secrets(self.data / "secrets", [self.host])
+        backup_root = self.backup_root or self.data / "backups"
         try:
             group_args: list[str] = []
             if self.meta:
@@ -210,6 +259,9 @@ class LocalCluster:
                         ",".join(map(str, cores)),
                         *group_args,
                         *(["--group", f"g{group}"] if self.meta else []),
+                        "--backup-root",
+                        str(backup_root),
+                        *self._shard_security(),
                     ],
                     self.data / "logs" / f"{member}.log",
                     env={**SHARD_ENV, **self.shard_env},
@@ -219,7 +271,7 @@ class LocalCluster:
                 proc.args[proc.args.index("--listen") + 1] = proc.address
                 self.shard_procs.append(proc)
             for proc in self.shard_procs:
-                wait_serving(proc.address, self.timeout)
+                wait_serving(proc.address, self.timeout, self.tls)
             if self.etcd is not None:
                 self.wait_groups(self.replicas)
                 where = ["--meta", self.etcd.endpoint, "--cluster", self.cluster]
@@ -227,12 +279,18 @@ class LocalCluster:
                 where = ["--shards", ",".join(p.address for p in self.shard_procs)]
             self.coordinator = Process(
                 "coordinator",
-                ["coordinator", *where, "--listen", f"{self.host}:{self.port}"],
+                [
+                    "coordinator",
+                    *where,
+                    "--listen",
+                    f"{self.host}:{self.port}",
+                    *self._coordinator_security(),
+                ],
                 self.data / "logs" / "coordinator.log",
             )
             self.coordinator.start(self.timeout)
             self.coordinator.args[self.coordinator.args.index("--listen") + 1] = self.coordinator.address
-            wait_serving(self.coordinator.address, self.timeout)
+            wait_serving(self.coordinator.address, self.timeout, self.tls)
         except BaseException:
             self.stop()
             raise
@@ -265,7 +323,7 @@ class LocalCluster:
         if self.etcd is not None and not self.etcd.running:
             self.etcd.start(self.timeout)  # on its old ports
         proc.start(self.timeout)
-        wait_serving(proc.address, self.timeout)
+        wait_serving(proc.address, self.timeout, self.tls)
 
     def stop(self) -> None:
         """Stop the coordinator, then the shards, each with SIGTERM, then etcd."""

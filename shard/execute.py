@@ -31,6 +31,8 @@ from shoal.shard.writes import (
     INDEX,
     POINTS,
     CreatePlan,
+    Delete,
+    DeleteByFilter,
     DropPlan,
     Plan,
     Request,
@@ -160,7 +162,9 @@ class Writer:
         entry = None
         if batch is not None:
             entry = self._entry(planned, raw)
-            self.storage.write(batch, entry)
+            # A replica frees space whenever its primary did: a plan that only deletes.
+            frees = isinstance(job, (Delete, DeleteByFilter)) or (raw is not None and not planned.puts)
+            self.storage.write(batch, entry, frees=frees)
         return Committed(planned, coll, self._published, entry), batch is not None
 
     def _entry(self, planned: Plan, raw: bytes | None) -> bytes | None:

@@ -325,7 +325,7 @@ class Storage:
         born = pack_key(store.born)
         batch.delete(_TRIM + born)
         batch.delete_range(born, pack_key(store.born + 1), self._log_cf)
-        self.write(batch, entry)
+        self.write(batch, entry, frees=True)
         self.flush_wal()
         self._dropped.append(self.collections.pop(name))
         for cf in collection_families(store.config):
@@ -383,9 +383,14 @@ class Storage:
         batch.put(_TRIM + born, pack_key(upto))
         self._db.write(batch, self._write_options)
 
-    def write(self, batch: WriteBatch, entry: bytes | None = None) -> None:
-        """Write a batch (WAL on, no sync), bumping the sequence number inside it; `entry` goes to the op log."""
-        self.check_space()
+    def write(self, batch: WriteBatch, entry: bytes | None = None, frees: bool = False) -> None:
+        """Write a batch (WAL on, no sync), bumping the sequence number inside it; `entry` goes to the op log.
+
+        A batch that frees space (deletes, drops) is written on a full disk too, out of the reserve: it is
+        the only way to free space through the API.
+        """
+        if not frees:
+            self.check_space()
         batch.put(_SEQ, pack_key(self.seq + 1))
         if entry is not None:
             batch.put(pack_key(self.seq + 1), entry, self._oplog_cf)
