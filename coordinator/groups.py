@@ -168,7 +168,7 @@ class GroupConnection:
     async def _retry(
         self,
         pick: Callable[[set[str]], str | None],
-        call: Callable[[Any, float], Awaitable[T]],
+        call: Callable[[Any, float | None], Awaitable[T]],
         timeout: float | None,
         write: bool,
     ) -> T:
@@ -177,6 +177,7 @@ class GroupConnection:
         # deadline passes, so a group that stays down is reported as UNAVAILABLE naming its member.
         budget = min(RETRY_BUDGET, 0.9 * timeout) if timeout is not None else RETRY_BUDGET
         deadline = loop.time() + budget
+        end = None if timeout is None else loop.time() + timeout  # the caller's: each attempt may use it all
         failed: set[str] = set()
         where = ", ".join(self.last_seen) or "none"
         last: ShoalError = Unavailable(f"shard group {self.group} has no reachable member (last listed: {where})")
@@ -191,7 +192,7 @@ class GroupConnection:
                 continue
             self.outstanding[address] = self.outstanding.get(address, 0) + 1
             try:
-                return await call(self.view.client(address), left)
+                return await call(self.view.client(address), None if end is None else end - loop.time())
             except Unavailable as exc:
                 last = exc
                 failed.add(address)
@@ -205,10 +206,10 @@ class GroupConnection:
             if write:
                 await self.view.changed(min(deadline - loop.time(), WAIT_STEP))
 
-    async def _write(self, call: Callable[[Any, float], Awaitable[T]], timeout: float | None) -> T:
+    async def _write(self, call: Callable[[Any, float | None], Awaitable[T]], timeout: float | None) -> T:
         return await self._retry(lambda failed: self._primary(), call, timeout, True)
 
-    async def _read(self, call: Callable[[Any, float], Awaitable[T]], timeout: float | None) -> T:
+    async def _read(self, call: Callable[[Any, float | None], Awaitable[T]], timeout: float | None) -> T:
         def pick(failed: set[str]) -> str | None:
             readers = self._readers(failed)
             return readers[0] if readers else None
