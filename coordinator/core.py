@@ -90,6 +90,7 @@ class Catalogue(Protocol):
     async def create(self, config: CollectionConfig) -> bool: ...
     async def drop(self, name: str) -> bool: ...
     async def names(self) -> list[str]: ...
+    async def applied(self, name: str, exists: bool, timeout: float | None) -> bool: ...
 
 
 CATALOGUE_POLL = 0.05  # seconds between checks that every shard group applied a catalogue change
@@ -176,19 +177,11 @@ class Coordinator:
         return await self.describe_collection(config.name, timeout)
 
     async def _until_applied(self, name: str, exists: bool, timeout: float | None) -> None:
-        """Wait until every shard group's primary applied a catalogue change (the catalogue is already right)."""
+        """Wait until every shard group applied a catalogue change (the catalogue is already right)."""
+        assert self.catalogue is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout if timeout is not None else 30.0)
-        request = pb.DescribeCollectionRequest(name=name)
-
-        async def has(shard: ShardConnection) -> bool:
-            try:
-                await shard.describe_collection(request, max(deadline - loop.time(), 0.01))
-            except NotFound:
-                return False
-            return True
-
-        while [await has(s) for s in self.shards].count(exists) != len(self.shards):
+        while not await self.catalogue.applied(name, exists, max(deadline - loop.time(), 0.01)):
             if loop.time() >= deadline:
                 raise DeadlineExceeded(f"the shard groups did not apply collection '{name}' in time; it will be")
             await asyncio.sleep(CATALOGUE_POLL)

@@ -157,6 +157,10 @@ class GroupConnection:
             return None
         return state.members.get(state.primary)
 
+    def readers(self) -> list[str]:
+        """The addresses of the live in-sync members (those that may answer reads)."""
+        return self._readers(set())
+
     def _readers(self, avoid: set[str]) -> list[str]:
         state = self.view.groups.get(self.group)
         if state is None:
@@ -264,8 +268,27 @@ class GroupConnection:
 class MetaCatalogue:
     """The collection catalogue in etcd, as the coordinator core uses it."""
 
-    def __init__(self, meta: MetaStore) -> None:
-        self.meta = meta
+    def __init__(self, view: GroupView) -> None:
+        self.meta = view.meta
+        self.view = view
+
+    async def applied(self, name: str, exists: bool, timeout: float | None) -> bool:
+        """Whether every live in-sync member of every group has (or, for a drop, no longer has) the collection.
+
+        Every member is asked, not only primaries: a primary shows a new collection before its replicas have
+        acknowledged it, and a search may go to any in-sync member.
+        """
+
+        async def has(address: str) -> bool:
+            names = (await self.view.client(address).list_collections(timeout)).names
+            return name in names
+
+        addresses = [a for c in self.view.connections.values() for a in c.readers()]
+        try:
+            found = await asyncio.gather(*(has(a) for a in addresses))
+        except Unavailable:
+            return False
+        return bool(addresses) and all(f == exists for f in found)
 
     async def create(self, config: Any) -> bool:
         """Add a collection; False if it exists with this config."""

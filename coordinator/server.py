@@ -74,7 +74,7 @@ class CoordinatorServer:
         if self.view is not None:
             view = self.view
             topology, connections = view.routing()
-            core = Coordinator(topology, connections, catalogue=MetaCatalogue(view.meta))
+            core = Coordinator(topology, connections, catalogue=MetaCatalogue(view))
             view.on_change = lambda: core.retarget(*view.routing())
         else:
             assert self.topology is not None
