@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from shoal._coalesce import row_slices, stack
 from shoal._errors import DeadlineExceeded
+from shoal._metrics import SEARCH_BATCH_QUERIES
 from shoal._results import TopK
 from shoal._search import Search, SearchShape
 
@@ -76,6 +77,9 @@ def rows_of(result: TopK, part: slice) -> TopK:
     )
 
 
+_BATCH_QUERIES = SEARCH_BATCH_QUERIES.labels("coordinator")
+
+
 class SearchBatcher:
     """Coalesces searches per lane key; `submit` answers each with its own rows of the shared result."""
 
@@ -109,6 +113,7 @@ class SearchBatcher:
         return future
 
     async def _run_alone(self, search: Search, timeout: float | None) -> Answer:
+        _BATCH_QUERIES.observe(len(search.queries))
         return await self._run(search, timeout)
 
     def _pump(self, key: LaneKey, lane: _Lane) -> None:
@@ -146,6 +151,7 @@ class SearchBatcher:
             return
         lane.inflight += 1
         self.batches += 1
+        _BATCH_QUERIES.observe(rows)
         task = asyncio.get_running_loop().create_task(self._fan_out(key, lane, taken))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

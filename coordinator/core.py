@@ -38,6 +38,8 @@ _REQUEST_FAULTS = (
     StatusCode.PERMISSION_DENIED,
     StatusCode.UNAUTHENTICATED,
 )
+# A shard whose status call fails so is down, or cut off; any other answer comes from a shard that is up.
+_UNREACHABLE_CODES = (StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED)
 _ERROR_RANK = {**dict.fromkeys(_REQUEST_FAULTS, 0), StatusCode.UNAVAILABLE: 1, StatusCode.DEADLINE_EXCEEDED: 2}
 
 
@@ -81,6 +83,7 @@ class ShardConnection(Protocol):
     async def search(self, request: pb.SearchRequest, timeout: float | None) -> pb.SearchResponse: ...
     async def scroll(self, request: pb.ScrollRequest, timeout: float | None) -> pb.ScrollResponse: ...
     async def set_payload(self, request: pb.SetPayloadRequest, timeout: float | None) -> pb.SetPayloadResponse: ...
+    async def status(self, timeout: float | None) -> pb.ProcessStatus: ...
 
 
 class Coordinator:
@@ -143,6 +146,21 @@ class Coordinator:
         check_name(name)
         request = pb.DescribeCollectionRequest(name=name)
         return self._combine_info(await self._all(lambda s: s.describe_collection(request, timeout)))
+
+    async def status(self, timeout: float | None) -> list[pb.ProcessStatus]:
+        """Every shard's status row; a shard that does not answer gets an `unreachable` row, never an error."""
+
+        async def row(shard: ShardConnection) -> pb.ProcessStatus:
+            try:
+                answer = await shard.status(timeout)
+            except ShoalError as exc:
+                state = "UNREACHABLE" if exc.code in _UNREACHABLE_CODES else "NOT_SERVING"
+                answer = pb.ProcessStatus(role="shard", address=shard.address, state=state, error=exc.message)
+            first = next(r for r in self.topology.ranges if r.address == shard.address)
+            answer.address, answer.slot_start, answer.slot_end = shard.address, first.start, first.end
+            return answer
+
+        return list(await asyncio.gather(*(row(s) for s in self.shards)))
 
     def _combine_info(self, infos: Sequence[pb.CollectionInfo]) -> pb.CollectionInfo:
         stats = [

@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health
 
+from shoal._metrics import serve as serve_metrics
 from shoal._server import add_standard_services, aio_server, bind, set_serving, wait_for_signal
 from shoal.coordinator.core import Coordinator
 from shoal.coordinator.servicer import ShoalServicer
@@ -34,21 +35,25 @@ def load_topology(shards: list[str] | None, topology_file: Path | None) -> Topol
 class CoordinatorServer:
     """A coordinator's gRPC server, its health and its shard connections: start, mark serving, stop."""
 
-    def __init__(self, topology: Topology, listen: str) -> None:
+    def __init__(self, topology: Topology, listen: str, metrics: str | None = None) -> None:
         self.topology = topology
         self.listen = listen
+        self.metrics = metrics  # HOST:PORT to serve /metrics on (None: no metrics)
         self.address = ""
+        self.metrics_address = ""
         self._server: grpc.aio.Server | None = None
         self._pool: ShardPool | None = None
         self._health: health.aio.HealthServicer | None = None
 
     async def start(self) -> str:
         """Bind and start (health still NOT_SERVING); return the bound address."""
-        server = aio_server()
+        server = aio_server(metrics=self.metrics is not None)
         self.address = bind(server, self.listen)
+        if self.metrics is not None:
+            self.metrics_address = serve_metrics(self.metrics)
         self._server, self._pool = server, ShardPool(self.topology.addresses)
         core = Coordinator(self.topology, self._pool.clients)
-        shoal_pb2_grpc.add_ShoalServicer_to_server(ShoalServicer(core), server)
+        shoal_pb2_grpc.add_ShoalServicer_to_server(ShoalServicer(core, self.address, self.metrics_address), server)
         self._health = add_standard_services(server, [SERVICE_NAME])
         await server.start()
         return self.address
@@ -69,13 +74,15 @@ class CoordinatorServer:
             await self._pool.close()
 
 
-async def serve(topology: Topology, listen: str) -> None:
-    """Serve until SIGTERM or SIGINT, announcing the bound address on stdout."""
-    server = CoordinatorServer(topology, listen)
+async def serve(topology: Topology, listen: str, metrics: str | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, announcing the bound address (and the metrics one) on stdout."""
+    server = CoordinatorServer(topology, listen, metrics)
     signalled = asyncio.create_task(wait_for_signal())
     await asyncio.sleep(0)  # the signal handlers are in place before anyone can learn the address
     try:
         address = await server.start()
+        if server.metrics_address:  # before the listening line, which tells LocalCluster the start is over
+            print(f"shoal coordinator metrics on {server.metrics_address}", flush=True)
         print(f"shoal coordinator listening on {address}", flush=True)
         log.info("topology version %d: %s", topology.version, ", ".join(topology.addresses))
         await server.serving()
@@ -85,10 +92,10 @@ async def serve(topology: Topology, listen: str) -> None:
         await server.stop()
 
 
-def run(shards: list[str] | None, topology_file: Path | None, listen: str) -> None:
+def run(shards: list[str] | None, topology_file: Path | None, listen: str, metrics: str | None = None) -> None:
     """Run a coordinator over `shards` (an even split) or a topology file until SIGTERM or SIGINT."""
     try:
         topology = load_topology(shards, topology_file)
     except TopologyError as exc:
         raise SystemExit(f"invalid topology: {exc}") from None
-    asyncio.run(serve(topology, listen))
+    asyncio.run(serve(topology, listen, metrics))

@@ -25,6 +25,8 @@ log = logging.getLogger("shoal.coordinator")
 
 # Searches of one SearchStream in flight at once; beyond it the stream stops reading (backpressure).
 STREAM_WINDOW = 64
+# Seconds a shard has to answer a status call before its row says unreachable.
+STATUS_TIMEOUT = 3.0
 # Messages of one UpsertStream being applied at once.
 UPSERT_WINDOW = 2
 
@@ -38,8 +40,10 @@ def _timeout(context: grpc.aio.ServicerContext) -> float | None:
 class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
     """The Shoal service of a coordinator, over a Coordinator core."""
 
-    def __init__(self, core: Coordinator) -> None:
+    def __init__(self, core: Coordinator, address: str = "", metrics_address: str = "") -> None:
         self._core = core
+        self.address = address  # this coordinator's own row in GetStatus
+        self.metrics_address = metrics_address
 
     async def CreateCollection(
         self, request: pb.CreateCollectionRequest, context: grpc.aio.ServicerContext
@@ -66,6 +70,16 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
 
     async def GetTopology(self, request: pb.GetTopologyRequest, context: grpc.aio.ServicerContext) -> pb.TopologyInfo:
         return topology_to_proto(self._core.topology)
+
+    async def GetStatus(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.ClusterStatus:
+        # Each shard gets at most STATUS_TIMEOUT, so one frozen shard cannot hold the whole answer back.
+        remaining = _timeout(context)
+        timeout = STATUS_TIMEOUT if remaining is None else min(STATUS_TIMEOUT, remaining)
+        me = pb.ProcessStatus(
+            role="coordinator", address=self.address, state="SERVING", metrics_address=self.metrics_address
+        )
+        shards = await self._core.status(timeout)
+        return pb.ClusterStatus(topology_version=self._core.topology.version, processes=[me, *shards])
 
     async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
         return pb.UpsertResponse(upserted=await self._upsert(request, context))

@@ -230,6 +230,10 @@ class ShardClient:
         """This shard's view of a collection."""
         return await self._unary("DescribeCollection", request, timeout)
 
+    async def status(self, timeout: float | None) -> pb.ProcessStatus:
+        """This shard's status row (collections, sequence, metrics address)."""
+        return await self._unary("GetStatus", pb.StatusRequest(), timeout)
+
     async def upsert(self, request: pb.UpsertRequest, timeout: float | None) -> pb.UpsertResponse:
         """Upsert points that all live in this shard's slots."""
         return await self._unary("Upsert", request, timeout)

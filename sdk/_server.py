@@ -1,4 +1,5 @@
-"""What only servers need: the server factory, the one error translator, health, reflection and signals.
+"""What only servers need: the server factory, the one error translator, the metrics and tracing interceptors,
+health, reflection and signals.
 
 `import shoal` never loads this module (a test checks it): clients need none of it.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
@@ -17,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from shoal._config import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS, MAX_MESSAGE_BYTES
 from shoal._errors import ShoalError
+from shoal._metrics import RPC_DURATION, RPC_REQUESTS
 
 log = logging.getLogger("shoal.server")
 
@@ -51,13 +54,31 @@ async def _translate(exc: BaseException, context: grpc.aio.ServicerContext, meth
     await context.abort(*error_status(exc, method))
 
 
+def _standard(method: str) -> bool:
+    return method.startswith(("/grpc.health", "/grpc.reflection"))
+
+
+def _rewrap(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[[Any], Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]],
+    streaming: Callable[[Any], Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]],
+) -> grpc.RpcMethodHandler:
+    """The same handler with its behaviour wrapped by `unary` (single answer) or `streaming` (answer stream)."""
+    if handler.unary_unary or handler.stream_unary:
+        fn: Any = unary(handler.unary_unary or handler.stream_unary)
+        kind = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+    else:
+        fn = streaming(handler.unary_stream or handler.stream_stream)
+        kind = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+    return kind(fn, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+
+
 def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     """The same handler with errors translated, for all four kinds of RPC."""
     passthrough = (asyncio.CancelledError, grpc.aio.AbortError)
-    if handler.unary_unary or handler.stream_unary:
-        inner = handler.unary_unary or handler.stream_unary
 
-        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def unary(inner: Any) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 return await inner(request, context)
             except passthrough:
@@ -65,11 +86,10 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
             except Exception as exc:
                 await _translate(exc, context, method)
 
-        kind = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
-    else:
-        inner = handler.unary_stream or handler.stream_stream
+        return call
 
-        async def unary(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:  # type: ignore[misc]
+    def streaming(inner: Any) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
                 async for item in inner(request, context):
                     yield item
@@ -78,10 +98,9 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
             except Exception as exc:
                 await _translate(exc, context, method)
 
-        kind = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
-    return kind(
-        unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-    )
+        return call
+
+    return _rewrap(handler, unary, streaming)
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -94,14 +113,92 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(("/grpc.health", "/grpc.reflection")):
+        if handler is None or _standard(method):
             return handler
         return _wrap(handler, method)
 
 
-def aio_server() -> grpc.aio.Server:
-    """An asyncio server with Shoal's options and the error translator."""
-    return grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
+class _Observed:
+    """One RPC method's metric children, looked up once (a labels() call per RPC would cost a lock and a dict)."""
+
+    def __init__(self, method: str) -> None:
+        self.service, _, self.name = method[1:].rpartition("/")
+        self.duration = RPC_DURATION.labels(self.service, self.name)
+        self._counts: dict[str, Any] = {}
+
+    def done(self, started: float, code: str) -> None:
+        self.duration.observe(time.perf_counter() - started)
+        counter = self._counts.get(code)
+        if counter is None:
+            counter = self._counts[code] = RPC_REQUESTS.labels(self.service, self.name, code)
+        counter.inc()
+
+
+def _code(context: grpc.aio.ServicerContext, failed: BaseException | None) -> str:
+    """The status code the caller gets: the one set on the context (by an abort), else from the outcome."""
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return str(code.name)
+    if isinstance(failed, asyncio.CancelledError):
+        return "CANCELLED"
+    return "OK" if failed is None else "UNKNOWN"
+
+
+def _observe(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """The same handler, counted and timed into shoal_rpc_requests_total and shoal_rpc_duration_seconds."""
+    observed = _Observed(method)
+
+    def unary(inner: Any) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started, failed = time.perf_counter(), None
+            try:
+                return await inner(request, context)
+            except BaseException as exc:
+                failed = exc
+                raise
+            finally:
+                observed.done(started, _code(context, failed))
+
+        return call
+
+    def streaming(inner: Any) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started, failed = time.perf_counter(), None
+            try:
+                async for item in inner(request, context):
+                    yield item
+            except BaseException as exc:
+                failed = exc
+                raise
+            finally:
+                observed.done(started, _code(context, failed))
+
+        return call
+
+    return _rewrap(handler, unary, streaming)
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and times every RPC of the Shoal services by its final status code (the translated one)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or _standard(method):
+            return handler
+        return _observe(handler, method)
+
+
+def aio_server(metrics: bool = False) -> grpc.aio.Server:
+    """An asyncio server with Shoal's options and the error translator (and RPC metrics when asked)."""
+    # The first interceptor is the outermost: metrics see the status the error translator chose.
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor()] if metrics else []
+    interceptors.append(ErrorInterceptor())
+    return grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
 
 
 def add_standard_services(server: grpc.aio.Server, service_names: Iterable[str]) -> health.aio.HealthServicer:

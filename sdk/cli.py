@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 from pathlib import Path
 
 from shoal._config import DEFAULT_ADDRESS, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SHARDS
 from shoal._errors import ShoalError
+from shoal._logs import LOG_FORMATS
+from shoal._logs import configure as configure_logging
 
 
 def _cores(text: str) -> list[int]:
@@ -21,11 +22,20 @@ def _cores(text: str) -> list[int]:
     return cores
 
 
+def _tracing(args: argparse.Namespace, service: str) -> None:
+    """Export traces when an OTLP endpoint is given (or the OTEL_* variables ask for it); otherwise none."""
+    from shoal import _tracing
+
+    if _tracing.wanted(args.otlp_endpoint):
+        _tracing.configure(service, args.otlp_endpoint, args.trace_sample_ratio)
+
+
 def cmd_shard(args: argparse.Namespace) -> int:
     """Run one shard process."""
     from shoal.shard.server import run
 
-    run(Path(args.data), args.listen, args.cores)
+    _tracing(args, "shoal-shard")
+    run(Path(args.data), args.listen, args.cores, args.metrics)
     return 0
 
 
@@ -33,8 +43,9 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     """Run one coordinator process."""
     from shoal.coordinator.server import run
 
+    _tracing(args, "shoal-coordinator")
     shards = args.shards.split(",") if args.shards else None
-    run(shards, Path(args.topology) if args.topology else None, args.listen)
+    run(shards, Path(args.topology) if args.topology else None, args.listen, args.metrics)
     return 0
 
 
@@ -42,7 +53,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     """Start a local cluster and keep it running until Ctrl-C or SIGTERM."""
     from shoal._local import LocalCluster
 
-    cluster = LocalCluster(data=Path(args.data), shards=args.shards, port=args.port, host=args.host)
+    metrics_port = args.metrics_port if args.metrics_port is not None else (args.port + 1 if args.port else 0)
+    server_args = []
+    if args.otlp_endpoint:
+        server_args += ["--otlp-endpoint", args.otlp_endpoint]
+    if args.trace_sample_ratio is not None:
+        server_args += ["--trace-sample-ratio", str(args.trace_sample_ratio)]
+    cluster = LocalCluster(
+        data=Path(args.data),
+        shards=args.shards,
+        port=args.port,
+        host=args.host,
+        metrics=not args.no_metrics,
+        metrics_port=metrics_port,
+        common_args=["--log-level", args.log_level, "--log-format", args.log_format],
+        server_args=server_args,
+    )
     # SIGTERM stops the cluster the same way Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
@@ -52,6 +78,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"logs in {Path(args.data) / 'logs'}). Press Ctrl-C to stop.",
             flush=True,
         )
+        if not args.no_metrics:
+            assert cluster.coordinator is not None
+            where = [f"coordinator {cluster.coordinator.metrics_address}"]
+            where += [f"{p.role} {p.metrics_address}" for p in cluster.shard_procs]
+            print("Prometheus metrics at /metrics of: " + ", ".join(where), flush=True)
         signal.pause()
     except KeyboardInterrupt:
         pass
@@ -62,11 +93,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print each shard's address, health, collections and point counts."""
-    from shoal._status import cluster_status
+    """Print every process's state and each shard's collections; with --check, exit 1 unless all serve."""
+    from shoal._status import cluster_status, healthy, to_json, to_table
 
-    print(cluster_status(args.address))
-    return 0
+    status = cluster_status(args.address)
+    print(to_json(status) if args.json else to_table(status))
+    return 1 if args.check and not healthy(status) else 0
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -101,10 +133,27 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return cmd_up(args)
 
 
+def _add_tracing(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--otlp-endpoint", default=None, help="export OpenTelemetry traces over OTLP/gRPC here (default: off)"
+    )
+    p.add_argument(
+        "--trace-sample-ratio", type=float, default=None, help="fraction of traces to keep, 0..1 (default: all)"
+    )
+
+
+def _add_server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", default=None, help="HOST:PORT to serve Prometheus /metrics on (default: off)")
+    _add_tracing(p)
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="shoal", description="Shoal: a sharded vector database served over gRPC.")
     p.add_argument("--log-level", default="INFO", help="logging level of server processes (default INFO)")
+    p.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="text", help="text (default) or json: one JSON object a line"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start a local cluster: a coordinator and N shards")
@@ -114,12 +163,21 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"coordinator port (default {DEFAULT_PORT})")
     up.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     up.add_argument("--data", default="./shoal-data", help="data folder (default ./shoal-data)")
+    up.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="first metrics port: the coordinator's, then one per shard (default: --port + 1; any free with --port 0)",
+    )
+    up.add_argument("--no-metrics", action="store_true", help="serve no Prometheus metrics")
+    _add_tracing(up)
     up.set_defaults(func=cmd_up)
 
     shard = sub.add_parser("shard", help="run one shard process")
     shard.add_argument("--data", required=True, help="the shard's data folder")
     shard.add_argument("--listen", default=f"{DEFAULT_HOST}:7100", help="HOST:PORT to serve on (port 0: any free port)")
     shard.add_argument("--cores", type=_cores, default=None, help="CPU cores to pin to, e.g. 0,1 or 0-3")
+    _add_server_options(shard)
     shard.set_defaults(func=cmd_shard)
 
     coord = sub.add_parser("coordinator", help="run one coordinator process")
@@ -127,10 +185,13 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--shards", help="shard addresses HOST:PORT,HOST:PORT (slots split evenly)")
     where.add_argument("--topology", help="JSON topology file mapping slot ranges to shard addresses")
     coord.add_argument("--listen", default=DEFAULT_ADDRESS, help="HOST:PORT to serve on")
+    _add_server_options(coord)
     coord.set_defaults(func=cmd_coordinator)
 
     status = sub.add_parser("status", help="print the cluster's shards, health and point counts")
     status.add_argument("--address", default=DEFAULT_ADDRESS, help="a coordinator's address")
+    status.add_argument("--json", action="store_true", help="print the status as JSON (with metrics addresses)")
+    status.add_argument("--check", action="store_true", help="exit with 1 unless every process is serving")
     status.set_defaults(func=cmd_status)
 
     backup = sub.add_parser("backup", help="copy every shard of a running cluster into a new folder")
@@ -158,11 +219,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `shoal` command."""
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format)
     try:
         return int(args.func(args))
     except ShoalError as exc:

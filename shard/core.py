@@ -32,7 +32,7 @@ from shoal._search import Search, SearchShape
 from shoal._wire import as_id_array, check_ids, check_payloads, check_upsert
 from shoal.shard import reads
 from shoal.shard import search as searching
-from shoal.shard.collection import Collection, CollectionStats, parse_filter, stats
+from shoal.shard.collection import Collection, CollectionStats, CollectionStatus, parse_filter, stats, status
 from shoal.shard.committer import Committer
 from shoal.shard.execute import Job, Verify, Writer
 from shoal.shard.faults import CrashPoints, fatal
@@ -156,6 +156,18 @@ class Shard:
         """A collection's config, count and memory."""
         coll = self._collection(name)
         return self._worker.call(lambda: stats(coll)).result()
+
+    def status(self, timeout: float | None = None) -> list[CollectionStatus]:
+        """Every collection's points, memory, payload-index entries and snapshot age, by name."""
+        if not self._ready:
+            raise Unavailable("the shard is not open")
+        colls = [self._collections[name] for name in sorted(self._collections)]
+        return self._worker.call(lambda: [status(c) for c in colls]).result(timeout)
+
+    def queue_depths(self) -> dict[str, int]:
+        """Items waiting in the committer's and the index worker's queues (approximate: read without locks)."""
+        committer = self._committer.depth() if self._committer is not None else 0
+        return {"committer": committer, "index": self._worker.depth()}
 
     def count(self, name: str, filter_text: str = "") -> int:
         """The number of live points, or of those matching a filter."""

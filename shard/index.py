@@ -25,9 +25,12 @@ from usearch.index import Index, Matches
 
 from shoal._coalesce import row_slices, stack
 from shoal._config import CollectionConfig
+from shoal._metrics import SEARCH_BATCH_QUERIES
 from shoal.shard.queue_thread import QueueThread
 
 log = logging.getLogger("shoal.shard.index")
+
+_BATCH_QUERIES = SEARCH_BATCH_QUERIES.labels("shard")
 
 T = TypeVar("T")
 
@@ -241,8 +244,10 @@ class IndexWorker(QueueThread["_Search | _Call | _Apply"]):
                 groups.setdefault(s.group, []).append(s)
         for group in groups.values():
             blocks = [s.queries for s in group]
+            queries = stack(blocks)
+            _BATCH_QUERIES.observe(len(queries))
             try:
-                hits, plan = group[0].run(stack(blocks))
+                hits, plan = group[0].run(queries)
             except Exception as exc:
                 log.exception("search failed")
                 for s in group:

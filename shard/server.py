@@ -11,8 +11,10 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
+from shoal._metrics import serve as serve_metrics
 from shoal._server import add_standard_services, aio_server, bind, set_serving, wait_for_signal
 from shoal.shard.core import Shard
+from shoal.shard.metrics import collector
 from shoal.shard.options import ShardOptions
 from shoal.shard.servicer import ShardServicer
 from shoal.v1 import shard_pb2, shard_pb2_grpc
@@ -24,8 +26,8 @@ GRACE_SECONDS = 5
 GRPC_FORK_ENV = "GRPC_ENABLE_FORK_SUPPORT"
 
 
-def run(data: Path, listen: str, cores: list[int] | None) -> None:
-    """Run a shard on `listen` with its data under `data` until SIGTERM or SIGINT."""
+def run(data: Path, listen: str, cores: list[int] | None, metrics: str | None = None) -> None:
+    """Run a shard on `listen` with its data under `data` until SIGTERM or SIGINT (/metrics on `metrics`)."""
     if os.environ.get(GRPC_FORK_ENV) != "false":
         # Snapshots fork (snapshots.py) and the child never touches gRPC, so gRPC's fork handlers must stay
         # out of it (they would pause gRPC's threads, and do not support the asyncio server). gRPC reads
@@ -37,20 +39,25 @@ def run(data: Path, listen: str, cores: list[int] | None) -> None:
     # numpy's BLAS (exact filtered search) started its threads before the pinning, one per core of the
     # machine: left so, every shard would compete for every core.
     threadpool_limits(threads, user_api="blas")
-    asyncio.run(_serve(Path(data), listen, ShardOptions.from_env(threads)))
+    asyncio.run(_serve(Path(data), listen, ShardOptions.from_env(threads), metrics))
 
 
-async def _serve(data: Path, listen: str, options: ShardOptions) -> None:
+async def _serve(data: Path, listen: str, options: ShardOptions, metrics: str | None) -> None:
     threads = options.threads
     shard = Shard(data, options=options)
-    server = aio_server()
+    server = aio_server(metrics=metrics is not None)
     servicer = ShardServicer(shard)
     shard_pb2_grpc.add_ShardServicer_to_server(servicer, server)
     health = add_standard_services(server, [SERVICE])
     await set_serving(health, [SERVICE], False)
     servicer.address = bind(server, listen)
+    if metrics is not None:
+        collector().add(servicer.address, shard)
+        servicer.metrics_address = serve_metrics(metrics)
     signalled = asyncio.create_task(wait_for_signal())
     await server.start()
+    if servicer.metrics_address:  # before the listening line, which tells LocalCluster the start is over
+        print(f"shoal shard metrics on {servicer.metrics_address}", flush=True)
     print(f"shoal shard listening on {servicer.address}", flush=True)
     loading = asyncio.create_task(asyncio.to_thread(shard.open))
     try:

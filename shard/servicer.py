@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 
 from shoal._config import CollectionConfig
-from shoal._errors import InvalidArgument
+from shoal._errors import InvalidArgument, Unavailable
 from shoal._results import found_to_proto, page_to_proto, topk_to_proto
 from shoal._search import Search
 from shoal._server import error_status
@@ -26,9 +26,10 @@ log = logging.getLogger("shoal.shard.servicer")
 class ShardServicer(shard_pb2_grpc.ShardServicer):
     """The coordinator-facing service of one shard."""
 
-    def __init__(self, shard: Shard, address: str = "") -> None:
+    def __init__(self, shard: Shard, address: str = "", metrics_address: str = "") -> None:
         self._shard = shard
         self.address = address  # reported in ShardStats; set once the port is bound
+        self.metrics_address = metrics_address  # reported in GetStatus; empty when metrics are not served
 
     def _info(self, stats: CollectionStats) -> pb.CollectionInfo:
         shard = pb.ShardStats(address=self.address, count=stats.count, memory_bytes=stats.memory_bytes)
@@ -56,6 +57,32 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         self, request: pb.DescribeCollectionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CollectionInfo:
         return self._info(await asyncio.to_thread(self._shard.describe, request.name))
+
+    async def GetStatus(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.ProcessStatus:
+        me = pb.ProcessStatus(role="shard", address=self.address, metrics_address=self.metrics_address)
+        try:
+            rows = await asyncio.to_thread(self._shard.status)
+        except Unavailable as exc:  # loading its data, or stopping
+            me.state, me.error = "NOT_SERVING", exc.message
+            return me
+        return pb.ProcessStatus(
+            role="shard",
+            address=self.address,
+            state="SERVING",
+            metrics_address=self.metrics_address,
+            sequence=self._shard.sequence,
+            collections=[
+                pb.CollectionStatus(
+                    name=r.name,
+                    points=r.points,
+                    memory_bytes=r.memory_bytes,
+                    payload_index_entries=r.payload_index_entries,
+                    snapshot_age_seconds=r.snapshot_age_seconds,
+                    snapshot_sequence=r.snapshot_sequence,
+                )
+                for r in rows
+            ],
+        )
 
     async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
         ids, vectors = decode_ids(request.ids), decode_matrix(request.vectors)
