@@ -16,7 +16,9 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from shoal import _tracing
 from shoal._coalesce import row_slices, stack
 from shoal._errors import DeadlineExceeded
 from shoal._metrics import SEARCH_BATCH_QUERIES
@@ -54,6 +56,8 @@ class _Waiting:
     search: Search
     deadline: float | None
     future: asyncio.Future[Answer]
+    trace: Any = None  # with tracing on: the search's trace context and when it began to wait
+    queued_ns: int = 0
 
 
 @dataclass
@@ -107,7 +111,10 @@ class SearchBatcher:
             lane = self._lanes[key] = _Lane()
         future: asyncio.Future[Answer] = loop.create_future()
         deadline = None if timeout is None else time.monotonic() + timeout
-        lane.waiting.append(_Waiting(search, deadline, future))
+        waiting = _Waiting(search, deadline, future)
+        if _tracing.ENABLED:
+            waiting.trace, waiting.queued_ns = _tracing.context_of(""), time.time_ns()
+        lane.waiting.append(waiting)
         lane.rows += len(queries)
         self._pump(key, lane)
         return future
@@ -164,7 +171,7 @@ class SearchBatcher:
         search = taken[0].search if len(taken) == 1 else Search(key[0], stack(blocks))
         stopping = False
         try:
-            answer = await self._run(search, timeout)
+            answer = await self._traced_run(taken, search, timeout)
         except Exception as exc:
             for w in taken:
                 if not w.future.done():
@@ -192,6 +199,20 @@ class SearchBatcher:
                 self._flush(key, lane)  # those that waited for this fan-out go now, together
                 self._pump(key, lane)
             self._settle(key, lane)
+
+    async def _traced_run(self, taken: list[_Waiting], search: Search, timeout: float | None) -> Answer:
+        """Run a fan-out; with tracing, after each search's queue-wait span, in a span of the first search's trace
+        linked to the others'."""
+        first = taken[0].trace
+        if first is None:
+            return await self._run(search, timeout)
+        now = time.time_ns()
+        for w in taken:
+            _tracing.record("queue wait", w.trace, w.queued_ns, now)
+        links = [_tracing.span_context(w.trace) for w in taken[1:]]
+        with _tracing.span("fan-out", first, links=links) as span:
+            span.set_attribute("shoal.batch_queries", len(search.queries))
+            return await self._run(search, timeout)
 
     def _settle(self, key: LaneKey, lane: _Lane) -> None:
         """Forget an idle lane, so shapes seen once do not accumulate."""

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import nullcontext
 from typing import Protocol, TypeVar
 
 import numpy as np
 from grpc import StatusCode
 
+from shoal import _tracing
 from shoal._config import DEFAULT_SCROLL, MAX_SCROLL, CollectionConfig, check_k, check_name
 from shoal._errors import AlreadyExists, DeadlineExceeded, Internal, InvalidArgument, NotFound, ShoalError
 from shoal._filter import check_path, parse_json
@@ -317,6 +319,8 @@ class Coordinator:
     async def _search_shards(self, search: Search, timeout: float | None) -> Answer:
         """One fan-out: every shard's local top-k of all the queries, merged, and each shard's plan."""
         request = search.to_proto()
+        if _tracing.ENABLED:  # each shard's search becomes a child of this fan-out
+            request.traceparent = _tracing.traceparent()
         rows, shape = len(search.queries), search.shape
 
         async def ask(shard: ShardConnection) -> tuple[TopK, str]:
@@ -328,7 +332,8 @@ class Coordinator:
 
         parts = await self._all(ask)
         try:
-            merged = merge([part for part, _ in parts], shape.k)
+            with _tracing.span("merge") if _tracing.ENABLED else nullcontext():
+                merged = merge([part for part, _ in parts], shape.k)
         except ValueError as exc:
             raise Internal(f"the shards' search results do not fit together: {exc}") from exc
         if not shape.filter:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 import numpy as np
 
+from shoal import _tracing
 from shoal._config import CollectionConfig
 from shoal._results import found_to_proto, page_to_proto, topk_to_proto
 from shoal._search import Search
@@ -25,6 +26,8 @@ log = logging.getLogger("shoal.coordinator")
 
 # Searches of one SearchStream in flight at once; beyond it the stream stops reading (backpressure).
 STREAM_WINDOW = 64
+# The span of one search of a stream (the stream itself is not one span: its messages are different traces).
+STREAM_SPAN = "/shoal.v1.Shoal/SearchStream message"
 # Seconds a shard has to answer a status call before its row says unreachable.
 STATUS_TIMEOUT = 3.0
 # Messages of one UpsertStream being applied at once.
@@ -179,7 +182,11 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
                 async for request in request_iterator:
                     await window.acquire()
                     try:
-                        future = self._core.submit_search(Search.from_proto(request), _timeout(context))
+                        if _tracing.ENABLED and request.traceparent:
+                            with _tracing.span(STREAM_SPAN, _tracing.context_of(request.traceparent), "server"):
+                                future = self._core.submit_search(Search.from_proto(request), _timeout(context))
+                        else:
+                            future = self._core.submit_search(Search.from_proto(request), _timeout(context))
                     except Exception as exc:  # a bad question: answer it and read on
                         window.release()
                         answers.put_nowait(_stream_answer(request.request_id, exc))

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from shoal import _tracing
 from shoal._errors import DeadlineExceeded, ShoalError, Unavailable, error_for_code, status_from_value
 from shoal._rpc import aio_channel
 from shoal.v1 import shard_pb2_grpc
@@ -190,7 +191,7 @@ class ShardClient:
         _check_timeout(self.address, timeout)
         call = getattr(await self._ready_stub(), method)
         try:
-            answer = await call(request, timeout=timeout)
+            answer = await call(request, timeout=timeout, metadata=_tracing.metadata() if _tracing.ENABLED else None)
         except grpc.aio.AioRpcError as exc:
             error = shard_error(self.address, exc.code(), exc.details() or "")
             self._note(error)

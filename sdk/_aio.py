@@ -26,6 +26,7 @@ from shoal._config import (
     DEFAULT_TIMEOUT,
 )
 from shoal._errors import from_rpc_error
+from shoal._tracing import caller_metadata, caller_traceparent
 from shoal._types import (
     CollectionInfo,
     FilterLike,
@@ -77,7 +78,9 @@ class AsyncClient(BaseClient):
 
     async def _send(self, call: Call[T]) -> T:
         try:
-            reply = await call.method(call.request, timeout=self.timeout if call.timed else None)
+            reply = await call.method(
+                call.request, timeout=self.timeout if call.timed else None, metadata=caller_metadata()
+            )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return call.decode(reply)
@@ -203,6 +206,7 @@ class AsyncClient(BaseClient):
         the next: cheaper per query than unary calls on both ends.
         """
         shape = self._search_shape(collection, k, ef, with_payload, with_vectors, filter)
+        traceparent = caller_traceparent()
         failed: list[Exception] = []
 
         async def requests() -> AsyncIterator[pb.SearchRequest]:
@@ -210,7 +214,7 @@ class AsyncClient(BaseClient):
             i = 0
             try:
                 async for q in items:
-                    yield stream_request(shape, q, i)
+                    yield stream_request(shape, q, i, traceparent)
                     i += 1
             except Exception as exc:
                 # gRPC would only cancel the call; the caller gets this error after the answers before it.

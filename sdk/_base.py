@@ -64,9 +64,14 @@ def as_matrix(vectors: VectorsLike, what: str) -> np.ndarray:
     return x
 
 
-def stream_request(shape: SearchShape, queries: VectorsLike, request_id: int) -> pb.SearchRequest:
-    """One request of a search stream."""
-    return Search(shape, as_matrix(queries, "queries")).to_proto(request_id)
+def stream_request(
+    shape: SearchShape, queries: VectorsLike, request_id: int, traceparent: str = ""
+) -> pb.SearchRequest:
+    """One request of a search stream (with the caller's trace context: the stream's messages are traced one by one)."""
+    request = Search(shape, as_matrix(queries, "queries")).to_proto(request_id)
+    if traceparent:
+        request.traceparent = traceparent
+    return request
 
 
 class Progress:

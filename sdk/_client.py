@@ -22,6 +22,7 @@ from shoal._config import (
     DEFAULT_TIMEOUT,
 )
 from shoal._errors import from_rpc_error
+from shoal._tracing import caller_metadata, caller_traceparent
 from shoal._types import (
     CollectionInfo,
     FilterLike,
@@ -72,7 +73,7 @@ class Client(BaseClient):
 
     def _send(self, call: Call[T]) -> T:
         try:
-            reply = call.method(call.request, timeout=self.timeout if call.timed else None)
+            reply = call.method(call.request, timeout=self.timeout if call.timed else None, metadata=caller_metadata())
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return call.decode(reply)
@@ -192,7 +193,8 @@ class Client(BaseClient):
     ) -> Iterator[SearchResult]:
         """Pipeline many query batches over one stream; yields their results in the order given."""
         shape = self._search_shape(collection, k, ef, with_payload, with_vectors, filter)
-        requests = (stream_request(shape, q, i) for i, q in enumerate(batches))
+        traceparent = caller_traceparent()  # here: gRPC draws the requests on its own thread, outside the trace
+        requests = (stream_request(shape, q, i, traceparent) for i, q in enumerate(batches))
         order = InOrder()
         try:
             for reply in self._stub.SearchStream(requests, timeout=None):

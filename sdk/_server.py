@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from shoal import _tracing
 from shoal._config import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS, MAX_MESSAGE_BYTES
 from shoal._errors import ShoalError
 from shoal._metrics import RPC_DURATION, RPC_REQUESTS
@@ -193,10 +194,45 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         return _observe(handler, method)
 
 
+def _traced(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """The same handler inside a server span, a child of the caller's `traceparent` metadata."""
+
+    def unary(inner: Any) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            with _tracing.span(method, _tracing.from_metadata(context.invocation_metadata()), "server"):
+                return await inner(request, context)
+
+        return call
+
+    def streaming(inner: Any) -> Any:
+        return inner
+
+    return _rewrap(handler, unary, streaming)
+
+
+class TracingInterceptor(grpc.aio.ServerInterceptor):
+    """A server span per RPC with a single answer; a stream of answers is traced per message by its servicer
+    (its messages belong to different traces)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or _standard(method) or handler.unary_stream or handler.stream_stream:
+            return handler
+        return _traced(handler, method)
+
+
 def aio_server(metrics: bool = False) -> grpc.aio.Server:
-    """An asyncio server with Shoal's options and the error translator (and RPC metrics when asked)."""
-    # The first interceptor is the outermost: metrics see the status the error translator chose.
+    """An asyncio server with Shoal's options and the error translator (and RPC metrics and spans when on)."""
+    # The first interceptor is the outermost: metrics see the status the error translator chose, and spans
+    # cover the translation.
     interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor()] if metrics else []
+    if _tracing.ENABLED:
+        interceptors.append(TracingInterceptor())
     interceptors.append(ErrorInterceptor())
     return grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
 

@@ -13,6 +13,7 @@ Needs the `tracing` extra: pip install 'shoal[tracing]'.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -128,3 +129,24 @@ def current_trace_id() -> str:
 
     ctx = trace.get_current_span().get_span_context()
     return f"{ctx.trace_id:032x}" if ctx.is_valid else ""
+
+
+def caller_traceparent() -> str:
+    """In a client: the application's current trace context, when it uses OpenTelemetry; "" otherwise.
+
+    Reads the global propagator, not this module's switch: tracing a client is the application's choice.
+    Nothing is imported (and nothing costs) unless the application has loaded OpenTelemetry itself.
+    """
+    if "opentelemetry.context" not in sys.modules:
+        return ""
+    from opentelemetry import propagate
+
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get(HEADER, "")
+
+
+def caller_metadata() -> list[tuple[str, str]] | None:
+    """gRPC metadata with the application's current trace context, or None."""
+    value = caller_traceparent()
+    return [(HEADER, value)] if value else None

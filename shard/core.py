@@ -252,9 +252,13 @@ class Shard:
         coll = self._collection(name)
         return reads.scroll(coll, self._worker, filter_text, limit, cursor, with_payload, with_vectors)
 
-    def submit_search(self, search: Search) -> Future[tuple[TopK, str]]:
-        """Validate a search and queue it; resolves to the local top-k of every query and the plan that ran."""
-        return searching.submit(self._collection(search.shape.collection), self._worker, self._lookups, search)
+    def submit_search(self, search: Search, times: list[int] | None = None) -> Future[tuple[TopK, str]]:
+        """Validate a search and queue it; resolves to the local top-k of every query and the plan that ran.
+
+        `times`, when given, receives when the index worker's run of it began and ended (for tracing).
+        """
+        coll = self._collection(search.shape.collection)
+        return searching.submit(coll, self._worker, self._lookups, search, times)
 
     def search(
         self,

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 
+from shoal import _tracing
 from shoal._config import CollectionConfig
 from shoal._errors import InvalidArgument, Unavailable
-from shoal._results import found_to_proto, page_to_proto, topk_to_proto
+from shoal._results import TopK, found_to_proto, page_to_proto, topk_to_proto
 from shoal._search import Search
 from shoal._server import error_status
 from shoal._wire import decode_ids, decode_matrix, encode_ids
@@ -21,6 +23,8 @@ from shoal.v1 import shard_pb2, shard_pb2_grpc
 from shoal.v1 import types_pb2 as pb
 
 log = logging.getLogger("shoal.shard.servicer")
+
+SEARCH_SPAN = "/shoal.v1.Shard/search"
 
 
 class ShardServicer(shard_pb2_grpc.ShardServicer):
@@ -210,8 +214,32 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         return pb.SearchResponse(request_id=request.request_id, error_code=code.value[0], error_message=message)
 
     async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
+        if _tracing.ENABLED and request.traceparent:
+            return await self._traced_search(request)
         future = self._shard.submit_search(Search.from_proto(request))
         result, plan = await asyncio.wrap_future(future)
+        return self._response(request, result, plan)
+
+    async def _traced_search(self, request: pb.SearchRequest) -> pb.SearchResponse:
+        """A search in a span of the coordinator's trace, with its queue wait, planner and index search."""
+        with _tracing.span(SEARCH_SPAN, _tracing.context_of(request.traceparent), "server") as span:
+            times: list[int] = []
+            queued = time.time_ns()
+            future = self._shard.submit_search(Search.from_proto(request), times)
+            result, plan = await asyncio.wrap_future(future)
+            if times:
+                started, ended = times
+                here = _tracing.context_of("")
+                _tracing.record("queue wait", here, queued, started)
+                attributes = {"shoal.batch_queries": len(result.counts), "shoal.plan": plan or "hnsw"}
+                _tracing.record("index search", here, started, ended, attributes)
+                if request.filter:
+                    _tracing.record("planner", here, started, ended, {"shoal.plan": plan})
+            span.set_attribute("shoal.collection", request.collection)
+            return self._response(request, result, plan)
+
+    @staticmethod
+    def _response(request: pb.SearchRequest, result: TopK, plan: str) -> pb.SearchResponse:
         response = topk_to_proto(result, request.request_id)
         if plan:
             response.plan = plan
