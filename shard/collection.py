@@ -58,6 +58,7 @@ class CollectionStatus:
     payload_index_entries: int
     snapshot_age_seconds: float
     snapshot_sequence: int
+    unsnapshotted: int  # points changed since that snapshot (a restart replays them)
 
 
 def status(coll: Collection) -> CollectionStatus:
@@ -69,6 +70,7 @@ def status(coll: Collection) -> CollectionStatus:
         coll.filters.entries(),
         time.monotonic() - coll.snapshot_done,
         coll.snapshot_seq or 0,
+        coll.unsnapshotted,
     )
 
 

@@ -57,6 +57,11 @@ class ShardCollector(Collector):
         snapshot_seq = GaugeMetricFamily(
             "shoal_collection_snapshot_sequence", "The write sequence the last snapshot holds", labels=collection
         )
+        unsnapshotted = GaugeMetricFamily(
+            "shoal_collection_unsnapshotted_points",
+            "Points changed since the last snapshot (a restart replays them from RocksDB)",
+            labels=collection,
+        )
         sequence = GaugeMetricFamily(
             "shoal_shard_sequence", "The sequence number of the shard's last written batch", labels=["shard"]
         )
@@ -81,7 +86,8 @@ class ShardCollector(Collector):
                 entries.add_metric(labels, row.payload_index_entries)
                 age.add_metric(labels, row.snapshot_age_seconds)
                 snapshot_seq.add_metric(labels, row.snapshot_sequence)
-        yield from (points, memory, entries, age, snapshot_seq, sequence, depth)
+                unsnapshotted.add_metric(labels, row.unsnapshotted)
+        yield from (points, memory, entries, age, snapshot_seq, unsnapshotted, sequence, depth)
 
 
 _collector: ShardCollector | None = None
