@@ -56,6 +56,7 @@ async def _translate(exc: BaseException, context: grpc.aio.ServicerContext, meth
 
 
 def _standard(method: str) -> bool:
+    """Whether a method is of the standard services (health, reflection), which no interceptor touches."""
     return method.startswith(("/grpc.health", "/grpc.reflection"))
 
 
@@ -145,9 +146,8 @@ def _code(context: grpc.aio.ServicerContext, failed: BaseException | None) -> st
     return "OK" if failed is None else "UNKNOWN"
 
 
-def _observe(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+def _observe(handler: grpc.RpcMethodHandler, observed: _Observed) -> grpc.RpcMethodHandler:
     """The same handler, counted and timed into shoal_rpc_requests_total and shoal_rpc_duration_seconds."""
-    observed = _Observed(method)
 
     def unary(inner: Any) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -182,6 +182,9 @@ def _observe(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandl
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """Counts and times every RPC of the Shoal services by its final status code (the translated one)."""
 
+    def __init__(self) -> None:
+        self._methods: dict[str, _Observed] = {}  # bounded by the services' methods
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -191,7 +194,10 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or _standard(method):
             return handler
-        return _observe(handler, method)
+        observed = self._methods.get(method)
+        if observed is None:
+            observed = self._methods[method] = _Observed(method)
+        return _observe(handler, observed)
 
 
 def _traced(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:

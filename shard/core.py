@@ -162,7 +162,10 @@ class Shard:
         if not self._ready:
             raise Unavailable("the shard is not open")
         colls = [self._collections[name] for name in sorted(self._collections)]
-        return self._worker.call(lambda: [status(c) for c in colls]).result(timeout)
+        try:
+            return self._worker.call(lambda: [status(c) for c in colls]).result(timeout)
+        except TimeoutError:
+            raise Unavailable(f"the index worker did not get to the status within {timeout} s") from None
 
     def queue_depths(self) -> dict[str, int]:
         """Items waiting in the committer's and the index worker's queues (approximate: read without locks)."""

@@ -25,6 +25,8 @@ from shoal.v1 import types_pb2 as pb
 log = logging.getLogger("shoal.shard.servicer")
 
 SEARCH_SPAN = "/shoal.v1.Shard/search"
+# A status waits for the index worker at most this long (behind queued searches and writes).
+STATUS_TIMEOUT_SECONDS = 5.0
 
 
 class ShardServicer(shard_pb2_grpc.ShardServicer):
@@ -65,7 +67,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
     async def GetStatus(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.ProcessStatus:
         me = pb.ProcessStatus(role="shard", address=self.address, metrics_address=self.metrics_address)
         try:
-            rows = await asyncio.to_thread(self._shard.status)
+            rows = await asyncio.to_thread(self._shard.status, STATUS_TIMEOUT_SECONDS)
         except Unavailable as exc:  # loading its data, or stopping
             me.state, me.error = "NOT_SERVING", exc.message
             return me
