@@ -112,7 +112,7 @@ class SearchBatcher:
         future: asyncio.Future[Answer] = loop.create_future()
         deadline = None if timeout is None else time.monotonic() + timeout
         waiting = _Waiting(search, deadline, future)
-        if _tracing.ENABLED:
+        if _tracing.ENABLED and _tracing.recording():
             waiting.trace, waiting.queued_ns = _tracing.context_of(""), time.time_ns()
         lane.waiting.append(waiting)
         lane.rows += len(queries)

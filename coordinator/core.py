@@ -319,7 +319,7 @@ class Coordinator:
     async def _search_shards(self, search: Search, timeout: float | None) -> Answer:
         """One fan-out: every shard's local top-k of all the queries, merged, and each shard's plan."""
         request = search.to_proto()
-        if _tracing.ENABLED:  # each shard's search becomes a child of this fan-out
+        if _tracing.ENABLED:  # each shard's search becomes a child of this fan-out (or learns it is not sampled)
             request.traceparent = _tracing.traceparent()
         rows, shape = len(search.queries), search.shape
 
@@ -332,7 +332,7 @@ class Coordinator:
 
         parts = await self._all(ask)
         try:
-            with _tracing.span("merge") if _tracing.ENABLED else nullcontext():
+            with _tracing.span("merge") if _tracing.ENABLED and _tracing.recording() else nullcontext():
                 merged = merge([part for part, _ in parts], shape.k)
         except ValueError as exc:
             raise Internal(f"the shards' search results do not fit together: {exc}") from exc

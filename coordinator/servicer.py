@@ -182,7 +182,8 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
                 async for request in request_iterator:
                     await window.acquire()
                     try:
-                        if _tracing.ENABLED and request.traceparent:
+                        # A message without trace context starts a trace (if sampled); one not sampled, none.
+                        if _tracing.ENABLED and (not request.traceparent or _tracing.sampled(request.traceparent)):
                             with _tracing.span(STREAM_SPAN, _tracing.context_of(request.traceparent), "server"):
                                 future = self._core.submit_search(Search.from_proto(request), _timeout(context))
                         else:

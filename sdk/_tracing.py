@@ -22,6 +22,7 @@ ENABLED = False
 HEADER = "traceparent"
 _tracer: Any = None
 _propagator: Any = None
+_trace: Any = None  # the opentelemetry.trace module, once enabled
 
 
 def wanted(endpoint: str | None) -> bool:
@@ -54,11 +55,13 @@ def configure(service: str, endpoint: str | None = None, sample_ratio: float | N
 
 def enable(provider: Any) -> None:
     """Trace with this TracerProvider (tests pass one with an in-memory exporter)."""
-    global ENABLED, _tracer, _propagator
+    global ENABLED, _tracer, _propagator, _trace
+    from opentelemetry import trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     _tracer = provider.get_tracer("shoal")
     _propagator = TraceContextTextMapPropagator()
+    _trace = trace
     ENABLED = True
 
 
@@ -66,6 +69,19 @@ def disable() -> None:
     """Stop tracing (tests)."""
     global ENABLED
     ENABLED = False
+
+
+def recording() -> bool:
+    """Whether the current span is sampled: an unsampled request makes no spans beyond its first."""
+    return ENABLED and bool(_trace.get_current_span().is_recording())
+
+
+def sampled(traceparent: str) -> bool:
+    """Whether a `traceparent` value says its trace is sampled (bit 0 of its trace flags, the last two hex digits)."""
+    try:
+        return bool(int(traceparent[-2:], 16) & 1)
+    except ValueError:
+        return False
 
 
 def context_of(traceparent: str) -> Any:
@@ -99,11 +115,9 @@ def metadata() -> list[tuple[str, str]]:
 @contextmanager
 def span(name: str, parent: Any = None, kind: str = "internal", links: Sequence[Any] = ()) -> Iterator[Any]:
     """A span, current while the block runs, as a child of `parent` (a context; default: the current one)."""
-    from opentelemetry import trace
-
-    kinds = {"internal": trace.SpanKind.INTERNAL, "server": trace.SpanKind.SERVER, "client": trace.SpanKind.CLIENT}
+    kinds = {"internal": _trace.SpanKind.INTERNAL, "server": _trace.SpanKind.SERVER, "client": _trace.SpanKind.CLIENT}
     with _tracer.start_as_current_span(
-        name, context=parent, kind=kinds[kind], links=[trace.Link(c) for c in links]
+        name, context=parent, kind=kinds[kind], links=[_trace.Link(c) for c in links]
     ) as current:
         yield current
 
@@ -116,18 +130,14 @@ def record(name: str, parent: Any, start_ns: int, end_ns: int, attributes: Mappi
 
 def span_context(ctx: Any) -> Any:
     """The span context a context holds (for links)."""
-    from opentelemetry import trace
-
-    return trace.get_current_span(ctx).get_span_context()
+    return _trace.get_current_span(ctx).get_span_context()
 
 
 def current_trace_id() -> str:
     """The current trace's id as 32 hex digits, or "" (always "" when tracing is off)."""
     if not ENABLED:
         return ""
-    from opentelemetry import trace
-
-    ctx = trace.get_current_span().get_span_context()
+    ctx = _trace.get_current_span().get_span_context()
     return f"{ctx.trace_id:032x}" if ctx.is_valid else ""
 
 

@@ -216,7 +216,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         return pb.SearchResponse(request_id=request.request_id, error_code=code.value[0], error_message=message)
 
     async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
-        if _tracing.ENABLED and request.traceparent:
+        if _tracing.ENABLED and _tracing.sampled(request.traceparent):
             return await self._traced_search(request)
         future = self._shard.submit_search(Search.from_proto(request))
         result, plan = await asyncio.wrap_future(future)

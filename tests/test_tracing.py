@@ -17,6 +17,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 import shoal
 from shoal import _logs, _tracing
@@ -121,6 +122,29 @@ def test_a_search_is_one_trace_across_the_fan_out(tmp_path: Path, exporter: InMe
     asyncio.run(run())
 
 
+def test_an_unsampled_search_makes_no_spans_anywhere(tmp_path: Path) -> None:
+    spans = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    _tracing.enable(provider)
+
+    async def run() -> None:
+        async for address in _cluster(tmp_path):
+            async with shoal.AsyncClient(address) as client:
+                await client.create_collection("t", dim=4)
+                await client.upsert("t", ids=np.arange(10), vectors=np.ones((10, 4)))
+                found = await client.search("t", np.ones(4), k=3)
+                assert len(found[0]) == 3
+                async for _ in client.search_stream("t", [np.ones(4)], k=3):
+                    pass
+
+    try:
+        asyncio.run(run())
+    finally:
+        _tracing.disable()
+    assert spans.get_finished_spans() == ()
+
+
 def test_json_logs_carry_the_trace_id(exporter: InMemorySpanExporter) -> None:
     record = logging.LogRecord("shoal.test", logging.INFO, __file__, 1, "hello %s", ("world",), None)
     plain = json.loads(_logs.JsonFormatter().format(record))
@@ -133,3 +157,9 @@ def test_json_logs_carry_the_trace_id(exporter: InMemorySpanExporter) -> None:
 def test_tracing_off_makes_no_spans(tmp_path: Path) -> None:
     assert not _tracing.ENABLED
     assert _tracing.current_trace_id() == "" and _tracing.metadata() == []
+
+
+def test_the_sampled_flag_is_read_from_traceparent() -> None:
+    trace = "00-3c9eb989f0ec4a7bbdff9f378a285f9b-047ee129442814e6"
+    assert _tracing.sampled(f"{trace}-01") and _tracing.sampled(f"{trace}-03")
+    assert not _tracing.sampled(f"{trace}-00") and not _tracing.sampled(f"{trace}-02") and not _tracing.sampled("")
