@@ -1,14 +1,16 @@
 """What observability costs: search throughput with metrics off and on, and with tracing at 1% and 100%.
 
-    python loadtest/observability_cost.py [--n 20000] [--dim 128] [--clients 16] [--seconds 3] [--rounds 3]
+    python loadtest/observability_cost.py [--n 20000] [--dim 128] [--clients 16] [--seconds 2] [--rounds 6]
 
 Four local clusters (2 shards each) run side by side on the same data: `off` (no --metrics, no tracing),
 `metrics` (--metrics), `trace-1%` and `trace-100%` (--metrics plus OTLP export at that sampling ratio, to
 an OTLP sink in this process that accepts every span, so export work is paid in full). Rounds are
-interleaved, so all four see the same machine load; each mode's throughput is divided by `off`'s of the
-same round and the median ratio is reported. Two loads: --clients asyncio clients each sending one query
-per unary call (the per-call path, where per-RPC costs show most), and one client sending --batch
-queries per call.
+interleaved (each round starting with the next mode), so all four see the same machine load; each mode's
+throughput is divided by `off`'s of the same round and the median ratio is reported. On a machine others
+load too, throughput swings with their work; the servers' CPU time per query (coordinator and shards, from
+/proc) is the steadier measure of what Shoal itself spends, so both are reported. Two loads: --clients
+asyncio clients each sending one query per unary call (the per-call path, where per-RPC costs show most),
+and one client sending --batch queries per call.
 """
 
 from __future__ import annotations
@@ -122,7 +124,10 @@ def main() -> None:
         qps: dict[str, dict[str, list[float]]] = {load: {m: [] for m in MODES} for load in loads}
         cpu: dict[str, dict[str, list[float]]] = {load: {m: [] for m in MODES} for load in loads}
         for rnd in range(args.rounds):
-            for name, cluster in clusters.items():
+            # Each round starts with another mode, so no mode always follows the same one.
+            names = list(clusters)
+            for name in names[rnd % len(names) :] + names[: rnd % len(names)]:
+                cluster = clusters[name]
                 pids = {p.role: p.popen.pid for p in [cluster.coordinator, *cluster.shard_procs] if p and p.popen}
                 for load in loads:
                     meter = CpuMeter(pids)
