@@ -14,6 +14,7 @@ import grpc
 from shoal import _tracing
 from shoal._errors import DeadlineExceeded, ShoalError, Unavailable, error_for_code, status_from_value
 from shoal._rpc import aio_channel
+from shoal._tls import TLS, Metadata, cluster_metadata
 from shoal.v1 import shard_pb2_grpc
 from shoal.v1 import types_pb2 as pb
 
@@ -74,12 +75,12 @@ def _check_timeout(address: str, timeout: float | None) -> None:
 class SearchStream:
     """One long-lived SearchStream to a shard, multiplexing many searches by request_id."""
 
-    def __init__(self, stub: Any, address: str) -> None:
+    def __init__(self, stub: Any, address: str, metadata: Metadata = ()) -> None:
         self.address = address
         self.broken = False
         self._pending: dict[int, asyncio.Future[pb.SearchResponse]] = {}
         self._outbox: asyncio.Queue[pb.SearchRequest] = asyncio.Queue()
-        self._call = stub.SearchStream()
+        self._call = stub.SearchStream(metadata=metadata)
         self._writer = asyncio.create_task(self._write(), name=f"search-stream-writer {address}")
         self._reader = asyncio.create_task(self._read(), name=f"search-stream-reader {address}")
 
@@ -98,7 +99,10 @@ class SearchStream:
         except TimeoutError:
             raise shard_error(self.address, grpc.StatusCode.DEADLINE_EXCEEDED, "") from None
         finally:
-            self._pending.pop(request_id, None)
+            answered = future.done() and not future.cancelled()  # wait_for cancels it on the way out
+            if self._pending.pop(request_id, None) is not None and not answered and not self.broken:
+                # The caller went away or its deadline passed: the shard drops the search if not yet begun.
+                self._outbox.put_nowait(pb.SearchRequest(request_id=request_id, cancel=True))
         if answer.error_code:
             raise shard_error(self.address, status_from_value(answer.error_code), answer.error_message)
         return answer
@@ -112,7 +116,7 @@ class SearchStream:
         try:
             while True:
                 message = await self._outbox.get()
-                if message.request_id in self._pending:  # else its caller gave up already
+                if message.cancel or message.request_id in self._pending:  # else its caller gave up already
                     await self._call.write(message)
         except Exception as exc:  # whatever ends the stream, the waiting searches must hear of it
             self._break(_reason(exc))
@@ -157,15 +161,17 @@ def _reason(exc: Exception) -> str:
 class ShardClient:
     """The coordinator's connection to one shard: every Shard RPC, with errors in the catalogue."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, tls: TLS | None = None, cluster_secret: bytes | None = None) -> None:
         self.address = address
+        self._tls = tls
+        self._metadata = cluster_metadata(cluster_secret)  # proves to the shard that this is a cluster member
         # One counter across reopened streams, so a late answer can never match a newer question.
         self._request_ids = itertools.count(1)
         self._down_since: float | None = None  # when calls began failing with UNAVAILABLE
         self._open()
 
     def _open(self) -> None:
-        self._channel = aio_channel(self.address, SHARD_CHANNEL_OPTIONS)
+        self._channel = aio_channel(self.address, SHARD_CHANNEL_OPTIONS, tls=self._tls)
         self._stub = shard_pb2_grpc.ShardStub(self._channel)
         self._stream: SearchStream | None = None
         self._opened = time.monotonic()
@@ -191,7 +197,8 @@ class ShardClient:
         _check_timeout(self.address, timeout)
         call = getattr(await self._ready_stub(), method)
         try:
-            answer = await call(request, timeout=timeout, metadata=_tracing.metadata() if _tracing.ENABLED else None)
+            metadata = (*self._metadata, *_tracing.metadata()) if _tracing.ENABLED else self._metadata
+            answer = await call(request, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             error = shard_error(self.address, exc.code(), exc.details() or "")
             self._note(error)
@@ -264,7 +271,7 @@ class ShardClient:
         _check_timeout(self.address, timeout)
         stub = await self._ready_stub()
         if self._stream is None or self._stream.broken:
-            self._stream = SearchStream(stub, self.address)
+            self._stream = SearchStream(stub, self.address, self._metadata)
         try:
             answer = await self._stream.ask(request, next(self._request_ids), timeout)
         except ShoalError as exc:
@@ -283,8 +290,8 @@ class ShardClient:
 class ShardPool:
     """One ShardClient per shard address, in topology order."""
 
-    def __init__(self, addresses: Sequence[str]) -> None:
-        self.clients = [ShardClient(address) for address in addresses]
+    def __init__(self, addresses: Sequence[str], tls: TLS | None = None, cluster_secret: bytes | None = None) -> None:
+        self.clients = [ShardClient(address, tls, cluster_secret) for address in addresses]
 
     def __getitem__(self, index: int) -> ShardClient:
         return self.clients[index]

@@ -26,7 +26,8 @@ from shoal._config import (
     DEFAULT_TIMEOUT,
 )
 from shoal._errors import from_rpc_error
-from shoal._tracing import caller_metadata, caller_traceparent
+from shoal._tls import TLS, resolve
+from shoal._tracing import caller_traceparent
 from shoal._types import (
     CollectionInfo,
     FilterLike,
@@ -47,6 +48,8 @@ class AsyncClient(BaseClient):
 
     Every method raises a `shoal.ShoalError` subclass on failure, carrying the gRPC status code.
     With `channel=`, calls go over that channel (the caller's to close) and `address` only names it.
+    `api_key` and `tls` default to the variables SHOAL_API_KEY and SHOAL_TLS_CA, SHOAL_TLS_CERT, SHOAL_TLS_KEY;
+    `tls=False` forces plaintext, `tls=True` TLS with the system's roots (or those variables).
     """
 
     def __init__(
@@ -56,13 +59,17 @@ class AsyncClient(BaseClient):
         timeout: float | None = DEFAULT_TIMEOUT,
         batch_rows: int = DEFAULT_BATCH_ROWS,
         channel: grpc.aio.Channel | None = None,
+        api_key: str | None = None,
+        tls: TLS | bool | None = None,
     ) -> None:
+        key, tls_ = resolve(api_key, tls)
         super().__init__(
             address,
-            channel if channel is not None else _rpc.aio_channel(address),
+            channel if channel is not None else _rpc.aio_channel(address, tls=tls_),
             owns_channel=channel is None,
             timeout=timeout,
             batch_rows=batch_rows,
+            api_key=key,
         )
 
     async def close(self) -> None:
@@ -79,7 +86,7 @@ class AsyncClient(BaseClient):
     async def _send(self, call: Call[T]) -> T:
         try:
             reply = await call.method(
-                call.request, timeout=self.timeout if call.timed else None, metadata=caller_metadata()
+                call.request, timeout=self.timeout if call.timed else None, metadata=self._call_metadata()
             )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
@@ -220,7 +227,7 @@ class AsyncClient(BaseClient):
                 # gRPC would only cancel the call; the caller gets this error after the answers before it.
                 failed.append(exc)
 
-        call = self._stub.SearchStream(requests(), timeout=None)
+        call = self._stub.SearchStream(requests(), timeout=None, metadata=self._metadata)
         order = InOrder()
         try:
             async for reply in call:

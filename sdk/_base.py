@@ -14,10 +14,13 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import grpc
 import numpy as np
 
-from shoal._config import MAX_BATCH_ROWS, MAX_MESSAGE_BYTES, CollectionConfig, check_k
+from shoal._config import MAX_BATCH_ROWS, MAX_MESSAGE_BYTES, CollectionConfig, check_ef, check_k
 from shoal._errors import InvalidArgument, ShoalError, error_for_code, status_from_value
 from shoal._filter import check_path, to_json
 from shoal._search import Search, SearchShape
+from shoal._tls import Metadata, api_key_metadata
+from shoal._tracing import HEADER as TRACE_HEADER
+from shoal._tracing import caller_traceparent
 from shoal._types import (
     CollectionInfo,
     FilterLike,
@@ -124,13 +127,20 @@ class BaseClient:
         owns_channel: bool,
         timeout: float | None,
         batch_rows: int,
+        api_key: str | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
+        self._metadata = api_key_metadata(api_key)  # sent with every call
         self.batch_rows = batch_rows
         self._channel = channel
         self._owns_channel = owns_channel  # a channel the caller passed in is the caller's to close
         self._stub = shoal_pb2_grpc.ShoalStub(channel)
+
+    def _call_metadata(self) -> Metadata:
+        """The metadata of one call: the API key, and the application's trace context when it has one."""
+        traceparent = caller_traceparent()
+        return (*self._metadata, (TRACE_HEADER, traceparent)) if traceparent else self._metadata
 
     # collections
 
@@ -273,7 +283,7 @@ class BaseClient:
         collection: str, k: int, ef: int | None, with_payload: bool, with_vectors: bool, filter: FilterLike | None
     ) -> SearchShape:
         """What every query batch of a search or search stream shares, checked once."""
-        return SearchShape(collection, check_k(k), ef or 0, to_json(filter), with_payload, with_vectors)
+        return SearchShape(collection, check_k(k), check_ef(ef or 0), to_json(filter), with_payload, with_vectors)
 
     def _search(self, shape: SearchShape, queries: VectorsLike) -> Call[SearchResult]:
         request = Search(shape, as_matrix(queries, "queries")).to_proto()

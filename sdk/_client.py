@@ -22,7 +22,8 @@ from shoal._config import (
     DEFAULT_TIMEOUT,
 )
 from shoal._errors import from_rpc_error
-from shoal._tracing import caller_metadata, caller_traceparent
+from shoal._tls import TLS, resolve
+from shoal._tracing import caller_traceparent
 from shoal._types import (
     CollectionInfo,
     FilterLike,
@@ -42,6 +43,8 @@ class Client(BaseClient):
 
     Every method raises a `shoal.ShoalError` subclass on failure, carrying the gRPC status code.
     With `channel=`, calls go over that channel (the caller's to close) and `address` only names it.
+    `api_key` and `tls` default to the variables SHOAL_API_KEY and SHOAL_TLS_CA, SHOAL_TLS_CERT, SHOAL_TLS_KEY;
+    `tls=False` forces plaintext, `tls=True` TLS with the system's roots (or those variables).
     """
 
     def __init__(
@@ -51,13 +54,17 @@ class Client(BaseClient):
         timeout: float | None = DEFAULT_TIMEOUT,
         batch_rows: int = DEFAULT_BATCH_ROWS,
         channel: grpc.Channel | None = None,
+        api_key: str | None = None,
+        tls: TLS | bool | None = None,
     ) -> None:
+        key, tls_ = resolve(api_key, tls)
         super().__init__(
             address,
-            channel if channel is not None else _rpc.channel(address),
+            channel if channel is not None else _rpc.channel(address, tls=tls_),
             owns_channel=channel is None,
             timeout=timeout,
             batch_rows=batch_rows,
+            api_key=key,
         )
 
     def close(self) -> None:
@@ -73,7 +80,9 @@ class Client(BaseClient):
 
     def _send(self, call: Call[T]) -> T:
         try:
-            reply = call.method(call.request, timeout=self.timeout if call.timed else None, metadata=caller_metadata())
+            reply = call.method(
+                call.request, timeout=self.timeout if call.timed else None, metadata=self._call_metadata()
+            )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return call.decode(reply)
@@ -197,7 +206,7 @@ class Client(BaseClient):
         requests = (stream_request(shape, q, i, traceparent) for i, q in enumerate(batches))
         order = InOrder()
         try:
-            for reply in self._stub.SearchStream(requests, timeout=None):
+            for reply in self._stub.SearchStream(requests, timeout=None, metadata=self._metadata):
                 yield from order.release(reply)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc

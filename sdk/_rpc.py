@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 
 from shoal._config import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS, MAX_MESSAGE_BYTES
+from shoal._tls import TLS
 
 # Every option says why it is set.
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
@@ -29,14 +30,20 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-def channel(address: str) -> grpc.Channel:
-    """A blocking channel to a Shoal process."""
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+def channel(address: str, tls: TLS | None = None) -> grpc.Channel:
+    """A blocking channel to a Shoal process, over TLS when `tls` is given."""
+    if tls is None:
+        return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(address, tls.credentials(), options=CHANNEL_OPTIONS)
 
 
-def aio_channel(address: str, extra_options: Iterable[tuple[str, Any]] = ()) -> grpc.aio.Channel:
-    """An asyncio channel to a Shoal process; the caller's options replace defaults of the same name."""
+def aio_channel(
+    address: str, extra_options: Iterable[tuple[str, Any]] = (), tls: TLS | None = None
+) -> grpc.aio.Channel:
+    """An asyncio channel to a Shoal process, over TLS when `tls` is given; `extra_options` replace defaults."""
     # gRPC keeps the first of two options with one name, so a default would silently win over an override.
     options = dict(CHANNEL_OPTIONS)
     options.update(extra_options)
-    return grpc.aio.insecure_channel(address, options=list(options.items()))
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=list(options.items()))
+    return grpc.aio.secure_channel(address, tls.credentials(), options=list(options.items()))

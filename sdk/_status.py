@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 
 from shoal import _rpc
+from shoal._tls import TLS, api_key_metadata
 from shoal.v1 import shoal_pb2_grpc
 from shoal.v1 import types_pb2 as pb
 
@@ -48,11 +49,13 @@ def _process(p: pb.ProcessStatus) -> dict[str, Any]:
     return row
 
 
-def cluster_status(address: str) -> dict[str, Any]:
+def cluster_status(address: str, api_key: str | None = None, tls: TLS | None = None) -> dict[str, Any]:
     """Every process of the cluster behind the coordinator at `address`; the coordinator's row alone when it is down."""
-    with _rpc.channel(address) as channel:
+    with _rpc.channel(address, tls) as channel:
         try:
-            reply = shoal_pb2_grpc.ShoalStub(channel).GetStatus(pb.StatusRequest(), timeout=STATUS_TIMEOUT)
+            reply = shoal_pb2_grpc.ShoalStub(channel).GetStatus(
+                pb.StatusRequest(), timeout=STATUS_TIMEOUT, metadata=api_key_metadata(api_key)
+            )
         except grpc.RpcError as exc:
             code = exc.code().name if isinstance(exc, grpc.Call) else "UNAVAILABLE"
             detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)

@@ -154,9 +154,3 @@ def caller_traceparent() -> str:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier.get(HEADER, "")
-
-
-def caller_metadata() -> list[tuple[str, str]] | None:
-    """gRPC metadata with the application's current trace context, or None."""
-    value = caller_traceparent()
-    return [(HEADER, value)] if value else None

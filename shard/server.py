@@ -7,12 +7,21 @@ import contextlib
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
 from shoal._metrics import serve as serve_metrics
-from shoal._server import add_standard_services, aio_server, bind, set_serving, wait_for_signal
+from shoal._server import (
+    ServerSecurity,
+    add_standard_services,
+    aio_server,
+    bind,
+    check_safe,
+    set_serving,
+    wait_for_signal,
+)
 from shoal.shard.core import Shard
 from shoal.shard.metrics import collector
 from shoal.shard.options import ShardOptions
@@ -26,8 +35,17 @@ GRACE_SECONDS = 5
 GRPC_FORK_ENV = "GRPC_ENABLE_FORK_SUPPORT"
 
 
-def run(data: Path, listen: str, cores: list[int] | None, metrics: str | None = None) -> None:
+def run(
+    data: Path,
+    listen: str,
+    cores: list[int] | None,
+    security: ServerSecurity | None = None,
+    backup_root: Path | None = None,
+    metrics: str | None = None,
+) -> None:
     """Run a shard on `listen` with its data under `data` until SIGTERM or SIGINT (/metrics on `metrics`)."""
+    security = security or ServerSecurity()
+    check_safe(listen, security)
     if os.environ.get(GRPC_FORK_ENV) != "false":
         # Snapshots fork (snapshots.py) and the child never touches gRPC, so gRPC's fork handlers must stay
         # out of it (they would pause gRPC's threads, and do not support the asyncio server). gRPC reads
@@ -39,18 +57,19 @@ def run(data: Path, listen: str, cores: list[int] | None, metrics: str | None = 
     # numpy's BLAS (exact filtered search) started its threads before the pinning, one per core of the
     # machine: left so, every shard would compete for every core.
     threadpool_limits(threads, user_api="blas")
-    asyncio.run(_serve(Path(data), listen, ShardOptions.from_env(threads), metrics))
+    options = replace(ShardOptions.from_env(threads), backup_root=backup_root)
+    asyncio.run(_serve(Path(data), listen, options, security, metrics))
 
 
-async def _serve(data: Path, listen: str, options: ShardOptions, metrics: str | None) -> None:
+async def _serve(data: Path, listen: str, options: ShardOptions, security: ServerSecurity, metrics: str | None) -> None:
     threads = options.threads
     shard = Shard(data, options=options)
-    server = aio_server(metrics=metrics is not None)
+    server = aio_server(security.guard, metrics=metrics is not None)
     servicer = ShardServicer(shard)
     shard_pb2_grpc.add_ShardServicer_to_server(servicer, server)
     health = add_standard_services(server, [SERVICE])
     await set_serving(health, [SERVICE], False)
-    servicer.address = bind(server, listen)
+    servicer.address = bind(server, listen, security.tls)
     if metrics is not None:
         collector().add(servicer.address, shard)
         servicer.metrics_address = serve_metrics(metrics)

@@ -70,3 +70,13 @@ def test_status_of_nothing_says_unreachable_and_fails_only_with_check() -> None:
     assert result.returncode == 0 and "coordinator 127.0.0.1:1: UNREACHABLE (UNAVAILABLE" in result.stdout
     checked = _shoal("status", "--check", "--address", "127.0.0.1:1")
     assert checked.returncode == 1 and "UNAVAILABLE" in checked.stdout
+
+
+def test_version_and_cores_beyond_the_machine_get_one_clear_line(tmp_path: Path) -> None:
+    version = _shoal("--version")
+    assert version.returncode == 0 and re.fullmatch(r"shoal \d+\.\d+\.\d+\S*\n", version.stdout), version
+    beyond = max(os.sched_getaffinity(0)) + 1
+    run = _shoal("shard", "--data", str(tmp_path / "d"), "--cores", f"0,{beyond}")
+    assert run.returncode != 0
+    assert f"core {beyond} is not available here" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert not (tmp_path / "d").exists()
