@@ -260,6 +260,10 @@ class GroupConnection:
         """Scroll on the primary (cursors are per member only by chance equal: keep one member)."""
         return await self._write(lambda c, t: c.scroll(request, t), timeout)
 
+    async def status(self, timeout: float | None) -> Any:
+        """The primary's process status."""
+        return await self._write(lambda c, t: c.status(t), timeout)
+
     async def search(self, request: pb.SearchRequest, timeout: float | None) -> Any:
         """Search on an in-sync member (least outstanding), another one if it fails."""
         return await self._read(lambda c, t: c.search(request, t), timeout)

@@ -11,6 +11,7 @@ from grpc_health.v1 import health
 
 from shoal._errors import ShoalError
 from shoal._meta import MetaStore
+from shoal._metrics import serve as serve_metrics
 from shoal._server import (
     ServerSecurity,
     add_standard_services,
@@ -53,6 +54,7 @@ class CoordinatorServer:
         security: ServerSecurity | None = None,
         shard_tls: TLS | None = None,
         cluster_secret: bytes | None = None,
+        metrics: str | None = None,
         view: GroupView | None = None,
     ) -> None:
         self.topology = topology
@@ -61,15 +63,19 @@ class CoordinatorServer:
         self.security = security or ServerSecurity()
         self.shard_tls = shard_tls  # how this coordinator reaches its shards: TLS (a member's certificate)...
         self.cluster_secret = cluster_secret  # ...or the cluster secret
+        self.metrics = metrics  # HOST:PORT to serve /metrics on (None: no metrics)
         self.address = ""
+        self.metrics_address = ""
         self._server: grpc.aio.Server | None = None
         self._pool: ShardPool | None = None
         self._health: health.aio.HealthServicer | None = None
 
     async def start(self) -> str:
         """Bind and start (health still NOT_SERVING); return the bound address."""
-        server = aio_server(self.security.guard)
+        server = aio_server(self.security.guard, metrics=self.metrics is not None)
         self.address = bind(server, self.listen, self.security.tls)
+        if self.metrics is not None:
+            self.metrics_address = serve_metrics(self.metrics)
         self._server = server
         if self.view is not None:
             view = self.view
@@ -80,7 +86,7 @@ class CoordinatorServer:
             assert self.topology is not None
             self._pool = ShardPool(self.topology.addresses, self.shard_tls, self.cluster_secret)
             core = Coordinator(self.topology, self._pool.clients)
-        shoal_pb2_grpc.add_ShoalServicer_to_server(ShoalServicer(core), server)
+        shoal_pb2_grpc.add_ShoalServicer_to_server(ShoalServicer(core, self.address, self.metrics_address), server)
         self._health = add_standard_services(server, [SERVICE_NAME])
         await server.start()
         return self.address
@@ -121,19 +127,27 @@ async def connect_view(
 
 
 async def serve_groups(
-    listen: str, meta: str, cluster: str, security: ServerSecurity, shard_tls: TLS | None, secret: bytes | None
+    listen: str,
+    meta: str,
+    cluster: str,
+    security: ServerSecurity,
+    shard_tls: TLS | None,
+    secret: bytes | None,
+    metrics: str | None,
 ) -> None:
     """Serve over the shard groups in etcd until SIGTERM or SIGINT."""
     view = await connect_view(meta, cluster, shard_tls, secret)
-    await serve(None, listen, CoordinatorServer(None, listen, security, shard_tls, secret, view))
+    await serve(None, listen, CoordinatorServer(None, listen, security, shard_tls, secret, metrics, view))
 
 
 async def serve(topology: Topology | None, listen: str, server: CoordinatorServer) -> None:
-    """Serve until SIGTERM or SIGINT, announcing the bound address on stdout."""
+    """Serve until SIGTERM or SIGINT, announcing the bound address (and the metrics one) on stdout."""
     signalled = asyncio.create_task(wait_for_signal())
     await asyncio.sleep(0)  # the signal handlers are in place before anyone can learn the address
     try:
         address = await server.start()
+        if server.metrics_address:  # before the listening line, which tells LocalCluster the start is over
+            print(f"shoal coordinator metrics on {server.metrics_address}", flush=True)
         print(f"shoal coordinator listening on {address}", flush=True)
         if topology is not None:
             log.info("topology version %d: %s", topology.version, ", ".join(topology.addresses))
@@ -151,6 +165,7 @@ def run(
     security: ServerSecurity | None = None,
     shard_tls: TLS | None = None,
     cluster_secret: bytes | None = None,
+    metrics: str | None = None,
     meta: str = "",
     cluster: str = "default",
 ) -> None:
@@ -158,7 +173,7 @@ def run(
     if meta:
         security = security or ServerSecurity()
         check_safe(listen, security)
-        asyncio.run(serve_groups(listen, meta, cluster, security, shard_tls, cluster_secret))
+        asyncio.run(serve_groups(listen, meta, cluster, security, shard_tls, cluster_secret, metrics))
         return
     try:
         topology = load_topology(shards, topology_file)
@@ -166,4 +181,5 @@ def run(
         raise SystemExit(f"invalid topology: {exc}") from None
     security = security or ServerSecurity()
     check_safe(listen, security)
-    asyncio.run(serve(topology, listen, CoordinatorServer(topology, listen, security, shard_tls, cluster_secret)))
+    server = CoordinatorServer(topology, listen, security, shard_tls, cluster_secret, metrics)
+    asyncio.run(serve(topology, listen, server))

@@ -230,7 +230,7 @@ def test_status_lists_groups_and_check_compares_replicas(replicated: LocalCluste
     _, replicas = by_role(replicated)
     victim = replicas[0]
     victim.kill()
-    status = shoal_cli("status", "--json", "--data", data)
+    status = shoal_cli("status", "--json", "--address", replicated.address, "--data", data)
     assert status.returncode == 0, status.stderr
     (group,) = json.loads(status.stdout)["groups"]
     assert group["slots"] == [[0, 4096]]
