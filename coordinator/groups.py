@@ -34,15 +34,22 @@ RETRY_BUDGET = 8.0  # seconds a call keeps retrying on other members or a new pr
 WAIT_STEP = 0.05  # seconds between retries when no change arrives
 
 
-def routing_topology(topology: MetaTopology, groups: dict[str, GroupState]) -> Topology:
-    """The core's topology: each slot range's group named by its primary's address (or a placeholder)."""
+def routing_topology(
+    topology: MetaTopology, groups: dict[str, GroupState], last: dict[str, str] | None = None
+) -> Topology:
+    """The core's topology: each slot range's group named by its primary's address, else by its last
+    primary's (`last`: group → address, so a dead primary is reported under its own address), else a placeholder."""
     names = list(dict.fromkeys(r.group for r in topology.ranges))
 
     def address(i: int, group: str) -> str:
         state = groups.get(group)
         if state is not None and state.primary is not None and state.primary in state.members:
             return state.members[state.primary]
+        if last and group in last and last[group] not in taken:
+            return last[group]
         return f"{group}.unavailable:{i + 1}"
+
+    taken = {s.members[s.primary] for s in groups.values() if s.primary is not None and s.primary in s.members}
 
     addresses = {g: address(i, g) for i, g in enumerate(names)}
     ranges = tuple(SlotRange(addresses[r.group], r.start, r.end) for r in topology.ranges)
@@ -79,8 +86,11 @@ class GroupView:
         for name in names:
             if name not in self.connections:
                 self.connections[name] = GroupConnection(self, name)
-            if groups[name].members:
-                self.connections[name].last_seen = sorted(groups[name].members.values())
+            state, conn = groups[name], self.connections[name]
+            if state.members:
+                conn.last_seen = sorted(state.members.values())
+            if state.primary is not None and state.primary in state.members:
+                conn.last_primary = state.members[state.primary]
         self.on_change()
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
@@ -112,7 +122,8 @@ class GroupView:
 
     def routing(self) -> tuple[Topology, list[GroupConnection]]:
         """The core's topology and one connection per shard of it, in its order."""
-        topology = routing_topology(self.topology, self.groups)
+        last = {name: c.last_primary for name, c in self.connections.items() if c.last_primary}
+        topology = routing_topology(self.topology, self.groups, last)
         by_address = {}
         for r_meta, r in zip(self.topology.ranges, topology.ranges, strict=True):
             by_address[r.address] = self.connections[r_meta.group]
@@ -142,14 +153,15 @@ class GroupConnection:
         self.view, self.group = view, group
         self.outstanding: dict[str, int] = {}  # member address → calls in flight
         self.last_seen: list[str] = []  # the addresses of the members last listed (named when none is)
+        self.last_primary = ""  # the address of the last primary seen
 
     @property
     def address(self) -> str:
         """The primary's address (what describe and errors name)."""
         state = self.view.groups.get(self.group)
-        if state is not None and state.primary is not None:
-            return state.members.get(state.primary, self.group)
-        return self.group
+        if state is not None and state.primary is not None and state.primary in state.members:
+            return state.members[state.primary]
+        return self.last_primary or self.group
 
     def _primary(self) -> str | None:
         state = self.view.groups.get(self.group)
