@@ -385,6 +385,35 @@ def test_a_full_disk_refuses_writes_and_resumes_when_space_is_back(tmp_path: Pat
             shard.kill()
 
 
+def test_a_full_disk_still_drops_a_collection_and_the_drop_survives_a_restart(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", 96) as disk:
+        shard = ShardProc(disk / "shard", tmp_path / "shard.log")
+        try:
+            shard.start(SHOAL_MIN_FREE_MB="16")
+            expected = fresh()
+            create(shard)
+            upsert(shard, expected, 0, 300, seed=13)
+            filler = fill(disk, 8 * 2**20)
+            with pytest.raises(ShoalError) as failure:
+                upsert(shard, expected, 300, 50, seed=14)
+            assert failure.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            # A drop frees space, so a full disk takes it, and the other collection stays as it was.
+            dropped = shard.call("DropCollection", pb.DropCollectionRequest(name="s"))
+            assert dropped.dropped  # type: ignore[attr-defined]
+            del expected["s"]
+            listed = shard.call("ListCollections", pb.ListCollectionsRequest())
+            assert list(listed.names) == ["u"]  # type: ignore[attr-defined]
+            check(shard, expected)
+            assert shard.stop() == 0
+            filler.unlink()
+            shard.start()
+            listed = shard.call("ListCollections", pb.ListCollectionsRequest())
+            assert list(listed.names) == ["u"]  # type: ignore[attr-defined]
+            check(shard, expected)
+        finally:
+            shard.kill()
+
+
 def test_a_failed_rocksdb_write_is_fatal_and_a_restart_recovers(tmp_path: Path) -> None:
     with small_disk(tmp_path / "disk", 64) as disk:
         shard = ShardProc(disk / "shard", tmp_path / "shard.log")
