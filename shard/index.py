@@ -73,19 +73,21 @@ class VectorIndex:
             self._index.load(source)
         self.count = len(self._index)  # live points, refreshed by every update; read from any thread
         self.changes = 0  # points added or removed so far; only the worker writes it
+        self.removed = 0  # tombstones: points removed or replaced since the graph was built (see compaction.py)
 
     def upsert(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Add points, replacing those whose keys are present."""
         present = np.atleast_1d(self._index.contains(keys))
         if present.any():
             self._index.remove(keys[present])
+            self.removed += int(present.sum())
         self._index.add(keys, vectors, threads=self.threads)
         self.count = len(self._index)
         self.changes += len(keys)
 
-    def extend(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        """Add points whose keys are not present (rebuilding from storage)."""
-        self._index.add(keys, vectors, threads=self.threads)
+    def extend(self, keys: np.ndarray, vectors: np.ndarray, threads: int = 0) -> None:
+        """Add points whose keys are not present (rebuilding from storage), on `threads` threads (0: the index's)."""
+        self._index.add(keys, vectors, threads=threads or self.threads)
         self.count = len(self._index)
 
     def remove(self, keys: np.ndarray) -> None:
@@ -94,11 +96,18 @@ class VectorIndex:
             self._index.remove(keys)
             self.count = len(self._index)
             self.changes += len(keys)
+            self.removed += len(keys)
 
     def discard(self, keys: np.ndarray) -> None:
         """Remove whichever of these keys are present."""
         if len(keys):
             self.remove(keys[np.atleast_1d(self._index.contains(keys))])
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        """Which of these keys are live points, as a bool array."""
+        if len(keys) == 0:
+            return np.zeros(0, bool)
+        return np.atleast_1d(np.asarray(self._index.contains(keys), bool))
 
     def keys(self) -> np.ndarray:
         """The keys of every live point, sorted."""
