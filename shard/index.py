@@ -25,6 +25,7 @@ from usearch.index import Index, Matches
 
 from shoal._coalesce import row_slices, stack
 from shoal._config import CollectionConfig
+from shoal._errors import Unavailable
 from shoal.shard.queue_thread import QueueThread
 
 log = logging.getLogger("shoal.shard.index")
@@ -34,6 +35,9 @@ T = TypeVar("T")
 METRICS = {"cosine": "cos", "l2": "l2sq", "ip": "ip"}
 DTYPES = {"f32": "f32", "bf16": "bf16", "f16": "f16", "i8": "i8"}
 MAX_DRAIN = 1024  # queue items taken at once; bounds the latency a long burst adds to the first item
+# Queries per usearch call of a coalesced group: between calls the worker drops the searches whose callers
+# left and stops on shutdown, so abandoned work ends within one call (well under a second), not minutes.
+CHUNK_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -199,7 +203,13 @@ class IndexWorker(QueueThread["_Search | _Call | _Apply"]):
     def __init__(self, applied_seq: int = 0, on_fatal: Callable[[str], None] = _unreachable) -> None:
         self.applied_seq = applied_seq  # the sequence of the last write applied; only the worker writes it
         self._on_fatal = on_fatal
+        self._halting = False  # set by stop(): queued and running searches end, updates still apply
         super().__init__("shoal-index")
+
+    def stop(self) -> None:
+        """Fail queued searches, end the running one after its current call, apply queued updates, then end."""
+        self._halting = True
+        super().stop()
 
     def search(self, group: tuple[object, ...], run: Runner, queries: np.ndarray) -> Future[tuple[Hits, str]]:
         """Queue a search; the future resolves to its hits and plan. Queued searches of one group share a run."""
@@ -246,22 +256,42 @@ class IndexWorker(QueueThread["_Search | _Call | _Apply"]):
     def _searches(self, searches: list[_Search]) -> None:
         groups: dict[tuple[object, ...], list[_Search]] = {}
         for s in searches:
-            if s.future.set_running_or_notify_cancel():
+            if not s.future.cancelled():
                 groups.setdefault(s.group, []).append(s)
         for group in groups.values():
             blocks = [s.queries for s in group]
+            found: tuple[Hits, str] | None | Exception
             try:
-                hits, plan = group[0].run(stack(blocks))
+                found = self._run_group(group, stack(blocks))
             except Exception as exc:
                 log.exception("search failed")
-                for s in group:
-                    s.future.set_exception(exc)
-                continue
-            if len(group) == 1:
-                group[0].future.set_result((hits, plan))
-                continue
+                found = exc
             for s, rows in zip(group, row_slices(blocks), strict=True):
-                s.future.set_result((Hits(hits.keys[rows], hits.distances[rows], hits.counts[rows]), plan))
+                if not s.future.set_running_or_notify_cancel():
+                    continue  # its caller left
+                if isinstance(found, Exception):
+                    s.future.set_exception(found)
+                elif found is None:
+                    s.future.set_exception(Unavailable("the shard is shutting down"))
+                else:
+                    hits, plan = found
+                    part = hits if len(group) == 1 else Hits(hits.keys[rows], hits.distances[rows], hits.counts[rows])
+                    s.future.set_result((part, plan))
+
+    def _run_group(self, group: list[_Search], queries: np.ndarray) -> tuple[Hits, str] | None:
+        """The group's hits, CHUNK_ROWS queries per call; None once every caller left or the shard stops."""
+        parts: list[Hits] = []
+        plan = ""
+        for lo in range(0, max(len(queries), 1), CHUNK_ROWS):
+            if self._halting or all(s.future.cancelled() for s in group):
+                return None
+            hits, plan = group[0].run(queries[lo : lo + CHUNK_ROWS])
+            parts.append(hits)
+        if len(parts) == 1:
+            return parts[0], plan
+        keys = np.concatenate([h.keys for h in parts])
+        distances = np.concatenate([h.distances for h in parts])
+        return Hits(keys, distances, np.concatenate([h.counts for h in parts])), plan
 
 
 def _resolve(future: Future[Any], fn: Callable[[], Any]) -> bool:
