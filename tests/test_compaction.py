@@ -58,8 +58,11 @@ class Points:
     def lost(self, ef: int) -> int:
         """How many live points a search for their own vector (k=1) does not find first."""
         ids = np.array(sorted(self.vectors))
-        found = self.shard.search("u", np.stack([self.vectors[i] for i in ids.tolist()]), k=1, ef=ef)
-        return int((found.ids[:, 0] != ids).sum())
+        lost = 0
+        for part in np.array_split(ids, -(-len(ids) // 10_000)):  # a search takes 10,000 queries at most
+            found = self.shard.search("u", np.stack([self.vectors[i] for i in part.tolist()]), k=1, ef=ef)
+            lost += int((found.ids[:, 0] != part).sum())
+        return lost
 
     def check(self, ef: int) -> None:
         """The shard holds exactly the acknowledged points, its index equals RocksDB, each point finds itself."""
