@@ -27,6 +27,7 @@ from shoal._config import (
 )
 from shoal._errors import from_rpc_error
 from shoal._tls import TLS, resolve
+from shoal._tracing import caller_traceparent
 from shoal._types import (
     CollectionInfo,
     FilterLike,
@@ -85,7 +86,7 @@ class AsyncClient(BaseClient):
     async def _send(self, call: Call[T]) -> T:
         try:
             reply = await call.method(
-                call.request, timeout=self.timeout if call.timed else None, metadata=self._metadata
+                call.request, timeout=self.timeout if call.timed else None, metadata=self._call_metadata()
             )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
@@ -212,6 +213,7 @@ class AsyncClient(BaseClient):
         the next: cheaper per query than unary calls on both ends.
         """
         shape = self._search_shape(collection, k, ef, with_payload, with_vectors, filter)
+        traceparent = caller_traceparent()
         failed: list[Exception] = []
 
         async def requests() -> AsyncIterator[pb.SearchRequest]:
@@ -219,7 +221,7 @@ class AsyncClient(BaseClient):
             i = 0
             try:
                 async for q in items:
-                    yield stream_request(shape, q, i)
+                    yield stream_request(shape, q, i, traceparent)
                     i += 1
             except Exception as exc:
                 # gRPC would only cancel the call; the caller gets this error after the answers before it.

@@ -184,7 +184,8 @@ def test_writes_during_a_compaction_are_all_in_the_swapped_index(shard: Shard, m
         thread.join()
     assert done is not None and caught_up >= 1
     assert done.swapped > 0  # the last writes were aligned on the index worker
-    assert removed(shard) < done.shed / 4
+    # The old tombstones are gone; the new ones come from the deletes and replacements staged and racing above.
+    assert removed(shard) < done.shed / 2
     # The writes after the swap left tombstones again: HNSW may miss a point, so search exactly (ef >= size).
     assert len(points.vectors) < 4096
     points.check(ef=4096)
