@@ -24,6 +24,7 @@ from shoal._errors import DeadlineExceeded
 from shoal._metrics import SEARCH_BATCH_QUERIES
 from shoal._results import TopK, answer_rows
 from shoal._search import Search, SearchShape
+from shoal._token import merge
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,9 @@ class SearchBatcher:
         # The fan-out lasts as long as its most patient search; the others' calls end at their own deadline.
         timeout = max(0.0, max(deadlines) - time.monotonic()) if len(deadlines) == len(taken) else None
         blocks = [w.search.queries for w in taken]
-        search = taken[0].search if len(taken) == 1 else Search(key[0], stack(blocks))
+        search = (
+            taken[0].search if len(taken) == 1 else Search(key[0], stack(blocks), merge(w.search.token for w in taken))
+        )
         stopping = False
         try:
             answer = await self._traced_run(taken, search, timeout)

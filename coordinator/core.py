@@ -20,6 +20,8 @@ from shoal._errors import AlreadyExists, DeadlineExceeded, Internal, InvalidArgu
 from shoal._filter import check_path, parse_json
 from shoal._results import Found, Page, TopK, check_answer_budget, found_from_proto, topk_from_proto
 from shoal._search import Search
+from shoal._token import Token
+from shoal._token import merge as merge_tokens
 from shoal._wire import check_ids, check_payloads, check_queries, check_upsert, encode_ids, encode_matrix
 from shoal.coordinator.batcher import DEFAULT_BATCHING, Answer, BatchConfig, SearchBatcher
 from shoal.coordinator.merge import merge, merge_found
@@ -221,8 +223,8 @@ class Coordinator:
 
     async def upsert(
         self, name: str, ids: np.ndarray, vectors: np.ndarray, payloads: Sequence[bytes], timeout: float | None
-    ) -> int:
-        """Write each point to the shard of its slot, one batch per shard; the number upserted."""
+    ) -> tuple[int, Token]:
+        """Write each point to the shard of its slot, one batch per shard; the number upserted and the token."""
         check_name(name)
         check_upsert(ids, vectors, payloads)
         payloads = list(payloads)
@@ -237,10 +239,16 @@ class Coordinator:
 
         groups = self.topology.route(ids)
         answers = await self._fan_out(groups, lambda i: self.shards[i].upsert(request(groups[i]), timeout))
-        return sum(a.upserted for a in answers)
+        return sum(a.upserted for a in answers), merge_tokens(a.token for a in answers)
 
     async def get(
-        self, name: str, ids: np.ndarray, with_vectors: bool, with_payload: bool, timeout: float | None
+        self,
+        name: str,
+        ids: np.ndarray,
+        with_vectors: bool,
+        with_payload: bool,
+        timeout: float | None,
+        token: Token | None = None,
     ) -> Found:
         """The points that exist among `ids`, in request order."""
         check_name(name)
@@ -250,7 +258,11 @@ class Coordinator:
         async def get(i: int) -> Found:
             shard = self.shards[i]
             request = pb.GetRequest(
-                collection=name, ids=encode_ids(ids[groups[i]]), with_vectors=with_vectors, with_payload=with_payload
+                collection=name,
+                ids=encode_ids(ids[groups[i]]),
+                with_vectors=with_vectors,
+                with_payload=with_payload,
+                token=token,
             )
             answer = await shard.get(request, timeout)
             try:
@@ -264,32 +276,35 @@ class Coordinator:
         except ValueError as exc:
             raise Internal(f"the shards' get results do not fit the request: {exc}") from exc
 
-    async def delete(self, name: str, ids: np.ndarray, timeout: float | None, filter_text: str = "") -> int:
-        """Delete points by id, one batch per shard, or every point matching a filter; the number deleted."""
+    async def delete(
+        self, name: str, ids: np.ndarray, timeout: float | None, filter_text: str = ""
+    ) -> tuple[int, Token]:
+        """Delete points by id, one batch per shard, or every point matching a filter; the number and the token."""
         check_name(name)
         if filter_text:
             if len(ids):
                 raise InvalidArgument("give ids or a filter to delete, not both")
             request = pb.DeleteRequest(collection=name, filter=check_filter(filter_text))
-            return sum(a.deleted for a in await self._all(lambda s: s.delete(request, timeout)))
+            answers = await self._all(lambda s: s.delete(request, timeout))
+            return sum(a.deleted for a in answers), merge_tokens(a.token for a in answers)
         check_ids(ids)
         groups = self.topology.route(ids)
         answers = await self._fan_out(
             groups,
             lambda i: self.shards[i].delete(pb.DeleteRequest(collection=name, ids=encode_ids(ids[groups[i]])), timeout),
         )
-        return sum(a.deleted for a in answers)
+        return sum(a.deleted for a in answers), merge_tokens(a.token for a in answers)
 
-    async def count(self, name: str, timeout: float | None, filter_text: str = "") -> int:
+    async def count(self, name: str, timeout: float | None, filter_text: str = "", token: Token | None = None) -> int:
         """The number of points over all shards, or of those matching a filter."""
         check_name(name)
-        request = pb.CountRequest(collection=name, filter=check_filter(filter_text) if filter_text else "")
+        request = pb.CountRequest(collection=name, filter=check_filter(filter_text) if filter_text else "", token=token)
         return sum(a.count for a in await self._all(lambda s: s.count(request, timeout)))
 
     async def set_payload(
         self, name: str, ids: np.ndarray, set_raw: bytes, unset: Sequence[str], timeout: float | None
-    ) -> int:
-        """Set and remove payload keys of existing points, one batch per shard; how many points exist."""
+    ) -> tuple[int, Token]:
+        """Set and remove payload keys of existing points, one batch per shard; how many points exist, and the token."""
         check_name(name)
         check_ids(ids)
         check_payloads([set_raw])
@@ -303,7 +318,7 @@ class Coordinator:
             return pb.SetPayloadRequest(collection=name, ids=encode_ids(ids[groups[i]]), set=set_raw, unset=list(unset))
 
         answers = await self._fan_out(groups, lambda i: self.shards[i].set_payload(request(i), timeout))
-        return sum(a.updated for a in answers)
+        return sum(a.updated for a in answers), merge_tokens(a.token for a in answers)
 
     async def scroll(
         self,

@@ -23,6 +23,7 @@ from shoal._meta import MetaStore
 from shoal._meta_values import GroupState, Section
 from shoal._meta_values import Topology as MetaTopology
 from shoal._tls import TLS
+from shoal._token import BEHIND
 from shoal.coordinator.shards import ShardClient
 from shoal.coordinator.topology import SlotRange, Topology
 from shoal.v1 import types_pb2 as pb
@@ -183,7 +184,7 @@ class GroupConnection:
 
     async def _retry(
         self,
-        pick: Callable[[set[str]], str | None],
+        pick: Callable[[set[str], set[str]], str | None],
         call: Callable[[Any, float | None], Awaitable[T]],
         timeout: float | None,
         write: bool,
@@ -195,13 +196,14 @@ class GroupConnection:
         deadline = loop.time() + budget
         end = None if timeout is None else loop.time() + timeout  # the caller's: each attempt may use it all
         failed: set[str] = set()
+        behind: set[str] = set()  # members that refused a read for being behind the caller's token
         where = ", ".join(self.last_seen) or "none"
         last: ShoalError = Unavailable(f"shard group {self.group} has no reachable member (last listed: {where})")
         while True:
             left = deadline - loop.time()
             if left <= 0:
                 raise last
-            address = pick(failed)
+            address = pick(failed, behind)
             if address is None:
                 failed.clear()
                 await self.view.changed(min(left, 0.5))
@@ -213,6 +215,11 @@ class GroupConnection:
                 last = exc
                 failed.add(address)
             except FailedPrecondition as exc:
+                if not write and BEHIND in exc.message:  # a replica behind the caller's token: ask the primary
+                    last = exc
+                    failed.add(address)
+                    behind.add(address)
+                    continue
                 if not write or "not the primary" not in exc.message:
                     raise
                 last = Unavailable(f"shard group {self.group} is electing a primary")
@@ -223,10 +230,13 @@ class GroupConnection:
                 await self.view.changed(min(deadline - loop.time(), WAIT_STEP))
 
     async def _write(self, call: Callable[[Any, float | None], Awaitable[T]], timeout: float | None) -> T:
-        return await self._retry(lambda failed: self._primary(), call, timeout, True)
+        return await self._retry(lambda failed, behind: self._primary(), call, timeout, True)
 
     async def _read(self, call: Callable[[Any, float | None], Awaitable[T]], timeout: float | None) -> T:
-        def pick(failed: set[str]) -> str | None:
+        def pick(failed: set[str], behind: set[str]) -> str | None:
+            primary = self._primary()
+            if behind and primary is not None and primary not in failed:
+                return primary  # it has every acknowledged write
             readers = self._readers(failed)
             return readers[0] if readers else None
 

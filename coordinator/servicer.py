@@ -16,6 +16,7 @@ from shoal._errors import ResourceExhausted
 from shoal._results import check_answer_size, found_to_proto, page_to_proto, topk_to_proto
 from shoal._search import Search
 from shoal._server import error_status
+from shoal._token import Token, merge
 from shoal._wire import decode_ids, decode_matrix
 from shoal.coordinator.batcher import Answer
 from shoal.coordinator.core import Coordinator
@@ -87,16 +88,17 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
         return pb.ClusterStatus(topology_version=self._core.topology.version, processes=[me, *shards])
 
     async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
-        return pb.UpsertResponse(upserted=await self._upsert(request, context))
+        upserted, token = await self._upsert(request, context)
+        return pb.UpsertResponse(upserted=upserted, token=token)
 
     async def UpsertStream(
         self, request_iterator: AsyncIterator[pb.UpsertRequest], context: grpc.aio.ServicerContext
     ) -> pb.UpsertResponse:
-        total = 0
+        total, tokens = 0, []
         # Up to UPSERT_WINDOW messages are applied at once, so each shard works through its share at its own
         # pace instead of waiting for the slowest shard after every message; a message that shares an id with
         # one still running waits for it, so a later message still overwrites an earlier one.
-        running: dict[asyncio.Task[int], np.ndarray] = {}
+        running: dict[asyncio.Task[tuple[int, Token]], np.ndarray] = {}
         try:
             async for request in request_iterator:
                 ids = decode_ids(request.ids)
@@ -106,20 +108,24 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
                     done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     for task in done:
                         del running[task]
-                        total += task.result()
+                        upserted, token = task.result()
+                        total += upserted
+                        tokens.append(token)
                 running[asyncio.create_task(self._upsert(request, context, ids))] = ids
             for task in list(running):
-                total += await task
+                upserted, token = await task
+                total += upserted
+                tokens.append(token)
                 del running[task]
         finally:
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
-        return pb.UpsertResponse(upserted=total)
+        return pb.UpsertResponse(upserted=total, token=merge(tokens))
 
     async def _upsert(
         self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext, ids: np.ndarray | None = None
-    ) -> int:
+    ) -> tuple[int, Token]:
         ids = decode_ids(request.ids) if ids is None else ids
         return await self._core.upsert(
             request.collection, ids, decode_matrix(request.vectors), request.payloads, _timeout(context)
@@ -127,18 +133,24 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
 
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
         found = await self._core.get(
-            request.collection, decode_ids(request.ids), request.with_vectors, request.with_payload, _timeout(context)
+            request.collection,
+            decode_ids(request.ids),
+            request.with_vectors,
+            request.with_payload,
+            _timeout(context),
+            dict(request.token),
         )
         return found_to_proto(found)
 
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
-        deleted = await self._core.delete(
+        deleted, token = await self._core.delete(
             request.collection, decode_ids(request.ids), _timeout(context), request.filter
         )
-        return pb.DeleteResponse(deleted=deleted)
+        return pb.DeleteResponse(deleted=deleted, token=token)
 
     async def Count(self, request: pb.CountRequest, context: grpc.aio.ServicerContext) -> pb.CountResponse:
-        return pb.CountResponse(count=await self._core.count(request.collection, _timeout(context), request.filter))
+        count = await self._core.count(request.collection, _timeout(context), request.filter, dict(request.token))
+        return pb.CountResponse(count=count)
 
     async def Scroll(self, request: pb.ScrollRequest, context: grpc.aio.ServicerContext) -> pb.ScrollResponse:
         page = await self._core.scroll(
@@ -155,10 +167,10 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
     async def SetPayload(
         self, request: pb.SetPayloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetPayloadResponse:
-        updated = await self._core.set_payload(
+        updated, token = await self._core.set_payload(
             request.collection, decode_ids(request.ids), request.set, list(request.unset), _timeout(context)
         )
-        return pb.SetPayloadResponse(updated=updated)
+        return pb.SetPayloadResponse(updated=updated, token=token)
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         answer = await self._core.submit_search(Search.from_proto(request), _timeout(context))

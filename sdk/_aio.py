@@ -221,7 +221,7 @@ class AsyncClient(BaseClient):
             i = 0
             try:
                 async for q in items:
-                    yield stream_request(shape, q, i, traceparent)
+                    yield stream_request(shape, q, i, traceparent, self.token)
                     i += 1
             except Exception as exc:
                 # gRPC would only cancel the call; the caller gets this error after the answers before it.

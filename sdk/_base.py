@@ -7,7 +7,7 @@ Every method of a client builds a `Call` here and sends it; the two clients diff
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from operator import attrgetter
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -19,6 +19,7 @@ from shoal._errors import InvalidArgument, ShoalError, error_for_code, status_fr
 from shoal._filter import check_path, to_json
 from shoal._search import Search, SearchShape
 from shoal._tls import Metadata, api_key_metadata
+from shoal._token import Token, merge
 from shoal._tracing import HEADER as TRACE_HEADER
 from shoal._tracing import caller_traceparent
 from shoal._types import (
@@ -37,6 +38,7 @@ from shoal.v1 import shoal_pb2_grpc
 from shoal.v1 import types_pb2 as pb
 
 T = TypeVar("T")
+_Written = TypeVar("_Written", pb.UpsertResponse, pb.DeleteResponse, pb.SetPayloadResponse)
 
 # An upload message stays well below the server's limit, so payloads cannot push it over.
 _BATCH_BYTES = MAX_MESSAGE_BYTES // 4
@@ -68,10 +70,10 @@ def as_matrix(vectors: VectorsLike, what: str) -> np.ndarray:
 
 
 def stream_request(
-    shape: SearchShape, queries: VectorsLike, request_id: int, traceparent: str = ""
+    shape: SearchShape, queries: VectorsLike, request_id: int, traceparent: str = "", token: Token | None = None
 ) -> pb.SearchRequest:
     """One request of a search stream (with the caller's trace context: the stream's messages are traced one by one)."""
-    request = Search(shape, as_matrix(queries, "queries")).to_proto(request_id)
+    request = Search(shape, as_matrix(queries, "queries"), token or {}).to_proto(request_id)
     if traceparent:
         request.traceparent = traceparent
     return request
@@ -136,6 +138,17 @@ class BaseClient:
         self._channel = channel
         self._owns_channel = owns_channel  # a channel the caller passed in is the caller's to close
         self._stub = shoal_pb2_grpc.ShoalStub(channel)
+        # Read-your-writes: the sequence this client's writes reached per shard group, sent with every read.
+        self.token: Token = {}
+
+    def _keep(self, token: Mapping[str, int]) -> None:
+        """Fold a write's consistency token into this client's (a new dict: readers on other threads see either)."""
+        if token:
+            self.token = merge((self.token, token))
+
+    def _kept(self, reply: _Written) -> _Written:
+        self._keep(reply.token)
+        return reply
 
     def _call_metadata(self) -> Metadata:
         """The metadata of one call: the API key, and the application's trace context when it has one."""
@@ -214,6 +227,7 @@ class BaseClient:
 
             def upserted(reply: pb.UpsertResponse) -> int:
                 bar.advance(rows)
+                self._keep(reply.token)
                 return int(reply.upserted)
 
             return Call(self._stub.Upsert, batch(0), upserted)
@@ -223,7 +237,7 @@ class BaseClient:
                 yield batch(lo)
                 bar.advance(min(step, rows - lo))
 
-        return Call(self._stub.UpsertStream, stream(), attrgetter("upserted"), timed=False)
+        return Call(self._stub.UpsertStream, stream(), lambda r: int(self._kept(r).upserted), timed=False)
 
     def _get(self, collection: str, ids: IdsLike, with_vectors: bool, with_payload: bool) -> Call[list[Point]]:
         request = pb.GetRequest(
@@ -231,6 +245,7 @@ class BaseClient:
             ids=encode_ids(as_id_array(ids)),
             with_vectors=with_vectors,
             with_payload=with_payload,
+            token=self.token,
         )
         return Call(self._stub.Get, request, points_from_proto)
 
@@ -242,10 +257,10 @@ class BaseClient:
             if ids is None
             else pb.DeleteRequest(collection=collection, ids=encode_ids(as_id_array(ids)))
         )
-        return Call(self._stub.Delete, request, attrgetter("deleted"))
+        return Call(self._stub.Delete, request, lambda r: int(self._kept(r).deleted))
 
     def _count(self, collection: str, filter: FilterLike | None) -> Call[int]:
-        request = pb.CountRequest(collection=collection, filter=to_json(filter))
+        request = pb.CountRequest(collection=collection, filter=to_json(filter), token=self.token)
         return Call(self._stub.Count, request, attrgetter("count"))
 
     def _scroll(
@@ -274,7 +289,7 @@ class BaseClient:
         request = pb.SetPayloadRequest(
             collection=collection, ids=encode_ids(as_id_array(ids)), set=encode_payload(payload), unset=paths
         )
-        return Call(self._stub.SetPayload, request, attrgetter("updated"))
+        return Call(self._stub.SetPayload, request, lambda r: int(self._kept(r).updated))
 
     # search
 
@@ -286,5 +301,5 @@ class BaseClient:
         return SearchShape(collection, check_k(k), check_ef(ef or 0), to_json(filter), with_payload, with_vectors)
 
     def _search(self, shape: SearchShape, queries: VectorsLike) -> Call[SearchResult]:
-        request = Search(shape, as_matrix(queries, "queries")).to_proto()
+        request = Search(shape, as_matrix(queries, "queries"), self.token).to_proto()
         return Call(self._stub.Search, request, SearchResult.from_proto)

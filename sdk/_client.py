@@ -203,7 +203,7 @@ class Client(BaseClient):
         """Pipeline many query batches over one stream; yields their results in the order given."""
         shape = self._search_shape(collection, k, ef, with_payload, with_vectors, filter)
         traceparent = caller_traceparent()  # here: gRPC draws the requests on its own thread, outside the trace
-        requests = (stream_request(shape, q, i, traceparent) for i, q in enumerate(batches))
+        requests = (stream_request(shape, q, i, traceparent, self.token) for i, q in enumerate(batches))
         order = InOrder()
         try:
             for reply in self._stub.SearchStream(requests, timeout=None, metadata=self._metadata):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from shoal._token import Token
 from shoal._wire import decode_matrix, encode_matrix
 from shoal.v1 import types_pb2 as pb
 
@@ -24,10 +26,11 @@ class SearchShape:
 
 @dataclass(frozen=True)
 class Search:
-    """A search: its shape and a (q, dim) float32 matrix of queries."""
+    """A search: its shape, a (q, dim) float32 matrix of queries, and the caller's consistency token."""
 
     shape: SearchShape
     queries: np.ndarray
+    token: Mapping[str, int] = field(default_factory=Token)  # no member behind it answers (empty: any)
 
     def to_proto(self, request_id: int = 0) -> pb.SearchRequest:
         """The wire form of this search."""
@@ -41,10 +44,11 @@ class Search:
             with_payload=s.with_payload,
             with_vectors=s.with_vectors,
             request_id=request_id,
+            token=self.token,
         )
 
     @classmethod
     def from_proto(cls, msg: pb.SearchRequest) -> Search:
         """The search a SearchRequest asks for (queries decoded without a copy; not yet validated)."""
         shape = SearchShape(msg.collection, msg.k, msg.ef, msg.filter, msg.with_payload, msg.with_vectors)
-        return cls(shape, decode_matrix(msg.queries, "queries"))
+        return cls(shape, decode_matrix(msg.queries, "queries"), dict(msg.token))

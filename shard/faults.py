@@ -27,6 +27,16 @@ CRASHPOINTS = {
 }
 
 
+# Test-only. SHOAL_TEST_REPLICA_DELAY=<seconds> makes a replica wait that long before applying each of its
+# primary's writes, so tests can read from a member that lags. Read once when the shard joins its group.
+REPLICA_DELAY_ENV = "SHOAL_TEST_REPLICA_DELAY"
+
+
+def replica_delay_from_env(environ: Mapping[str, str]) -> float:
+    """The test delay before a replica applies each write (0: none)."""
+    return float(environ.get(REPLICA_DELAY_ENV) or 0)
+
+
 def crashpoint_from_env(environ: Mapping[str, str]) -> str | None:
     """The crash point named by SHOAL_CRASHPOINT (None when unset); an unknown name is an error."""
     point = environ.get(CRASHPOINT_ENV) or None

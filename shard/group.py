@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from shoal._errors import AlreadyExists, FailedPrecondition, NotFound, ShoalError
 from shoal._meta import Membership, MetaStore
 from shoal._meta_values import GroupState, Section, Topology
 from shoal._rpc import aio_channel
+from shoal._token import BEHIND, WAIT_SECONDS
 from shoal.shard.core import Shard
 from shoal.shard.replication import ACK_TIMEOUT, ReplicaSide, Replicator
 from shoal.v1 import shard_pb2, shard_pb2_grpc
@@ -62,6 +64,16 @@ class GroupMember:
     def _gate(self) -> None:
         if self.role != "primary":
             raise FailedPrecondition(f"not the primary of group {self.group}")
+
+    async def caught_up(self, token: Mapping[str, int]) -> None:
+        """Return once this member has the writes of a caller's consistency token (a primary has every
+        acknowledged one); a replica behind it waits a little, then refuses, and the caller asks the primary."""
+        need = token.get(self.group, 0)
+        if not need or self.role == "primary" or await self.replica.reach(need, WAIT_SECONDS):
+            return
+        raise FailedPrecondition(
+            f"member {self.member} of group {self.group} is at write {self.replica.applied}, {BEHIND} ({need})"
+        )
 
     def accept_term(self, term: int) -> None:
         """Refuse a term lower than the highest accepted; durably record a higher one (any thread)."""

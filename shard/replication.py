@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from collections.abc import Set as AbstractSet
@@ -27,6 +28,7 @@ from shoal._errors import FailedPrecondition, ShoalError, Unavailable
 from shoal._meta import MetaStore
 from shoal._rpc import aio_channel
 from shoal.shard.core import Shard
+from shoal.shard.faults import replica_delay_from_env
 from shoal.v1 import shard_pb2, shard_pb2_grpc
 
 log = logging.getLogger("shoal.shard.replication")
@@ -290,6 +292,10 @@ class ReplicaSide:
         is_primary: Callable[[], bool],
     ) -> None:
         self.shard = shard
+        # The last primary's write applied here and visible to reads (the shard is open: all it holds is applied).
+        self.applied = shard.storage.seq
+        self._advanced = asyncio.Event()  # set (and replaced) whenever `applied` grows
+        self._delay = replica_delay_from_env(os.environ)  # test-only
         self._accept_term = accept_term  # raises FailedPrecondition for a term lower than the highest seen
         self._current_term = current_term
         self._is_primary = is_primary
@@ -314,6 +320,8 @@ class ReplicaSide:
                 async for request in stream:
                     if term < self._current_term() or self._is_primary():
                         raise FailedPrecondition(f"term {request.term} is over (or this member is primary now)")
+                    if self._delay:
+                        await asyncio.sleep(self._delay)
                     await applied.put((int(request.seq), self.shard.submit_replicated(int(request.seq), request.plan)))
             finally:
                 await applied.put(None)
@@ -323,7 +331,23 @@ class ReplicaSide:
             while (item := await applied.get()) is not None:
                 seq, future = item
                 await asyncio.wrap_future(future)
+                self._applied(seq)
                 yield shard_pb2.ReplicateAck(seq=seq, term=term)
             await reader
         finally:
             reader.cancel()
+
+    def _applied(self, seq: int) -> None:
+        if seq > self.applied:
+            self.applied = seq
+            advanced, self._advanced = self._advanced, asyncio.Event()
+            advanced.set()
+
+    async def reach(self, seq: int, timeout: float) -> bool:
+        """Wait until the primary's write `seq` is applied here, at most `timeout` seconds; whether it is."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while self.applied < seq and (left := end - loop.time()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._advanced.wait(), left)
+        return self.applied >= seq

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import grpc
@@ -44,6 +44,15 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         if self.member is None:
             raise FailedPrecondition("this shard is not a member of a shard group")
         return self.member
+
+    def _token(self) -> dict[str, int]:
+        """A write's consistency token: the sequence this group's primary reached (empty outside a group)."""
+        return {} if self.member is None else {self.member.group: self._shard.sequence}
+
+    async def _caught_up(self, token: Mapping[str, int]) -> None:
+        """Wait (bounded) until this member has the writes of a read's consistency token, or refuse the read."""
+        if token and self.member is not None:
+            await self.member.caught_up(token)
 
     def _info(self, stats: CollectionStats) -> pb.CollectionInfo:
         shard = pb.ShardStats(address=self.address, count=stats.count, memory_bytes=stats.memory_bytes)
@@ -102,9 +111,10 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         ids, vectors = decode_ids(request.ids), decode_matrix(request.vectors)
         future = await asyncio.to_thread(self._shard.submit_upsert, request.collection, ids, vectors, request.payloads)
         upserted: int = await asyncio.wrap_future(future)
-        return pb.UpsertResponse(upserted=upserted)
+        return pb.UpsertResponse(upserted=upserted, token=self._token())
 
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
+        await self._caught_up(request.token)
         found = await asyncio.to_thread(
             self._shard.get, request.collection, decode_ids(request.ids), request.with_vectors, request.with_payload
         )
@@ -119,9 +129,10 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             ids = decode_ids(request.ids)
             future = await asyncio.to_thread(self._shard.submit_delete, request.collection, ids)
         deleted: int = await asyncio.wrap_future(future)
-        return pb.DeleteResponse(deleted=deleted)
+        return pb.DeleteResponse(deleted=deleted, token=self._token())
 
     async def Count(self, request: pb.CountRequest, context: grpc.aio.ServicerContext) -> pb.CountResponse:
+        await self._caught_up(request.token)
         if request.filter:
             count = await asyncio.to_thread(self._shard.count, request.collection, request.filter)
         else:
@@ -149,7 +160,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             self._shard.submit_set_payload, request.collection, ids, request.set, list(request.unset)
         )
         updated: int = await asyncio.wrap_future(future)
-        return pb.SetPayloadResponse(updated=updated)
+        return pb.SetPayloadResponse(updated=updated, token=self._token())
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         return await self._search(request)
@@ -255,6 +266,8 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         return pb.SearchResponse(request_id=request.request_id, error_code=code.value[0], error_message=message)
 
     async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
+        if request.token:
+            await self._caught_up(request.token)
         if _tracing.ENABLED and _tracing.sampled(request.traceparent):
             return await self._traced_search(request)
         future = self._shard.submit_search(Search.from_proto(request))

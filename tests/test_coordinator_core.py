@@ -136,11 +136,11 @@ def test_count_delete_and_set_payload_fan_out_to_the_shards_that_matter() -> Non
         core = Coordinator(topology, shards)  # type: ignore[arg-type]
         assert await core.count("c", None) == 40
         assert await core.count("c", None, FILTER) == sum(len(s.ids) // 2 for s in shards)
-        assert await core.delete("c", np.zeros(0, np.uint64), None, FILTER) == 2
+        assert await core.delete("c", np.zeros(0, np.uint64), None, FILTER) == (2, {})
         only_first = shards[0].ids[:3]
-        assert await core.set_payload("c", only_first, b'{"x": 1}', ["y"], None) == 3
+        assert await core.set_payload("c", only_first, b'{"x": 1}', ["y"], None) == (3, {})
         assert [name for name, _ in shards[1].calls] == ["count", "count", "delete"]
-        assert await core.delete("c", only_first, None) == 3
+        assert await core.delete("c", only_first, None) == (3, {})
         with pytest.raises(InvalidArgument, match="nothing to change"):
             await core.set_payload("c", only_first, b"", [], None)
 

@@ -23,7 +23,8 @@ from shoal._etcd import find_binary
 from shoal._local import LocalCluster, Process
 from shoal._meta import MetaStore
 from shoal._meta_values import GroupState
-from shoal._wire import encode_ids, encode_matrix
+from shoal._wire import decode_ids, encode_ids, encode_matrix
+from shoal.shard.faults import REPLICA_DELAY_ENV
 from shoal.v1 import shard_pb2, shard_pb2_grpc
 from shoal.v1 import types_pb2 as pb
 from tests.conftest import clustered
@@ -63,6 +64,14 @@ def member_state(address: str) -> shard_pb2.ReplicaStateResponse:
 def member_count(address: str, collection: str) -> int:
     with _rpc.channel(address) as channel:
         return int(shard_pb2_grpc.ShardStub(channel).Count(pb.CountRequest(collection=collection), timeout=5).count)
+
+
+def count_or_none(address: str, collection: str) -> int | None:
+    """A member's count, None while it lacks the collection."""
+    try:
+        return member_count(address, collection)
+    except grpc.RpcError:
+        return None
 
 
 def by_role(cluster: LocalCluster) -> tuple[Process, list[Process]]:
@@ -269,3 +278,43 @@ def test_a_member_with_writes_the_primary_lacks_is_kept_out_and_reported(replica
     assert victim.role not in group_state(replicated).in_sync
     done = shoal_cli("check", "--data", str(replicated.data))
     assert done.returncode == 1 and f"g0 {name}: DIFFERENT" in done.stdout, done.stdout
+
+
+def test_read_your_writes_token_through_a_lagging_replica(replicated: LocalCluster) -> None:
+    name = f"r{next(_names)}"
+    x = clustered(300, 8)
+    _, replicas = by_role(replicated)
+    laggard = replicas[0]
+    laggard.env[REPLICA_DELAY_ENV] = "4"  # applies each of its primary's writes 4 s late (ack timeout: 2 s)
+    laggard.kill()
+    replicated.restart(laggard)
+    replicated.wait_groups(3)
+    with shoal.Client(replicated.address) as client:
+        client.create_collection(name, dim=8)  # reaches the laggard 4 s late too: the call waits for it
+        client.upsert(name, ids=np.arange(300), vectors=x)
+        wait_for(lambda: count_or_none(laggard.address, name) == 300)
+        replicated.wait_groups(3)
+        before = dict(client.token)
+        assert set(before) == {"g0"} and before["g0"] > 0
+        fresh = np.full((1, 8), 50.0, dtype=np.float32)  # far from every other point
+        client.upsert(name, ids=[1000], vectors=fresh)
+        token = dict(client.token)
+        assert token["g0"] > before["g0"]  # the write's sequence in its group
+        # The laggard has not applied the write yet: without the token it answers without it ...
+        search = pb.SearchRequest(collection=name, queries=encode_matrix(fresh), k=1)
+        with _rpc.channel(laggard.address) as channel:
+            stub = shard_pb2_grpc.ShardStub(channel)
+            assert int(decode_ids(stub.Search(search, timeout=5).ids)[0]) != 1000
+            # ... with it, it waits a little and then refuses, so the coordinator asks another member.
+            search.token.update(token)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Search(search, timeout=5)
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "behind the consistency token" in str(info.value.details())
+        for _ in range(20):  # every read through the coordinator with the token sees the write
+            assert client.search(name, fresh, k=1).ids[0][0] == 1000
+            assert client.count(name) == 301
+            assert [p.id for p in client.get(name, ids=[1000])] == [1000]
+        wait_for(lambda: count_or_none(laggard.address, name) == 301)
+        with _rpc.channel(laggard.address) as channel:  # caught up: it answers under the token
+            assert int(decode_ids(shard_pb2_grpc.ShardStub(channel).Search(search, timeout=5).ids)[0]) == 1000

@@ -153,22 +153,40 @@ class UpsertRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Union[Ids, _Mapping]] = ..., vectors: _Optional[_Union[Matrix, _Mapping]] = ..., payloads: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
-    __slots__ = ("upserted",)
+    __slots__ = ("upserted", "token")
+    class TokenEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     UPSERTED_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     upserted: int
-    def __init__(self, upserted: _Optional[int] = ...) -> None: ...
+    token: _containers.ScalarMap[str, int]
+    def __init__(self, upserted: _Optional[int] = ..., token: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class GetRequest(_message.Message):
-    __slots__ = ("collection", "ids", "with_vectors", "with_payload")
+    __slots__ = ("collection", "ids", "with_vectors", "with_payload", "token")
+    class TokenEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
     WITH_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: Ids
     with_vectors: bool
     with_payload: bool
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Union[Ids, _Mapping]] = ..., with_vectors: _Optional[bool] = ..., with_payload: _Optional[bool] = ...) -> None: ...
+    token: _containers.ScalarMap[str, int]
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Union[Ids, _Mapping]] = ..., with_vectors: _Optional[bool] = ..., with_payload: _Optional[bool] = ..., token: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class GetResponse(_message.Message):
     __slots__ = ("ids", "vectors", "payloads")
@@ -191,18 +209,36 @@ class DeleteRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Union[Ids, _Mapping]] = ..., filter: _Optional[str] = ...) -> None: ...
 
 class DeleteResponse(_message.Message):
-    __slots__ = ("deleted",)
+    __slots__ = ("deleted", "token")
+    class TokenEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     DELETED_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     deleted: int
-    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+    token: _containers.ScalarMap[str, int]
+    def __init__(self, deleted: _Optional[int] = ..., token: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class CountRequest(_message.Message):
-    __slots__ = ("collection", "filter")
+    __slots__ = ("collection", "filter", "token")
+    class TokenEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     collection: str
     filter: str
-    def __init__(self, collection: _Optional[str] = ..., filter: _Optional[str] = ...) -> None: ...
+    token: _containers.ScalarMap[str, int]
+    def __init__(self, collection: _Optional[str] = ..., filter: _Optional[str] = ..., token: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class CountResponse(_message.Message):
     __slots__ = ("count",)
@@ -211,7 +247,14 @@ class CountResponse(_message.Message):
     def __init__(self, count: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "k", "ef", "with_payload", "with_vectors", "request_id", "filter", "cancel", "traceparent")
+    __slots__ = ("collection", "queries", "k", "ef", "with_payload", "with_vectors", "request_id", "filter", "cancel", "traceparent", "token")
+    class TokenEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +265,7 @@ class SearchRequest(_message.Message):
     FILTER_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: Matrix
     k: int
@@ -232,7 +276,8 @@ class SearchRequest(_message.Message):
     filter: str
     cancel: bool
     traceparent: str
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[Matrix, _Mapping]] = ..., k: _Optional[int] = ..., ef: _Optional[int] = ..., with_payload: _Optional[bool] = ..., with_vectors: _Optional[bool] = ..., request_id: _Optional[int] = ..., filter: _Optional[str] = ..., cancel: _Optional[bool] = ..., traceparent: _Optional[str] = ...) -> None: ...
+    token: _containers.ScalarMap[str, int]
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[Matrix, _Mapping]] = ..., k: _Optional[int] = ..., ef: _Optional[int] = ..., with_payload: _Optional[bool] = ..., with_vectors: _Optional[bool] = ..., request_id: _Optional[int] = ..., filter: _Optional[str] = ..., cancel: _Optional[bool] = ..., traceparent: _Optional[str] = ..., token: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("k", "ids", "distances", "counts", "payloads", "vectors", "request_id", "error_code", "error_message", "plan")
@@ -301,10 +346,19 @@ class SetPayloadRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Union[Ids, _Mapping]] = ..., set: _Optional[bytes] = ..., unset: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SetPayloadResponse(_message.Message):
-    __slots__ = ("updated",)
+    __slots__ = ("updated", "token")
+    class TokenEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     UPDATED_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     updated: int
-    def __init__(self, updated: _Optional[int] = ...) -> None: ...
+    token: _containers.ScalarMap[str, int]
+    def __init__(self, updated: _Optional[int] = ..., token: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ShardRange(_message.Message):
     __slots__ = ("address", "slot_start", "slot_end")

@@ -1,0 +1,80 @@
+"""Read-your-writes tokens without processes: merging, a replica's bounded wait, and the coordinator asking
+the primary when a replica is behind the caller's token."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+
+from shoal._errors import FailedPrecondition
+from shoal._meta_values import GroupState
+from shoal._search import Search, SearchShape
+from shoal._token import BEHIND, merge
+from shoal.coordinator.groups import GroupConnection, GroupView
+from shoal.v1 import types_pb2 as pb
+
+
+def test_merge_keeps_the_highest_sequence_per_group() -> None:
+    assert merge([{"g0": 5, "g1": 2}, {"g0": 3, "g2": 7}, {}]) == {"g0": 5, "g1": 2, "g2": 7}
+    assert merge([]) == {}
+
+
+def test_a_search_carries_its_token_over_the_wire() -> None:
+    search = Search(SearchShape("c", 3), np.zeros((1, 4), np.float32), {"g0": 12})
+    assert dict(search.to_proto().token) == {"g0": 12}
+    assert dict(Search.from_proto(search.to_proto()).token) == {"g0": 12}
+    assert not Search(SearchShape("c", 3), np.zeros((1, 4), np.float32)).to_proto().token
+
+
+class FakeMember:
+    """A member's client: answers searches, or refuses those whose token it is behind."""
+
+    def __init__(self, name: str, seq: int) -> None:
+        self.name, self.seq, self.searches = name, seq, 0
+
+    async def search(self, request: pb.SearchRequest, timeout: float | None) -> Any:
+        self.searches += 1
+        if request.token.get("g0", 0) > self.seq:
+            raise FailedPrecondition(f"member {self.name} of group g0 is at write {self.seq}, {BEHIND}")
+        return self.name
+
+
+def connection(replica_seq: int) -> tuple[GroupConnection, FakeMember, FakeMember]:
+    view = GroupView(meta=None)  # type: ignore[arg-type]
+    view.groups["g0"] = GroupState("g0", {"a": "a:1", "b": "b:1"}, primary="a", term=1, in_sync=("a", "b"))
+    primary, replica = FakeMember("a", 10), FakeMember("b", replica_seq)
+    view.clients.update({"a:1": primary, "b:1": replica})  # type: ignore[dict-item]
+    conn = GroupConnection(view, "g0")
+    conn.outstanding["a:1"] = 1  # the primary is busier: an unconstrained read goes to the replica
+    return conn, primary, replica
+
+
+def test_a_replica_behind_the_token_is_passed_over_for_the_primary() -> None:
+    conn, primary, replica = connection(replica_seq=4)
+    assert asyncio.run(conn.search(pb.SearchRequest(collection="c"), 5.0)) == "b"  # no token: least busy
+    assert asyncio.run(conn.search(pb.SearchRequest(collection="c", token={"g0": 4}), 5.0)) == "b"
+    answer = asyncio.run(conn.search(pb.SearchRequest(collection="c", token={"g0": 10}), 5.0))
+    assert answer == "a"
+    assert (primary.searches, replica.searches) == (1, 3)
+
+
+def test_a_replica_waits_for_its_primary_before_refusing() -> None:
+    from shoal.shard.replication import ReplicaSide
+
+    side = ReplicaSide.__new__(ReplicaSide)  # only the applied-sequence bookkeeping is used here
+
+    async def run() -> tuple[bool, bool, float]:
+        side.applied, side._advanced = 3, asyncio.Event()
+        asyncio.get_running_loop().call_later(0.05, side._applied, 5)
+        reached = await side.reach(5, 2.0)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        late = await side.reach(9, 0.1)
+        return reached, late, loop.time() - start
+
+    reached, late, waited = asyncio.run(run())
+    assert reached and not late
+    assert waited == pytest.approx(0.1, abs=0.08)
