@@ -22,13 +22,14 @@ ENDPOINT_FILE = "etcd-endpoint"  # written by `shoal up` into its data folder
 
 @dataclass
 class MemberStatus:
-    """One member of a group: its address, role, state and sequence (-1: unknown)."""
+    """One member of a group: its address, role, state, sequence and lag behind its primary (-1: unknown)."""
 
     member: str
     address: str
     role: str  # primary | replica
     state: str  # in-sync | catching-up | down
     seq: int = -1
+    lag: int = -1  # writes behind the primary's sequence (0 for the primary)
 
 
 @dataclass
@@ -81,6 +82,10 @@ async def groups(endpoint: str, cluster: str = "default") -> list[GroupStatus]:
                     seq,
                 )
             )
+        primary = next((m.seq for m in status.members if m.role == "primary" and m.seq >= 0), -1)
+        for m in status.members:
+            if primary >= 0 and m.seq >= 0:
+                m.lag = max(primary - m.seq, 0)
         found.append(status)
     return found
 
@@ -96,12 +101,15 @@ def groups_json(found: list[GroupStatus]) -> str:
 
 def groups_table(found: list[GroupStatus]) -> str:
     """The groups as a table, one row per member."""
-    lines = [f"{'group':<6} {'slots':<12} {'term':>4}  {'member':<16} {'address':<22} {'role':<8} {'state':<12} seq"]
+    head = f"{'group':<6} {'slots':<12} {'term':>4}  {'member':<16} {'address':<22} {'role':<8} {'state':<12}"
+    lines = [f"{head} {'seq':>8} lag"]
     for g in found:
         slots = ",".join(f"{s}-{e - 1}" for s, e in g.slots)
         for m in g.members:
             seq = str(m.seq) if m.seq >= 0 else "-"
+            lag = str(m.lag) if m.lag >= 0 else "-"
             lines.append(
-                f"{g.group:<6} {slots:<12} {g.term:>4}  {m.member:<16} {m.address:<22} {m.role:<8} {m.state:<12} {seq}"
+                f"{g.group:<6} {slots:<12} {g.term:>4}  {m.member:<16} {m.address:<22} {m.role:<8} {m.state:<12}"
+                f" {seq:>8} {lag}"
             )
     return "\n".join(lines)

@@ -26,6 +26,7 @@ import grpc
 
 from shoal._errors import FailedPrecondition, ShoalError, Unavailable
 from shoal._meta import MetaStore
+from shoal._metrics import set_replica
 from shoal._rpc import aio_channel
 from shoal.shard.core import Shard
 from shoal.shard.faults import replica_delay_from_env
@@ -179,6 +180,8 @@ class Replicator:
         for member in list(self.links):
             if live.get(member) != self.links[member].address:
                 link = self.links.pop(member)
+                lag = self.shard.sequence - max(link.acked, 0)
+                set_replica(self.group, member, lag, "in_sync" if member in self.in_sync else "out_of_sync")
                 asyncio.create_task(link.stop())
         for member, address in live.items():
             if member != self.member and member not in self.links:
@@ -210,9 +213,22 @@ class Replicator:
         link = self.links.get(member)
         return link.acked if link is not None else -1
 
+    def report(self) -> None:
+        """Each other member's lag (in writes) and state as this primary sees them, into the metrics."""
+        seq = self.shard.sequence
+        for member, link in self.links.items():
+            if member in self.in_sync:
+                state = "in_sync"
+            elif link.acked >= 0 and not link.diverged:
+                state = "catching_up"
+            else:
+                state = "out_of_sync"
+            set_replica(self.group, member, max(seq - link.acked, 0) if link.acked >= 0 else seq, state)
+
     async def _watch_timeouts(self) -> None:
         while True:
             await asyncio.sleep(self.ack_timeout / 4)
+            self.report()
             if not self._waiting or self._changing:
                 continue
             seq, since, _ = self._waiting[0]

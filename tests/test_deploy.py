@@ -412,3 +412,112 @@ def test_replicated_compose_validates_and_runs_groups_over_a_three_member_etcd()
     init = services["init"]["command"]
     assert init[:1] == ["init"] and int(init[init.index("--groups") + 1]) == len(groups)
     assert "--meta" in services["coordinator"]["command"]
+
+
+# --- kubernetes with replicas --------------------------------------------------------------------------
+
+K8S_REPLICATED = DEPLOY / "k8s-replicated"
+
+
+def _replicated() -> list[dict[str, Any]]:
+    kustomization = _yaml().safe_load((K8S_REPLICATED / "kustomization.yaml").read_text())
+    return [doc for name in kustomization["resources"] for doc in _load_all(K8S_REPLICATED / name)]
+
+
+def _replicated_get(kind: str, name: str) -> dict[str, Any]:
+    [doc] = [d for d in _replicated() if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
+
+
+def _arg(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def test_replicated_kustomization_lists_every_manifest() -> None:
+    kustomization = _yaml().safe_load((K8S_REPLICATED / "kustomization.yaml").read_text())
+    on_disk = sorted(p.name for p in K8S_REPLICATED.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert sorted(kustomization["resources"]) == on_disk
+    assert _replicated_get("Namespace", kustomization["namespace"])
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_replicated_manifests_validate_against_kubernetes_schemas(version: str) -> None:
+    kv = pytest.importorskip("kubernetes_validate.utils", reason="kubernetes-validate is not installed")
+    if version == "latest":
+        version = kv.latest_version()
+    for doc in _replicated():
+        try:
+            kv.validate(doc, version, strict=True)
+        except kv.ValidationError as e:
+            path = ".".join(str(p) for p in e.path)
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} on Kubernetes {version}: {path}: {e.message}")
+
+
+def _required_anti_affinity(template: dict[str, Any]) -> dict[str, str]:
+    [term] = template["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    selector: dict[str, str] = term["labelSelector"]["matchLabels"]
+    assert template["metadata"]["labels"].items() >= selector.items()
+    return selector
+
+
+def test_etcd_is_a_three_member_statefulset_of_a_safe_version_one_per_node() -> None:
+    from shoal._etcd import BAD_VERSIONS
+
+    sts = _replicated_get("StatefulSet", "shoal-etcd")
+    spec = sts["spec"]
+    assert spec["replicas"] == 3
+    [container] = spec["template"]["spec"]["containers"]
+    version = tuple(int(p) for p in container["image"].rpartition(":v")[2].split("."))
+    assert version >= (3, 5, 3) and version not in BAD_VERSIONS
+    assert _required_anti_affinity(spec["template"])["app.kubernetes.io/component"] == "etcd"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    members = dict(m.split("=", 1) for m in env["ETCD_INITIAL_CLUSTER"].split(","))
+    peers = spec["serviceName"]
+    assert members == {f"shoal-etcd-{i}": f"http://shoal-etcd-{i}.{peers}:2380" for i in range(3)}
+    assert env["ETCD_NAME"] == "$(POD_NAME)" and env["ETCD_INITIAL_CLUSTER_STATE"] == "new"
+    assert _replicated_get("Service", peers)["spec"]["clusterIP"] == "None"
+    assert [p["port"] for p in _replicated_get("Service", "shoal-etcd")["spec"]["ports"]] == [2379]
+    [claim] = spec["volumeClaimTemplates"]
+    assert {"name": claim["metadata"]["name"], "mountPath": env["ETCD_DATA_DIR"]} in container["volumeMounts"]
+
+
+def test_shard_groups_have_copies_on_different_nodes_and_join_their_group() -> None:
+    groups = {
+        d["metadata"]["labels"]["shoal.io/group"]: d
+        for d in _replicated()
+        if d["kind"] == "StatefulSet" and d["metadata"]["labels"].get("app.kubernetes.io/component") == "shard"
+    }
+    assert sorted(groups) == ["g0", "g1"]
+    init = _replicated_get("Job", "shoal-init")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert init[:1] == ["init"] and int(_arg(init, "--groups")) == len(groups)
+    assert _arg(init, "--meta") == "shoal-etcd:2379"
+    for group, sts in groups.items():
+        spec = sts["spec"]
+        assert spec["replicas"] >= 2
+        labels = spec["template"]["metadata"]["labels"]
+        assert labels["shoal.io/group"] == group and labels.items() >= spec["selector"]["matchLabels"].items()
+        assert spec["selector"]["matchLabels"]["shoal.io/group"] == group  # one group per StatefulSet
+        assert _required_anti_affinity(spec["template"])["shoal.io/group"] == group
+        container = _check_pod(spec["template"], SHARD_PORT)
+        args = container["args"]
+        assert args[:1] == ["shard"] and _arg(args, "--data") == "/data"
+        assert _arg(args, "--group") == group and _arg(args, "--meta") == "shoal-etcd:2379"
+        assert _arg(args, "--member") == "$(POD_NAME)"
+        assert _arg(args, "--advertise") == f"$(POD_NAME).{spec['serviceName']}:{SHARD_PORT}"
+        assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+        assert _replicated_get("Service", spec["serviceName"])["spec"]["clusterIP"] == "None"
+        [pdb] = [
+            d
+            for d in _replicated()
+            if d["kind"] == "PodDisruptionBudget" and labels.items() >= d["spec"]["selector"]["matchLabels"].items()
+        ]
+        assert 1 <= pdb["spec"]["maxUnavailable"] < spec["replicas"]  # a drain keeps a copy serving
+
+
+def test_replicated_coordinators_follow_etcd() -> None:
+    dep = _replicated_get("Deployment", "shoal-coordinator")
+    container = _check_pod(dep["spec"]["template"], COORDINATOR_PORT)
+    assert _arg(container["args"], "--meta") == "shoal-etcd:2379" and "--topology" not in container["args"]
+    svc = _replicated_get("Service", "shoal")
+    assert dep["spec"]["template"]["metadata"]["labels"].items() >= svc["spec"]["selector"].items()

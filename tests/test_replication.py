@@ -245,9 +245,13 @@ def test_status_lists_groups_and_check_compares_replicas(replicated: LocalCluste
     assert group["slots"] == [[0, 4096]]
     rows = {m["member"]: m for m in group["members"]}
     assert rows[victim.role]["state"] == "down"
+    assert rows[victim.role]["lag"] == -1  # unknown while down
+    assert [m["lag"] for m in rows.values() if m["state"] == "in-sync"] == [0, 0]  # the primary and one replica
     assert sorted(m["role"] for m in rows.values()) == ["primary", "replica", "replica"]
     table = shoal_cli("status", "--address", replicated.address, "--data", data)
     assert table.returncode == 0 and victim.role in table.stdout and "down" in table.stdout
+    header = next(line for line in table.stdout.splitlines() if line.startswith("group "))
+    assert header.split()[-2:] == ["seq", "lag"]
     # A member that missed writes while down catches up on return, and check finds the copies identical.
     replicated.restart(victim)
     replicated.wait_groups(3)

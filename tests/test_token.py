@@ -78,3 +78,32 @@ def test_a_replica_waits_for_its_primary_before_refusing() -> None:
     reached, late, waited = asyncio.run(run())
     assert reached and not late
     assert waited == pytest.approx(0.1, abs=0.08)
+
+
+def test_a_primary_reports_each_members_lag_and_state() -> None:
+    from prometheus_client import REGISTRY
+
+    from shoal.shard.replication import Replicator
+
+    class Link:
+        def __init__(self, acked: int, diverged: bool = False) -> None:
+            self.acked, self.diverged = acked, diverged
+
+    class Shard:
+        sequence = 50
+
+    rep = Replicator.__new__(Replicator)  # only the reporting is used here
+    rep.shard, rep.group, rep.in_sync = Shard(), "lagtest", {"a"}  # type: ignore[assignment]
+    rep.links = {"a": Link(50), "b": Link(20), "c": Link(-1), "d": Link(49, diverged=True)}  # type: ignore[dict-item]
+    rep.report()
+
+    def value(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"group": "lagtest", **labels})
+
+    lags = {m: value("shoal_replica_lag_sequences", replica=m) for m in "abcd"}
+    assert lags == {"a": 0, "b": 30, "c": 50, "d": 1}
+    states = {
+        m: [s for s in ("in_sync", "catching_up", "out_of_sync") if value("shoal_replica_state", replica=m, state=s)]
+        for m in "abcd"
+    }
+    assert states == {"a": ["in_sync"], "b": ["catching_up"], "c": ["out_of_sync"], "d": ["out_of_sync"]}
