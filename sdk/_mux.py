@@ -74,9 +74,10 @@ class _Stream:
 
     def withdraw(self, asked: _Asked) -> None:
         """The caller gave up: a search not yet sent is dropped; one sent alone is cancelled on the server."""
-        if asked.future.cancel() or not asked.request_id or not asked.alone:
-            return
         with self._lock:
+            asked.future.cancel()  # one still in the outbox is skipped when its turn comes
+            if not asked.request_id or not asked.alone:  # not sent, or others still want its message
+                return
             if self._sent.pop(asked.request_id, None) is not None and not self.broken:
                 self._outbox.put(pb.SearchRequest(request_id=asked.request_id, cancel=True))
 
@@ -120,15 +121,16 @@ class _Stream:
 
     def _message(self, batch: list[_Asked]) -> pb.SearchRequest | None:
         """The message carrying `batch`, registered to await its answer (None when the stream broke)."""
-        request_id = next(self._ids)
-        alone = len(batch) == 1
-        queries = batch[0].queries if alone else np.concatenate([a.queries for a in batch])
         with self._lock:
-            if self.broken:
+            batch = [a for a in batch if not a.future.done()]  # withdrawn meanwhile
+            if self.broken or not batch:
                 return None
+            request_id = next(self._ids)
+            alone = len(batch) == 1
             for a in batch:
                 a.request_id, a.alone = request_id, alone
             self._sent[request_id] = batch
+        queries = batch[0].queries if alone else np.concatenate([a.queries for a in batch])
         message = Search(batch[0].shape, queries).to_proto(request_id)
         if batch[0].traceparent:
             message.traceparent = batch[0].traceparent
