@@ -113,7 +113,8 @@ class EmbeddedEtcd:
         """Start etcd and return once it answers health checks."""
         binary = find_binary(self.binary)
         self.data.mkdir(parents=True, exist_ok=True)
-        self.client_port, self.peer_port = free_port(self.host), free_port(self.host)
+        if not self.client_port:  # a restart keeps the ports, so its clients find it again
+            self.client_port, self.peer_port = free_port(self.host), free_port(self.host)
         client, peer = f"http://{self.host}:{self.client_port}", f"http://{self.host}:{self.peer_port}"
         args = [
             binary,

@@ -15,13 +15,14 @@ import grpc
 
 from shoal import _tracing
 from shoal._config import CollectionConfig
-from shoal._errors import InvalidArgument, Unavailable
+from shoal._errors import FailedPrecondition, InvalidArgument, Unavailable
 from shoal._results import TopK, check_answer_size, found_to_proto, page_to_proto, topk_to_proto
 from shoal._search import Search
 from shoal._server import error_status
 from shoal._wire import decode_ids, decode_matrix, encode_ids
 from shoal.shard.collection import CollectionStats
 from shoal.shard.core import Shard
+from shoal.shard.group import GroupMember
 from shoal.v1 import shard_pb2, shard_pb2_grpc
 from shoal.v1 import types_pb2 as pb
 
@@ -41,6 +42,12 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         self._shard = shard
         self.address = address  # reported in ShardStats; set once the port is bound
         self.metrics_address = metrics_address  # reported in GetStatus; empty when metrics are not served
+        self.member: GroupMember | None = None  # set when the shard is a member of a shard group
+
+    def _member(self) -> GroupMember:
+        if self.member is None:
+            raise FailedPrecondition("this shard is not a member of a shard group")
+        return self.member
 
     def _info(self, stats: CollectionStats) -> pb.CollectionInfo:
         shard = pb.ShardStats(address=self.address, count=stats.count, memory_bytes=stats.memory_bytes)
@@ -242,6 +249,32 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             unmapped=found.unmapped,
             consistent=found.consistent,
         )
+
+    async def Replicate(
+        self, request_iterator: AsyncIterator[shard_pb2.ReplicateRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[shard_pb2.ReplicateAck]:
+        async for ack in self._member().replica.serve(request_iterator):
+            yield ack
+
+    async def ReplicaState(
+        self, request: shard_pb2.ReplicaStateRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.ReplicaStateResponse:
+        if self.member is None:
+            return shard_pb2.ReplicaStateResponse(seq=self._shard.sequence)
+        return await asyncio.to_thread(self.member.state)
+
+    async def ReadLog(
+        self, request: shard_pb2.ReadLogRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[shard_pb2.ReplicateRequest]:
+        storage = self._shard.storage
+        after, end = int(request.after), storage.seq
+        while after < end:
+            entries = await asyncio.to_thread(storage.entries, after, 256)
+            if not entries or entries[0][0] != after + 1:
+                raise FailedPrecondition(f"the op log no longer holds the writes after {after}")
+            for seq, raw in entries:
+                yield shard_pb2.ReplicateRequest(seq=seq, plan=raw, term=self._member().term)
+                after = seq
 
     @classmethod
     def _outcome(cls, request: pb.SearchRequest, future: Withdrawable) -> pb.SearchResponse:
