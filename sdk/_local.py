@@ -220,6 +220,9 @@ class LocalCluster:
             str(s.server_key),
             "--cluster-secret-file",
             str(s.cluster_secret),
+            # The other members of its group are reached over TLS too (replication).
+            "--shard-tls-ca",
+            str(s.ca),
         ]
 
     def _coordinator_security(self) -> list[str]:

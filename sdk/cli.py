@@ -64,6 +64,7 @@ def _ranges(cores: list[int]) -> str:
 def cmd_shard(args: argparse.Namespace) -> int:
     """Run one shard process."""
     from shoal._access import Guard
+    from shoal._tls import ClusterCredentials
     from shoal.shard.server import GroupSettings, run
 
     _tracing(args, "shoal-shard")
@@ -72,7 +73,9 @@ def cmd_shard(args: argparse.Namespace) -> int:
         if not args.group:
             raise SystemExit("shoal shard: --meta needs --group")
         member = args.member or Path(args.data).resolve().name
-        group = GroupSettings(args.meta, args.cluster, args.group, member, args.advertise)
+        # The other members are reached as the coordinators reach shards: over TLS, with the cluster secret.
+        peers = ClusterCredentials(_tls(args.shard_tls_ca, args.shard_tls_cert, args.shard_tls_key), _secret(args))
+        group = GroupSettings(args.meta, args.cluster, args.group, member, args.advertise, peers)
     # Cluster members prove themselves by a certificate of the cluster CA (mutual TLS) or the cluster secret.
     guard = Guard(cluster_secret=_secret(args), members_by_certificate=args.tls_client_ca is not None)
     backup_root = Path(args.backup_root) if args.backup_root else None
@@ -327,6 +330,13 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _shard_tls_args(p: argparse.ArgumentParser) -> None:
+    """How a coordinator reaches its shards, and a shard the other members of its group."""
+    p.add_argument("--shard-tls-ca", help="CA of the shards' certificates: reach the shards over TLS")
+    p.add_argument("--shard-tls-cert", help="this process's cluster member certificate, for the shards")
+    p.add_argument("--shard-tls-key", help="its private key")
+
+
 def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=None, help="API key (default: $SHOAL_API_KEY)")
     p.add_argument("--tls-ca", default=os.environ.get(ENV_TLS_CA), help="CA of the server (default: $SHOAL_TLS_CA)")
@@ -380,6 +390,7 @@ def parser() -> argparse.ArgumentParser:
     shard.add_argument("--group", default="", help="with --meta: the shard group to join, e.g. g0")
     shard.add_argument("--member", default="", help="with --meta: this member's name (default: the data folder's name)")
     shard.add_argument("--advertise", default="", help="with --meta: HOST:PORT others reach it at (default: --listen)")
+    _shard_tls_args(shard)
 
     init = sub.add_parser("init", help="write a new cluster's topology into etcd: slots split over N shard groups")
     init.add_argument("--meta", required=True, help="the cluster's etcd endpoint HOST:PORT")
@@ -397,9 +408,7 @@ def parser() -> argparse.ArgumentParser:
     coord.add_argument("--listen", default=DEFAULT_ADDRESS, help="HOST:PORT to serve on")
     _add_server_options(coord)
     coord.add_argument("--auth", help="API keys file (see `shoal keys`): every call needs a key of the right role")
-    coord.add_argument("--shard-tls-ca", help="CA of the shards' certificates: reach the shards over TLS")
-    coord.add_argument("--shard-tls-cert", help="this coordinator's cluster member certificate, for the shards")
-    coord.add_argument("--shard-tls-key", help="its private key")
+    _shard_tls_args(coord)
     _server_args(coord)
     coord.set_defaults(func=cmd_coordinator)
 

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from threadpoolctl import threadpool_limits
@@ -22,6 +22,7 @@ from shoal._server import (
     set_serving,
     wait_for_signal,
 )
+from shoal._tls import ClusterCredentials
 from shoal.shard.core import Shard
 from shoal.shard.group import GroupMember
 from shoal.shard.metrics import collector
@@ -45,6 +46,7 @@ class GroupSettings:
     group: str
     member: str
     advertise: str = ""  # the address others reach this shard at (default: the bound address)
+    credentials: ClusterCredentials = field(default_factory=ClusterCredentials)  # how it reaches the others
 
 
 def run(
@@ -107,7 +109,13 @@ async def _serve(
                 raise SystemExit(1)
             if group is not None:
                 servicer.member = GroupMember(
-                    shard, group.meta, group.cluster, group.group, group.member, group.advertise or servicer.address
+                    shard,
+                    group.meta,
+                    group.cluster,
+                    group.group,
+                    group.member,
+                    group.advertise or servicer.address,
+                    credentials=group.credentials,
                 )
                 await servicer.member.start()
             await set_serving(health, [SERVICE], True)

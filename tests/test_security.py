@@ -20,6 +20,7 @@ import shoal
 from shoal import _rpc
 from shoal._access import ACCESS, Guard
 from shoal._errors import FailedPrecondition, InvalidArgument
+from shoal._etcd import find_binary
 from shoal._keystore import FileKeyStore
 from shoal._local import LocalCluster
 from shoal._secrets import ensure_secrets
@@ -312,3 +313,54 @@ def test_the_cluster_suite_passes_on_a_secure_cluster() -> None:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tests.parent)
     assert out.returncode == 0, out.stdout[-3000:]
     assert " passed" in out.stdout and "failed" not in out.stdout
+
+
+def _member_call(cluster: LocalCluster, address: str, name: str, request: Any, metadata: Any, tls: TLS) -> Any:
+    """One unary or server-streaming Shard call over TLS; its answer (a list for a stream)."""
+    with _rpc.channel(address, tls) as channel:
+        answer = getattr(shard_pb2_grpc.ShardStub(channel), name)(request, timeout=10, metadata=metadata)
+        return list(answer) if name == "ReadLog" else answer
+
+
+@pytest.mark.slow
+def test_a_secure_replicated_cluster_replicates_and_refuses_users_on_replication(tmp_path: Path) -> None:
+    try:
+        find_binary()
+    except FailedPrecondition as exc:
+        pytest.skip(f"no etcd binary can run here: {exc}")
+    with LocalCluster(data=tmp_path / "c", shards=1, replicas=2, secure=True) as c:
+        assert c.secrets is not None
+        member = (cluster_metadata(c.secrets.cluster_secret.read_bytes().strip()), TLS(ca=c.secrets.ca))
+        with shoal.Client(c.address, api_key=c.api_key, tls=c.tls) as client:
+            client.create_collection("docs", dim=8)
+            client.upsert("docs", ids=np.arange(300), vectors=np.random.default_rng(0).random((300, 8), np.float32))
+        # Acknowledged writes are on every in-sync member: the primary reached its replica over TLS.
+        state = shard_pb2.ReplicaStateRequest()
+        seqs = [_member_call(c, p.address, "ReplicaState", state, *member) for p in c.shard_procs]
+        assert len({s.seq for s in seqs}) == 1 and seqs[0].seq > 0
+        for proc in c.shard_procs:
+            count = _member_call(c, proc.address, "Count", pb.CountRequest(collection="docs"), *member)
+            assert count.count == 300
+        user = (api_key_metadata(c.api_key), c.tls)
+        assert c.tls is not None
+        calls = {
+            "ReplicaState": shard_pb2.ReplicaStateRequest(),
+            "ReadLog": shard_pb2.ReadLogRequest(after=0),
+        }
+        for proc in c.shard_procs:
+            for name, request in calls.items():
+                for caller, code in ((user, DENIED), ((api_key_metadata(None), c.tls), UNAUTH)):
+                    with pytest.raises(grpc.RpcError) as info:
+                        _member_call(c, proc.address, name, request, *caller)
+                    assert info.value.code() == code, (name, caller)
+            # The stream a primary opens to its replicas: refused to a user's key and certificate too.
+            with _rpc.channel(proc.address, c.tls) as channel:
+                call = shard_pb2_grpc.ShardStub(channel).Replicate(
+                    iter([shard_pb2.ReplicateRequest(term=1 << 40, primary="intruder")]),
+                    timeout=10,
+                    metadata=api_key_metadata(c.api_key),
+                )
+                with pytest.raises(grpc.RpcError) as info:
+                    list(call)
+                assert info.value.code() == DENIED
+            assert _member_call(c, proc.address, "Count", pb.CountRequest(collection="docs"), *member).count == 300
