@@ -87,12 +87,15 @@ def cmd_shard(args: argparse.Namespace) -> int:
 def cmd_coordinator(args: argparse.Namespace) -> int:
     """Run one coordinator process."""
     from shoal._access import Guard
-    from shoal._keystore import FileKeyStore
+    from shoal._keystore import EtcdKeyTable, FileKeyStore
     from shoal.coordinator.server import run
 
     _tracing(args, "shoal-coordinator")
     shards = args.shards.split(",") if args.shards else None
-    keys = FileKeyStore(Path(args.auth)).lookup if args.auth else None
+    if args.meta_auth and (not args.meta or args.auth):
+        raise SystemExit("--meta-auth needs --meta, and replaces --auth")
+    table = EtcdKeyTable() if args.meta_auth else None
+    keys = table.lookup if table is not None else FileKeyStore(Path(args.auth)).lookup if args.auth else None
     guard = Guard(keys=keys, members_by_certificate=args.tls_client_ca is not None and keys is None)
     shard_tls = _tls(args.shard_tls_ca, args.shard_tls_cert, args.shard_tls_key)
     security = _server_security(args, guard)
@@ -106,15 +109,24 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
         args.metrics,
         args.meta or "",
         args.cluster,
+        table,
     )
     return 0
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    """Create, list or revoke API keys in an --auth file."""
-    from shoal._keystore import FileKeyStore
+    """Create, list or revoke API keys in an --auth file or in the cluster metadata (--meta or --data)."""
+    from shoal._keystore import FileKeyStore, MetaKeyStore
 
-    store = FileKeyStore(Path(args.auth))
+    store: FileKeyStore | MetaKeyStore
+    if args.auth:
+        store = FileKeyStore(Path(args.auth))
+    else:
+        try:
+            endpoint = _meta_endpoint(args)
+        except FileNotFoundError:
+            raise SystemExit(f"no etcd found for {args.data}: is the cluster running?") from None
+        store = MetaKeyStore(endpoint, args.cluster)
     if args.keys_command == "create":
         collections = [c for c in (args.collections or "").split(",") if c]
         token, key = store.create(args.role, collections)
@@ -408,6 +420,9 @@ def parser() -> argparse.ArgumentParser:
     coord.add_argument("--listen", default=DEFAULT_ADDRESS, help="HOST:PORT to serve on")
     _add_server_options(coord)
     coord.add_argument("--auth", help="API keys file (see `shoal keys`): every call needs a key of the right role")
+    coord.add_argument(
+        "--meta-auth", action="store_true", help="with --meta: every call needs a key of the right role, from etcd"
+    )
     _shard_tls_args(coord)
     _server_args(coord)
     coord.set_defaults(func=cmd_coordinator)
@@ -448,7 +463,11 @@ def parser() -> argparse.ArgumentParser:
     restore.set_defaults(func=cmd_restore)
 
     keys = sub.add_parser("keys", help="create, list or revoke API keys")
-    keys.add_argument("--auth", required=True, help="the API keys file the coordinators are started with")
+    where_keys = keys.add_mutually_exclusive_group(required=True)
+    where_keys.add_argument("--auth", help="the API keys file the coordinators are started with")
+    where_keys.add_argument("--meta", help="the cluster's etcd endpoint HOST:PORT (coordinators with --meta-auth)")
+    where_keys.add_argument("--data", help="a local cluster's data folder (`shoal up --secure`): its etcd")
+    keys.add_argument("--cluster", default="default", help="with --meta or --data: the cluster's name in etcd")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="make a new key; prints it alone on the last line")
     create.add_argument("--role", choices=["read", "write", "admin"], required=True)

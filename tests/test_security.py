@@ -22,7 +22,7 @@ from shoal._access import ACCESS, Guard
 from shoal._errors import FailedPrecondition, InvalidArgument
 from shoal._etcd import find_binary
 from shoal._keystore import FileKeyStore
-from shoal._local import LocalCluster
+from shoal._local import LocalCluster, Process
 from shoal._secrets import ensure_secrets
 from shoal._server import ServerSecurity, ServerTLS, check_safe
 from shoal._tls import TLS, api_key_metadata, cluster_metadata
@@ -87,14 +87,14 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 def tokens(secure: LocalCluster) -> dict[str, str]:
     """A key per caller kind."""
     assert secure.secrets is not None
-    store = FileKeyStore(secure.secrets.keys)
+    store = secure.key_store()  # the cluster's etcd
     made = {role: store.create(role)[0] for role in ("read", "write")}
     made["admin"] = secure.api_key or ""
     made["other"] = store.create("read", ["other"])[0]
     revoked, key = store.create("admin")
     store.revoke(key.id)
     made["revoked"] = revoked
-    time.sleep(1.5)  # the coordinator looks at the keys file once a second
+    time.sleep(1.5)  # the coordinator follows etcd's keys by a watch
     return made
 
 
@@ -200,15 +200,16 @@ def test_a_key_limited_to_a_collection_sees_and_uses_only_it(secure: LocalCluste
 
 
 def test_keys_cli_creates_lists_and_revokes_and_a_revoked_key_stops_within_seconds(secure: LocalCluster) -> None:
-    assert secure.secrets is not None
-    auth = str(secure.secrets.keys)
+    assert secure.secrets is not None and secure.etcd is not None
+    where = ["--data", str(secure.data)]  # the keys in the local cluster's etcd
 
     def keys(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "shoal", "keys", "--auth", auth, *args]
+        cmd = [sys.executable, "-m", "shoal", "keys", *where, *args]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
 
     token = keys("create", "--role", "read", "--collections", "docs").stdout.strip().splitlines()[-1]
-    assert token.startswith("shoal_") and token not in secure.secrets.keys.read_text()  # stored only hashed
+    assert token.startswith("shoal_") and token not in secure.secrets.keys.read_text()
+    assert all(token not in repr(k.to_json()) for k in secure.key_store().list())  # stored only hashed
     key_id = token.split("_")[1]
     listed = keys("list").stdout
     assert key_id in listed and "read" in listed and "docs" in listed
@@ -229,6 +230,59 @@ def test_keys_cli_creates_lists_and_revokes_and_a_revoked_key_stops_within_secon
                 time.sleep(0.1)
         assert time.monotonic() - revoked_at < 5
     assert "revoked" in keys("list").stdout
+
+
+def test_keys_cli_manages_a_keys_file(tmp_path: Path) -> None:
+    auth = tmp_path / "keys.json"
+
+    def keys(*args: str) -> str:
+        cmd = [sys.executable, "-m", "shoal", "keys", "--auth", str(auth), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
+
+    token = keys("create", "--role", "write").strip().splitlines()[-1]
+    assert token.startswith("shoal_") and token not in auth.read_text()  # stored only hashed
+    key_id = token.split("_")[1]
+    assert key_id in keys("list") and "active" in keys("list")
+    keys("revoke", key_id)
+    assert FileKeyStore(auth).list()[0].revoked and "revoked" in keys("list")
+
+
+@pytest.mark.slow
+def test_a_key_revoked_in_etcd_stops_on_two_coordinators_within_seconds(secure: LocalCluster, tmp_path: Path) -> None:
+    assert secure.coordinator is not None and secure.etcd is not None
+    args = list(secure.coordinator.args)
+    args[args.index("--listen") + 1] = "127.0.0.1:0"
+    if "--metrics" in args:
+        args[args.index("--metrics") + 1] = "127.0.0.1:0"
+    second = Process("coordinator-2", args, tmp_path / "coordinator-2.log")
+    second.start(60)
+    try:
+        store = secure.key_store()
+        token, key = store.create("read")
+        clients = [shoal.Client(address, api_key=token, tls=secure.tls) for address in (secure.address, second.address)]
+        try:
+            deadline = time.monotonic() + 10
+            for c in clients:  # a new key reaches both coordinators through the watch
+                while True:
+                    try:
+                        c.list_collections()
+                        break
+                    except (shoal.Unauthenticated, shoal.Unavailable):
+                        assert time.monotonic() < deadline
+                        time.sleep(0.1)
+            store.revoke(key.id)
+            revoked_at = time.monotonic()
+            for c in clients:
+                with pytest.raises(shoal.Unauthenticated):
+                    while time.monotonic() - revoked_at < 5:
+                        c.list_collections()
+                        time.sleep(0.05)
+            assert time.monotonic() - revoked_at < 5
+        finally:
+            for c in clients:
+                c.close()
+    finally:
+        second.stop()
 
 
 def test_plaintext_and_wrong_ca_clients_fail_cleanly(secure: LocalCluster, tmp_path: Path) -> None:
