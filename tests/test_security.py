@@ -22,7 +22,7 @@ from shoal._access import ACCESS, Guard
 from shoal._errors import FailedPrecondition, InvalidArgument
 from shoal._etcd import find_binary
 from shoal._keystore import FileKeyStore
-from shoal._local import LocalCluster, Process
+from shoal._local import LocalCluster, Process, wait_serving
 from shoal._secrets import ensure_secrets
 from shoal._server import ServerSecurity, ServerTLS, check_safe
 from shoal._tls import TLS, api_key_metadata, cluster_metadata
@@ -418,3 +418,30 @@ def test_a_secure_replicated_cluster_replicates_and_refuses_users_on_replication
                     list(call)
                 assert info.value.code() == DENIED
             assert _member_call(c, proc.address, "Count", pb.CountRequest(collection="docs"), *member).count == 300
+
+
+@pytest.mark.slow
+def test_a_renewed_certificate_is_served_to_new_connections_without_a_restart(tmp_path: Path) -> None:
+    old, new = ensure_secrets(tmp_path / "old", ["127.0.0.1"]), ensure_secrets(tmp_path / "new", ["127.0.0.1"])
+    served = tmp_path / "served"
+    served.mkdir()
+    cert, key = served / "server.pem", served / "server.key"
+    cert.write_bytes(old.server_cert.read_bytes())
+    key.write_bytes(old.server_key.read_bytes())
+    args = ["shard", "--data", str(tmp_path / "data"), "--listen", "127.0.0.1:0", "--tls-cert", str(cert)]
+    args += ["--tls-key", str(key), "--cluster-secret-file", str(old.cluster_secret)]
+    shard = Process("shard", args, tmp_path / "shard.log")
+    shard.start(60)
+    try:
+        wait_serving(shard.address, 30, TLS(ca=old.ca))
+        for source, target in ((new.server_key, key), (new.server_cert, cert)):  # renewed in place
+            staged = target.with_suffix(".tmp")
+            staged.write_bytes(source.read_bytes())
+            staged.replace(target)
+        time.sleep(0.05)
+        wait_serving(shard.address, 10, TLS(ca=new.ca))  # a new connection gets the new certificate...
+        with pytest.raises(shoal.Unavailable):  # ...which the old CA does not vouch for
+            wait_serving(shard.address, 3, TLS(ca=old.ca))
+        assert shard.popen is not None and shard.popen.poll() is None  # the same process throughout
+    finally:
+        shard.stop()
