@@ -19,6 +19,7 @@ from shoal._server import (
     aio_server,
     bind,
     check_safe,
+    serve_probes,
     set_serving,
     wait_for_signal,
 )
@@ -70,6 +71,7 @@ class CoordinatorServer:
         self._server: grpc.aio.Server | None = None
         self._pool: ShardPool | None = None
         self._health: health.aio.HealthServicer | None = None
+        self._probes: grpc.aio.Server | None = None
 
     async def start(self) -> str:
         """Bind and start (health still NOT_SERVING); return the bound address."""
@@ -90,6 +92,7 @@ class CoordinatorServer:
         shoal_pb2_grpc.add_ShoalServicer_to_server(ShoalServicer(core, self.address, self.metrics_address), server)
         self._health = add_standard_services(server, [SERVICE_NAME])
         await server.start()
+        self._probes = await serve_probes(self.security.probe_listen, self._health)
         return self.address
 
     async def serving(self) -> None:
@@ -104,6 +107,8 @@ class CoordinatorServer:
             await set_serving(self._health, [SERVICE_NAME], False)
         if self._server is not None:
             await self._server.stop(grace)
+        if self._probes is not None:
+            await self._probes.stop(None)
         if self._pool is not None:
             await self._pool.close()
         if self.view is not None:

@@ -242,6 +242,16 @@ def _meta_endpoint(args: argparse.Namespace) -> str:
     return ""
 
 
+def cmd_secrets(args: argparse.Namespace) -> int:
+    """Make a cluster's secrets (CA, certificates, cluster secret, admin key) in a folder, as `up --secure` does."""
+    from shoal._secrets import ensure_secrets
+
+    hosts = [h for h in args.hosts.split(",") if h]
+    found = ensure_secrets(Path(args.out), hosts)
+    print(f"secrets in {found.folder} (server names: localhost, 127.0.0.1, {', '.join(hosts) or 'no others'})")
+    return 0
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     """Write the topology of a new cluster (nothing when one is there already)."""
     from shoal._meta_init import init_topology
@@ -329,7 +339,7 @@ def _server_security(args: argparse.Namespace, guard: Guard) -> ServerSecurity:
     if args.tls_cert:
         client_ca = Path(args.tls_client_ca) if args.tls_client_ca else None
         tls = ServerTLS(Path(args.tls_cert), Path(args.tls_key), client_ca)
-    return ServerSecurity(tls=tls, guard=guard, insecure=args.insecure)
+    return ServerSecurity(tls=tls, guard=guard, insecure=args.insecure, probe_listen=args.probe_listen)
 
 
 def _server_args(p: argparse.ArgumentParser) -> None:
@@ -337,6 +347,9 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", help="this server's private key (PEM)")
     p.add_argument("--tls-client-ca", help="mutual TLS: accept only clients with a certificate from this CA (PEM)")
     p.add_argument("--cluster-secret-file", help="a file holding the cluster secret (proves cluster membership)")
+    p.add_argument(
+        "--probe-listen", help="HOST:PORT answering grpc.health.v1 alone in plaintext, for probes that cannot do TLS"
+    )
     p.add_argument(
         "--insecure", action="store_true", help="allow a non-loopback address without TLS and without auth (warned)"
     )
@@ -403,6 +416,11 @@ def parser() -> argparse.ArgumentParser:
     shard.add_argument("--member", default="", help="with --meta: this member's name (default: the data folder's name)")
     shard.add_argument("--advertise", default="", help="with --meta: HOST:PORT others reach it at (default: --listen)")
     _shard_tls_args(shard)
+
+    made = sub.add_parser("secrets", help="make a cluster's CA, certificates, cluster secret and admin key (0600)")
+    made.add_argument("--out", required=True, help="the folder to write them to (kept when already there)")
+    made.add_argument("--hosts", default="", help="the servers' host names or addresses, e.g. shard-0,coordinator")
+    made.set_defaults(func=cmd_secrets)
 
     init = sub.add_parser("init", help="write a new cluster's topology into etcd: slots split over N shard groups")
     init.add_argument("--meta", required=True, help="the cluster's etcd endpoint HOST:PORT")

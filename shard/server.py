@@ -19,6 +19,7 @@ from shoal._server import (
     aio_server,
     bind,
     check_safe,
+    serve_probes,
     set_serving,
     wait_for_signal,
 )
@@ -97,6 +98,7 @@ async def _serve(
         servicer.metrics_address = serve_metrics(metrics)
     signalled = asyncio.create_task(wait_for_signal())
     await server.start()
+    probes = await serve_probes(security.probe_listen, health)
     if servicer.metrics_address:  # before the listening line, which tells LocalCluster the start is over
         print(f"shoal shard metrics on {servicer.metrics_address}", flush=True)
     print(f"shoal shard listening on {servicer.address}", flush=True)
@@ -127,6 +129,8 @@ async def _serve(
         if servicer.member is not None:
             await servicer.member.stop()
         await server.stop(grace=GRACE_SECONDS)
+        if probes is not None:
+            await probes.stop(None)
         signalled.cancel()
         with contextlib.suppress(Exception):
             await loading  # the load thread cannot be interrupted; its failure is already raised above

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 import time
@@ -418,6 +419,31 @@ def test_a_secure_replicated_cluster_replicates_and_refuses_users_on_replication
                     list(call)
                 assert info.value.code() == DENIED
             assert _member_call(c, proc.address, "Count", pb.CountRequest(collection="docs"), *member).count == 300
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_the_probe_port_answers_health_in_plaintext_and_nothing_else(tmp_path: Path) -> None:
+    found = ensure_secrets(tmp_path / "secrets", ["127.0.0.1"])
+    probe = f"127.0.0.1:{_free_port()}"
+    args = ["shard", "--data", str(tmp_path / "data"), "--listen", "127.0.0.1:0", "--tls-cert", str(found.server_cert)]
+    args += ["--tls-key", str(found.server_key), "--cluster-secret-file", str(found.cluster_secret)]
+    shard = Process("shard", [*args, "--probe-listen", probe], tmp_path / "shard.log")
+    shard.start(60)
+    try:
+        wait_serving(shard.address, 30, TLS(ca=found.ca))
+        wait_serving(probe, 10)  # plaintext: what the kubelet and Docker's health check can speak
+        secret = cluster_metadata(found.cluster_secret.read_bytes().strip())
+        with _rpc.channel(probe) as channel, pytest.raises(grpc.RpcError) as info:  # even with the cluster secret
+            shard_pb2_grpc.ShardStub(channel).ListCollections(pb.ListCollectionsRequest(), timeout=10, metadata=secret)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        shard.stop()
 
 
 @pytest.mark.slow
