@@ -156,6 +156,12 @@ def _keep_metrics_port(proc: Process) -> None:
         proc.args[proc.args.index("--metrics") + 1] = proc.metrics_address
 
 
+def layout_shards(data: Path) -> int | None:
+    """The shard count of the local cluster whose data is in `data` (None for a new folder)."""
+    layout = data / "cluster.json"
+    return int(json.loads(layout.read_text())["shards"]) if layout.exists() else None
+
+
 @dataclass
 class LocalCluster:
     """A coordinator and `shards` shard processes with data under `data`; a context manager."""
