@@ -18,7 +18,7 @@ from shoal._config import DEFAULT_ADDRESS, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_S
 from shoal._errors import ShoalError
 from shoal._logs import LOG_FORMATS
 from shoal._logs import configure as configure_logging
-from shoal._tls import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, TLS, resolve
+from shoal._tls import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, TLS, ClusterCredentials, resolve
 
 if TYPE_CHECKING:
     from shoal._access import Guard
@@ -64,7 +64,6 @@ def _ranges(cores: list[int]) -> str:
 def cmd_shard(args: argparse.Namespace) -> int:
     """Run one shard process."""
     from shoal._access import Guard
-    from shoal._tls import ClusterCredentials
     from shoal.shard.server import GroupSettings, run
 
     _tracing(args, "shoal-shard")
@@ -217,7 +216,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if endpoint:
         from shoal._group_status import groups
 
-        found = asyncio.run(groups(endpoint, args.cluster))
+        found = asyncio.run(groups(endpoint, args.cluster, _member_credentials(args)))
     if args.json:
         doc = json.loads(to_json(status))
         if found is not None:
@@ -242,6 +241,17 @@ def _meta_endpoint(args: argparse.Namespace) -> str:
 
         return endpoint_of(Path(args.data))
     return ""
+
+
+def _member_credentials(args: argparse.Namespace) -> ClusterCredentials:
+    """How `status` and `check` ask the shard group members: as a cluster member, with the cluster secret
+    (--cluster-secret-file, or DATA/secrets of a `shoal up --secure` cluster) over TLS when the cluster has it."""
+    local = Path(args.data) / "secrets" if args.data else None
+    secret = _secret(args)
+    ca = getattr(args, "tls_ca", None)
+    if secret is None and local is not None and (local / "cluster.secret").exists():
+        secret, ca = (local / "cluster.secret").read_bytes().strip(), ca or str(local / "ca.pem")
+    return ClusterCredentials(TLS(ca=ca) if ca else None, secret)
 
 
 def cmd_secrets(args: argparse.Namespace) -> int:
@@ -270,7 +280,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     endpoint = _meta_endpoint(args)
     if not endpoint:
         raise SystemExit("shoal check needs --meta or --data (the cluster's etcd)")
-    same, lines = asyncio.run(check(endpoint, args.cluster))
+    same, lines = asyncio.run(check(endpoint, args.cluster, _member_credentials(args)))
     print("\n".join(lines))
     return 0 if same else 1
 
@@ -461,6 +471,10 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--meta", default="", help="the cluster's etcd endpoint HOST:PORT")
         command.add_argument("--data", default="", help="or: the data folder of a `shoal up` cluster")
         command.add_argument("--cluster", default="default", help="the cluster's name in etcd")
+        command.add_argument(
+            "--cluster-secret-file", help="ask the group members with the cluster secret (default with --data: its own)"
+        )
+    check.add_argument("--tls-ca", help="with --cluster-secret-file: the CA of the members' certificates (TLS)")
 
     backup = sub.add_parser("backup", help="copy every shard of a running cluster into a new folder")
     backup.add_argument("--address", default=DEFAULT_ADDRESS, help="a coordinator's address")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -419,6 +421,22 @@ def test_a_secure_replicated_cluster_replicates_and_refuses_users_on_replication
                     list(call)
                 assert info.value.code() == DENIED
             assert _member_call(c, proc.address, "Count", pb.CountRequest(collection="docs"), *member).count == 300
+        # The operator's view of the members works on a secure cluster: it asks them as a member would.
+        shoal_cmd = [sys.executable, "-m", "shoal"]
+        checked = subprocess.run([*shoal_cmd, "check", "--data", str(c.data)], capture_output=True, text=True)
+        assert checked.returncode == 0 and "2 members identical (300 points)" in checked.stdout, checked.stdout
+        env = {**os.environ, "SHOAL_API_KEY": c.api_key or "", "SHOAL_TLS_CA": str(c.secrets.ca)}
+        env |= {"SHOAL_TLS_CERT": str(c.secrets.client_cert), "SHOAL_TLS_KEY": str(c.secrets.client_key)}
+        status = subprocess.run(
+            [*shoal_cmd, "status", "--address", c.address, "--data", str(c.data), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert status.returncode == 0, status.stderr
+        [group] = json.loads(status.stdout)["groups"]
+        assert sorted(m["state"] for m in group["members"]) == ["in-sync", "in-sync"]
 
 
 def _free_port() -> int:
