@@ -196,6 +196,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(
                 f"python -c \"import shoal; print(shoal.Client('{cluster.address}').list_collections())\"", flush=True
             )
+            keys_at = f"--data {args.data}" if cluster.etcd is not None else f"--auth {s.keys}"
+            print(f"More keys: shoal keys {keys_at} create --role read|write|admin [--collections a,b]", flush=True)
         signal.pause()
     except KeyboardInterrupt:
         pass
