@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
 import grpc
 
 from shoal import _rpc
-from shoal._base import BaseClient, Call, InOrder, as_matrix, stream_request
+from shoal._base import BaseClient, Call, InOrder, stream_request
 from shoal._config import (
     DEFAULT_ADDRESS,
     DEFAULT_BATCH_ROWS,
@@ -23,7 +22,6 @@ from shoal._config import (
     DEFAULT_TIMEOUT,
 )
 from shoal._errors import from_rpc_error
-from shoal._mux import SearchMux
 from shoal._tls import TLS, resolve
 from shoal._tracing import caller_traceparent
 from shoal._types import (
@@ -68,12 +66,9 @@ class Client(BaseClient):
             batch_rows=batch_rows,
             api_key=key,
         )
-        # Plain searches ride one long-lived stream: a stream message costs the server half a unary call.
-        self._searches = SearchMux(functools.partial(self._stub.SearchStream, timeout=None, metadata=self._metadata))
 
     def close(self) -> None:
         """Close the channel (unless it was passed in)."""
-        self._searches.close()
         if self._owns_channel:
             self._channel.close()
 
@@ -192,10 +187,7 @@ class Client(BaseClient):
         With a `filter`, only points whose payload matches it: min(k, matches) hits per query.
         """
         shape = self._search_shape(collection, k, ef, with_payload, with_vectors, filter)
-        try:
-            return self._searches.search(shape, as_matrix(queries, "queries"), self.timeout, caller_traceparent())
-        except grpc.RpcError as exc:  # the stream could not be opened
-            raise from_rpc_error(exc) from exc
+        return self._send(self._search(shape, queries))
 
     def search_stream(
         self,
