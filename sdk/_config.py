@@ -34,6 +34,14 @@ DEFAULT_PORT = 7070  # a coordinator's
 DEFAULT_ADDRESS = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
 DEFAULT_TIMEOUT = 60.0  # seconds: the SDK's deadline of a call (None: no deadline)
 DEFAULT_BATCH_ROWS = 2048  # points in one message of an upload
+# What search, get and scroll return unless told: payloads (what a caller shows or feeds on, as in Qdrant's
+# client), never vectors (the bulk of every answer, rarely wanted back).
+DEFAULT_WITH_PAYLOAD = True
+DEFAULT_WITH_VECTORS = False
+# The SDK's retries of idempotent calls that met UNAVAILABLE (gRPC's retry policy, exponential backoff).
+RETRY_ATTEMPTS = 5
+RETRY_INITIAL_BACKOFF_S = 0.1
+RETRY_MAX_BACKOFF_S = 2.0
 DEFAULT_SHARDS = 2  # shard processes of a local cluster (`shoal up`)
 
 METRICS = {"cosine": pb.METRIC_COSINE, "l2": pb.METRIC_L2, "ip": pb.METRIC_IP}

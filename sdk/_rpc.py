@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
 import grpc
 
-from shoal._config import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS, MAX_MESSAGE_BYTES
+from shoal._config import (
+    KEEPALIVE_MS,
+    KEEPALIVE_TIMEOUT_MS,
+    MAX_MESSAGE_BYTES,
+    RETRY_ATTEMPTS,
+    RETRY_INITIAL_BACKOFF_S,
+    RETRY_MAX_BACKOFF_S,
+)
 
 # Every option says why it is set.
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
@@ -29,14 +37,70 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-def channel(address: str) -> grpc.Channel:
-    """A blocking channel to a Shoal process."""
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+# The calls of the public API that are safe to repeat: they read, or write by id to the same end state.
+# Creating and dropping a collection are left out: a repeat would answer ALREADY_EXISTS or NOT_FOUND.
+IDEMPOTENT_METHODS = (
+    "ListCollections",
+    "DescribeCollection",
+    "GetTopology",
+    "Upsert",
+    "UpsertStream",
+    "Get",
+    "Delete",
+    "Count",
+    "Scroll",
+    "SetPayload",
+    "Search",
+    "SearchStream",
+)
+
+# gRPC retries these calls itself when they meet UNAVAILABLE (a coordinator restarting, a connection
+# reset), with exponential backoff and jitter, and only while no answer has reached the caller.
+RETRY_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "shoal.v1.Shoal", "method": m} for m in IDEMPOTENT_METHODS],
+                "retryPolicy": {
+                    "maxAttempts": RETRY_ATTEMPTS,
+                    "initialBackoff": f"{RETRY_INITIAL_BACKOFF_S}s",
+                    "maxBackoff": f"{RETRY_MAX_BACKOFF_S}s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+CLIENT_OPTIONS: list[tuple[str, Any]] = [
+    *CHANNEL_OPTIONS,
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", RETRY_SERVICE_CONFIG),
+]
+
+
+def _merged(defaults: list[tuple[str, Any]], extra: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    # gRPC keeps the first of two options with one name, so a default would silently win over an override.
+    options = dict(defaults)
+    options.update(extra)
+    return list(options.items())
+
+
+def channel(address: str, extra_options: Iterable[tuple[str, Any]] = ()) -> grpc.Channel:
+    """A blocking channel to a Shoal process; the caller's options replace defaults of the same name."""
+    return grpc.insecure_channel(address, options=_merged(CHANNEL_OPTIONS, extra_options))
 
 
 def aio_channel(address: str, extra_options: Iterable[tuple[str, Any]] = ()) -> grpc.aio.Channel:
     """An asyncio channel to a Shoal process; the caller's options replace defaults of the same name."""
-    # gRPC keeps the first of two options with one name, so a default would silently win over an override.
-    options = dict(CHANNEL_OPTIONS)
-    options.update(extra_options)
-    return grpc.aio.insecure_channel(address, options=list(options.items()))
+    return grpc.aio.insecure_channel(address, options=_merged(CHANNEL_OPTIONS, extra_options))
+
+
+def client_channel(address: str, extra_options: Iterable[tuple[str, Any]] = ()) -> grpc.Channel:
+    """The SDK's blocking channel to a coordinator: retries of idempotent calls, the caller's options on top."""
+    return grpc.insecure_channel(address, options=_merged(CLIENT_OPTIONS, extra_options))
+
+
+def aio_client_channel(address: str, extra_options: Iterable[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+    """The SDK's asyncio channel to a coordinator: retries of idempotent calls, the caller's options on top."""
+    return grpc.aio.insecure_channel(address, options=_merged(CLIENT_OPTIONS, extra_options))

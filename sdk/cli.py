@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from shoal import __version__
 from shoal._config import DEFAULT_ADDRESS, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SHARDS
 from shoal._errors import ShoalError
 
@@ -104,6 +105,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="shoal", description="Shoal: a sharded vector database served over gRPC.")
+    p.add_argument("--version", action="version", version=f"shoal {__version__}")
     p.add_argument("--log-level", default="INFO", help="logging level of server processes (default INFO)")
     sub = p.add_subparsers(dest="command", required=True)
 
