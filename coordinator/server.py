@@ -9,7 +9,16 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health
 
-from shoal._server import add_standard_services, aio_server, bind, set_serving, wait_for_signal
+from shoal._server import (
+    ServerSecurity,
+    add_standard_services,
+    aio_server,
+    bind,
+    check_safe,
+    set_serving,
+    wait_for_signal,
+)
+from shoal._tls import TLS
 from shoal.coordinator.core import Coordinator
 from shoal.coordinator.servicer import ShoalServicer
 from shoal.coordinator.shards import ShardPool
@@ -34,9 +43,19 @@ def load_topology(shards: list[str] | None, topology_file: Path | None) -> Topol
 class CoordinatorServer:
     """A coordinator's gRPC server, its health and its shard connections: start, mark serving, stop."""
 
-    def __init__(self, topology: Topology, listen: str) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        listen: str,
+        security: ServerSecurity | None = None,
+        shard_tls: TLS | None = None,
+        cluster_secret: bytes | None = None,
+    ) -> None:
         self.topology = topology
         self.listen = listen
+        self.security = security or ServerSecurity()
+        self.shard_tls = shard_tls  # how this coordinator reaches its shards: TLS (a member's certificate)...
+        self.cluster_secret = cluster_secret  # ...or the cluster secret
         self.address = ""
         self._server: grpc.aio.Server | None = None
         self._pool: ShardPool | None = None
@@ -44,9 +63,10 @@ class CoordinatorServer:
 
     async def start(self) -> str:
         """Bind and start (health still NOT_SERVING); return the bound address."""
-        server = aio_server()
-        self.address = bind(server, self.listen)
-        self._server, self._pool = server, ShardPool(self.topology.addresses)
+        server = aio_server(self.security.guard)
+        self.address = bind(server, self.listen, self.security.tls)
+        pool = ShardPool(self.topology.addresses, self.shard_tls, self.cluster_secret)
+        self._server, self._pool = server, pool
         core = Coordinator(self.topology, self._pool.clients)
         shoal_pb2_grpc.add_ShoalServicer_to_server(ShoalServicer(core), server)
         self._health = add_standard_services(server, [SERVICE_NAME])
@@ -69,9 +89,8 @@ class CoordinatorServer:
             await self._pool.close()
 
 
-async def serve(topology: Topology, listen: str) -> None:
+async def serve(topology: Topology, listen: str, server: CoordinatorServer) -> None:
     """Serve until SIGTERM or SIGINT, announcing the bound address on stdout."""
-    server = CoordinatorServer(topology, listen)
     signalled = asyncio.create_task(wait_for_signal())
     await asyncio.sleep(0)  # the signal handlers are in place before anyone can learn the address
     try:
@@ -85,10 +104,19 @@ async def serve(topology: Topology, listen: str) -> None:
         await server.stop()
 
 
-def run(shards: list[str] | None, topology_file: Path | None, listen: str) -> None:
+def run(
+    shards: list[str] | None,
+    topology_file: Path | None,
+    listen: str,
+    security: ServerSecurity | None = None,
+    shard_tls: TLS | None = None,
+    cluster_secret: bytes | None = None,
+) -> None:
     """Run a coordinator over `shards` (an even split) or a topology file until SIGTERM or SIGINT."""
     try:
         topology = load_topology(shards, topology_file)
     except TopologyError as exc:
         raise SystemExit(f"invalid topology: {exc}") from None
-    asyncio.run(serve(topology, listen))
+    security = security or ServerSecurity()
+    check_safe(listen, security)
+    asyncio.run(serve(topology, listen, CoordinatorServer(topology, listen, security, shard_tls, cluster_secret)))

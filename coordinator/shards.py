@@ -13,6 +13,7 @@ import grpc
 
 from shoal._errors import DeadlineExceeded, ShoalError, Unavailable, error_for_code, status_from_value
 from shoal._rpc import aio_channel
+from shoal._tls import TLS, Metadata, cluster_metadata
 from shoal.v1 import shard_pb2_grpc
 from shoal.v1 import types_pb2 as pb
 
@@ -73,12 +74,12 @@ def _check_timeout(address: str, timeout: float | None) -> None:
 class SearchStream:
     """One long-lived SearchStream to a shard, multiplexing many searches by request_id."""
 
-    def __init__(self, stub: Any, address: str) -> None:
+    def __init__(self, stub: Any, address: str, metadata: Metadata = ()) -> None:
         self.address = address
         self.broken = False
         self._pending: dict[int, asyncio.Future[pb.SearchResponse]] = {}
         self._outbox: asyncio.Queue[pb.SearchRequest] = asyncio.Queue()
-        self._call = stub.SearchStream()
+        self._call = stub.SearchStream(metadata=metadata)
         self._writer = asyncio.create_task(self._write(), name=f"search-stream-writer {address}")
         self._reader = asyncio.create_task(self._read(), name=f"search-stream-reader {address}")
 
@@ -156,15 +157,17 @@ def _reason(exc: Exception) -> str:
 class ShardClient:
     """The coordinator's connection to one shard: every Shard RPC, with errors in the catalogue."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, tls: TLS | None = None, cluster_secret: bytes | None = None) -> None:
         self.address = address
+        self._tls = tls
+        self._metadata = cluster_metadata(cluster_secret)  # proves to the shard that this is a cluster member
         # One counter across reopened streams, so a late answer can never match a newer question.
         self._request_ids = itertools.count(1)
         self._down_since: float | None = None  # when calls began failing with UNAVAILABLE
         self._open()
 
     def _open(self) -> None:
-        self._channel = aio_channel(self.address, SHARD_CHANNEL_OPTIONS)
+        self._channel = aio_channel(self.address, SHARD_CHANNEL_OPTIONS, tls=self._tls)
         self._stub = shard_pb2_grpc.ShardStub(self._channel)
         self._stream: SearchStream | None = None
         self._opened = time.monotonic()
@@ -190,7 +193,7 @@ class ShardClient:
         _check_timeout(self.address, timeout)
         call = getattr(await self._ready_stub(), method)
         try:
-            answer = await call(request, timeout=timeout)
+            answer = await call(request, timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             error = shard_error(self.address, exc.code(), exc.details() or "")
             self._note(error)
@@ -259,7 +262,7 @@ class ShardClient:
         _check_timeout(self.address, timeout)
         stub = await self._ready_stub()
         if self._stream is None or self._stream.broken:
-            self._stream = SearchStream(stub, self.address)
+            self._stream = SearchStream(stub, self.address, self._metadata)
         try:
             answer = await self._stream.ask(request, next(self._request_ids), timeout)
         except ShoalError as exc:
@@ -278,8 +281,8 @@ class ShardClient:
 class ShardPool:
     """One ShardClient per shard address, in topology order."""
 
-    def __init__(self, addresses: Sequence[str]) -> None:
-        self.clients = [ShardClient(address) for address in addresses]
+    def __init__(self, addresses: Sequence[str], tls: TLS | None = None, cluster_secret: bytes | None = None) -> None:
+        self.clients = [ShardClient(address, tls, cluster_secret) for address in addresses]
 
     def __getitem__(self, index: int) -> ShardClient:
         return self.clients[index]

@@ -1,7 +1,7 @@
 """Shoal: a sharded vector database for CPU clusters, served over gRPC.
 
 import numpy as np, shoal
-c = shoal.Client("127.0.0.1:7070")
+c = shoal.Client("127.0.0.1:7070")  # api_key=..., tls=shoal.TLS(ca=...) for a secure cluster
 c.create_collection("docs", dim=384, metric="cosine")
 c.upsert("docs", ids=np.arange(n), vectors=X)
 res = c.search("docs", Q, k=10)
@@ -25,6 +25,7 @@ from shoal._errors import (
     Unauthenticated,
     Unavailable,
 )
+from shoal._tls import TLS
 from shoal._types import CollectionInfo, Hit, Point, ScrollPage, SearchResult, ShardStats
 
 __version__ = _version("shoal")  # the one version number is pyproject.toml's
@@ -48,6 +49,7 @@ __all__ = [
     "SearchResult",
     "ShardStats",
     "ShoalError",
+    "TLS",
     "Unauthenticated",
     "Unavailable",
     "__version__",

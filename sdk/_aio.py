@@ -38,6 +38,7 @@ from shoal._config import (
     DEFAULT_WITH_VECTORS,
 )
 from shoal._errors import DeadlineExceeded, from_rpc_error
+from shoal._tls import TLS, resolve
 from shoal._types import (
     CollectionInfo,
     FilterLike,
@@ -60,6 +61,8 @@ class AsyncClient(BaseClient):
     Every method raises a `shoal.ShoalError` subclass on failure, carrying the gRPC status code, and takes
     `timeout=` to override the client's for that call; `options=` are gRPC channel arguments (see `Client`).
     With `channel=`, calls go over that channel (the caller's to close) and `address` only names it.
+    `api_key` and `tls` default to the variables SHOAL_API_KEY and SHOAL_TLS_CA, SHOAL_TLS_CERT, SHOAL_TLS_KEY;
+    `tls=False` forces plaintext, `tls=True` TLS with the system's roots (or those variables).
     """
 
     def __init__(
@@ -70,13 +73,17 @@ class AsyncClient(BaseClient):
         batch_rows: int = DEFAULT_BATCH_ROWS,
         options: Sequence[tuple[str, Any]] = (),
         channel: grpc.aio.Channel | None = None,
+        api_key: str | None = None,
+        tls: TLS | bool | None = None,
     ) -> None:
+        key, tls_ = resolve(api_key, tls)
         super().__init__(
             address,
-            channel if channel is not None else _rpc.aio_client_channel(address, options),
+            channel if channel is not None else _rpc.aio_client_channel(address, options, tls=tls_),
             owns_channel=channel is None,
             timeout=timeout,
             batch_rows=batch_rows,
+            api_key=key,
         )
 
     async def close(self) -> None:
@@ -94,18 +101,18 @@ class AsyncClient(BaseClient):
         seconds = self._timeout(timeout)
         try:
             if call.timed:
-                reply = await call.method(call.request, timeout=seconds)
+                reply = await call.method(call.request, timeout=seconds, metadata=self._metadata)
             else:
-                reply = await self._upload(call, seconds)
+                reply = await self._upload(call, seconds, self._metadata)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return call.decode(reply)
 
     @staticmethod
-    async def _upload(call: Call[T], idle: float | None) -> object:
+    async def _upload(call: Call[T], idle: float | None, metadata: Any) -> object:
         """Send an upload stream with no overall deadline, failing once it makes no progress for `idle` s."""
         requests = Watched(cast(Iterator[Any], call.request))
-        rpc = call.method(requests, timeout=None)
+        rpc = call.method(requests, timeout=None, metadata=metadata)
 
         async def answer() -> object:
             return await rpc
@@ -316,7 +323,7 @@ class AsyncClient(BaseClient):
                 # gRPC would only cancel the call; the caller gets this error after the answers before it.
                 failed.append(exc)
 
-        call = self._stub.SearchStream(requests(), timeout=None)
+        call = self._stub.SearchStream(requests(), timeout=None, metadata=self._metadata)
         order = InOrder(fields)
         try:
             async for reply in call:

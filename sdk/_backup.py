@@ -5,7 +5,8 @@
     BACKUP/shard-<i>/index/<born>-<name>/      its index snapshots (manifest and file)
 
 Each shard copies itself on its own file system (the Shard service's Backup call), so BACKUP must be a
-path every shard can write: the same machine for `shoal up`, a shared volume otherwise. Each shard's copy
+path every shard can write, inside every shard's `--backup-root`: the same machine for `shoal up`, a shared
+volume otherwise. Each shard's copy
 is consistent (fresh snapshots, then a checkpoint whose change log covers everything after them) and
 holds every write acknowledged before the backup started; shards are copied one after another, so the
 copy is not one instant across shards (a write that spans shards may be in one shard's copy only).
@@ -24,6 +25,7 @@ import grpc
 
 from shoal import _rpc
 from shoal._errors import FailedPrecondition, from_rpc_error
+from shoal._tls import TLS, api_key_metadata, cluster_metadata
 from shoal.v1 import shard_pb2, shard_pb2_grpc, shoal_pb2_grpc
 from shoal.v1 import types_pb2 as pb
 
@@ -41,20 +43,34 @@ def _shards(topology: pb.TopologyInfo) -> list[tuple[str, list[list[int]]]]:
     return list(shards.items())
 
 
-def backup_cluster(address: str, target: Path) -> dict[str, Any]:
-    """Copy every shard of the cluster behind the coordinator at `address` into `target` (a new folder)."""
+def backup_cluster(
+    address: str,
+    target: Path,
+    api_key: str | None = None,
+    tls: TLS | None = None,
+    cluster_secret: bytes | None = None,
+) -> dict[str, Any]:
+    """Copy every shard of the cluster behind the coordinator at `address` into `target` (a new folder).
+
+    The shards are asked directly, so the caller must be a cluster member: `tls` with a member's certificate,
+    or the cluster secret.
+    """
     target = target.absolute()
     if target.exists() and any(target.iterdir()):
         raise FailedPrecondition(f"the backup folder {target} is not empty")
     try:
-        with _rpc.channel(address) as channel:
-            topology = shoal_pb2_grpc.ShoalStub(channel).GetTopology(pb.GetTopologyRequest(), timeout=TOPOLOGY_TIMEOUT)
+        with _rpc.channel(address, tls) as channel:
+            topology = shoal_pb2_grpc.ShoalStub(channel).GetTopology(
+                pb.GetTopologyRequest(), timeout=TOPOLOGY_TIMEOUT, metadata=api_key_metadata(api_key)
+            )
         target.mkdir(parents=True, exist_ok=True)
         shards = []
         for i, (shard, slots) in enumerate(_shards(topology)):
-            with _rpc.channel(shard) as channel:
+            with _rpc.channel(shard, tls) as channel:
                 copied = shard_pb2_grpc.ShardStub(channel).Backup(
-                    shard_pb2.BackupRequest(path=str(target / f"shard-{i}")), timeout=TIMEOUT
+                    shard_pb2.BackupRequest(path=str(target / f"shard-{i}")),
+                    timeout=TIMEOUT,
+                    metadata=cluster_metadata(cluster_secret),
                 )
             shards.append(
                 {

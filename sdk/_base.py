@@ -20,6 +20,7 @@ from shoal._config import MAX_BATCH_ROWS, MAX_MESSAGE_BYTES, CollectionConfig, c
 from shoal._errors import InvalidArgument, ShoalError, error_for_code, status_from_value
 from shoal._filter import check_path, to_json
 from shoal._search import Search, SearchShape
+from shoal._tls import api_key_metadata
 from shoal._types import (
     CollectionInfo,
     Fields,
@@ -153,9 +154,11 @@ class BaseClient:
         owns_channel: bool,
         timeout: float | None,
         batch_rows: int,
+        api_key: str | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
+        self._metadata = api_key_metadata(api_key)  # sent with every call
         self.batch_rows = batch_rows
         self._channel = channel
         self._owns_channel = owns_channel  # a channel the caller passed in is the caller's to close

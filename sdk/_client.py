@@ -33,6 +33,7 @@ from shoal._config import (
     DEFAULT_WITH_VECTORS,
 )
 from shoal._errors import DeadlineExceeded, from_rpc_error
+from shoal._tls import TLS, resolve
 from shoal._types import (
     CollectionInfo,
     FilterLike,
@@ -56,6 +57,8 @@ class Client(BaseClient):
     are retried with backoff on UNAVAILABLE. `options=` are gRPC channel arguments, e.g.
     `[("grpc.lb_policy_name", "round_robin")]` for a `dns:///` address behind a Kubernetes Service.
     With `channel=`, calls go over that channel (the caller's to close) and `address` only names it.
+    `api_key` and `tls` default to the variables SHOAL_API_KEY and SHOAL_TLS_CA, SHOAL_TLS_CERT, SHOAL_TLS_KEY;
+    `tls=False` forces plaintext, `tls=True` TLS with the system's roots (or those variables).
     """
 
     def __init__(
@@ -66,13 +69,17 @@ class Client(BaseClient):
         batch_rows: int = DEFAULT_BATCH_ROWS,
         options: Sequence[tuple[str, Any]] = (),
         channel: grpc.Channel | None = None,
+        api_key: str | None = None,
+        tls: TLS | bool | None = None,
     ) -> None:
+        key, tls_ = resolve(api_key, tls)
         super().__init__(
             address,
-            channel if channel is not None else _rpc.client_channel(address, options),
+            channel if channel is not None else _rpc.client_channel(address, options, tls=tls_),
             owns_channel=channel is None,
             timeout=timeout,
             batch_rows=batch_rows,
+            api_key=key,
         )
 
     def close(self) -> None:
@@ -89,16 +96,19 @@ class Client(BaseClient):
     def _send(self, call: Call[T], timeout: TimeoutLike = USE_CLIENT_DEFAULT) -> T:
         seconds = self._timeout(timeout)
         try:
-            reply = call.method(call.request, timeout=seconds) if call.timed else self._upload(call, seconds)
+            if call.timed:
+                reply = call.method(call.request, timeout=seconds, metadata=self._metadata)
+            else:
+                reply = self._upload(call, seconds, self._metadata)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return call.decode(reply)
 
     @staticmethod
-    def _upload(call: Call[T], idle: float | None) -> object:
+    def _upload(call: Call[T], idle: float | None, metadata: Any) -> object:
         """Send an upload stream with no overall deadline, failing once it makes no progress for `idle` s."""
         requests = Watched(cast(Iterator[Any], call.request))
-        future = cast(grpc.StreamUnaryMultiCallable, call.method).future(requests, timeout=None)
+        future = cast(grpc.StreamUnaryMultiCallable, call.method).future(requests, timeout=None, metadata=metadata)
         while True:
             try:
                 return future.result(timeout=requests.wait_left(idle))
@@ -285,7 +295,7 @@ class Client(BaseClient):
         requests = (stream_request(shape, q, i) for i, q in enumerate(batches))
         order = InOrder(fields)
         try:
-            for reply in self._stub.SearchStream(requests, timeout=None):
+            for reply in self._stub.SearchStream(requests, timeout=None, metadata=self._metadata):
                 yield from order.release(reply)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc

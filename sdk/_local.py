@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -19,6 +20,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shoal import _rpc
 from shoal._config import DEFAULT_HOST, DEFAULT_SHARDS
 from shoal._errors import FailedPrecondition, Unavailable
+from shoal._tls import TLS
+
+if TYPE_CHECKING:
+    from shoal._secrets import LocalSecrets
 
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 15.0
@@ -41,10 +46,10 @@ def split_cores(shards: int, cores: list[int] | None = None) -> list[list[int]]:
     return [[cores[i % len(cores)]] for i in range(shards)]
 
 
-def wait_serving(address: str, timeout: float) -> None:
+def wait_serving(address: str, timeout: float, tls: TLS | None = None) -> None:
     """Block until the process at `address` reports SERVING over grpc.health.v1 (Watch, no polling)."""
     deadline = time.monotonic() + timeout
-    with _rpc.channel(address) as channel:
+    with _rpc.channel(address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             remaining = deadline - time.monotonic()
@@ -130,8 +135,46 @@ class LocalCluster:
     host: str = DEFAULT_HOST
     timeout: float = START_TIMEOUT
     shard_env: dict[str, str] = field(default_factory=dict)  # e.g. SHOAL_SNAPSHOT_* settings for every shard
+    # TLS everywhere, API keys on the coordinator, the cluster secret on the shards (secrets in DATA/secrets).
+    secure: bool = False
+    backup_root: Path | None = None  # where shards may write backups (default DATA/backups)
     shard_procs: list[Process] = field(default_factory=list)
     coordinator: Process | None = None
+    secrets: LocalSecrets | None = None
+
+    @property
+    def tls(self) -> TLS | None:
+        """How a user reaches the coordinator: the CA and the user's client certificate (None: plaintext)."""
+        if self.secrets is None:
+            return None
+        return TLS(ca=self.secrets.ca, cert=self.secrets.client_cert, key=self.secrets.client_key)
+
+    @property
+    def api_key(self) -> str | None:
+        """The admin key of a secure cluster."""
+        return self.secrets.admin_key.read_text().strip() if self.secrets else None
+
+    def _shard_security(self) -> list[str]:
+        if self.secrets is None:
+            return []
+        s = self.secrets
+        return [
+            "--tls-cert",
+            str(s.server_cert),
+            "--tls-key",
+            str(s.server_key),
+            "--cluster-secret-file",
+            str(s.cluster_secret),
+        ]
+
+    def _coordinator_security(self) -> list[str]:
+        if self.secrets is None:
+            return []
+        s = self.secrets
+        return [
+            *("--tls-cert", str(s.server_cert), "--tls-key", str(s.server_key), "--tls-client-ca", str(s.ca)),
+            *("--auth", str(s.keys), "--shard-tls-ca", str(s.ca), "--cluster-secret-file", str(s.cluster_secret)),
+        ]
 
     @property
     def address(self) -> str:
@@ -157,6 +200,11 @@ class LocalCluster:
         self.data.mkdir(parents=True, exist_ok=True)
         self._check_layout()
         (self.data / "logs").mkdir(exist_ok=True)
+        if self.secure:
+            from shoal._secrets import ensure_secrets  # cryptography, only when asked for
+
+            self.secrets = ensure_secrets(self.data / "secrets", [self.host])
+        backup_root = self.backup_root or self.data / "backups"
         try:
             for i, cores in enumerate(split_cores(self.shards)):
                 proc = Process(
@@ -169,6 +217,9 @@ class LocalCluster:
                         f"{self.host}:0",
                         "--cores",
                         ",".join(map(str, cores)),
+                        "--backup-root",
+                        str(backup_root),
+                        *self._shard_security(),
                     ],
                     self.data / "logs" / f"shard-{i}.log",
                     env={**SHARD_ENV, **self.shard_env},
@@ -178,7 +229,7 @@ class LocalCluster:
                 proc.args[proc.args.index("--listen") + 1] = proc.address
                 self.shard_procs.append(proc)
             for proc in self.shard_procs:
-                wait_serving(proc.address, self.timeout)
+                wait_serving(proc.address, self.timeout, self.tls)
             self.coordinator = Process(
                 "coordinator",
                 [
@@ -187,12 +238,13 @@ class LocalCluster:
                     ",".join(p.address for p in self.shard_procs),
                     "--listen",
                     f"{self.host}:{self.port}",
+                    *self._coordinator_security(),
                 ],
                 self.data / "logs" / "coordinator.log",
             )
             self.coordinator.start(self.timeout)
             self.coordinator.args[self.coordinator.args.index("--listen") + 1] = self.coordinator.address
-            wait_serving(self.coordinator.address, self.timeout)
+            wait_serving(self.coordinator.address, self.timeout, self.tls)
         except BaseException:
             self.stop()
             raise
@@ -201,7 +253,7 @@ class LocalCluster:
     def restart(self, proc: Process) -> None:
         """Start a stopped or killed process again on its old address and wait until it serves."""
         proc.start(self.timeout)
-        wait_serving(proc.address, self.timeout)
+        wait_serving(proc.address, self.timeout, self.tls)
 
     def stop(self) -> None:
         """Stop the coordinator, then the shards, each with SIGTERM."""

@@ -1,4 +1,4 @@
-"""The cluster metadata store: catalogue, topology and shard groups in etcd, each change one etcd transaction.
+"""The cluster metadata store: catalogue, topology, shard groups and API keys in etcd, each change one etcd transaction.
 
 Server-side code (coordinator and shard import it; `import shoal` does not). Agreement is etcd's: leases
 for liveness, compare-and-swap transactions for every decision, watches for change. A lost compare raises
@@ -21,12 +21,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import aetcd
 import aetcd.exceptions
 import grpc
 
+from shoal._access import ApiKey
 from shoal._config import CollectionConfig, check_name
 from shoal._errors import (
     AlreadyExists,
@@ -188,6 +190,29 @@ class MetaStore:
         with _translated():
             got = await self._client.get_prefix(self.keys.section("catalogue"))
         return [config_from_json(decode(kv.value)) for kv in got]
+
+    # -- API keys -------------------------------------------------------------------------------------
+
+    async def put_api_key(self, key: ApiKey) -> None:
+        """Store a key's record (a new key, or a revoked one replacing it)."""
+        with _translated():
+            await self._client.put(self.keys.api_key(key.id), encode(key.to_json()))
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        """Every key's record, revoked ones included."""
+        with _translated():
+            got = await self._client.get_prefix(self.keys.section("keys"))
+        return [ApiKey.from_json(decode(kv.value)) for kv in got]
+
+    async def revoke_api_key(self, key_id: str) -> ApiKey:
+        """Mark a key revoked (kept, so `list` shows it); NotFound for an unknown id."""
+        with _translated():
+            got = await self._client.get(self.keys.api_key(key_id))
+        if got is None:
+            raise NotFound(f"no API key with id {key_id!r}")
+        key = replace(ApiKey.from_json(decode(got.value)), revoked=True)
+        await self.put_api_key(key)
+        return key
 
     # -- the topology ---------------------------------------------------------------------------------
 

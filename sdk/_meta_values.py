@@ -8,6 +8,7 @@ Keys live under `/shoal/<cluster>/`:
     groups/<group>/term             the group's current term (an int; never attached to a lease)
     groups/<group>/primary          {"member": ..., "term": ...}, attached to the primary's lease
     groups/<group>/in_sync          {"term": ..., "members": [...]}
+    keys/<key id>                   an API key's record: {"id", "role", "hash", "collections", "created", "revoked"}
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any, Literal
 from shoal._config import SLOTS, CollectionConfig, check_name
 from shoal._errors import InvalidArgument
 
-Section = Literal["catalogue", "topology", "groups"]
-SECTIONS: tuple[Section, ...] = ("catalogue", "topology", "groups")
+Section = Literal["catalogue", "topology", "groups", "keys"]
+SECTIONS: tuple[Section, ...] = ("catalogue", "topology", "groups", "keys")
 Json = Any  # a decoded JSON value: what json.loads returns
 
 
@@ -133,6 +134,10 @@ class Keys:
     def collection(self, name: str) -> bytes:
         """A collection's catalogue entry."""
         return self.root + f"catalogue/{name}".encode()
+
+    def api_key(self, key_id: str) -> bytes:
+        """An API key's record (its hash, role and collections; never the key itself)."""
+        return self.root + f"keys/{key_id}".encode()
 
     @property
     def topology(self) -> bytes:

@@ -16,6 +16,7 @@ from shoal._config import (
     RETRY_INITIAL_BACKOFF_S,
     RETRY_MAX_BACKOFF_S,
 )
+from shoal._tls import TLS
 
 # Every option says why it is set.
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
@@ -86,21 +87,37 @@ def _merged(defaults: list[tuple[str, Any]], extra: Iterable[tuple[str, Any]]) -
     return list(options.items())
 
 
-def channel(address: str, extra_options: Iterable[tuple[str, Any]] = ()) -> grpc.Channel:
-    """A blocking channel to a Shoal process; the caller's options replace defaults of the same name."""
-    return grpc.insecure_channel(address, options=_merged(CHANNEL_OPTIONS, extra_options))
+def _open(address: str, options: list[tuple[str, Any]], tls: TLS | None) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, tls.credentials(), options=options)
 
 
-def aio_channel(address: str, extra_options: Iterable[tuple[str, Any]] = ()) -> grpc.aio.Channel:
-    """An asyncio channel to a Shoal process; the caller's options replace defaults of the same name."""
-    return grpc.aio.insecure_channel(address, options=_merged(CHANNEL_OPTIONS, extra_options))
+def _aio_open(address: str, options: list[tuple[str, Any]], tls: TLS | None) -> grpc.aio.Channel:
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.secure_channel(address, tls.credentials(), options=options)
 
 
-def client_channel(address: str, extra_options: Iterable[tuple[str, Any]] = ()) -> grpc.Channel:
+def channel(address: str, tls: TLS | None = None, extra_options: Iterable[tuple[str, Any]] = ()) -> grpc.Channel:
+    """A blocking channel to a Shoal process, over TLS when `tls` is given; `extra_options` replace defaults."""
+    return _open(address, _merged(CHANNEL_OPTIONS, extra_options), tls)
+
+
+def aio_channel(
+    address: str, extra_options: Iterable[tuple[str, Any]] = (), tls: TLS | None = None
+) -> grpc.aio.Channel:
+    """An asyncio channel to a Shoal process, over TLS when `tls` is given; `extra_options` replace defaults."""
+    return _aio_open(address, _merged(CHANNEL_OPTIONS, extra_options), tls)
+
+
+def client_channel(address: str, extra_options: Iterable[tuple[str, Any]] = (), tls: TLS | None = None) -> grpc.Channel:
     """The SDK's blocking channel to a coordinator: retries of idempotent calls, the caller's options on top."""
-    return grpc.insecure_channel(address, options=_merged(CLIENT_OPTIONS, extra_options))
+    return _open(address, _merged(CLIENT_OPTIONS, extra_options), tls)
 
 
-def aio_client_channel(address: str, extra_options: Iterable[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+def aio_client_channel(
+    address: str, extra_options: Iterable[tuple[str, Any]] = (), tls: TLS | None = None
+) -> grpc.aio.Channel:
     """The SDK's asyncio channel to a coordinator: retries of idempotent calls, the caller's options on top."""
-    return grpc.aio.insecure_channel(address, options=_merged(CLIENT_OPTIONS, extra_options))
+    return _aio_open(address, _merged(CLIENT_OPTIONS, extra_options), tls)

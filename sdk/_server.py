@@ -1,4 +1,5 @@
-"""What only servers need: the server factory, the one error translator, health, reflection and signals.
+"""What only servers need: the server factory, the one error translator, the one auth interceptor, TLS, health,
+reflection and signals.
 
 `import shoal` never loads this module (a test checks it): clients need none of it.
 """
@@ -6,17 +7,21 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from shoal._access import Guard, Verdict, collection_of
 from shoal._config import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS, MAX_MESSAGE_BYTES
-from shoal._errors import ShoalError
+from shoal._errors import PermissionDenied, ShoalError, error_for_code
 
 log = logging.getLogger("shoal.server")
 
@@ -99,9 +104,174 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         return _wrap(handler, method)
 
 
-def aio_server() -> grpc.aio.Server:
-    """An asyncio server with Shoal's options and the error translator."""
-    return grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
+_LIST_COLLECTIONS = "/ListCollections"
+
+
+def _guarded(handler: grpc.RpcMethodHandler, method: str, verdict: Verdict) -> grpc.RpcMethodHandler:
+    """The same handler refusing the call, or limited to the verdict's collections, for all four kinds of RPC."""
+    refusal = error_for_code(verdict.code, verdict.message) if verdict.code is not None else None
+    allowed = verdict.collections or frozenset()
+
+    def check(request: Any) -> Any:
+        if collection_of(request) not in allowed:
+            raise PermissionDenied(f"this key may not use collection {collection_of(request)!r}")
+        return request
+
+    async def checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for request in requests:
+            yield check(request)
+
+    if handler.unary_unary or handler.unary_stream:
+        inner = handler.unary_unary or handler.unary_stream
+        listing = method.endswith(_LIST_COLLECTIONS)
+
+        def guard_request(request: Any) -> Any:
+            if refusal is not None:
+                raise refusal
+            return request if listing else check(request)
+
+    else:
+        inner = handler.stream_unary or handler.stream_stream
+
+        def guard_request(request: Any) -> Any:
+            if refusal is not None:
+                raise refusal
+            return checked(request)
+
+    if handler.unary_unary or handler.stream_unary:
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            reply = await inner(guard_request(request), context)
+            if handler.unary_unary and method.endswith(_LIST_COLLECTIONS):
+                # A key limited to some collections sees only those.
+                kept = [n for n in reply.names if n in allowed]
+                del reply.names[:]
+                reply.names.extend(kept)
+            return reply
+
+        kind = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+        call: Callable[..., Any] = unary
+    else:
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for item in inner(guard_request(request), context):
+                yield item
+
+        kind = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+        call = streaming
+    return kind(
+        call, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """The one access check of every RPC (see `shoal._access`): refusals and collection limits, deny by default.
+
+    It runs inside the error interceptor, so its refusals become their status codes like any catalogue error.
+    """
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        verdict = self.guard.decide(handler_call_details.method, handler_call_details.invocation_metadata)
+        handler = await continuation(handler_call_details)
+        if handler is None or (verdict.code is None and verdict.collections is None):
+            return handler
+        return _guarded(handler, handler_call_details.method, verdict)
+
+
+def aio_server(guard: Guard | None = None) -> grpc.aio.Server:
+    """An asyncio server with Shoal's options, the error translator and (unless `guard` is open) the auth check."""
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+    if guard is not None and not guard.open:
+        interceptors.append(AuthInterceptor(guard))
+    return grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """A server's certificate and key (PEM files) and, for mutual TLS, the CA its clients' certificates need.
+
+    The files are read again when they change (checked on each new connection): a renewed certificate is
+    served without a restart.
+    """
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def _files(self) -> list[Path]:
+        return [self.cert, self.key, *([self.client_ca] if self.client_ca else [])]
+
+    def _stamps(self) -> list[int]:
+        return [p.stat().st_mtime_ns for p in self._files()]
+
+    def _config(self) -> Any:
+        return grpc.ssl_server_certificate_configuration(
+            [(self.key.read_bytes(), self.cert.read_bytes())],
+            root_certificates=self.client_ca.read_bytes() if self.client_ca else None,
+        )
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """grpc's server credentials, reloading the files when they change."""
+        seen = [self._stamps()]
+
+        def fetch() -> Any:
+            try:
+                stamps = self._stamps()
+                if stamps == seen[0]:
+                    return None
+                config = self._config()
+            except OSError as exc:  # a half-renewed pair keeps the certificate served so far
+                log.error("cannot reload the TLS files %s: %s", self._files(), exc)
+                return None
+            seen[0] = stamps
+            log.info("reloaded the TLS certificate %s", self.cert)
+            return config
+
+        return grpc.dynamic_ssl_server_credentials(
+            self._config(), fetch, require_client_authentication=self.client_ca is not None
+        )
+
+
+@dataclass(frozen=True)
+class ServerSecurity:
+    """How a server is protected: TLS, who may call (the guard), and whether an unsafe setup was asked for."""
+
+    tls: ServerTLS | None = None
+    guard: Guard = field(default_factory=Guard)
+    insecure: bool = False
+
+
+def _loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_safe(listen: str, security: ServerSecurity) -> None:
+    """Refuse a non-loopback address without TLS and without auth unless `--insecure`; warn when it is given."""
+    host = listen.rpartition(":")[0]
+    if _loopback(host) or security.tls is not None or not security.guard.open:
+        return
+    if not security.insecure:
+        raise SystemExit(
+            f"refusing to serve {listen} without TLS and without authentication: anyone who reaches it could "
+            "read and change everything. Give --tls-cert/--tls-key, --auth or --cluster-secret-file, or "
+            "--insecure to run it unprotected anyway"
+        )
+    log.warning(
+        "serving %s WITHOUT TLS AND WITHOUT AUTHENTICATION (--insecure): anyone who reaches it has full access", listen
+    )
 
 
 def add_standard_services(server: grpc.aio.Server, service_names: Iterable[str]) -> health.aio.HealthServicer:
@@ -134,11 +304,11 @@ async def set_serving(servicer: health.aio.HealthServicer, service_names: Iterab
         await servicer.set(name, status)
 
 
-def bind(server: grpc.aio.Server, listen: str) -> str:
-    """Bind `listen` (port 0 picks a free port) and return the real address."""
+def bind(server: grpc.aio.Server, listen: str, tls: ServerTLS | None = None) -> str:
+    """Bind `listen` (port 0 picks a free port), over TLS when given, and return the real address."""
     host, _, port = listen.rpartition(":")
     try:
-        bound = server.add_insecure_port(listen)
+        bound = server.add_secure_port(listen, tls.credentials()) if tls else server.add_insecure_port(listen)
     except RuntimeError:
         bound = 0
     if bound == 0 or not host or not port.isdigit():

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shoal import __version__
 from shoal._config import DEFAULT_ADDRESS, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SHARDS
 from shoal._errors import ShoalError
+from shoal._tls import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, TLS, resolve
+
+if TYPE_CHECKING:
+    from shoal._access import Guard
+    from shoal._server import ServerSecurity
 
 
 def _cores(text: str) -> list[int]:
@@ -24,18 +32,50 @@ def _cores(text: str) -> list[int]:
 
 def cmd_shard(args: argparse.Namespace) -> int:
     """Run one shard process."""
+    from shoal._access import Guard
     from shoal.shard.server import run
 
-    run(Path(args.data), args.listen, args.cores)
+    # Cluster members prove themselves by a certificate of the cluster CA (mutual TLS) or the cluster secret.
+    guard = Guard(cluster_secret=_secret(args), members_by_certificate=args.tls_client_ca is not None)
+    backup_root = Path(args.backup_root) if args.backup_root else None
+    run(Path(args.data), args.listen, args.cores, _server_security(args, guard), backup_root)
     return 0
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
     """Run one coordinator process."""
+    from shoal._access import Guard
+    from shoal._keystore import FileKeyStore
     from shoal.coordinator.server import run
 
     shards = args.shards.split(",") if args.shards else None
-    run(shards, Path(args.topology) if args.topology else None, args.listen)
+    keys = FileKeyStore(Path(args.auth)).lookup if args.auth else None
+    guard = Guard(keys=keys, members_by_certificate=args.tls_client_ca is not None and keys is None)
+    shard_tls = _tls(args.shard_tls_ca, args.shard_tls_cert, args.shard_tls_key)
+    security = _server_security(args, guard)
+    run(shards, Path(args.topology) if args.topology else None, args.listen, security, shard_tls, _secret(args))
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Create, list or revoke API keys in an --auth file."""
+    from shoal._keystore import FileKeyStore
+
+    store = FileKeyStore(Path(args.auth))
+    if args.keys_command == "create":
+        collections = [c for c in (args.collections or "").split(",") if c]
+        token, key = store.create(args.role, collections)
+        scope = ", ".join(key.collections) or "every collection"
+        print(f"created key {key.id} (role {key.role}, {scope}); it is shown only now:")
+        print(token)
+    elif args.keys_command == "list":
+        for key in store.list():
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(key.created))
+            state = "revoked" if key.revoked else "active"
+            print(f"{key.id}  {key.role:<5}  {state:<7}  {created}  {','.join(key.collections) or '*'}")
+    else:
+        key = store.revoke(args.id)
+        print(f"revoked key {key.id}; servers refuse it within seconds")
     return 0
 
 
@@ -43,7 +83,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     """Start a local cluster and keep it running until Ctrl-C or SIGTERM."""
     from shoal._local import LocalCluster
 
-    cluster = LocalCluster(data=Path(args.data), shards=args.shards, port=args.port, host=args.host)
+    backup_root = Path(args.backup_root) if getattr(args, "backup_root", None) else None
+    secure = getattr(args, "secure", False)
+    cluster = LocalCluster(
+        data=Path(args.data), shards=args.shards, port=args.port, host=args.host, secure=secure, backup_root=backup_root
+    )
     # SIGTERM stops the cluster the same way Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
@@ -53,6 +97,14 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"logs in {Path(args.data) / 'logs'}). Press Ctrl-C to stop.",
             flush=True,
         )
+        if cluster.secrets is not None:
+            s = cluster.secrets
+            print("Connect with TLS and the admin key (the shard ports take only the cluster's own calls):")
+            print(f"export SHOAL_TLS_CA={s.ca} SHOAL_TLS_CERT={s.client_cert} SHOAL_TLS_KEY={s.client_key}")
+            print(f"export SHOAL_API_KEY=$(cat {s.admin_key})")
+            print(
+                f"python -c \"import shoal; print(shoal.Client('{cluster.address}').list_collections())\"", flush=True
+            )
         signal.pause()
     except KeyboardInterrupt:
         pass
@@ -66,7 +118,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Print each shard's address, health, collections and point counts."""
     from shoal._status import cluster_status
 
-    print(cluster_status(args.address))
+    print(cluster_status(args.address, *_client_security(args)))
     return 0
 
 
@@ -74,7 +126,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     """Copy every shard of a running cluster into a new folder."""
     from shoal._backup import backup_cluster
 
-    manifest = backup_cluster(args.address, Path(args.out))
+    manifest = backup_cluster(args.address, Path(args.out), *_client_security(args), _secret(args))
     for shard in manifest["shards"]:
         cols = ", ".join(f"{n} (sequence {s})" for n, s in sorted(shard["collections"].items())) or "no collections"
         print(f"{shard['address']} -> {Path(args.out) / shard['folder']}: {cols}")
@@ -102,6 +154,50 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return cmd_up(args)
 
 
+def _tls(ca: str | None, cert: str | None, key: str | None) -> TLS | None:
+    return None if ca is None and cert is None and key is None else TLS(ca=ca, cert=cert, key=key)
+
+
+def _secret(args: argparse.Namespace) -> bytes | None:
+    path = getattr(args, "cluster_secret_file", None)
+    return Path(path).read_bytes().strip() if path else None
+
+
+def _server_security(args: argparse.Namespace, guard: Guard) -> ServerSecurity:
+    from shoal._server import ServerSecurity, ServerTLS
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SystemExit("give both --tls-cert and --tls-key, or neither")
+    if args.tls_client_ca and not args.tls_cert:
+        raise SystemExit("--tls-client-ca needs --tls-cert and --tls-key")
+    tls = None
+    if args.tls_cert:
+        client_ca = Path(args.tls_client_ca) if args.tls_client_ca else None
+        tls = ServerTLS(Path(args.tls_cert), Path(args.tls_key), client_ca)
+    return ServerSecurity(tls=tls, guard=guard, insecure=args.insecure)
+
+
+def _server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-cert", help="this server's certificate (PEM); with --tls-key, serve TLS only")
+    p.add_argument("--tls-key", help="this server's private key (PEM)")
+    p.add_argument("--tls-client-ca", help="mutual TLS: accept only clients with a certificate from this CA (PEM)")
+    p.add_argument("--cluster-secret-file", help="a file holding the cluster secret (proves cluster membership)")
+    p.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback address without TLS and without auth (warned)"
+    )
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api-key", default=None, help="API key (default: $SHOAL_API_KEY)")
+    p.add_argument("--tls-ca", default=os.environ.get(ENV_TLS_CA), help="CA of the server (default: $SHOAL_TLS_CA)")
+    p.add_argument("--tls-cert", default=os.environ.get(ENV_TLS_CERT), help="client certificate ($SHOAL_TLS_CERT)")
+    p.add_argument("--tls-key", default=os.environ.get(ENV_TLS_KEY), help="client key ($SHOAL_TLS_KEY)")
+
+
+def _client_security(args: argparse.Namespace) -> tuple[str | None, TLS | None]:
+    return resolve(args.api_key, _tls(args.tls_ca, args.tls_cert, args.tls_key) or False)
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="shoal", description="Shoal: a sharded vector database served over gRPC.")
@@ -116,12 +212,16 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"coordinator port (default {DEFAULT_PORT})")
     up.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     up.add_argument("--data", default="./shoal-data", help="data folder (default ./shoal-data)")
+    up.add_argument("--secure", action="store_true", help="TLS and API keys on; secrets made in DATA/secrets/")
+    up.add_argument("--backup-root", help="where shards may write backups (default DATA/backups)")
     up.set_defaults(func=cmd_up)
 
     shard = sub.add_parser("shard", help="run one shard process")
     shard.add_argument("--data", required=True, help="the shard's data folder")
     shard.add_argument("--listen", default=f"{DEFAULT_HOST}:7100", help="HOST:PORT to serve on (port 0: any free port)")
     shard.add_argument("--cores", type=_cores, default=None, help="CPU cores to pin to, e.g. 0,1 or 0-3")
+    shard.add_argument("--backup-root", help="the folder backups may be written under (none: backups refused)")
+    _server_args(shard)
     shard.set_defaults(func=cmd_shard)
 
     coord = sub.add_parser("coordinator", help="run one coordinator process")
@@ -129,10 +229,16 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--shards", help="shard addresses HOST:PORT,HOST:PORT (slots split evenly)")
     where.add_argument("--topology", help="JSON topology file mapping slot ranges to shard addresses")
     coord.add_argument("--listen", default=DEFAULT_ADDRESS, help="HOST:PORT to serve on")
+    coord.add_argument("--auth", help="API keys file (see `shoal keys`): every call needs a key of the right role")
+    coord.add_argument("--shard-tls-ca", help="CA of the shards' certificates: reach the shards over TLS")
+    coord.add_argument("--shard-tls-cert", help="this coordinator's cluster member certificate, for the shards")
+    coord.add_argument("--shard-tls-key", help="its private key")
+    _server_args(coord)
     coord.set_defaults(func=cmd_coordinator)
 
     status = sub.add_parser("status", help="print the cluster's shards, health and point counts")
     status.add_argument("--address", default=DEFAULT_ADDRESS, help="a coordinator's address")
+    _client_args(status)
     status.set_defaults(func=cmd_status)
 
     backup = sub.add_parser("backup", help="copy every shard of a running cluster into a new folder")
@@ -140,6 +246,8 @@ def parser() -> argparse.ArgumentParser:
     backup.add_argument(
         "--out", required=True, help="a new folder, writable by every shard (each shard copies itself there)"
     )
+    _client_args(backup)
+    backup.add_argument("--cluster-secret-file", help="the cluster secret: the shards are asked directly")
     backup.set_defaults(func=cmd_backup)
 
     restore = sub.add_parser("restore", help="make a data folder from a backup (and with --up, start it)")
@@ -154,6 +262,17 @@ def parser() -> argparse.ArgumentParser:
     )
     restore.add_argument("--host", default=DEFAULT_HOST, help="with --up: address to listen on")
     restore.set_defaults(func=cmd_restore)
+
+    keys = sub.add_parser("keys", help="create, list or revoke API keys")
+    keys.add_argument("--auth", required=True, help="the API keys file the coordinators are started with")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="make a new key; prints it alone on the last line")
+    create.add_argument("--role", choices=["read", "write", "admin"], required=True)
+    create.add_argument("--collections", help="limit the key to these collections (comma-separated)")
+    keys_sub.add_parser("list", help="every key's id, role, state, creation time and collections")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id; servers refuse it within seconds")
+    revoke.add_argument("id")
+    keys.set_defaults(func=cmd_keys)
     return p
 
 

@@ -1,4 +1,5 @@
-"""`shoal restore`: data folders made from a backup (written by `shoal backup`, see `shoal._backup`)."""
+"""Where a shard may write a backup (`--backup-root`), and `shoal restore`: data folders made from a backup
+(written by `shoal backup`, see `shoal._backup`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,24 @@ from typing import Any
 from shoal._backup import FORMAT, MANIFEST
 from shoal._config import SLOTS
 from shoal._errors import FailedPrecondition, InvalidArgument
+
+
+def backup_folder(root: Path | None, target: Path) -> Path:
+    """The folder to back up into: `target` itself, if it lies inside `root`, else InvalidArgument.
+
+    `..` is refused outright, and a symlink anywhere in the path is followed before the check, so neither
+    leads out of the root (into another shard's data, say).
+    """
+    if root is None:
+        raise FailedPrecondition("this shard takes no backups: it was started without --backup-root")
+    if not target.is_absolute():
+        raise InvalidArgument(f"a backup folder must be an absolute path, got {str(target)!r}")
+    if ".." in target.parts:
+        raise InvalidArgument(f"a backup folder must not contain '..', got {str(target)!r}")
+    real_root, real = root.resolve(), target.resolve()
+    if real == real_root or not real.is_relative_to(real_root):
+        raise InvalidArgument(f"a backup folder must be inside this shard's backup root {root}, got {str(target)!r}")
+    return real
 
 
 def read_backup(backup: Path) -> dict[str, Any]:

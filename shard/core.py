@@ -32,6 +32,7 @@ from shoal._search import Search, SearchShape
 from shoal._wire import as_id_array, check_ids, check_payloads, check_upsert
 from shoal.shard import reads
 from shoal.shard import search as searching
+from shoal.shard.backup import backup_folder
 from shoal.shard.collection import Collection, CollectionStats, parse_filter, stats
 from shoal.shard.committer import Committer
 from shoal.shard.execute import Job, Verify, Writer
@@ -210,8 +211,7 @@ class Shard:
         """Write a consistent copy of this shard (index snapshots, a RocksDB checkpoint) into a new folder."""
         if not self._ready or self._snapshotter is None or self._storage is None:
             raise Unavailable("the shard is not open")
-        if not target.is_absolute():
-            raise InvalidArgument(f"a backup folder must be an absolute path, got {str(target)!r}")
+        target = backup_folder(self.options.backup_root, target)
         try:
             target.mkdir(parents=True)
         except FileExistsError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from shoal.shard.faults import crashpoint_from_env
 
@@ -47,6 +48,8 @@ class ShardOptions:
     min_free_bytes: int = 256 * 1024 * 1024
     max_group: int = MAX_GROUP  # writes per WAL sync; 1 means one sync per batch (no group commit)
     crashpoint: str | None = None  # test-only: see faults.py
+    # Backups are written only under this folder (`--backup-root`); without it the shard refuses them.
+    backup_root: Path | None = None
 
     @classmethod
     def from_env(cls, threads: int, environ: Mapping[str, str] = os.environ) -> ShardOptions:

@@ -7,11 +7,20 @@ import contextlib
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
-from shoal._server import add_standard_services, aio_server, bind, set_serving, wait_for_signal
+from shoal._server import (
+    ServerSecurity,
+    add_standard_services,
+    aio_server,
+    bind,
+    check_safe,
+    set_serving,
+    wait_for_signal,
+)
 from shoal.shard.core import Shard
 from shoal.shard.options import ShardOptions
 from shoal.shard.servicer import ShardServicer
@@ -24,8 +33,16 @@ GRACE_SECONDS = 5
 GRPC_FORK_ENV = "GRPC_ENABLE_FORK_SUPPORT"
 
 
-def run(data: Path, listen: str, cores: list[int] | None) -> None:
+def run(
+    data: Path,
+    listen: str,
+    cores: list[int] | None,
+    security: ServerSecurity | None = None,
+    backup_root: Path | None = None,
+) -> None:
     """Run a shard on `listen` with its data under `data` until SIGTERM or SIGINT."""
+    security = security or ServerSecurity()
+    check_safe(listen, security)
     if os.environ.get(GRPC_FORK_ENV) != "false":
         # Snapshots fork (snapshots.py) and the child never touches gRPC, so gRPC's fork handlers must stay
         # out of it (they would pause gRPC's threads, and do not support the asyncio server). gRPC reads
@@ -37,18 +54,19 @@ def run(data: Path, listen: str, cores: list[int] | None) -> None:
     # numpy's BLAS (exact filtered search) started its threads before the pinning, one per core of the
     # machine: left so, every shard would compete for every core.
     threadpool_limits(threads, user_api="blas")
-    asyncio.run(_serve(Path(data), listen, ShardOptions.from_env(threads)))
+    options = replace(ShardOptions.from_env(threads), backup_root=backup_root)
+    asyncio.run(_serve(Path(data), listen, options, security))
 
 
-async def _serve(data: Path, listen: str, options: ShardOptions) -> None:
+async def _serve(data: Path, listen: str, options: ShardOptions, security: ServerSecurity) -> None:
     threads = options.threads
     shard = Shard(data, options=options)
-    server = aio_server()
+    server = aio_server(security.guard)
     servicer = ShardServicer(shard)
     shard_pb2_grpc.add_ShardServicer_to_server(servicer, server)
     health = add_standard_services(server, [SERVICE])
     await set_serving(health, [SERVICE], False)
-    servicer.address = bind(server, listen)
+    servicer.address = bind(server, listen, security.tls)
     signalled = asyncio.create_task(wait_for_signal())
     await server.start()
     print(f"shoal shard listening on {servicer.address}", flush=True)

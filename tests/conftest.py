@@ -1,7 +1,12 @@
-"""Fixtures: a real local cluster (one coordinator, two shard processes) and exact numpy references."""
+"""Fixtures: a real local cluster (one coordinator, two shard processes) and exact numpy references.
+
+`pytest --secure` starts the session cluster with TLS, API keys and the cluster secret on, and hands every
+client its credentials through the SHOAL_* variables, so the same tests run against a secure cluster.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,15 +16,33 @@ import pytest
 
 import shoal
 from shoal._local import LocalCluster
+from shoal._tls import ENV_API_KEY, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "wordnet-minilm"
 _names = itertools.count()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--secure", action="store_true", help="run the session cluster with TLS and API keys on")
+
+
+@contextlib.contextmanager
+def credentials_in_env(c: LocalCluster) -> Iterator[None]:
+    """Clients made meanwhile without explicit credentials use `c`'s (a no-op for a plaintext cluster)."""
+    with pytest.MonkeyPatch.context() as mp:
+        if c.secrets is not None:
+            mp.setenv(ENV_API_KEY, c.api_key or "")
+            mp.setenv(ENV_TLS_CA, str(c.secrets.ca))
+            mp.setenv(ENV_TLS_CERT, str(c.secrets.client_cert))
+            mp.setenv(ENV_TLS_KEY, str(c.secrets.client_key))
+        yield
+
+
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """One cluster for the whole session; tests use their own collections."""
-    with LocalCluster(data=tmp_path_factory.mktemp("cluster"), shards=2) as c:
+def cluster(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[LocalCluster]:
+    """One cluster for the whole session (secure with --secure); tests use their own collections."""
+    secure = bool(pytestconfig.getoption("--secure"))
+    with LocalCluster(data=tmp_path_factory.mktemp("cluster"), shards=2, secure=secure) as c, credentials_in_env(c):
         yield c
 
 

@@ -88,7 +88,7 @@ def test_async_search_stream_keeps_order_and_reports_a_bad_batch_last(cluster: L
 
 def test_an_injected_aio_channel_is_used_and_left_open(cluster: LocalCluster, name: str) -> None:
     async def body() -> None:
-        channel = _rpc.aio_channel(cluster.address)
+        channel = _rpc.aio_channel(cluster.address, tls=cluster.tls)
         async with shoal.AsyncClient("the coordinator", channel=channel) as c:
             assert c.address == "the coordinator"
             await c.create_collection(name, dim=3)

@@ -50,7 +50,10 @@ def _consistent(cluster: LocalCluster) -> None:
 def test_backup_of_a_running_cluster_restores_the_same_points_and_results(tmp_path: Path) -> None:
     x = clustered(4000, DIM, seed=30)
     queries = clustered(40, DIM, seed=31)
-    with LocalCluster(data=tmp_path / "data", shards=2) as cluster, shoal.Client(cluster.address) as client:
+    with (
+        LocalCluster(data=tmp_path / "data", shards=2, backup_root=tmp_path) as cluster,
+        shoal.Client(cluster.address) as client,
+    ):
         client.create_collection("u", dim=DIM)
         client.create_collection("s", dim=DIM, metric="l2", id_type="string")
         client.upsert("u", ids=np.arange(3000), vectors=x[:3000], payloads=[{"i": i} for i in range(3000)])

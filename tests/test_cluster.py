@@ -153,7 +153,7 @@ def test_one_vector_query_and_drop(client: shoal.Client, name: str) -> None:
 
 
 def test_an_injected_channel_is_used_and_left_open(client: shoal.Client, cluster: LocalCluster, name: str) -> None:
-    with _rpc.channel(cluster.address) as channel:
+    with _rpc.channel(cluster.address, cluster.tls) as channel:
         with shoal.Client("the coordinator", channel=channel) as mine:
             assert mine.address == "the coordinator"  # only a name: the calls go over the channel
             mine.create_collection(name, dim=3)

@@ -40,7 +40,9 @@ class ShardProc:
     def __init__(self, data: Path, log: Path | None = None) -> None:
         self.data = data
         self.proc = Process(
-            "shard", ["shard", "--data", str(data), "--listen", "127.0.0.1:0"], log or data.parent / f"{data.name}.log"
+            "shard",
+            ["shard", "--data", str(data), "--listen", "127.0.0.1:0", "--backup-root", str(data.parent.parent)],
+            log or data.parent / f"{data.name}.log",
         )
         self._channel: grpc.Channel | None = None
         self.stub: shard_pb2_grpc.ShardStub

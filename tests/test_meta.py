@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from shoal._access import hash_token, new_key
 from shoal._config import SLOTS, CollectionConfig
 from shoal._errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shoal._etcd import EmbeddedEtcd, check_version, find_binary, free_port
+from shoal._keystore import EtcdKeyTable
 from shoal._meta import MetaStore
 from shoal._meta_values import Change, SlotRange
 
@@ -262,3 +264,31 @@ def test_embedded_etcd_stops_and_restarts_with_its_data(tmp_path: Path) -> None:
     with EmbeddedEtcd(tmp_path) as second:
         assert second.running
         assert asyncio.run(read(second.endpoint)) == ["kept"]
+
+
+def test_api_keys_are_stored_hashed_and_a_watching_table_sees_a_revocation(etcd: EmbeddedEtcd) -> None:
+    async def body(store: MetaStore) -> None:
+        table = EtcdKeyTable(store)
+        follower = asyncio.create_task(table.run())
+        try:
+            await asyncio.wait_for(table.loaded.wait(), 10)
+            token, key = new_key("write", ["docs"])
+            await store.put_api_key(key)
+            assert [k.id for k in await store.list_api_keys()] == [key.id]
+            assert all(token not in repr(k.to_json()) for k in await store.list_api_keys())  # only the hash
+            while table.lookup(hash_token(token)) is None:  # the watch brings it in
+                await asyncio.sleep(0.05)
+            assert table.lookup(hash_token(token)) == key
+            revoked = await store.revoke_api_key(key.id)
+            assert revoked.revoked and (await store.list_api_keys())[0].revoked
+            found = table.lookup(hash_token(token))
+            while found is not None and not found.revoked:
+                await asyncio.sleep(0.05)
+                found = table.lookup(hash_token(token))
+            assert found is not None and found.revoked
+            with pytest.raises(NotFound):
+                await store.revoke_api_key("nope")
+        finally:
+            follower.cancel()
+
+    run(etcd, body)

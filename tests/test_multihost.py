@@ -82,6 +82,7 @@ class Lab:
                 f"0.0.0.0:{SHARD_PORT}",
                 "--cores",
                 ",".join(map(str, cores)),
+                "--insecure",  # plaintext on purpose: the hosts are network namespaces of this machine
             ],
             self.root / f"shard-{shard}.log",
             host=host,
@@ -130,7 +131,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         )
         lab.coordinator = HostProcess(
             "coordinator",
-            ["coordinator", "--topology", str(topology), "--listen", f"0.0.0.0:{COORDINATOR_PORT}"],
+            ["coordinator", "--topology", str(topology), "--listen", f"0.0.0.0:{COORDINATOR_PORT}", "--insecure"],
             root / "coordinator.log",
             host=coordinator_host,
         )
