@@ -209,5 +209,4 @@ def _stream_answer(request_id: int, outcome: Answer | BaseException) -> pb.Searc
     """The answer to one question of a stream; a failure answers only that question."""
     if not isinstance(outcome, BaseException):
         return _answer_to_proto(outcome, request_id)
-    code, message = error_status(outcome, "/shoal.v1.Shoal/SearchStream")
-    return pb.SearchResponse(request_id=request_id, error_code=code.value[0], error_message=message)
+    return pb.SearchResponse(request_id=request_id, error=error_status(outcome, "/shoal.v1.Shoal/SearchStream"))

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from google.rpc import status_pb2
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,10 +21,13 @@ def generate(out: Path) -> list[Path]:
     """Run protoc over every .proto into `out`; return the generated files."""
     sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "shoal" / "v1").glob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
+    # google/rpc/*.proto (the rich error status) ship with googleapis-common-protos, beside their modules.
+    googleapis = Path(status_pb2.__file__).parent.parent.parent
     args = [
         "protoc",
         f"-I{PROTOS}",
         f"-I{include}",
+        f"-I{googleapis}",
         f"--python_out={out}",
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",

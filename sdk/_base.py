@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from shoal._config import MAX_BATCH_ROWS, MAX_MESSAGE_BYTES, CollectionConfig, check_k
-from shoal._errors import InvalidArgument, ShoalError, error_for_code, status_from_value
+from shoal._errors import InvalidArgument, ShoalError, from_status
 from shoal._filter import check_path, to_json
 from shoal._search import Search, SearchShape
 from shoal._tls import api_key_metadata
@@ -128,8 +128,8 @@ class InOrder:
 
     def release(self, reply: pb.SearchResponse) -> Iterator[SearchResult]:
         """Take one answer; the results now due, raising a request's error when its turn comes."""
-        if reply.error_code:
-            self._pending[reply.request_id] = error_for_code(status_from_value(reply.error_code), reply.error_message)
+        if reply.error.code:
+            self._pending[reply.request_id] = from_status(reply.error)
         else:
             self._pending[reply.request_id] = SearchResult.from_proto(reply, self._fields)
         return self._due()

@@ -72,16 +72,23 @@ class CollectionConfig:
     def __post_init__(self) -> None:
         check_name(self.name)
         if not 1 <= self.dim <= MAX_DIM:
-            raise InvalidArgument(f"dim must be between 1 and {MAX_DIM}, got {self.dim}")
+            raise InvalidArgument(f"dim must be between 1 and {MAX_DIM}, got {self.dim}", field="config.dim")
         for field, table in (("metric", METRICS), ("precision", PRECISIONS), ("id_type", ID_TYPES)):
             if getattr(self, field) not in table:
-                raise InvalidArgument(f"{field} must be one of {sorted(table)}, got {getattr(self, field)!r}")
+                raise InvalidArgument(
+                    f"{field} must be one of {sorted(table)}, got {getattr(self, field)!r}", field=f"config.{field}"
+                )
         if not 2 <= self.m <= 256:
-            raise InvalidArgument(f"m must be between 2 and 256, got {self.m}")
+            raise InvalidArgument(f"m must be between 2 and 256, got {self.m}", field="config.m")
         if not 1 <= self.ef_construction <= MAX_EF:
-            raise InvalidArgument(f"ef_construction must be between 1 and {MAX_EF}, got {self.ef_construction}")
+            raise InvalidArgument(
+                f"ef_construction must be between 1 and {MAX_EF}, got {self.ef_construction}",
+                field="config.ef_construction",
+            )
         if not 1 <= self.ef_search <= MAX_EF:
-            raise InvalidArgument(f"ef_search must be between 1 and {MAX_EF}, got {self.ef_search}")
+            raise InvalidArgument(
+                f"ef_search must be between 1 and {MAX_EF}, got {self.ef_search}", field="config.ef_search"
+            )
 
     def to_proto(self) -> pb.CollectionConfig:
         """The wire form."""
@@ -114,7 +121,7 @@ class CollectionConfig:
 def check_name(name: str) -> str:
     """A collection name: 1-128 characters of letters, digits, '_', '-' and '.'."""
     if not name:
-        raise InvalidArgument("collection name must not be empty")
+        raise InvalidArgument("collection name must not be empty", field="name")
     if len(name) > MAX_NAME_LENGTH or not all(c.isascii() and (c.isalnum() or c in "_-.") for c in name):
         raise InvalidArgument(
             f"collection name {name[:MAX_NAME_LENGTH]!r} must be 1-{MAX_NAME_LENGTH} characters of "
@@ -126,12 +133,12 @@ def check_name(name: str) -> str:
 def check_k(k: int) -> int:
     """A k between 1 and MAX_K."""
     if not 1 <= k <= MAX_K:
-        raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
+        raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}", field="k")
     return k
 
 
 def check_ef(ef: int) -> int:
     """A per-search ef: 0 (the collection's default) up to MAX_EF."""
     if not 0 <= ef <= MAX_EF:
-        raise InvalidArgument(f"ef must be between 0 (the collection's default) and {MAX_EF}, got {ef}")
+        raise InvalidArgument(f"ef must be between 0 (the collection's default) and {MAX_EF}, got {ef}", field="ef")
     return ef

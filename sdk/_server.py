@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
 
 from shoal._access import Guard, Verdict, collection_of
-from shoal._config import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS, MAX_MESSAGE_BYTES
-from shoal._errors import PermissionDenied, ShoalError, error_for_code
+from shoal._config import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS, MAX_MESSAGE_BYTES, RETRY_INITIAL_BACKOFF_S
+from shoal._errors import Internal, PermissionDenied, ShoalError, error_for_code, to_status
 
 log = logging.getLogger("shoal.server")
 
@@ -43,17 +45,23 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-def error_status(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
-    """The one translator: a catalogue error's own code and message; INTERNAL (detail only in the log) otherwise."""
-    if isinstance(exc, ShoalError):
-        return exc.code, exc.message
-    log.error("unexpected error in %s", method, exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log"
+def error_status(exc: BaseException, method: str) -> status_pb2.Status:
+    """The one translator: a catalogue error's code, message and details; INTERNAL (detail only in the log) otherwise.
+
+    Bad input names its field (google.rpc.BadRequest); UNAVAILABLE tells when to retry (google.rpc.RetryInfo).
+    """
+    if not isinstance(exc, ShoalError):
+        log.error("unexpected error in %s", method, exc_info=exc)
+        exc = Internal(f"internal error in {method}; see the server log")
+    elif exc.code is grpc.StatusCode.UNAVAILABLE and exc.retry_after is None:
+        exc = error_for_code(exc.code, exc.message, field=exc.field, retry_after=RETRY_INITIAL_BACKOFF_S)
+    return to_status(exc)
 
 
 async def _translate(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
-    """Abort the call with the translated status."""
-    await context.abort(*error_status(exc, method))
+    """Abort the call with the translated status, its details in the trailers as grpcio-status carries them."""
+    status = rpc_status.to_status(error_status(exc, method))
+    await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:

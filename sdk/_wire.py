@@ -94,23 +94,29 @@ def check_ids(
 ) -> np.ndarray:
     """Reject empty or oversized batches, duplicates, and ids of the wrong type or size."""
     if len(ids) == 0 and not allow_empty:
-        raise InvalidArgument("the batch is empty: give at least one id")
+        raise InvalidArgument("the batch is empty: give at least one id", field="ids")
     if max_rows is not None and len(ids) > max_rows:
-        raise InvalidArgument(f"the batch has {len(ids)} ids; at most {MAX_BATCH_ROWS} are allowed per call")
+        raise InvalidArgument(
+            f"the batch has {len(ids)} ids; at most {MAX_BATCH_ROWS} are allowed per call", field="ids"
+        )
     is_str = ids.dtype == object
     if id_type is not None and len(ids) and is_str != (id_type == "string"):
-        raise InvalidArgument(f"this collection has {id_type} ids, got {'string' if is_str else 'integer'} ids")
+        raise InvalidArgument(
+            f"this collection has {id_type} ids, got {'string' if is_str else 'integer'} ids", field="ids"
+        )
     if is_str:
         for s in ids:
             if not s or len(s.encode()) > MAX_STRING_ID_BYTES:
-                raise InvalidArgument(f"string id {s[:40]!r} must be 1-{MAX_STRING_ID_BYTES} bytes of UTF-8")
+                raise InvalidArgument(
+                    f"string id {s[:40]!r} must be 1-{MAX_STRING_ID_BYTES} bytes of UTF-8", field="ids"
+                )
         if len(set(ids)) != len(ids):
-            raise InvalidArgument(f"duplicate id in the batch: {_first_duplicate(ids)!r}")
+            raise InvalidArgument(f"duplicate id in the batch: {_first_duplicate(ids)!r}", field="ids")
     else:
         if len(np.unique(ids)) != len(ids):
-            raise InvalidArgument(f"duplicate id in the batch: {_first_duplicate(ids)}")
+            raise InvalidArgument(f"duplicate id in the batch: {_first_duplicate(ids)}", field="ids")
         if (ids == RESERVED_ID).any():
-            raise InvalidArgument(f"id {RESERVED_ID} (2**64 - 1) is reserved")
+            raise InvalidArgument(f"id {RESERVED_ID} (2**64 - 1) is reserved", field="ids")
     return ids
 
 
@@ -126,19 +132,21 @@ def _first_duplicate(ids: np.ndarray) -> Any:
 def check_vectors(x: np.ndarray, dim: int | None = None, what: str = "vectors") -> np.ndarray:
     """Reject a matrix of the wrong dimension or with NaN or Inf."""
     if dim is not None and x.shape[1] != dim:
-        raise InvalidArgument(f"{what} have dimension {x.shape[1]}, the collection has dimension {dim}")
+        raise InvalidArgument(f"{what} have dimension {x.shape[1]}, the collection has dimension {dim}", field=what)
     if not np.isfinite(x).all():
         row = int(np.argwhere(~np.isfinite(x))[0][0])
-        raise InvalidArgument(f"{what} row {row} contains NaN or Inf")
+        raise InvalidArgument(f"{what} row {row} contains NaN or Inf", field=what)
     return x
 
 
 def check_queries(queries: np.ndarray, dim: int | None = None) -> np.ndarray:
     """Reject an empty or oversized query batch, a wrong dimension, NaN or Inf."""
     if len(queries) == 0:
-        raise InvalidArgument("the query batch is empty: give at least one query")
+        raise InvalidArgument("the query batch is empty: give at least one query", field="queries")
     if len(queries) > MAX_QUERIES:
-        raise InvalidArgument(f"a search takes at most {MAX_QUERIES} queries per call, got {len(queries)}")
+        raise InvalidArgument(
+            f"a search takes at most {MAX_QUERIES} queries per call, got {len(queries)}", field="queries"
+        )
     return check_vectors(queries, dim, "queries")
 
 
@@ -168,9 +176,11 @@ def check_payloads(payloads: Sequence[bytes]) -> None:
         try:
             value = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidArgument(f"payload {i} is not valid JSON: {exc}") from None
+            raise InvalidArgument(f"payload {i} is not valid JSON: {exc}", field=f"payloads[{i}]") from None
         if not isinstance(value, dict):
-            raise InvalidArgument(f"payload {i} must be a JSON object, got {type(value).__name__}")
+            raise InvalidArgument(
+                f"payload {i} must be a JSON object, got {type(value).__name__}", field=f"payloads[{i}]"
+            )
 
 
 def encode_payload(payload: dict[str, Any] | None) -> bytes:

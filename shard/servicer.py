@@ -179,8 +179,9 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         try:
             return await self._search(request)
         except Exception as exc:
-            code, message = error_status(exc, "/shoal.v1.Shard/SearchStream")
-        return pb.SearchResponse(request_id=request.request_id, error_code=code.value[0], error_message=message)
+            return pb.SearchResponse(
+                request_id=request.request_id, error=error_status(exc, "/shoal.v1.Shard/SearchStream")
+            )
 
     async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
         future = self._shard.submit_search(Search.from_proto(request))
