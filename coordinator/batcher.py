@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from shoal._coalesce import row_slices, stack
 from shoal._errors import DeadlineExceeded
-from shoal._results import TopK
+from shoal._results import TopK, answer_rows
 from shoal._search import Search, SearchShape
 
 
@@ -59,6 +59,7 @@ class _Waiting:
 class _Lane:
     """The searches of one lane key: those waiting and the number of fan-outs running."""
 
+    limit: int  # query rows in one batch
     waiting: deque[_Waiting] = field(default_factory=deque)
     rows: int = 0
     inflight: int = 0
@@ -95,12 +96,13 @@ class SearchBatcher:
         """
         loop = asyncio.get_running_loop()
         queries = search.queries
-        if len(queries) >= self.max_rows:  # already a full batch: nothing to gain by waiting
-            return loop.create_task(self._run_alone(search, timeout))
         key = (search.shape, queries.shape[1])
         lane = self._lanes.get(key)
+        limit = self._rows_for(key) if lane is None else lane.limit
+        if len(queries) >= limit:  # already a full batch: nothing to gain by waiting
+            return loop.create_task(self._run_alone(search, timeout))
         if lane is None:
-            lane = self._lanes[key] = _Lane()
+            lane = self._lanes[key] = _Lane(limit)
         future: asyncio.Future[Answer] = loop.create_future()
         deadline = None if timeout is None else time.monotonic() + timeout
         lane.waiting.append(_Waiting(search, deadline, future))
@@ -108,12 +110,17 @@ class SearchBatcher:
         self._pump(key, lane)
         return future
 
+    def _rows_for(self, key: LaneKey) -> int:
+        """Rows in one batch of this lane: max_rows, fewer when their answer would not fit in one message."""
+        shape, dim = key
+        return max(1, min(self.max_rows, answer_rows(shape.k, dim, shape.with_payload, shape.with_vectors)))
+
     async def _run_alone(self, search: Search, timeout: float | None) -> Answer:
         return await self._run(search, timeout)
 
     def _pump(self, key: LaneKey, lane: _Lane) -> None:
         """Send full batches while fan-outs are free; otherwise send a partial one on the next turn."""
-        while lane.waiting and lane.inflight < self.max_inflight and lane.rows >= self.max_rows:
+        while lane.waiting and lane.inflight < self.max_inflight and lane.rows >= lane.limit:
             self._flush(key, lane)
         if lane.waiting and lane.inflight < self.max_inflight and lane.timer is None:
             # Searches that arrive in the same turn of the event loop join this batch.
@@ -125,14 +132,14 @@ class SearchBatcher:
         self._pump(key, lane)
 
     def _flush(self, key: LaneKey, lane: _Lane) -> None:
-        """Start one fan-out with the searches waiting in the lane, up to max_rows rows."""
+        """Start one fan-out with the searches waiting in the lane, up to the lane's limit of rows."""
         if lane.timer is not None:
             lane.timer.cancel()
             lane.timer = None
         now = time.monotonic()
         taken: list[_Waiting] = []
         rows = 0
-        while lane.waiting and (not taken or rows + len(lane.waiting[0].search.queries) <= self.max_rows):
+        while lane.waiting and (not taken or rows + len(lane.waiting[0].search.queries) <= lane.limit):
             item = lane.waiting.popleft()
             lane.rows -= len(item.search.queries)
             if item.future.done():
@@ -150,6 +157,14 @@ class SearchBatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+        def withdrawn(_: asyncio.Future[Answer]) -> None:
+            # Every caller went away: the fan-out stops, and the shards drop the search (coordinator/shards.py).
+            if not task.done() and all(w.future.cancelled() for w in taken):
+                task.cancel()
+
+        for w in taken:
+            w.future.add_done_callback(withdrawn)
+
     async def _fan_out(self, key: LaneKey, lane: _Lane, taken: list[_Waiting]) -> None:
         deadlines = [w.deadline for w in taken if w.deadline is not None]
         # The fan-out lasts as long as its most patient search; the others' calls end at their own deadline.
@@ -163,8 +178,10 @@ class SearchBatcher:
             for w in taken:
                 if not w.future.done():
                     w.future.set_exception(exc)
-        except BaseException:  # the coordinator is stopping: nothing more is sent
-            stopping = True
+        except BaseException:
+            if all(w.future.cancelled() for w in taken):  # withdrawn by its callers: the lane goes on
+                raise
+            stopping = True  # the coordinator is stopping: nothing more is sent
             for w in (*taken, *lane.waiting):
                 w.future.cancel()
             lane.waiting.clear()

@@ -13,10 +13,10 @@ from typing import Protocol, TypeVar
 import numpy as np
 from grpc import StatusCode
 
-from shoal._config import DEFAULT_SCROLL, MAX_SCROLL, CollectionConfig, check_k, check_name
+from shoal._config import DEFAULT_SCROLL, MAX_SCROLL, MAX_SCROLL_BYTES, CollectionConfig, check_k, check_name
 from shoal._errors import AlreadyExists, DeadlineExceeded, Internal, InvalidArgument, NotFound, ShoalError
 from shoal._filter import check_path, parse_json
-from shoal._results import Found, Page, TopK, found_from_proto, topk_from_proto
+from shoal._results import Found, Page, TopK, check_answer_budget, found_from_proto, topk_from_proto
 from shoal._search import Search
 from shoal._wire import check_ids, check_payloads, check_queries, check_upsert, encode_ids, encode_matrix
 from shoal.coordinator.batcher import DEFAULT_BATCHING, Answer, BatchConfig, SearchBatcher
@@ -247,7 +247,10 @@ class Coordinator:
         with_vectors: bool,
         timeout: float | None,
     ) -> Page:
-        """Up to `limit` points after the cursor, shard by shard in topology order, by key within a shard."""
+        """Up to `limit` points after the cursor, shard by shard in topology order, by key within a shard.
+
+        The page is bounded by bytes over all shards: each shard is given what is left of MAX_SCROLL_BYTES.
+        """
         check_name(name)
         if filter_text:
             check_filter(filter_text)
@@ -259,8 +262,8 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         answers: list[pb.ScrollResponse] = []
-        remaining = limit
-        while position < len(self.shards) and remaining > 0:
+        remaining, room = limit, MAX_SCROLL_BYTES
+        while position < len(self.shards) and remaining > 0 and room > 0:
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left <= 0:
                 raise DeadlineExceeded("the deadline passed during the scroll")
@@ -271,10 +274,12 @@ class Coordinator:
                 cursor=shard_cursor,
                 with_payload=with_payload,
                 with_vectors=with_vectors,
+                max_bytes=room,
             )
             answer = await self.shards[position].scroll(request, left)
             answers.append(answer)
             remaining -= points_in(answer)
+            room -= answer.ByteSize()
             shard_cursor = answer.next_cursor
             if not shard_cursor:
                 position += 1
@@ -291,7 +296,9 @@ class Coordinator:
         check_k(shape.k)
         if shape.filter:
             check_filter(shape.filter)
-        check_queries(search.queries)
+        queries = check_queries(search.queries)
+        # Refused before any work: an answer that cannot be sent would cost the shards for nothing.
+        check_answer_budget(len(queries), shape.k, queries.shape[1], shape.with_payload, shape.with_vectors)
         if self.batcher is not None:
             return self.batcher.submit(search, timeout)
         return asyncio.ensure_future(self._search_shards(search, timeout))

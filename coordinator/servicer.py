@@ -11,7 +11,8 @@ import grpc
 import numpy as np
 
 from shoal._config import CollectionConfig
-from shoal._results import found_to_proto, page_to_proto, topk_to_proto
+from shoal._errors import ResourceExhausted
+from shoal._results import check_answer_size, found_to_proto, page_to_proto, topk_to_proto
 from shoal._search import Search
 from shoal._server import error_status
 from shoal._wire import decode_ids, decode_matrix
@@ -23,7 +24,8 @@ from shoal.v1 import types_pb2 as pb
 
 log = logging.getLogger("shoal.coordinator")
 
-# Searches of one SearchStream in flight at once; beyond it the stream stops reading (backpressure).
+# Searches of one SearchStream in flight or answered but not yet sent; beyond it the stream stops reading
+# (backpressure).
 STREAM_WINDOW = 64
 # Messages of one UpsertStream being applied at once.
 UPSERT_WINDOW = 2
@@ -154,10 +156,13 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
         # hottest path there is, and a task per question costs more than the rest of its handling.
         running: set[asyncio.Future[Answer]] = set()
 
+        # A question holds its place in the window until its answer is handed to gRPC, whose write waits
+        # for the client to read: a client that never reads stops the reading, so nothing piles up here.
         def answered(request_id: int, future: asyncio.Future[Answer]) -> None:
             running.discard(future)
-            window.release()
-            if not future.cancelled():
+            if future.cancelled():
+                window.release()
+            else:
                 answers.put_nowait(_stream_answer(request_id, future.exception() or future.result()))
 
         async def read() -> None:
@@ -167,7 +172,6 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
                     try:
                         future = self._core.submit_search(Search.from_proto(request), _timeout(context))
                     except Exception as exc:  # a bad question: answer it and read on
-                        window.release()
                         answers.put_nowait(_stream_answer(request.request_id, exc))
                         continue
                     running.add(future)
@@ -181,6 +185,7 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
         try:
             while (item := await answers.get()) is not None:
                 yield item
+                window.release()
             await reader  # a broken request stream fails the call
         finally:
             reader.cancel()
@@ -202,11 +207,14 @@ def _answer_to_proto(answer: Answer, request_id: int) -> pb.SearchResponse:
     response = topk_to_proto(found, request_id)
     if plan:
         response.plan = plan
-    return response
+    return check_answer_size(response)
 
 
 def _stream_answer(request_id: int, outcome: Answer | BaseException) -> pb.SearchResponse:
     """The answer to one question of a stream; a failure answers only that question."""
     if not isinstance(outcome, BaseException):
-        return _answer_to_proto(outcome, request_id)
+        try:
+            return _answer_to_proto(outcome, request_id)
+        except ResourceExhausted as exc:  # too large to send: only this question fails
+            outcome = exc
     return pb.SearchResponse(request_id=request_id, error=error_status(outcome, "/shoal.v1.Shoal/SearchStream"))

@@ -98,7 +98,10 @@ class SearchStream:
         except TimeoutError:
             raise shard_error(self.address, grpc.StatusCode.DEADLINE_EXCEEDED, "") from None
         finally:
-            self._pending.pop(request_id, None)
+            answered = future.done() and not future.cancelled()  # wait_for cancels it on the way out
+            if self._pending.pop(request_id, None) is not None and not answered and not self.broken:
+                # The caller went away or its deadline passed: the shard drops the search if not yet begun.
+                self._outbox.put_nowait(pb.SearchRequest(request_id=request_id, cancel=True))
         if answer.error.code:
             cause = from_status(answer.error)
             raise shard_error(self.address, cause.code, cause.message, cause.field)
@@ -113,7 +116,7 @@ class SearchStream:
         try:
             while True:
                 message = await self._outbox.get()
-                if message.request_id in self._pending:  # else its caller gave up already
+                if message.cancel or message.request_id in self._pending:  # else its caller gave up already
                     await self._call.write(message)
         except Exception as exc:  # whatever ends the stream, the waiting searches must hear of it
             self._break(_reason(exc))

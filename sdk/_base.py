@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 from tqdm import tqdm
 
-from shoal._config import MAX_BATCH_ROWS, MAX_MESSAGE_BYTES, CollectionConfig, check_k
+from shoal._config import MAX_BATCH_ROWS, MAX_MESSAGE_BYTES, CollectionConfig, check_ef, check_k
 from shoal._errors import InvalidArgument, ShoalError, from_status
 from shoal._filter import check_path, to_json
 from shoal._search import Search, SearchShape
@@ -327,7 +327,7 @@ class BaseClient:
     ) -> tuple[SearchShape, Fields]:
         """What every query batch of a search or search stream shares, checked once, and the payload fields kept."""
         wanted, fields = payload_fields(with_payload)
-        return SearchShape(collection, check_k(k), ef or 0, to_json(filter), wanted, with_vectors), fields
+        return SearchShape(collection, check_k(k), check_ef(ef or 0), to_json(filter), wanted, with_vectors), fields
 
     def _search(self, shape: SearchShape, fields: Fields, queries: VectorsLike) -> Call[SearchResult]:
         request = Search(shape, as_matrix(queries, "queries")).to_proto()

@@ -21,6 +21,7 @@ MAX_STRING_ID_BYTES = 512
 SLOTS = 4096
 DEFAULT_SCROLL = 100  # points in one scroll page when no limit is given
 MAX_SCROLL = 10_000  # points in one scroll page
+MAX_SCROLL_BYTES = 32 * 1024 * 1024  # a scroll page, over all shards, stops growing here (half the message limit)
 
 DEFAULT_METRIC = "cosine"
 DEFAULT_PRECISION = "f32"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal._errors import InvalidArgument
+from shoal._wire import load_json
 
 Scalar = str | int | float | bool
 _MISSING = object()
@@ -71,9 +72,7 @@ def kind(value: Any) -> str:
 def _scalar(value: Any, where: str) -> Scalar:
     if isinstance(value, bool | str) or (isinstance(value, int | float) and _finite(value)):
         return value
-    raise InvalidArgument(
-        f"filter {where}: expected a string, number or boolean, got {json.dumps(value)[:60]}", field=where
-    )
+    raise InvalidArgument(f"{where}: expected a string, number or boolean, got {json.dumps(value)[:60]}", field=where)
 
 
 def _finite(number: int | float) -> bool:
@@ -146,11 +145,7 @@ def parse_json(raw: str | bytes) -> Node | None:
     """Parse a filter as it travels on the wire (JSON text); empty means no filter."""
     if not raw:
         return None
-    try:
-        spec = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"filter is not valid JSON: {exc}", field="filter") from None
-    return parse(spec)
+    return parse(load_json(raw, "filter", field="filter"))
 
 
 def to_json(spec: dict[str, Any] | None) -> str:

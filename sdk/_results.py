@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shoal._config import MAX_MESSAGE_BYTES
+from shoal._errors import ResourceExhausted
 from shoal._wire import RESERVED_ID, decode_counts, decode_ids, decode_matrix, encode_counts, encode_ids, encode_matrix
 from shoal.v1 import types_pb2 as pb
 
@@ -63,6 +65,55 @@ class Found:
     ids: np.ndarray
     vectors: np.ndarray | None = None
     payloads: np.ndarray | None = None
+
+
+# A search answer's bytes apart from its q x k cells: k, request id, error fields, the plan, framing.
+ANSWER_OVERHEAD = 4096
+# The least a cell takes on the wire: an id as 8 bytes (uint64; string ids are counted alike), a float32
+# distance, and with payloads their field framing (a tag and a length byte, for an empty payload).
+_CELL_BYTES, _PAYLOAD_FRAMING = 12, 2
+
+
+def answer_bytes(queries: int, k: int, dim: int, with_payload: bool, with_vectors: bool) -> int:
+    """The estimated bytes of a search answer before any payload: what the budget checks before work starts."""
+    cell = _CELL_BYTES + (_PAYLOAD_FRAMING if with_payload else 0) + (4 * dim if with_vectors else 0)
+    return queries * (k * cell + 4) + ANSWER_OVERHEAD
+
+
+def answer_rows(k: int, dim: int, with_payload: bool, with_vectors: bool) -> int:
+    """The most query rows whose answer of this shape fits in one message by the estimate."""
+    row = answer_bytes(1, k, dim, with_payload, with_vectors) - ANSWER_OVERHEAD
+    return max(0, (MAX_MESSAGE_BYTES - ANSWER_OVERHEAD) // row)
+
+
+def check_answer_budget(queries: int, k: int, dim: int, with_payload: bool, with_vectors: bool) -> None:
+    """ResourceExhausted, saying how to split the call, when its answer cannot fit in one message."""
+    fit = answer_rows(k, dim, with_payload, with_vectors)
+    if queries <= fit:
+        return
+    size = answer_bytes(queries, k, dim, with_payload, with_vectors)
+    extras = "".join(
+        text for on, text in ((with_payload, ", with payloads"), (with_vectors, f", with {dim}-d vectors")) if on
+    )
+    raise ResourceExhausted(
+        f"the answer to {queries} queries with k={k}{extras} would take at least {size / 2**20:.0f} MiB, over the "
+        f"{MAX_MESSAGE_BYTES // 2**20} MiB message limit: split the call into searches of at most {fit} queries"
+        + (", or lower k" if k > 1 else "")
+        + (", or leave out the vectors" if with_vectors else "")
+    )
+
+
+def check_answer_size(msg: pb.SearchResponse) -> pb.SearchResponse:
+    """The answer, or ResourceExhausted when it is too large to send (its payloads, most likely)."""
+    size = msg.ByteSize()
+    if size > MAX_MESSAGE_BYTES:
+        rows = len(msg.counts) // 4
+        raise ResourceExhausted(
+            f"the answer to {rows} queries with k={msg.k} takes {size / 2**20:.0f} MiB, over the "
+            f"{MAX_MESSAGE_BYTES // 2**20} MiB message limit (large payloads?): split the call into searches "
+            f"of at most {max(1, rows * MAX_MESSAGE_BYTES // size // 2)} queries, or lower k"
+        )
+    return msg
 
 
 def topk_from_proto(msg: pb.SearchResponse, queries: int, with_payload: bool = False) -> TopK:

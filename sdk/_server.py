@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -23,7 +24,7 @@ from grpc_status import rpc_status
 
 from shoal._access import Guard, Verdict, collection_of
 from shoal._config import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS, MAX_MESSAGE_BYTES, RETRY_INITIAL_BACKOFF_S
-from shoal._errors import Internal, PermissionDenied, ShoalError, error_for_code, to_status
+from shoal._errors import Internal, InvalidArgument, PermissionDenied, ShoalError, error_for_code, to_status
 
 log = logging.getLogger("shoal.server")
 
@@ -64,15 +65,48 @@ async def _translate(exc: BaseException, context: grpc.aio.ServicerContext, meth
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
+class _Undecodable:
+    """A request that did not decode (bad UTF-8 in a string field, truncated bytes): answered INVALID_ARGUMENT."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.error = InvalidArgument(f"the request is not a valid message ({exc}); strings must be UTF-8")
+
+
+def _decoder(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The deserializer, returning _Undecodable instead of raising (gRPC would answer UNKNOWN)."""
+    if deserialize is None:
+        return None
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except DecodeError as exc:
+            return _Undecodable(exc)
+
+    return decode
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, _Undecodable):
+        raise request.error
+    return request
+
+
+async def _decoded_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _decoded(request)
+
+
 def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-    """The same handler with errors translated, for all four kinds of RPC."""
+    """The same handler with errors translated and undecodable requests refused, for all four kinds of RPC."""
     passthrough = (asyncio.CancelledError, grpc.aio.AbortError)
     if handler.unary_unary or handler.stream_unary:
         inner = handler.unary_unary or handler.stream_unary
+        streamed = handler.stream_unary is not None
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                return await inner(request, context)
+                return await inner(_decoded_stream(request) if streamed else _decoded(request), context)
             except passthrough:
                 raise
             except Exception as exc:
@@ -81,10 +115,11 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         kind = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
     else:
         inner = handler.unary_stream or handler.stream_stream
+        streamed = handler.stream_stream is not None
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:  # type: ignore[misc]
             try:
-                async for item in inner(request, context):
+                async for item in inner(_decoded_stream(request) if streamed else _decoded(request), context):
                     yield item
             except passthrough:
                 raise
@@ -93,7 +128,9 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
 
         kind = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
     return kind(
-        unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        unary,
+        request_deserializer=_decoder(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
     )
 
 

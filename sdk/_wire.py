@@ -6,6 +6,7 @@ Ids in Python are numpy arrays: dtype uint64 for integer ids, dtype object (str)
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -139,6 +140,15 @@ def check_vectors(x: np.ndarray, dim: int | None = None, what: str = "vectors") 
     return x
 
 
+def check_nonzero(x: np.ndarray, what: str = "vectors") -> np.ndarray:
+    """Reject all-zero rows, which have no direction: their cosine distance to anything is meaningless."""
+    zero = ~x.any(axis=1)
+    if zero.any():
+        row = int(np.flatnonzero(zero)[0])
+        raise InvalidArgument(f"{what} row {row} is all zeros, which has no cosine distance to anything", field=what)
+    return x
+
+
 def check_queries(queries: np.ndarray, dim: int | None = None) -> np.ndarray:
     """Reject an empty or oversized query batch, a wrong dimension, NaN or Inf."""
     if len(queries) == 0:
@@ -168,15 +178,80 @@ def check_upsert(
     check_payloads(payloads)
 
 
+MAX_JSON_DEPTH = 64  # objects and lists nested in a payload or a filter
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class _JsonRefused(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _JsonRefused(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _JsonRefused(f"{text[:40]} is beyond the float range")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise _JsonRefused(f"key {twice[:40]!r} appears twice in one object")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply objects and lists nest in a JSON value (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:
+                stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def load_json(raw: str | bytes, what: str, field: str | None = None) -> Any:
+    """Strict JSON (as stored and compared everywhere): InvalidArgument naming `what` for NaN, Infinity,
+    numbers beyond the float range, duplicate keys, lone surrogates, invalid UTF-8 and deep nesting; `field` is the
+    request field it came from."""
+    try:
+        value = json.loads(
+            raw, parse_constant=_refuse_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
+        )
+    except RecursionError:
+        raise InvalidArgument(f"{what} nests deeper than {MAX_JSON_DEPTH} levels", field=field) from None
+    except _JsonRefused as exc:
+        raise InvalidArgument(f"{what}: {exc}", field=field) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"{what} is not valid JSON: {exc}", field=field) from None
+    text = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise InvalidArgument(
+                f"{what} holds a lone surrogate (\\ud800-\\udfff) that is not UTF-8", field=field
+            ) from None
+    if text.count(b"{") + text.count(b"[") > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH:
+        raise InvalidArgument(f"{what} nests deeper than {MAX_JSON_DEPTH} levels", field=field)
+    return value
+
+
 def check_payloads(payloads: Sequence[bytes]) -> None:
-    """Each payload must be empty (none) or the UTF-8 JSON of an object."""
+    """Each payload must be empty (none) or the strict UTF-8 JSON of an object."""
     for i, raw in enumerate(payloads):
         if not raw:
             continue
-        try:
-            value = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidArgument(f"payload {i} is not valid JSON: {exc}", field=f"payloads[{i}]") from None
+        value = load_json(raw, f"payload {i}", field=f"payloads[{i}]")
         if not isinstance(value, dict):
             raise InvalidArgument(
                 f"payload {i} must be a JSON object, got {type(value).__name__}", field=f"payloads[{i}]"

@@ -22,12 +22,31 @@ if TYPE_CHECKING:
 
 
 def _cores(text: str) -> list[int]:
-    """Parse "0,1,4-5" into [0, 1, 4, 5]."""
+    """Parse "0,1,4-5" into [0, 1, 4, 5], cores this process may run on."""
     cores: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        cores.extend(range(int(lo), int(hi or lo) + 1))
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            cores.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of cores like 0,1 or 0-3") from None
+    usable = os.sched_getaffinity(0)
+    if missing := sorted(set(cores) - usable):
+        raise argparse.ArgumentTypeError(
+            f"core {missing[0]} is not available here; this machine lets it use cores {_ranges(sorted(usable))}"
+        )
     return cores
+
+
+def _ranges(cores: list[int]) -> str:
+    """[0, 1, 2, 5] as "0-2,5"."""
+    spans: list[list[int]] = []
+    for c in cores:
+        if spans and spans[-1][1] == c - 1:
+            spans[-1][1] = c
+        else:
+            spans.append([c, c])
+    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in spans)
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
@@ -201,7 +220,7 @@ def _client_security(args: argparse.Namespace) -> tuple[str | None, TLS | None]:
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="shoal", description="Shoal: a sharded vector database served over gRPC.")
-    p.add_argument("--version", action="version", version=f"shoal {__version__}")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--log-level", default="INFO", help="logging level of server processes (default INFO)")
     sub = p.add_subparsers(dest="command", required=True)
 

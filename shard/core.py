@@ -29,7 +29,7 @@ from shoal._errors import FailedPrecondition, InvalidArgument, NotFound, Unavail
 from shoal._filter import check_path
 from shoal._results import Found, Page, TopK
 from shoal._search import Search, SearchShape
-from shoal._wire import as_id_array, check_ids, check_payloads, check_upsert
+from shoal._wire import as_id_array, check_ids, check_nonzero, check_payloads, check_upsert
 from shoal.shard import reads
 from shoal.shard import search as searching
 from shoal.shard.backup import backup_folder
@@ -177,6 +177,8 @@ class Shard:
         payloads = list(payloads)
         ids = as_id_array(ids)
         check_upsert(ids, vectors, payloads, coll.config.id_type, coll.config.dim)
+        if coll.config.metric == "cosine":
+            check_nonzero(vectors)
         return self._submit(Upsert(name, coll.store.born, ids, vectors, payloads))
 
     def upsert(self, name: str, ids: np.ndarray, vectors: np.ndarray, payloads: Sequence[bytes] = ()) -> int:
@@ -235,10 +237,11 @@ class Shard:
         cursor: str = "",
         with_payload: bool = True,
         with_vectors: bool = False,
+        max_bytes: int = 0,
     ) -> Page:
         """The points after `cursor` in key order, only those matching the filter if one is given."""
         coll = self._collection(name)
-        return reads.scroll(coll, self._worker, filter_text, limit, cursor, with_payload, with_vectors)
+        return reads.scroll(coll, self._worker, filter_text, limit, cursor, with_payload, with_vectors, max_bytes)
 
     def submit_search(self, search: Search) -> Future[tuple[TopK, str]]:
         """Validate a search and queue it; resolves to the local top-k of every query and the plan that ran."""

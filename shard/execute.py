@@ -28,6 +28,8 @@ from shoal.shard.writes import (
     INDEX,
     POINTS,
     CreatePlan,
+    Delete,
+    DeleteByFilter,
     DropPlan,
     Plan,
     Request,
@@ -133,7 +135,7 @@ class Writer:
         coll = self._writing[planned.collection]
         batch = to_batch(planned, self.storage, coll.store)
         if batch is not None:
-            self.storage.write(batch)
+            self.storage.write(batch, frees=isinstance(job, (Delete, DeleteByFilter)))
         return Committed(planned, coll, self._published), batch is not None
 
     def _create(self, planned: CreatePlan) -> Committed:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shoal._config import DEFAULT_SCROLL, MAX_SCROLL
+from shoal._config import DEFAULT_SCROLL, MAX_SCROLL, MAX_SCROLL_BYTES
 from shoal._errors import InvalidArgument
 from shoal._results import Found, Page
 from shoal._wire import as_id_array, check_ids
@@ -18,8 +18,6 @@ from shoal.shard import records as rec
 from shoal.shard.collection import Collection, matching, parse_filter
 from shoal.shard.index import IndexWorker
 from shoal.shard.storage import pack_keys
-
-SCROLL_BYTES = 32 * 1024 * 1024  # a page stops growing here, well below the message limit
 
 
 def valid_ids(coll: Collection, ids: np.ndarray) -> np.ndarray:
@@ -66,8 +64,14 @@ def scroll(
     cursor: str = "",
     with_payload: bool = True,
     with_vectors: bool = False,
+    max_bytes: int = 0,
 ) -> Page:
-    """The points after `cursor` (a key) in key order, only those matching the filter if one is given."""
+    """The points after `cursor` (a key) in key order, only those matching the filter if one is given.
+
+    The page stops growing once it holds `max_bytes` of records (0 or more than MAX_SCROLL_BYTES: that), and
+    always holds at least one point.
+    """
+    max_bytes = min(max_bytes or MAX_SCROLL_BYTES, MAX_SCROLL_BYTES)
     node = parse_filter(filter_text) if filter_text else None
     limit = limit or DEFAULT_SCROLL
     if not 1 <= limit <= MAX_SCROLL:
@@ -92,7 +96,7 @@ def scroll(
             continue  # deleted since the page was taken
         size += len(record)
         kept.append(i)
-        if size >= SCROLL_BYTES:
+        if size >= max_bytes:
             more = more or i + 1 < len(records)
             keys = keys[: i + 1]
             break

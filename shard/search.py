@@ -12,17 +12,22 @@ from concurrent.futures import Executor, Future
 
 import numpy as np
 
-from shoal._config import check_ef, check_k
-from shoal._errors import InvalidArgument, Unavailable
+from shoal._config import MAX_MESSAGE_BYTES, check_ef, check_k
+from shoal._errors import InvalidArgument, ResourceExhausted, Unavailable
 from shoal._filter import Node
 from shoal._results import TopK
 from shoal._search import Search
-from shoal._wire import check_queries
+from shoal._wire import check_nonzero, check_queries
 from shoal.shard import planner
 from shoal.shard import records as rec
 from shoal.shard.collection import Collection, matching, parse_filter
 from shoal.shard.index import Hits, IndexWorker, Runner
 from shoal.shard.storage import CollectionStore, pack_keys
+
+# Hits whose records are looked up at once: an answer that grows past the message limit is refused after
+# at most this many more, so a search for too many payloads cannot fill the shard's memory first.
+RESOLVE_CELLS = 4096
+FETCH_BYTES = 4 * 1024 * 1024  # records fetched from RocksDB at once, about
 
 
 def as_matrix(x: np.ndarray, what: str) -> np.ndarray:
@@ -48,6 +53,8 @@ def submit(coll: Collection, worker: IndexWorker, lookups: Executor, search: Sea
     check_ef(shape.ef)
     node = parse_filter(shape.filter) if shape.filter else None
     queries = check_queries(as_matrix(search.queries, "queries"), coll.config.dim)
+    if coll.config.metric == "cosine":
+        check_nonzero(queries, "queries")
     group = (coll.store.born, shape.k, shape.ef, shape.filter)
     found = worker.search(group, runner(coll, shape.k, shape.ef, shape.filter, node), queries)
     result: Future[tuple[TopK, str]] = Future()
@@ -58,7 +65,7 @@ def submit(coll: Collection, worker: IndexWorker, lookups: Executor, search: Sea
     def finish() -> None:
         try:
             hits, plan = found.result()
-            result.set_result((resolve_hits(coll.store, hits, with_payload, with_vectors), plan))
+            result.set_result((resolve_bounded(coll.store, hits, with_payload, with_vectors), plan))
         except Exception as exc:
             result.set_exception(exc)
 
@@ -79,8 +86,58 @@ def submit(coll: Collection, worker: IndexWorker, lookups: Executor, search: Sea
     return result
 
 
-def resolve_hits(store: CollectionStore, hits: Hits, with_payload: bool, with_vectors: bool) -> TopK:
-    """Look up string ids, payloads and vectors of the hits in RocksDB."""
+class AnswerBudget:
+    """The bytes a search answer may still take; ResourceExhausted, saying how to split, once it is spent."""
+
+    def __init__(self, queries: int, k: int) -> None:
+        self.queries, self.k = queries, k
+        self.left = MAX_MESSAGE_BYTES
+        self.done = 0  # queries resolved so far
+
+    def spend(self, size: int) -> None:
+        """Count `size` more bytes."""
+        self.left -= size
+        if self.left < 0:
+            raise ResourceExhausted(
+                f"the answer to {self.queries} queries with k={self.k} outgrew the {MAX_MESSAGE_BYTES // 2**20} MiB "
+                f"message limit after {self.done} of them (large payloads?): split the call into searches of at most "
+                f"{max(1, self.done // 2)} queries, or lower k"
+            )
+
+
+def resolve_bounded(store: CollectionStore, hits: Hits, with_payload: bool, with_vectors: bool) -> TopK:
+    """resolve_hits a few rows at a time; ResourceExhausted as soon as the answer outgrows one message."""
+    q, k = hits.keys.shape
+    budget = AnswerBudget(q, k)
+    step = max(1, RESOLVE_CELLS // max(k, 1))
+    parts: list[TopK] = []
+    for lo in range(0, q, step):
+        rows = slice(lo, lo + step)
+        part = resolve_hits(
+            store, Hits(hits.keys[rows], hits.distances[rows], hits.counts[rows]), with_payload, with_vectors, budget
+        )
+        budget.spend(part.ids.size * 12)
+        budget.done += len(part.counts)
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else _join(parts)
+
+
+def _join(parts: list[TopK]) -> TopK:
+    """Results of consecutive query rows as one."""
+    first = parts[0]
+    return TopK(
+        np.concatenate([p.ids for p in parts]),
+        np.concatenate([p.distances for p in parts]),
+        np.concatenate([p.counts for p in parts]),
+        None if first.payloads is None else np.concatenate([p.payloads for p in parts if p.payloads is not None]),
+        None if first.vectors is None else np.concatenate([p.vectors for p in parts if p.vectors is not None]),
+    )
+
+
+def resolve_hits(
+    store: CollectionStore, hits: Hits, with_payload: bool, with_vectors: bool, budget: AnswerBudget | None = None
+) -> TopK:
+    """Look up string ids, payloads and vectors of the hits in RocksDB (their bytes counted against a budget)."""
     q, k = hits.keys.shape
     pos = np.flatnonzero(np.arange(k)[None, :] < hits.counts[:, None])
     keys8 = pack_keys(hits.keys.ravel()[pos])
@@ -91,7 +148,7 @@ def resolve_hits(store: CollectionStore, hits: Hits, with_payload: bool, with_ve
         names = store.ids_of(keys8)
         alive &= np.array([n is not None for n in names], bool)
     if with_payload or with_vectors:
-        records = store.records(keys8)
+        records = _records(store, keys8, with_payload, with_vectors, budget)
         alive &= np.array([r is not None for r in records], bool)
     keys, distances, counts = hits.keys, hits.distances, hits.counts
     if not alive.all():
@@ -130,6 +187,28 @@ def resolve_hits(store: CollectionStore, hits: Hits, with_payload: bool, with_ve
             vectors[pos] = rec.vectors(found, dim)
         vectors = vectors.reshape(q, k, dim)
     return TopK(ids, distances, counts, payloads, vectors)
+
+
+def _records(
+    store: CollectionStore, keys8: list[bytes], with_payload: bool, with_vectors: bool, budget: AnswerBudget | None
+) -> list[bytes | None]:
+    """The records of keys, fetched a few at a time while the budget lasts."""
+    if budget is None:
+        return store.records(keys8)
+    row = rec.row_bytes(store.config.dim)
+    # What a record adds to the answer: its payload (with framing) if asked for, its vector if asked for.
+    fixed = (2 - row if with_payload else 0) + (row if with_vectors else 0)
+    records: list[bytes | None] = []
+    lo, step = 0, 16  # the first look-ups learn how large the records are
+    while lo < len(keys8):
+        chunk = store.records(keys8[lo : lo + step])
+        found = [r for r in chunk if r is not None]
+        size = sum(map(len, found))
+        budget.spend((size if with_payload else 0) + fixed * len(found))
+        records.extend(chunk)
+        lo += step
+        step = max(16, min(RESOLVE_CELLS, FETCH_BYTES * len(found) // max(size, 1)))
+    return records
 
 
 def _objects(items: list[bytes]) -> np.ndarray:

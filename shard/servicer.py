@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import grpc
 
 from shoal._config import CollectionConfig
 from shoal._errors import InvalidArgument
-from shoal._results import found_to_proto, page_to_proto, topk_to_proto
+from shoal._results import check_answer_size, found_to_proto, page_to_proto, topk_to_proto
 from shoal._search import Search
 from shoal._server import error_status
 from shoal._wire import decode_ids, decode_matrix, encode_ids
@@ -96,6 +97,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             request.cursor,
             request.with_payload,
             request.with_vectors,
+            request.max_bytes,
         )
         return page_to_proto(page)
 
@@ -116,7 +118,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         self, request_iterator: AsyncIterator[pb.SearchRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SearchResponse]:
         answers: asyncio.Queue[pb.SearchResponse | None] = asyncio.Queue()
-        pending: set[asyncio.Task[None]] = set()
+        pending: dict[int, asyncio.Task[None]] = {}  # by request_id
 
         async def answer(request: pb.SearchRequest) -> None:
             await answers.put(await self._stream_answer(request))
@@ -124,10 +126,14 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
+                    if request.cancel:  # its caller went away: a search not yet begun is dropped
+                        if (withdrawn := pending.get(request.request_id)) is not None:
+                            withdrawn.cancel()
+                        continue
                     task = asyncio.create_task(answer(request))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                await asyncio.gather(*list(pending))
+                    pending[request.request_id] = task
+                    task.add_done_callback(functools.partial(_forget, pending, request.request_id))
+                await asyncio.gather(*list(pending.values()), return_exceptions=True)
             finally:
                 await answers.put(None)
 
@@ -138,7 +144,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             await reader  # a broken request stream fails the call
         finally:
             reader.cancel()
-            for task in list(pending):
+            for task in list(pending.values()):
                 task.cancel()
 
     async def Snapshot(
@@ -189,4 +195,10 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         response = topk_to_proto(result, request.request_id)
         if plan:
             response.plan = plan
-        return response
+        return check_answer_size(response)  # too large to send: this request fails, the stream stays up
+
+
+def _forget(pending: dict[int, asyncio.Task[None]], request_id: int, task: asyncio.Task[None]) -> None:
+    """Drop a finished search's task (unless a later one reused its id)."""
+    if pending.get(request_id) is task:
+        del pending[request_id]

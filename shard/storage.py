@@ -316,7 +316,7 @@ class Storage:
         born = pack_key(store.born)
         batch.delete(_TRIM + born)
         batch.delete_range(born, pack_key(store.born + 1), self._log_cf)
-        self.write(batch)
+        self.write(batch, frees=True)
         self.flush_wal()
         self._dropped.append(self.collections.pop(name))
         for cf in collection_families(store.config):
@@ -374,9 +374,14 @@ class Storage:
         batch.put(_TRIM + born, pack_key(upto))
         self._db.write(batch, self._write_options)
 
-    def write(self, batch: WriteBatch) -> None:
-        """Write a batch (WAL on, no sync), bumping the sequence number inside it."""
-        self.check_space()
+    def write(self, batch: WriteBatch, frees: bool = False) -> None:
+        """Write a batch (WAL on, no sync), bumping the sequence number inside it.
+
+        A batch that frees space (deletes, drops) is written on a full disk too, out of the reserve: it is
+        the only way to free space through the API.
+        """
+        if not frees:
+            self.check_space()
         batch.put(_SEQ, pack_key(self.seq + 1))
         self._db.write(batch, self._write_options)
         self.seq += 1

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import shoal
-from shoal._config import MAX_K, MAX_MESSAGE_BYTES
+from shoal._config import MAX_EF, MAX_K, MAX_MESSAGE_BYTES
 from shoal._wire import encode_ids, encode_matrix
 from shoal.v1 import shoal_pb2_grpc
 from shoal.v1 import types_pb2 as pb
@@ -105,6 +105,25 @@ SDK_CASES: list[tuple[str, Callable[[shoal.Client, str], Any], type[shoal.ShoalE
         shoal.InvalidArgument,
         "dim must be between 1 and 16384",
     ),
+    ("negative ef", lambda c, n: c.search(n, X[:1], k=3, ef=-1), shoal.InvalidArgument, "ef must be between 0"),
+    (
+        "zero vector in a cosine collection",
+        lambda c, n: c.upsert(n, ids=[100, 101], vectors=np.stack([X[0], np.zeros(DIM)])),
+        shoal.InvalidArgument,
+        "vectors row 1 is all zeros",
+    ),
+    (
+        "zero query in a cosine collection",
+        lambda c, n: c.search(n, np.zeros(DIM), k=3),
+        shoal.InvalidArgument,
+        "queries row 0 is all zeros",
+    ),
+    (
+        "filter wording",
+        lambda c, n: c.count(n, filter={"year": {"$gt": [1]}}),
+        shoal.InvalidArgument,
+        r"^filter\.year\.\$gt: expected",
+    ),
     (
         "unknown metric",
         lambda c, n: c.create_collection("m", dim=3, metric="hamming"),
@@ -185,6 +204,41 @@ WIRE_CASES: list[tuple[str, Callable[[str], tuple[str, Any]], grpc.StatusCode, s
         "empty",
     ),
     ("unknown collection", lambda n: ("Count", pb.CountRequest(collection="nope")), grpc.StatusCode.NOT_FOUND, "nope"),
+    *[
+        (
+            f"raw payload {label}",
+            lambda n, raw=raw: ("Upsert", _upsert(n, [100, 101], X[:2], [b"{}", raw])),  # type: ignore[misc]
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"payload 1{message}",
+        )
+        for label, raw, message in (
+            ("NaN", b'{"a":NaN}', ": NaN is not a JSON number"),
+            ("Infinity", b'{"a":-Infinity}', ": -Infinity is not a JSON number"),
+            ("1e400", b'{"a":1e400}', ": 1e400 is beyond the float range"),
+            ("lone surrogate", b'{"a":"\\ud800"}', " holds a lone surrogate"),
+            ("duplicate keys", b'{"a":1,"b":2,"a":3}', ": key 'a' appears twice"),
+            ("1,000 deep", b'{"a":' * 1000 + b"1" + b"}" * 1000, " nests deeper than 64 levels"),
+            ("100 deep", b'{"a":' + b"[" * 100 + b"]" * 100 + b"}", " nests deeper than 64 levels"),
+        )
+    ],
+    (
+        "filter 2,000 deep",
+        lambda n: ("Count", pb.CountRequest(collection=n, filter='{"$not":' * 2000 + '{"a":1}' + "}" * 2000)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "filter nests deeper than 64 levels",
+    ),
+    (
+        "filter with NaN",
+        lambda n: ("Count", pb.CountRequest(collection=n, filter='{"a":NaN}')),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "filter: NaN is not a JSON number",
+    ),
+    (
+        "negative ef",
+        lambda n: ("Search", pb.SearchRequest(collection=n, queries=encode_matrix(X[:1]), k=3, ef=MAX_EF + 1)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ef must be between 0",
+    ),
     (
         "message over the size limit",
         lambda n: ("Upsert", _upsert(n, np.arange(100, 100 + OVER), np.ones((OVER, DIM)))),
@@ -209,4 +263,28 @@ def test_server_answers_the_right_code(
         getattr(stub, method)(request, timeout=30)
     assert info.value.code() == code, info.value.details()
     assert message in (info.value.details() or "")
+    unchanged(client, coll)
+
+
+@pytest.mark.parametrize(
+    ("method", "raw", "field"),
+    [
+        ("Count", pb.CountRequest(collection="badinpuX").SerializeToString(), "collection name"),
+        ("Count", pb.CountRequest(collection="badinput", filter='{"X":1}').SerializeToString(), "filter"),
+        ("Delete", pb.DeleteRequest(collection="badinput", ids=pb.Ids(str=["X"])).SerializeToString(), "string id"),
+    ],
+    ids=["collection name", "filter", "string id"],
+)
+def test_invalid_utf8_is_an_invalid_argument(
+    client: shoal.Client, cluster: Any, coll: str, method: str, raw: bytes, field: str
+) -> None:
+    bad = raw.replace(b"X", b"\xff")  # not UTF-8: protobuf refuses to decode the message
+    with grpc.insecure_channel(cluster.address) as channel:
+        call = channel.unary_unary(
+            f"/shoal.v1.Shoal/{method}", request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            call(bad, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, info.value.details())
+    assert "strings must be UTF-8" in (info.value.details() or "")
     unchanged(client, coll)

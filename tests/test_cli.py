@@ -68,3 +68,13 @@ def test_up_refuses_another_shard_count(tmp_path: Path) -> None:
 def test_status_of_nothing_is_a_clear_error() -> None:
     result = _shoal("status", "--address", "127.0.0.1:1")
     assert result.returncode == 1 and "UNAVAILABLE" in result.stderr
+
+
+def test_version_and_cores_beyond_the_machine_get_one_clear_line(tmp_path: Path) -> None:
+    version = _shoal("--version")
+    assert version.returncode == 0 and re.fullmatch(r"shoal \d+\.\d+\.\d+\S*\n", version.stdout), version
+    beyond = max(os.sched_getaffinity(0)) + 1
+    run = _shoal("shard", "--data", str(tmp_path / "d"), "--cores", f"0,{beyond}")
+    assert run.returncode != 0
+    assert f"core {beyond} is not available here" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert not (tmp_path / "d").exists()

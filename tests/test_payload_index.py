@@ -35,6 +35,8 @@ from tests.conftest import brute_force, clustered
 DIM = 8
 WORDS = ["", "a", "a\0", "a\0b", "ab", "b", "é", "日本", "\U0001f600", "z"]
 NUMBERS: list[Any] = [-1e300, -7, -2.5, -0.0, 0, 0.5, 1, 2, 2.0, 3, 1e300, float("inf"), 10**400]
+# What a payload can hold: Infinity is not JSON, so upserts refuse it (the encodings above still order it).
+PAYLOAD_NUMBERS = [n for n in NUMBERS if n != float("inf")]
 
 
 def random_payload(rng: random.Random) -> dict[str, Any] | None:
@@ -43,7 +45,7 @@ def random_payload(rng: random.Random) -> dict[str, Any] | None:
         return None
 
     def scalar() -> Any:
-        return rng.choice([rng.choice(WORDS), rng.choice(NUMBERS), rng.choice([True, False]), None])
+        return rng.choice([rng.choice(WORDS), rng.choice(PAYLOAD_NUMBERS), rng.choice([True, False]), None])
 
     payload: dict[str, Any] = {}
     for name in rng.sample(["a", "b", "c", "d", "x.y", ""], rng.randint(0, 4)):

@@ -212,7 +212,7 @@ class CountResponse(_message.Message):
     def __init__(self, count: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "k", "ef", "with_payload", "with_vectors", "request_id", "filter")
+    __slots__ = ("collection", "queries", "k", "ef", "with_payload", "with_vectors", "request_id", "filter", "cancel")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -221,6 +221,7 @@ class SearchRequest(_message.Message):
     WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: Matrix
     k: int
@@ -229,7 +230,8 @@ class SearchRequest(_message.Message):
     with_vectors: bool
     request_id: int
     filter: str
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[Matrix, _Mapping]] = ..., k: _Optional[int] = ..., ef: _Optional[int] = ..., with_payload: _Optional[bool] = ..., with_vectors: _Optional[bool] = ..., request_id: _Optional[int] = ..., filter: _Optional[str] = ...) -> None: ...
+    cancel: bool
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[Matrix, _Mapping]] = ..., k: _Optional[int] = ..., ef: _Optional[int] = ..., with_payload: _Optional[bool] = ..., with_vectors: _Optional[bool] = ..., request_id: _Optional[int] = ..., filter: _Optional[str] = ..., cancel: _Optional[bool] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("k", "ids", "distances", "counts", "payloads", "vectors", "request_id", "plan", "error")
@@ -254,20 +256,22 @@ class SearchResponse(_message.Message):
     def __init__(self, k: _Optional[int] = ..., ids: _Optional[_Union[Ids, _Mapping]] = ..., distances: _Optional[_Union[Matrix, _Mapping]] = ..., counts: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ..., vectors: _Optional[_Union[Matrix, _Mapping]] = ..., request_id: _Optional[int] = ..., plan: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class ScrollRequest(_message.Message):
-    __slots__ = ("collection", "filter", "limit", "cursor", "with_payload", "with_vectors")
+    __slots__ = ("collection", "filter", "limit", "cursor", "with_payload", "with_vectors", "max_bytes")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     WITH_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     collection: str
     filter: str
     limit: int
     cursor: str
     with_payload: bool
     with_vectors: bool
-    def __init__(self, collection: _Optional[str] = ..., filter: _Optional[str] = ..., limit: _Optional[int] = ..., cursor: _Optional[str] = ..., with_payload: _Optional[bool] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+    max_bytes: int
+    def __init__(self, collection: _Optional[str] = ..., filter: _Optional[str] = ..., limit: _Optional[int] = ..., cursor: _Optional[str] = ..., with_payload: _Optional[bool] = ..., with_vectors: _Optional[bool] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class ScrollResponse(_message.Message):
     __slots__ = ("ids", "vectors", "payloads", "next_cursor")
