@@ -7,19 +7,22 @@ reflection and signals.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_status import rpc_status
 
 from shoal._access import Guard, Verdict, collection_of
@@ -319,14 +322,50 @@ def check_safe(listen: str, security: ServerSecurity) -> None:
     )
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+@functools.cache
+def public_pool() -> descriptor_pool.DescriptorPool:
+    """The public, readable definitions of shoal.v1 (packed numbers, JSON text), as reflection serves them.
+
+    The Python modules are a bytes view of the same messages (scripts/gen_protos.py); reflection shows
+    the public ones, so grpcurl and other languages see plain numbers and text.
+    """
+    pool = descriptor_pool.DescriptorPool()
+    files = descriptor_pb2.FileDescriptorSet.FromString(
+        resources.files("shoal.v1").joinpath("public.binpb").read_bytes()
+    )
+    for file in files.file:
+        pool.Add(file)
+    for module in (health_pb2, reflection_pb2):  # the standard services are reflected too
+        proto = descriptor_pb2.FileDescriptorProto()
+        module.DESCRIPTOR.CopyToProto(proto)
+        pool.Add(proto)
+    return pool
+
+
 def add_standard_services(server: grpc.aio.Server, service_names: Iterable[str]) -> health.aio.HealthServicer:
-    """Add grpc.health.v1 (starting NOT_SERVING) and server reflection; return the health servicer."""
+    """Add grpc.health.v1 (starting NOT_SERVING) and server reflection v1 and v1alpha; return the health servicer."""
     servicer = health.aio.HealthServicer()
     # grpc's servicer starts the overall status as SERVING; a process is not serving until it says so.
     _finish_now(servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING))
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    names = list(service_names)
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    reflecting = reflection.aio.ReflectionServicer(names, pool=public_pool())
+    handler = grpc.stream_stream_rpc_method_handler(
+        reflecting.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    # v1 and v1alpha are the same messages under two service names: newer clients (grpcurl >= 1.8.8,
+    # Postman) ask v1 first, older ones v1alpha.
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(name, {"ServerReflectionInfo": handler})
+            for name in (REFLECTION_V1, reflection.SERVICE_NAME)
+        ]
+    )
     return servicer
 
 

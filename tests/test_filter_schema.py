@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -90,6 +91,7 @@ def test_valid_filters_pass_both(spec: dict[str, Any]) -> None:
         assert by_schema(spec) and by_parser(spec), spec
 
 
+@pytest.mark.slow  # about 10 s of generated filters
 @settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(ANY, VALID.flatmap(_mutants)))
 def test_schema_and_parser_agree_on_anything(spec: Any) -> None:

