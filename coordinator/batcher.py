@@ -16,9 +16,12 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from shoal import _tracing
 from shoal._coalesce import row_slices, stack
 from shoal._errors import DeadlineExceeded
+from shoal._metrics import SEARCH_BATCH_QUERIES
 from shoal._results import TopK, answer_rows
 from shoal._search import Search, SearchShape
 
@@ -53,6 +56,8 @@ class _Waiting:
     search: Search
     deadline: float | None
     future: asyncio.Future[Answer]
+    trace: Any = None  # with tracing on: the search's trace context and when it began to wait
+    queued_ns: int = 0
 
 
 @dataclass
@@ -75,6 +80,9 @@ def rows_of(result: TopK, part: slice) -> TopK:
         None if result.payloads is None else result.payloads[part],
         None if result.vectors is None else result.vectors[part],
     )
+
+
+_BATCH_QUERIES = SEARCH_BATCH_QUERIES.labels("coordinator")
 
 
 class SearchBatcher:
@@ -105,7 +113,10 @@ class SearchBatcher:
             lane = self._lanes[key] = _Lane(limit)
         future: asyncio.Future[Answer] = loop.create_future()
         deadline = None if timeout is None else time.monotonic() + timeout
-        lane.waiting.append(_Waiting(search, deadline, future))
+        waiting = _Waiting(search, deadline, future)
+        if _tracing.ENABLED and _tracing.recording():
+            waiting.trace, waiting.queued_ns = _tracing.context_of(""), time.time_ns()
+        lane.waiting.append(waiting)
         lane.rows += len(queries)
         self._pump(key, lane)
         return future
@@ -116,6 +127,7 @@ class SearchBatcher:
         return max(1, min(self.max_rows, answer_rows(shape.k, dim, shape.with_payload, shape.with_vectors)))
 
     async def _run_alone(self, search: Search, timeout: float | None) -> Answer:
+        _BATCH_QUERIES.observe(len(search.queries))
         return await self._run(search, timeout)
 
     def _pump(self, key: LaneKey, lane: _Lane) -> None:
@@ -153,6 +165,7 @@ class SearchBatcher:
             return
         lane.inflight += 1
         self.batches += 1
+        _BATCH_QUERIES.observe(rows)
         task = asyncio.get_running_loop().create_task(self._fan_out(key, lane, taken))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -173,7 +186,7 @@ class SearchBatcher:
         search = taken[0].search if len(taken) == 1 else Search(key[0], stack(blocks))
         stopping = False
         try:
-            answer = await self._run(search, timeout)
+            answer = await self._traced_run(taken, search, timeout)
         except Exception as exc:
             for w in taken:
                 if not w.future.done():
@@ -203,6 +216,20 @@ class SearchBatcher:
                 self._flush(key, lane)  # those that waited for this fan-out go now, together
                 self._pump(key, lane)
             self._settle(key, lane)
+
+    async def _traced_run(self, taken: list[_Waiting], search: Search, timeout: float | None) -> Answer:
+        """Run a fan-out; with tracing, after each search's queue-wait span, in a span of the first search's trace
+        linked to the others'."""
+        first = taken[0].trace
+        if first is None:
+            return await self._run(search, timeout)
+        now = time.time_ns()
+        for w in taken:
+            _tracing.record("queue wait", w.trace, w.queued_ns, now)
+        links = [_tracing.span_context(w.trace) for w in taken[1:]]
+        with _tracing.span("fan-out", first, links=links) as span:
+            span.set_attribute("shoal.batch_queries", len(search.queries))
+            return await self._run(search, timeout)
 
     def _settle(self, key: LaneKey, lane: _Lane) -> None:
         """Forget an idle lane, so shapes seen once do not accumulate."""

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import nullcontext
 from typing import Protocol, TypeVar
 
 import numpy as np
 from grpc import StatusCode
 
+from shoal import _tracing
 from shoal._config import DEFAULT_SCROLL, MAX_SCROLL, MAX_SCROLL_BYTES, CollectionConfig, check_k, check_name
 from shoal._errors import AlreadyExists, DeadlineExceeded, Internal, InvalidArgument, NotFound, ShoalError
 from shoal._filter import check_path, parse_json
@@ -38,6 +40,8 @@ _REQUEST_FAULTS = (
     StatusCode.PERMISSION_DENIED,
     StatusCode.UNAUTHENTICATED,
 )
+# A shard whose status call fails so is down, or cut off; any other answer comes from a shard that is up.
+_UNREACHABLE_CODES = (StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED)
 _ERROR_RANK = {**dict.fromkeys(_REQUEST_FAULTS, 0), StatusCode.UNAVAILABLE: 1, StatusCode.DEADLINE_EXCEEDED: 2}
 
 
@@ -81,6 +85,7 @@ class ShardConnection(Protocol):
     async def search(self, request: pb.SearchRequest, timeout: float | None) -> pb.SearchResponse: ...
     async def scroll(self, request: pb.ScrollRequest, timeout: float | None) -> pb.ScrollResponse: ...
     async def set_payload(self, request: pb.SetPayloadRequest, timeout: float | None) -> pb.SetPayloadResponse: ...
+    async def status(self, timeout: float | None) -> pb.ProcessStatus: ...
 
 
 class Coordinator:
@@ -143,6 +148,21 @@ class Coordinator:
         check_name(name)
         request = pb.DescribeCollectionRequest(name=name)
         return self._combine_info(await self._all(lambda s: s.describe_collection(request, timeout)))
+
+    async def status(self, timeout: float | None) -> list[pb.ProcessStatus]:
+        """Every shard's status row; a shard that does not answer gets an `unreachable` row, never an error."""
+
+        async def row(shard: ShardConnection) -> pb.ProcessStatus:
+            try:
+                answer = await shard.status(timeout)
+            except ShoalError as exc:
+                state = "UNREACHABLE" if exc.code in _UNREACHABLE_CODES else "NOT_SERVING"
+                answer = pb.ProcessStatus(role="shard", address=shard.address, state=state, error=exc.message)
+            first = next(r for r in self.topology.ranges if r.address == shard.address)
+            answer.address, answer.slot_start, answer.slot_end = shard.address, first.start, first.end
+            return answer
+
+        return list(await asyncio.gather(*(row(s) for s in self.shards)))
 
     def _combine_info(self, infos: Sequence[pb.CollectionInfo]) -> pb.CollectionInfo:
         stats = [
@@ -306,6 +326,8 @@ class Coordinator:
     async def _search_shards(self, search: Search, timeout: float | None) -> Answer:
         """One fan-out: every shard's local top-k of all the queries, merged, and each shard's plan."""
         request = search.to_proto()
+        if _tracing.ENABLED:  # each shard's search becomes a child of this fan-out (or learns it is not sampled)
+            request.traceparent = _tracing.traceparent()
         rows, shape = len(search.queries), search.shape
 
         async def ask(shard: ShardConnection) -> tuple[TopK, str]:
@@ -317,7 +339,8 @@ class Coordinator:
 
         parts = await self._all(ask)
         try:
-            merged = merge([part for part, _ in parts], shape.k)
+            with _tracing.span("merge") if _tracing.ENABLED and _tracing.recording() else nullcontext():
+                merged = merge([part for part, _ in parts], shape.k)
         except ValueError as exc:
             raise Internal(f"the shards' search results do not fit together: {exc}") from exc
         if not shape.filter:

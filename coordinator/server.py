@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health
 
+from shoal._metrics import serve as serve_metrics
 from shoal._server import (
     ServerSecurity,
     add_standard_services,
@@ -50,25 +51,30 @@ class CoordinatorServer:
         security: ServerSecurity | None = None,
         shard_tls: TLS | None = None,
         cluster_secret: bytes | None = None,
+        metrics: str | None = None,
     ) -> None:
         self.topology = topology
         self.listen = listen
         self.security = security or ServerSecurity()
         self.shard_tls = shard_tls  # how this coordinator reaches its shards: TLS (a member's certificate)...
         self.cluster_secret = cluster_secret  # ...or the cluster secret
+        self.metrics = metrics  # HOST:PORT to serve /metrics on (None: no metrics)
         self.address = ""
+        self.metrics_address = ""
         self._server: grpc.aio.Server | None = None
         self._pool: ShardPool | None = None
         self._health: health.aio.HealthServicer | None = None
 
     async def start(self) -> str:
         """Bind and start (health still NOT_SERVING); return the bound address."""
-        server = aio_server(self.security.guard)
+        server = aio_server(self.security.guard, metrics=self.metrics is not None)
         self.address = bind(server, self.listen, self.security.tls)
+        if self.metrics is not None:
+            self.metrics_address = serve_metrics(self.metrics)
         pool = ShardPool(self.topology.addresses, self.shard_tls, self.cluster_secret)
         self._server, self._pool = server, pool
         core = Coordinator(self.topology, self._pool.clients)
-        shoal_pb2_grpc.add_ShoalServicer_to_server(ShoalServicer(core), server)
+        shoal_pb2_grpc.add_ShoalServicer_to_server(ShoalServicer(core, self.address, self.metrics_address), server)
         self._health = add_standard_services(server, [SERVICE_NAME])
         await server.start()
         return self.address
@@ -90,11 +96,13 @@ class CoordinatorServer:
 
 
 async def serve(topology: Topology, listen: str, server: CoordinatorServer) -> None:
-    """Serve until SIGTERM or SIGINT, announcing the bound address on stdout."""
+    """Serve until SIGTERM or SIGINT, announcing the bound address (and the metrics one) on stdout."""
     signalled = asyncio.create_task(wait_for_signal())
     await asyncio.sleep(0)  # the signal handlers are in place before anyone can learn the address
     try:
         address = await server.start()
+        if server.metrics_address:  # before the listening line, which tells LocalCluster the start is over
+            print(f"shoal coordinator metrics on {server.metrics_address}", flush=True)
         print(f"shoal coordinator listening on {address}", flush=True)
         log.info("topology version %d: %s", topology.version, ", ".join(topology.addresses))
         await server.serving()
@@ -111,6 +119,7 @@ def run(
     security: ServerSecurity | None = None,
     shard_tls: TLS | None = None,
     cluster_secret: bytes | None = None,
+    metrics: str | None = None,
 ) -> None:
     """Run a coordinator over `shards` (an even split) or a topology file until SIGTERM or SIGINT."""
     try:
@@ -119,4 +128,5 @@ def run(
         raise SystemExit(f"invalid topology: {exc}") from None
     security = security or ServerSecurity()
     check_safe(listen, security)
-    asyncio.run(serve(topology, listen, CoordinatorServer(topology, listen, security, shard_tls, cluster_secret)))
+    server = CoordinatorServer(topology, listen, security, shard_tls, cluster_secret, metrics)
+    asyncio.run(serve(topology, listen, server))

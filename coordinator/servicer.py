@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 import numpy as np
 
+from shoal import _tracing
 from shoal._config import CollectionConfig
 from shoal._errors import ResourceExhausted
 from shoal._results import check_answer_size, found_to_proto, page_to_proto, topk_to_proto
@@ -27,6 +28,10 @@ log = logging.getLogger("shoal.coordinator")
 # Searches of one SearchStream in flight or answered but not yet sent; beyond it the stream stops reading
 # (backpressure).
 STREAM_WINDOW = 64
+# The span of one search of a stream (the stream itself is not one span: its messages are different traces).
+STREAM_SPAN = "/shoal.v1.Shoal/SearchStream message"
+# Seconds a shard has to answer a status call before its row says unreachable.
+STATUS_TIMEOUT = 3.0
 # Messages of one UpsertStream being applied at once.
 UPSERT_WINDOW = 2
 
@@ -40,8 +45,10 @@ def _timeout(context: grpc.aio.ServicerContext) -> float | None:
 class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
     """The Shoal service of a coordinator, over a Coordinator core."""
 
-    def __init__(self, core: Coordinator) -> None:
+    def __init__(self, core: Coordinator, address: str = "", metrics_address: str = "") -> None:
         self._core = core
+        self.address = address  # this coordinator's own row in GetStatus
+        self.metrics_address = metrics_address
 
     async def CreateCollection(
         self, request: pb.CreateCollectionRequest, context: grpc.aio.ServicerContext
@@ -68,6 +75,16 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
 
     async def GetTopology(self, request: pb.GetTopologyRequest, context: grpc.aio.ServicerContext) -> pb.TopologyInfo:
         return topology_to_proto(self._core.topology)
+
+    async def GetStatus(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.ClusterStatus:
+        # Each shard gets at most STATUS_TIMEOUT, so one frozen shard cannot hold the whole answer back.
+        remaining = _timeout(context)
+        timeout = STATUS_TIMEOUT if remaining is None else min(STATUS_TIMEOUT, remaining)
+        me = pb.ProcessStatus(
+            role="coordinator", address=self.address, state="SERVING", metrics_address=self.metrics_address
+        )
+        shards = await self._core.status(timeout)
+        return pb.ClusterStatus(topology_version=self._core.topology.version, processes=[me, *shards])
 
     async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
         return pb.UpsertResponse(upserted=await self._upsert(request, context))
@@ -170,7 +187,12 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
                 async for request in request_iterator:
                     await window.acquire()
                     try:
-                        future = self._core.submit_search(Search.from_proto(request), _timeout(context))
+                        # A message without trace context starts a trace (if sampled); one not sampled, none.
+                        if _tracing.ENABLED and (not request.traceparent or _tracing.sampled(request.traceparent)):
+                            with _tracing.span(STREAM_SPAN, _tracing.context_of(request.traceparent), "server"):
+                                future = self._core.submit_search(Search.from_proto(request), _timeout(context))
+                        else:
+                            future = self._core.submit_search(Search.from_proto(request), _timeout(context))
                     except Exception as exc:  # a bad question: answer it and read on
                         answers.put_nowait(_stream_answer(request.request_id, exc))
                         continue

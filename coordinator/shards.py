@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from shoal import _tracing
 from shoal._errors import DeadlineExceeded, ShoalError, Unavailable, error_for_code, from_rpc_error, from_status
 from shoal._rpc import aio_channel
 from shoal._tls import TLS, Metadata, cluster_metadata
@@ -197,7 +198,8 @@ class ShardClient:
         _check_timeout(self.address, timeout)
         call = getattr(await self._ready_stub(), method)
         try:
-            answer = await call(request, timeout=timeout, metadata=self._metadata)
+            metadata = (*self._metadata, *_tracing.metadata()) if _tracing.ENABLED else self._metadata
+            answer = await call(request, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             cause = from_rpc_error(exc)  # keeps the field a shard's bad-input error names
             error = shard_error(self.address, exc.code(), exc.details() or "", cause.field)
@@ -237,6 +239,10 @@ class ShardClient:
     ) -> pb.CollectionInfo:
         """This shard's view of a collection."""
         return await self._unary("DescribeCollection", request, timeout)
+
+    async def status(self, timeout: float | None) -> pb.ProcessStatus:
+        """This shard's status row (collections, sequence, metrics address)."""
+        return await self._unary("GetStatus", pb.StatusRequest(), timeout)
 
     async def upsert(self, request: pb.UpsertRequest, timeout: float | None) -> pb.UpsertResponse:
         """Upsert points that all live in this shard's slots."""

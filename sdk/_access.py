@@ -41,6 +41,7 @@ ACCESS: dict[str, Need] = {
     _SHOAL + "ListCollections": "read",
     _SHOAL + "DescribeCollection": "read",
     _SHOAL + "GetTopology": "admin",  # shard addresses: for operators (`shoal status`, `shoal backup`)
+    _SHOAL + "GetStatus": "admin",  # every process's address and state: for operators (`shoal status`)
     _SHOAL + "Upsert": "write",
     _SHOAL + "UpsertStream": "write",
     _SHOAL + "Get": "read",
@@ -57,6 +58,7 @@ ACCESS: dict[str, Need] = {
             "DropCollection",
             "ListCollections",
             "DescribeCollection",
+            "GetStatus",
             "Upsert",
             "Get",
             "Delete",

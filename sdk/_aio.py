@@ -39,6 +39,7 @@ from shoal._config import (
 )
 from shoal._errors import DeadlineExceeded, from_rpc_error
 from shoal._tls import TLS, resolve
+from shoal._tracing import caller_traceparent
 from shoal._types import (
     CollectionInfo,
     FilterLike,
@@ -101,9 +102,9 @@ class AsyncClient(BaseClient):
         seconds = self._timeout(timeout)
         try:
             if call.timed:
-                reply = await call.method(call.request, timeout=seconds, metadata=self._metadata)
+                reply = await call.method(call.request, timeout=seconds, metadata=self._call_metadata())
             else:
-                reply = await self._upload(call, seconds, self._metadata)
+                reply = await self._upload(call, seconds, self._call_metadata())
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return call.decode(reply)
@@ -310,6 +311,7 @@ class AsyncClient(BaseClient):
         the next: cheaper per query than unary calls on both ends.
         """
         shape, fields = self._search_shape(collection, k, ef, with_payload, with_vectors, filter)
+        traceparent = caller_traceparent()
         failed: list[Exception] = []
 
         async def requests() -> AsyncIterator[pb.SearchRequest]:
@@ -317,7 +319,7 @@ class AsyncClient(BaseClient):
             i = 0
             try:
                 async for q in items:
-                    yield stream_request(shape, q, i)
+                    yield stream_request(shape, q, i, traceparent)
                     i += 1
             except Exception as exc:
                 # gRPC would only cancel the call; the caller gets this error after the answers before it.

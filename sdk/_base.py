@@ -20,7 +20,9 @@ from shoal._config import MAX_BATCH_ROWS, MAX_MESSAGE_BYTES, CollectionConfig, c
 from shoal._errors import InvalidArgument, ShoalError, from_status
 from shoal._filter import check_path, to_json
 from shoal._search import Search, SearchShape
-from shoal._tls import api_key_metadata
+from shoal._tls import Metadata, api_key_metadata
+from shoal._tracing import HEADER as TRACE_HEADER
+from shoal._tracing import caller_traceparent
 from shoal._types import (
     CollectionInfo,
     Fields,
@@ -78,9 +80,14 @@ def as_matrix(vectors: VectorsLike, what: str) -> np.ndarray:
     return x
 
 
-def stream_request(shape: SearchShape, queries: VectorsLike, request_id: int) -> pb.SearchRequest:
-    """One request of a search stream."""
-    return Search(shape, as_matrix(queries, "queries")).to_proto(request_id)
+def stream_request(
+    shape: SearchShape, queries: VectorsLike, request_id: int, traceparent: str = ""
+) -> pb.SearchRequest:
+    """One request of a search stream (with the caller's trace context: the stream's messages are traced one by one)."""
+    request = Search(shape, as_matrix(queries, "queries")).to_proto(request_id)
+    if traceparent:
+        request.traceparent = traceparent
+    return request
 
 
 def progress_bar(label: str, total: int | None, enabled: bool) -> tqdm[Any]:
@@ -167,6 +174,11 @@ class BaseClient:
     def _timeout(self, timeout: TimeoutLike) -> float | None:
         """A call's timeout in seconds (None: none), the client's when not given."""
         return self.timeout if timeout is USE_CLIENT_DEFAULT else timeout
+
+    def _call_metadata(self) -> Metadata:
+        """The metadata of one call: the API key, and the application's trace context when it has one."""
+        traceparent = caller_traceparent()
+        return (*self._metadata, (TRACE_HEADER, traceparent)) if traceparent else self._metadata
 
     # collections
 

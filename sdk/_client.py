@@ -34,6 +34,7 @@ from shoal._config import (
 )
 from shoal._errors import DeadlineExceeded, from_rpc_error
 from shoal._tls import TLS, resolve
+from shoal._tracing import caller_traceparent
 from shoal._types import (
     CollectionInfo,
     FilterLike,
@@ -97,9 +98,9 @@ class Client(BaseClient):
         seconds = self._timeout(timeout)
         try:
             if call.timed:
-                reply = call.method(call.request, timeout=seconds, metadata=self._metadata)
+                reply = call.method(call.request, timeout=seconds, metadata=self._call_metadata())
             else:
-                reply = self._upload(call, seconds, self._metadata)
+                reply = self._upload(call, seconds, self._call_metadata())
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return call.decode(reply)
@@ -292,7 +293,8 @@ class Client(BaseClient):
     ) -> Iterator[SearchResult]:
         """Pipeline many query batches over one stream; yields their results in the order given."""
         shape, fields = self._search_shape(collection, k, ef, with_payload, with_vectors, filter)
-        requests = (stream_request(shape, q, i) for i, q in enumerate(batches))
+        traceparent = caller_traceparent()  # here: gRPC draws the requests on its own thread, outside the trace
+        requests = (stream_request(shape, q, i, traceparent) for i, q in enumerate(batches))
         order = InOrder(fields)
         try:
             for reply in self._stub.SearchStream(requests, timeout=None, metadata=self._metadata):

@@ -77,9 +77,13 @@ class Process:
     popen: subprocess.Popen[bytes] | None = None
     address: str = ""
     env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
+    metrics_address: str = ""  # where it serves /metrics, when it does
 
     def start(self, timeout: float) -> str:
-        """Start the process and return its address once it has printed its listening line."""
+        """Start the process and return its address once it has printed its listening line.
+
+        A line before it may name the metrics address ("... metrics on HOST:PORT").
+        """
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "shoal", *self.args],
@@ -91,6 +95,18 @@ class Process:
         log.close()
         assert self.popen.stdout is not None
         deadline = time.monotonic() + timeout
+        while True:
+            line = self._line(deadline)
+            last = line.rsplit(" ", 1)[-1].strip()
+            if " metrics on " in line:
+                self.metrics_address = last
+                continue
+            self.address = last
+            return self.address
+
+    def _line(self, deadline: float) -> str:
+        """The next line the process prints on stdout; Unavailable if it exits or the deadline passes first."""
+        assert self.popen is not None and self.popen.stdout is not None
         line = b""
         while not line.endswith(b"\n"):
             ready, _, _ = select.select([self.popen.stdout], [], [], max(0.0, deadline - time.monotonic()))
@@ -100,8 +116,7 @@ class Process:
                 tail = self.log_path.read_text(errors="replace")[-2000:]
                 raise Unavailable(f"{self.role} did not start; the end of {self.log_path}:\n{tail}")
             line += chunk
-        self.address = line.decode().rsplit(" ", 1)[-1].strip()
-        return self.address
+        return line.decode()
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM, wait for a clean exit, SIGKILL if it does not come; the exit code."""
@@ -125,6 +140,11 @@ class Process:
         return code
 
 
+def _keep_metrics_port(proc: Process) -> None:
+    if proc.metrics_address:
+        proc.args[proc.args.index("--metrics") + 1] = proc.metrics_address
+
+
 @dataclass
 class LocalCluster:
     """A coordinator and `shards` shard processes with data under `data`; a context manager."""
@@ -138,6 +158,13 @@ class LocalCluster:
     # TLS everywhere, API keys on the coordinator, the cluster secret on the shards (secrets in DATA/secrets).
     secure: bool = False
     backup_root: Path | None = None  # where shards may write backups (default DATA/backups)
+    # Serve /metrics: the coordinator on metrics_port, shard i on metrics_port + 1 + i (0: any free ports).
+    metrics: bool = False
+    metrics_port: int = 0
+    # Arguments every process gets before its command, e.g. ["--log-format", "json"].
+    common_args: list[str] = field(default_factory=list)
+    # Arguments every process gets after its command, e.g. ["--otlp-endpoint", "http://collector:4317"].
+    server_args: list[str] = field(default_factory=list)
     shard_procs: list[Process] = field(default_factory=list)
     coordinator: Process | None = None
     secrets: LocalSecrets | None = None
@@ -182,6 +209,13 @@ class LocalCluster:
         assert self.coordinator is not None, "the cluster is not started"
         return self.coordinator.address
 
+    def _metrics_args(self, index: int) -> list[str]:
+        """`--metrics HOST:PORT` for the process at `index` (0: the coordinator, then the shards), if metrics."""
+        if not self.metrics:
+            return []
+        port = self.metrics_port + index if self.metrics_port else 0
+        return ["--metrics", f"{self.host}:{port}"]
+
     def _check_layout(self) -> None:
         """Refuse to reuse a data folder with another shard count: ids would land on the wrong shards."""
         layout = self.data / "cluster.json"
@@ -210,6 +244,7 @@ class LocalCluster:
                 proc = Process(
                     f"shard-{i}",
                     [
+                        *self.common_args,
                         "shard",
                         "--data",
                         str(self.data / f"shard-{i}"),
@@ -220,30 +255,37 @@ class LocalCluster:
                         "--backup-root",
                         str(backup_root),
                         *self._shard_security(),
+                        *self._metrics_args(1 + i),
+                        *self.server_args,
                     ],
                     self.data / "logs" / f"shard-{i}.log",
                     env={**SHARD_ENV, **self.shard_env},
                 )
                 proc.start(self.timeout)
-                # Later restarts keep the port, so the coordinator's topology stays right.
+                # Later restarts keep the ports, so the coordinator's topology and the scrape targets stay right.
                 proc.args[proc.args.index("--listen") + 1] = proc.address
+                _keep_metrics_port(proc)
                 self.shard_procs.append(proc)
             for proc in self.shard_procs:
                 wait_serving(proc.address, self.timeout, self.tls)
             self.coordinator = Process(
                 "coordinator",
                 [
+                    *self.common_args,
                     "coordinator",
                     "--shards",
                     ",".join(p.address for p in self.shard_procs),
                     "--listen",
                     f"{self.host}:{self.port}",
                     *self._coordinator_security(),
+                    *self._metrics_args(0),
+                    *self.server_args,
                 ],
                 self.data / "logs" / "coordinator.log",
             )
             self.coordinator.start(self.timeout)
             self.coordinator.args[self.coordinator.args.index("--listen") + 1] = self.coordinator.address
+            _keep_metrics_port(self.coordinator)
             wait_serving(self.coordinator.address, self.timeout, self.tls)
         except BaseException:
             self.stop()

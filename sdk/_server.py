@@ -1,5 +1,5 @@
-"""What only servers need: the server factory, the one error translator, the one auth interceptor, TLS, health,
-reflection and signals.
+"""What only servers need: the server factory, the one error translator, the one auth interceptor, the metrics and
+tracing interceptors, TLS, health, reflection and signals.
 
 `import shoal` never loads this module (a test checks it): clients need none of it.
 """
@@ -11,6 +11,7 @@ import functools
 import ipaddress
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -25,9 +26,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_status import rpc_status
 
+from shoal import _tracing
 from shoal._access import Guard, Verdict, collection_of
 from shoal._config import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS, MAX_MESSAGE_BYTES, RETRY_INITIAL_BACKOFF_S
 from shoal._errors import Internal, InvalidArgument, PermissionDenied, ShoalError, error_for_code, to_status
+from shoal._metrics import RPC_DURATION, RPC_REQUESTS
 
 log = logging.getLogger("shoal.server")
 
@@ -100,6 +103,26 @@ async def _decoded_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield _decoded(request)
 
 
+def _standard(method: str) -> bool:
+    """Whether a method is of the standard services (health, reflection), which no interceptor touches."""
+    return method.startswith(("/grpc.health", "/grpc.reflection"))
+
+
+def _rewrap(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[[Any], Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]],
+    streaming: Callable[[Any], Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]],
+) -> grpc.RpcMethodHandler:
+    """The same handler with its behaviour wrapped by `unary` (single answer) or `streaming` (answer stream)."""
+    if handler.unary_unary or handler.stream_unary:
+        fn: Any = unary(handler.unary_unary or handler.stream_unary)
+        kind = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+    else:
+        fn = streaming(handler.unary_stream or handler.stream_stream)
+        kind = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+    return kind(fn, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+
+
 def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     """The same handler with errors translated and undecodable requests refused, for all four kinds of RPC."""
     passthrough = (asyncio.CancelledError, grpc.aio.AbortError)
@@ -147,7 +170,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(("/grpc.health", "/grpc.reflection")):
+        if handler is None or _standard(method):
             return handler
         return _wrap(handler, method)
 
@@ -233,9 +256,127 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return _guarded(handler, handler_call_details.method, verdict)
 
 
-def aio_server(guard: Guard | None = None) -> grpc.aio.Server:
-    """An asyncio server with Shoal's options, the error translator and (unless `guard` is open) the auth check."""
-    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+class _Observed:
+    """One RPC method's metric children, looked up once (a labels() call per RPC would cost a lock and a dict)."""
+
+    def __init__(self, method: str) -> None:
+        self.service, _, self.name = method[1:].rpartition("/")
+        self.duration = RPC_DURATION.labels(self.service, self.name)
+        self._counts: dict[str, Any] = {}
+
+    def done(self, started: float, code: str) -> None:
+        self.duration.observe(time.perf_counter() - started)
+        counter = self._counts.get(code)
+        if counter is None:
+            counter = self._counts[code] = RPC_REQUESTS.labels(self.service, self.name, code)
+        counter.inc()
+
+
+def _code(context: grpc.aio.ServicerContext, failed: BaseException | None) -> str:
+    """The status code the caller gets: the one set on the context (by an abort), else from the outcome."""
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return str(code.name)
+    if isinstance(failed, asyncio.CancelledError):
+        return "CANCELLED"
+    return "OK" if failed is None else "UNKNOWN"
+
+
+def _observe(handler: grpc.RpcMethodHandler, observed: _Observed) -> grpc.RpcMethodHandler:
+    """The same handler, counted and timed into shoal_rpc_requests_total and shoal_rpc_duration_seconds."""
+
+    def unary(inner: Any) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started, failed = time.perf_counter(), None
+            try:
+                return await inner(request, context)
+            except BaseException as exc:
+                failed = exc
+                raise
+            finally:
+                observed.done(started, _code(context, failed))
+
+        return call
+
+    def streaming(inner: Any) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started, failed = time.perf_counter(), None
+            try:
+                async for item in inner(request, context):
+                    yield item
+            except BaseException as exc:
+                failed = exc
+                raise
+            finally:
+                observed.done(started, _code(context, failed))
+
+        return call
+
+    return _rewrap(handler, unary, streaming)
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and times every RPC of the Shoal services by its final status code (the translated one)."""
+
+    def __init__(self) -> None:
+        self._methods: dict[str, _Observed] = {}  # bounded by the services' methods
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or _standard(method):
+            return handler
+        observed = self._methods.get(method)
+        if observed is None:
+            observed = self._methods[method] = _Observed(method)
+        return _observe(handler, observed)
+
+
+def _traced(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """The same handler inside a server span, a child of the caller's `traceparent` metadata."""
+
+    def unary(inner: Any) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            with _tracing.span(method, _tracing.from_metadata(context.invocation_metadata()), "server"):
+                return await inner(request, context)
+
+        return call
+
+    def streaming(inner: Any) -> Any:
+        return inner
+
+    return _rewrap(handler, unary, streaming)
+
+
+class TracingInterceptor(grpc.aio.ServerInterceptor):
+    """A server span per RPC with a single answer; a stream of answers is traced per message by its servicer
+    (its messages belong to different traces)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or _standard(method) or handler.unary_stream or handler.stream_stream:
+            return handler
+        return _traced(handler, method)
+
+
+def aio_server(guard: Guard | None = None, metrics: bool = False) -> grpc.aio.Server:
+    """An asyncio server with Shoal's options, the error translator, (unless `guard` is open) the auth check, and
+    RPC metrics and spans when they are on."""
+    # The first interceptor is the outermost: metrics see the status the error translator chose (refusals
+    # included), and spans cover the translation.
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor()] if metrics else []
+    if _tracing.ENABLED:
+        interceptors.append(TracingInterceptor())
+    interceptors.append(ErrorInterceptor())
     if guard is not None and not guard.open:
         interceptors.append(AuthInterceptor(guard))
     return grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -14,6 +13,8 @@ from typing import TYPE_CHECKING
 from shoal import __version__
 from shoal._config import DEFAULT_ADDRESS, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SHARDS
 from shoal._errors import ShoalError
+from shoal._logs import LOG_FORMATS
+from shoal._logs import configure as configure_logging
 from shoal._tls import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, TLS, resolve
 
 if TYPE_CHECKING:
@@ -38,6 +39,14 @@ def _cores(text: str) -> list[int]:
     return cores
 
 
+def _tracing(args: argparse.Namespace, service: str) -> None:
+    """Export traces when an OTLP endpoint is given (or the OTEL_* variables ask for it); otherwise none."""
+    from shoal import _tracing
+
+    if _tracing.wanted(args.otlp_endpoint):
+        _tracing.configure(service, args.otlp_endpoint, args.trace_sample_ratio)
+
+
 def _ranges(cores: list[int]) -> str:
     """[0, 1, 2, 5] as "0-2,5"."""
     spans: list[list[int]] = []
@@ -54,10 +63,11 @@ def cmd_shard(args: argparse.Namespace) -> int:
     from shoal._access import Guard
     from shoal.shard.server import run
 
+    _tracing(args, "shoal-shard")
     # Cluster members prove themselves by a certificate of the cluster CA (mutual TLS) or the cluster secret.
     guard = Guard(cluster_secret=_secret(args), members_by_certificate=args.tls_client_ca is not None)
     backup_root = Path(args.backup_root) if args.backup_root else None
-    run(Path(args.data), args.listen, args.cores, _server_security(args, guard), backup_root)
+    run(Path(args.data), args.listen, args.cores, _server_security(args, guard), backup_root, args.metrics)
     return 0
 
 
@@ -67,12 +77,21 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     from shoal._keystore import FileKeyStore
     from shoal.coordinator.server import run
 
+    _tracing(args, "shoal-coordinator")
     shards = args.shards.split(",") if args.shards else None
     keys = FileKeyStore(Path(args.auth)).lookup if args.auth else None
     guard = Guard(keys=keys, members_by_certificate=args.tls_client_ca is not None and keys is None)
     shard_tls = _tls(args.shard_tls_ca, args.shard_tls_cert, args.shard_tls_key)
     security = _server_security(args, guard)
-    run(shards, Path(args.topology) if args.topology else None, args.listen, security, shard_tls, _secret(args))
+    run(
+        shards,
+        Path(args.topology) if args.topology else None,
+        args.listen,
+        security,
+        shard_tls,
+        _secret(args),
+        args.metrics,
+    )
     return 0
 
 
@@ -102,10 +121,28 @@ def cmd_up(args: argparse.Namespace) -> int:
     """Start a local cluster and keep it running until Ctrl-C or SIGTERM."""
     from shoal._local import LocalCluster
 
+    # `shoal restore --up` comes here too, without the metrics and tracing options: their defaults then.
+    metrics_port = getattr(args, "metrics_port", None)
+    if metrics_port is None:
+        metrics_port = args.port + 1 if args.port else 0
+    server_args = []
+    if getattr(args, "otlp_endpoint", None):
+        server_args += ["--otlp-endpoint", args.otlp_endpoint]
+    if getattr(args, "trace_sample_ratio", None) is not None:
+        server_args += ["--trace-sample-ratio", str(args.trace_sample_ratio)]
     backup_root = Path(args.backup_root) if getattr(args, "backup_root", None) else None
     secure = getattr(args, "secure", False)
     cluster = LocalCluster(
-        data=Path(args.data), shards=args.shards, port=args.port, host=args.host, secure=secure, backup_root=backup_root
+        data=Path(args.data),
+        shards=args.shards,
+        port=args.port,
+        host=args.host,
+        secure=secure,
+        backup_root=backup_root,
+        metrics=not getattr(args, "no_metrics", False),
+        metrics_port=metrics_port,
+        common_args=["--log-level", args.log_level, "--log-format", args.log_format],
+        server_args=server_args,
     )
     # SIGTERM stops the cluster the same way Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -116,6 +153,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"logs in {Path(args.data) / 'logs'}). Press Ctrl-C to stop.",
             flush=True,
         )
+        if cluster.metrics:
+            assert cluster.coordinator is not None
+            where = [f"coordinator {cluster.coordinator.metrics_address}"]
+            where += [f"{p.role} {p.metrics_address}" for p in cluster.shard_procs]
+            print("Prometheus metrics at /metrics of: " + ", ".join(where), flush=True)
         if cluster.secrets is not None:
             s = cluster.secrets
             print("Connect with TLS and the admin key (the shard ports take only the cluster's own calls):")
@@ -134,11 +176,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print each shard's address, health, collections and point counts."""
-    from shoal._status import cluster_status
+    """Print every process's state and each shard's collections; with --check, exit 1 unless all serve."""
+    from shoal._status import cluster_status, healthy, to_json, to_table
 
-    print(cluster_status(args.address, *_client_security(args)))
-    return 0
+    status = cluster_status(args.address, *_client_security(args))
+    print(to_json(status) if args.json else to_table(status))
+    return 1 if args.check and not healthy(status) else 0
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -171,6 +214,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
         return 0
     args.shards = shards
     return cmd_up(args)
+
+
+def _add_tracing(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--otlp-endpoint", default=None, help="export OpenTelemetry traces over OTLP/gRPC here (default: off)"
+    )
+    p.add_argument(
+        "--trace-sample-ratio", type=float, default=None, help="fraction of traces to keep, 0..1 (default: all)"
+    )
+
+
+def _add_server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", default=None, help="HOST:PORT to serve Prometheus /metrics on (default: off)")
+    _add_tracing(p)
 
 
 def _tls(ca: str | None, cert: str | None, key: str | None) -> TLS | None:
@@ -222,6 +279,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shoal", description="Shoal: a sharded vector database served over gRPC.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--log-level", default="INFO", help="logging level of server processes (default INFO)")
+    p.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="text", help="text (default) or json: one JSON object a line"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start a local cluster: a coordinator and N shards")
@@ -231,6 +291,14 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"coordinator port (default {DEFAULT_PORT})")
     up.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     up.add_argument("--data", default="./shoal-data", help="data folder (default ./shoal-data)")
+    up.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="first metrics port: the coordinator's, then one per shard (default: --port + 1; any free with --port 0)",
+    )
+    up.add_argument("--no-metrics", action="store_true", help="serve no Prometheus metrics")
+    _add_tracing(up)
     up.add_argument("--secure", action="store_true", help="TLS and API keys on; secrets made in DATA/secrets/")
     up.add_argument("--backup-root", help="where shards may write backups (default DATA/backups)")
     up.set_defaults(func=cmd_up)
@@ -239,6 +307,7 @@ def parser() -> argparse.ArgumentParser:
     shard.add_argument("--data", required=True, help="the shard's data folder")
     shard.add_argument("--listen", default=f"{DEFAULT_HOST}:7100", help="HOST:PORT to serve on (port 0: any free port)")
     shard.add_argument("--cores", type=_cores, default=None, help="CPU cores to pin to, e.g. 0,1 or 0-3")
+    _add_server_options(shard)
     shard.add_argument("--backup-root", help="the folder backups may be written under (none: backups refused)")
     _server_args(shard)
     shard.set_defaults(func=cmd_shard)
@@ -248,6 +317,7 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--shards", help="shard addresses HOST:PORT,HOST:PORT (slots split evenly)")
     where.add_argument("--topology", help="JSON topology file mapping slot ranges to shard addresses")
     coord.add_argument("--listen", default=DEFAULT_ADDRESS, help="HOST:PORT to serve on")
+    _add_server_options(coord)
     coord.add_argument("--auth", help="API keys file (see `shoal keys`): every call needs a key of the right role")
     coord.add_argument("--shard-tls-ca", help="CA of the shards' certificates: reach the shards over TLS")
     coord.add_argument("--shard-tls-cert", help="this coordinator's cluster member certificate, for the shards")
@@ -257,6 +327,8 @@ def parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="print the cluster's shards, health and point counts")
     status.add_argument("--address", default=DEFAULT_ADDRESS, help="a coordinator's address")
+    status.add_argument("--json", action="store_true", help="print the status as JSON (with metrics addresses)")
+    status.add_argument("--check", action="store_true", help="exit with 1 unless every process is serving")
     _client_args(status)
     status.set_defaults(func=cmd_status)
 
@@ -298,11 +370,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `shoal` command."""
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format)
     try:
         return int(args.func(args))
     except ShoalError as exc:

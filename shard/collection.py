@@ -22,7 +22,9 @@ class Collection:
     index: VectorIndex
     snapshot_seq: int | None = None  # the write sequence the last durable snapshot holds (None: none)
     snapshot_changes: int = 0  # index.changes when that snapshot was taken
-    snapshot_time: float = field(default_factory=time.monotonic)
+    snapshot_time: float = field(default_factory=time.monotonic)  # also set by a failed try, to retry later
+    # When the last snapshot succeeded (or the index was loaded, before its first snapshot here): for its age.
+    snapshot_done: float = field(default_factory=time.monotonic)
     snapshot_bytes: int = 0  # the size of that snapshot file
     filters: FilterIndex = field(default_factory=FilterIndex)  # the payload index in memory, like `index`
 
@@ -44,6 +46,32 @@ class CollectionStats:
     config: CollectionConfig
     count: int
     memory_bytes: int
+
+
+@dataclass(frozen=True)
+class CollectionStatus:
+    """A collection's row in `shoal status` and in the shard's metrics."""
+
+    name: str
+    points: int
+    memory_bytes: int
+    payload_index_entries: int
+    snapshot_age_seconds: float
+    snapshot_sequence: int
+    unsnapshotted: int  # points changed since that snapshot (a restart replays them)
+
+
+def status(coll: Collection) -> CollectionStatus:
+    """On the index worker: what an operator watches of a collection."""
+    return CollectionStatus(
+        coll.store.name,
+        coll.index.count,
+        coll.index.memory_bytes(),
+        coll.filters.entries(),
+        time.monotonic() - coll.snapshot_done,
+        coll.snapshot_seq or 0,
+        coll.unsnapshotted,
+    )
 
 
 def stats(coll: Collection) -> CollectionStats:

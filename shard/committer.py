@@ -14,12 +14,14 @@ later write after a failed append anyway; a restart recovers from what is really
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from shoal._errors import ShoalError, Unavailable
+from shoal._metrics import WAL_SYNC
 from shoal.shard.execute import Job, Writer
 from shoal.shard.faults import CrashPoints, fatal
 from shoal.shard.index import IndexWorker, Step
@@ -106,7 +108,9 @@ class Committer(QueueThread[_Job]):
             steps.append((job.future, part, seq))
         if unsynced:
             try:
+                started = time.perf_counter()
                 self._storage.flush_wal()
+                WAL_SYNC.observe(time.perf_counter() - started)
             except Exception as exc:
                 log.error("WAL sync failed: %s", exc)
                 self._fail(group, Unavailable("the shard could not make the write durable"))

@@ -33,7 +33,7 @@ from shoal._wire import as_id_array, check_ids, check_nonzero, check_payloads, c
 from shoal.shard import reads
 from shoal.shard import search as searching
 from shoal.shard.backup import backup_folder
-from shoal.shard.collection import Collection, CollectionStats, parse_filter, stats
+from shoal.shard.collection import Collection, CollectionStats, CollectionStatus, parse_filter, stats, status
 from shoal.shard.committer import Committer
 from shoal.shard.execute import Job, Verify, Writer
 from shoal.shard.faults import CrashPoints, fatal
@@ -158,6 +158,21 @@ class Shard:
         coll = self._collection(name)
         return self._worker.call(lambda: stats(coll)).result()
 
+    def status(self, timeout: float | None = None) -> list[CollectionStatus]:
+        """Every collection's points, memory, payload-index entries and snapshot age, by name."""
+        if not self._ready:
+            raise Unavailable("the shard is not open")
+        colls = [self._collections[name] for name in sorted(self._collections)]
+        try:
+            return self._worker.call(lambda: [status(c) for c in colls]).result(timeout)
+        except TimeoutError:
+            raise Unavailable(f"the index worker did not get to the status within {timeout} s") from None
+
+    def queue_depths(self) -> dict[str, int]:
+        """Items waiting in the committer's and the index worker's queues (approximate: read without locks)."""
+        committer = self._committer.depth() if self._committer is not None else 0
+        return {"committer": committer, "index": self._worker.depth()}
+
     def count(self, name: str, filter_text: str = "") -> int:
         """The number of live points, or of those matching a filter."""
         return reads.count(self._collection(name), self._worker, filter_text)
@@ -243,9 +258,13 @@ class Shard:
         coll = self._collection(name)
         return reads.scroll(coll, self._worker, filter_text, limit, cursor, with_payload, with_vectors, max_bytes)
 
-    def submit_search(self, search: Search) -> Future[tuple[TopK, str]]:
-        """Validate a search and queue it; resolves to the local top-k of every query and the plan that ran."""
-        return searching.submit(self._collection(search.shape.collection), self._worker, self._lookups, search)
+    def submit_search(self, search: Search, times: list[int] | None = None) -> Future[tuple[TopK, str]]:
+        """Validate a search and queue it; resolves to the local top-k of every query and the plan that ran.
+
+        `times`, when given, receives when the index worker's run of it began and ended (for tracing).
+        """
+        coll = self._collection(search.shape.collection)
+        return searching.submit(coll, self._worker, self._lookups, search, times)
 
     def search(
         self,

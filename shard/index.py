@@ -14,6 +14,7 @@ queue items is exactly the state of RocksDB at that sequence (what a snapshot re
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -25,9 +26,12 @@ from usearch.index import Index, Matches
 
 from shoal._coalesce import row_slices, stack
 from shoal._config import CollectionConfig
+from shoal._metrics import SEARCH_BATCH_QUERIES
 from shoal.shard.queue_thread import QueueThread
 
 log = logging.getLogger("shoal.shard.index")
+
+_BATCH_QUERIES = SEARCH_BATCH_QUERIES.labels("shard")
 
 T = TypeVar("T")
 
@@ -156,6 +160,7 @@ class _Search:
     run: Runner
     queries: np.ndarray
     future: Future[tuple[Hits, str]]
+    times: list[int] | None = None  # traced searches: filled with the run's start and end (time.time_ns())
 
 
 @dataclass
@@ -192,10 +197,15 @@ class IndexWorker(QueueThread["_Search | _Call | _Apply"]):
         self._on_fatal = on_fatal
         super().__init__("shoal-index")
 
-    def search(self, group: tuple[object, ...], run: Runner, queries: np.ndarray) -> Future[tuple[Hits, str]]:
-        """Queue a search; the future resolves to its hits and plan. Queued searches of one group share a run."""
+    def search(
+        self, group: tuple[object, ...], run: Runner, queries: np.ndarray, times: list[int] | None = None
+    ) -> Future[tuple[Hits, str]]:
+        """Queue a search; the future resolves to its hits and plan. Queued searches of one group share a run.
+
+        `times`, when given, receives when the run began and ended (for tracing).
+        """
         future: Future[tuple[Hits, str]] = Future()
-        self._put(_Search(group, run, queries, future))
+        self._put(_Search(group, run, queries, future, times))
         return future
 
     def call(self, fn: Callable[[], T]) -> Future[T]:
@@ -241,13 +251,19 @@ class IndexWorker(QueueThread["_Search | _Call | _Apply"]):
                 groups.setdefault(s.group, []).append(s)
         for group in groups.values():
             blocks = [s.queries for s in group]
+            queries = stack(blocks)
+            _BATCH_QUERIES.observe(len(queries))
+            started = time.time_ns()
             try:
-                hits, plan = group[0].run(stack(blocks))
+                hits, plan = group[0].run(queries)
             except Exception as exc:
                 log.exception("search failed")
                 for s in group:
                     s.future.set_exception(exc)
                 continue
+            for s in group:
+                if s.times is not None:
+                    s.times[:] = [started, time.time_ns()]
             if len(group) == 1:
                 group[0].future.set_result((hits, plan))
                 continue

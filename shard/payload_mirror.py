@@ -175,6 +175,10 @@ class FilterIndex:
     def __len__(self) -> int:
         return self._live.size()
 
+    def entries(self) -> int:
+        """Entries of every column (one per indexed value of a point), for metrics."""
+        return sum(column.size() for column in self._columns.values())
+
     def _span(self, path: str, tag: str, low: Any, low_incl: bool, high: Any, high_incl: bool) -> np.ndarray:
         column = self._columns.get((path, tag))
         return column.span(low, low_incl, high, high_incl) if column is not None else _EMPTY

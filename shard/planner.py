@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from shoal._metrics import PLANNER_CANDIDATES, PLANNER_QUERIES
 from shoal.shard.index import Hits, VectorIndex
 
 OVERSAMPLE = 2.0  # candidates per expected match: slack for the filter not being spread evenly
@@ -26,6 +27,8 @@ PASS_COST = 8.0  # reading a vector once per batch, whatever the number of queri
 GATHER_COST = 150.0  # fetching a vector out of usearch (once per filter and write; then cached)
 HNSW_COST = 190.0  # one unit of search breadth (ef) for one query
 CHUNK_CELLS = 1 << 22  # queries x matches per distance matrix, bounding its memory to 16 MiB
+
+_PLANNED = {plan: PLANNER_QUERIES.labels(plan) for plan in ("none", "exact", "hnsw")}
 
 
 @dataclass
@@ -59,11 +62,14 @@ def search(index: VectorIndex, live: int, matching: Matching, queries: np.ndarra
     """The k nearest matching keys of every query, and the plan that found them (on the index worker)."""
     q, m = len(queries), len(matching.keys)
     if m == 0:
+        _PLANNED["none"].inc(q)
         return Hits.empty(q, k), "none"
     ef = ef or index.config.ef_search
     count = oversample(k, m, live)
     if ef >= m or count >= live or prefer_exact(q, m, count, ef, matching.vectors is not None):
+        _PLANNED["exact"].inc(q)
         return exact(index, matching, queries, k), f"exact(matches={m})"
+    _PLANNED["hnsw"].inc(q)
     hits = Hits.empty(q, k)
     todo = np.arange(q)
     asked: list[int] = []
@@ -79,6 +85,7 @@ def search(index: VectorIndex, live: int, matching: Matching, queries: np.ndarra
             hits.keys[todo], hits.distances[todo], hits.counts[todo] = rest.keys, rest.distances, rest.counts
             plan = f"+exact(queries={len(todo)})"
             break
+    PLANNER_CANDIDATES.observe(asked[-1])
     return hits, f"hnsw(matches={m},k'={'>'.join(map(str, asked))})" + plan
 
 

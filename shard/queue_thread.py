@@ -34,6 +34,10 @@ class QueueThread(Generic[T]):
         if self._thread.is_alive():
             self._thread.join()
 
+    def depth(self) -> int:
+        """Items waiting (approximate)."""
+        return self._queue.qsize()
+
     def _put(self, item: T) -> None:
         """Queue an item; Unavailable once stop() has begun."""
         with self._lock:

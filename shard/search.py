@@ -46,8 +46,13 @@ def runner(coll: Collection, k: int, ef: int, filter_text: str, node: Node | Non
     return lambda queries: planner.search(index, index.count, matching(coll, filter_text, node), queries, k, ef)
 
 
-def submit(coll: Collection, worker: IndexWorker, lookups: Executor, search: Search) -> Future[tuple[TopK, str]]:
-    """Validate a search and queue it; resolves to the local top-k of every query and the plan that ran."""
+def submit(
+    coll: Collection, worker: IndexWorker, lookups: Executor, search: Search, times: list[int] | None = None
+) -> Future[tuple[TopK, str]]:
+    """Validate a search and queue it; resolves to the local top-k of every query and the plan that ran.
+
+    `times`, when given, receives when the index worker's run of it began and ended (for tracing).
+    """
     shape = search.shape
     check_k(shape.k)
     check_ef(shape.ef)
@@ -56,7 +61,7 @@ def submit(coll: Collection, worker: IndexWorker, lookups: Executor, search: Sea
     if coll.config.metric == "cosine":
         check_nonzero(queries, "queries")
     group = (coll.store.born, shape.k, shape.ef, shape.filter)
-    found = worker.search(group, runner(coll, shape.k, shape.ef, shape.filter, node), queries)
+    found = worker.search(group, runner(coll, shape.k, shape.ef, shape.filter, node), queries, times)
     result: Future[tuple[TopK, str]] = Future()
     result.add_done_callback(lambda f: found.cancel() if f.cancelled() else None)
     with_payload, with_vectors = shape.with_payload, shape.with_vectors

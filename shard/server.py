@@ -12,6 +12,7 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
+from shoal._metrics import serve as serve_metrics
 from shoal._server import (
     ServerSecurity,
     add_standard_services,
@@ -22,6 +23,7 @@ from shoal._server import (
     wait_for_signal,
 )
 from shoal.shard.core import Shard
+from shoal.shard.metrics import collector
 from shoal.shard.options import ShardOptions
 from shoal.shard.servicer import ShardServicer
 from shoal.v1 import shard_pb2, shard_pb2_grpc
@@ -39,8 +41,9 @@ def run(
     cores: list[int] | None,
     security: ServerSecurity | None = None,
     backup_root: Path | None = None,
+    metrics: str | None = None,
 ) -> None:
-    """Run a shard on `listen` with its data under `data` until SIGTERM or SIGINT."""
+    """Run a shard on `listen` with its data under `data` until SIGTERM or SIGINT (/metrics on `metrics`)."""
     security = security or ServerSecurity()
     check_safe(listen, security)
     if os.environ.get(GRPC_FORK_ENV) != "false":
@@ -55,20 +58,25 @@ def run(
     # machine: left so, every shard would compete for every core.
     threadpool_limits(threads, user_api="blas")
     options = replace(ShardOptions.from_env(threads), backup_root=backup_root)
-    asyncio.run(_serve(Path(data), listen, options, security))
+    asyncio.run(_serve(Path(data), listen, options, security, metrics))
 
 
-async def _serve(data: Path, listen: str, options: ShardOptions, security: ServerSecurity) -> None:
+async def _serve(data: Path, listen: str, options: ShardOptions, security: ServerSecurity, metrics: str | None) -> None:
     threads = options.threads
     shard = Shard(data, options=options)
-    server = aio_server(security.guard)
+    server = aio_server(security.guard, metrics=metrics is not None)
     servicer = ShardServicer(shard)
     shard_pb2_grpc.add_ShardServicer_to_server(servicer, server)
     health = add_standard_services(server, [SERVICE])
     await set_serving(health, [SERVICE], False)
     servicer.address = bind(server, listen, security.tls)
+    if metrics is not None:
+        collector().add(servicer.address, shard)
+        servicer.metrics_address = serve_metrics(metrics)
     signalled = asyncio.create_task(wait_for_signal())
     await server.start()
+    if servicer.metrics_address:  # before the listening line, which tells LocalCluster the start is over
+        print(f"shoal shard metrics on {servicer.metrics_address}", flush=True)
     print(f"shoal shard listening on {servicer.address}", flush=True)
     loading = asyncio.create_task(asyncio.to_thread(shard.open))
     try:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 
+from shoal import _tracing
 from shoal._config import CollectionConfig
-from shoal._errors import InvalidArgument
-from shoal._results import check_answer_size, found_to_proto, page_to_proto, topk_to_proto
+from shoal._errors import InvalidArgument, Unavailable
+from shoal._results import TopK, check_answer_size, found_to_proto, page_to_proto, topk_to_proto
 from shoal._search import Search
 from shoal._server import error_status
 from shoal._wire import decode_ids, decode_matrix, encode_ids
@@ -23,13 +25,18 @@ from shoal.v1 import types_pb2 as pb
 
 log = logging.getLogger("shoal.shard.servicer")
 
+SEARCH_SPAN = "/shoal.v1.Shard/search"
+# A status waits for the index worker at most this long (behind queued searches and writes).
+STATUS_TIMEOUT_SECONDS = 5.0
+
 
 class ShardServicer(shard_pb2_grpc.ShardServicer):
     """The coordinator-facing service of one shard."""
 
-    def __init__(self, shard: Shard, address: str = "") -> None:
+    def __init__(self, shard: Shard, address: str = "", metrics_address: str = "") -> None:
         self._shard = shard
         self.address = address  # reported in ShardStats; set once the port is bound
+        self.metrics_address = metrics_address  # reported in GetStatus; empty when metrics are not served
 
     def _info(self, stats: CollectionStats) -> pb.CollectionInfo:
         shard = pb.ShardStats(address=self.address, count=stats.count, memory_bytes=stats.memory_bytes)
@@ -57,6 +64,32 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         self, request: pb.DescribeCollectionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CollectionInfo:
         return self._info(await asyncio.to_thread(self._shard.describe, request.name))
+
+    async def GetStatus(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.ProcessStatus:
+        me = pb.ProcessStatus(role="shard", address=self.address, metrics_address=self.metrics_address)
+        try:
+            rows = await asyncio.to_thread(self._shard.status, STATUS_TIMEOUT_SECONDS)
+        except Unavailable as exc:  # loading its data, or stopping
+            me.state, me.error = "NOT_SERVING", exc.message
+            return me
+        return pb.ProcessStatus(
+            role="shard",
+            address=self.address,
+            state="SERVING",
+            metrics_address=self.metrics_address,
+            sequence=self._shard.sequence,
+            collections=[
+                pb.CollectionStatus(
+                    name=r.name,
+                    points=r.points,
+                    memory_bytes=r.memory_bytes,
+                    payload_index_entries=r.payload_index_entries,
+                    snapshot_age_seconds=r.snapshot_age_seconds,
+                    snapshot_sequence=r.snapshot_sequence,
+                )
+                for r in rows
+            ],
+        )
 
     async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
         ids, vectors = decode_ids(request.ids), decode_matrix(request.vectors)
@@ -190,8 +223,32 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             )
 
     async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
+        if _tracing.ENABLED and _tracing.sampled(request.traceparent):
+            return await self._traced_search(request)
         future = self._shard.submit_search(Search.from_proto(request))
         result, plan = await asyncio.wrap_future(future)
+        return self._response(request, result, plan)
+
+    async def _traced_search(self, request: pb.SearchRequest) -> pb.SearchResponse:
+        """A search in a span of the coordinator's trace, with its queue wait, planner and index search."""
+        with _tracing.span(SEARCH_SPAN, _tracing.context_of(request.traceparent), "server") as span:
+            times: list[int] = []
+            queued = time.time_ns()
+            future = self._shard.submit_search(Search.from_proto(request), times)
+            result, plan = await asyncio.wrap_future(future)
+            if times:
+                started, ended = times
+                here = _tracing.context_of("")
+                _tracing.record("queue wait", here, queued, started)
+                attributes = {"shoal.batch_queries": len(result.counts), "shoal.plan": plan or "hnsw"}
+                _tracing.record("index search", here, started, ended, attributes)
+                if request.filter:
+                    _tracing.record("planner", here, started, ended, {"shoal.plan": plan})
+            span.set_attribute("shoal.collection", request.collection)
+            return self._response(request, result, plan)
+
+    @staticmethod
+    def _response(request: pb.SearchRequest, result: TopK, plan: str) -> pb.SearchResponse:
         response = topk_to_proto(result, request.request_id)
         if plan:
             response.plan = plan

@@ -136,7 +136,7 @@ class Snapshotter:
         finally:
             tmp.unlink(missing_ok=True)
         coll.snapshot_seq, coll.snapshot_changes, coll.snapshot_bytes = seq, changes, size
-        coll.snapshot_time = time.monotonic()
+        coll.snapshot_time = coll.snapshot_done = time.monotonic()
         self._storage.trim_log(store, seq)
         log.info(
             "collection %s: snapshot of %d points at sequence %d, %.1f MiB, in %.2f s (index paused %.0f ms)",

@@ -65,9 +65,11 @@ def test_up_refuses_another_shard_count(tmp_path: Path) -> None:
     assert "FAILED_PRECONDITION" in result.stderr and "--shards 3" in result.stderr
 
 
-def test_status_of_nothing_is_a_clear_error() -> None:
+def test_status_of_nothing_says_unreachable_and_fails_only_with_check() -> None:
     result = _shoal("status", "--address", "127.0.0.1:1")
-    assert result.returncode == 1 and "UNAVAILABLE" in result.stderr
+    assert result.returncode == 0 and "coordinator 127.0.0.1:1: UNREACHABLE (UNAVAILABLE" in result.stdout
+    checked = _shoal("status", "--check", "--address", "127.0.0.1:1")
+    assert checked.returncode == 1 and "UNAVAILABLE" in checked.stdout
 
 
 def test_version_and_cores_beyond_the_machine_get_one_clear_line(tmp_path: Path) -> None:

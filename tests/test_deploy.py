@@ -27,6 +27,7 @@ SLOTS = 4096
 SHARDS = 3
 SHARD_PORT = 7100
 COORDINATOR_PORT = 7070
+METRICS_PORT = 9100
 # The oldest Kubernetes the manifests promise to work on (native gRPC probes are GA since 1.27) and the
 # newest one the validator knows.
 K8S_VERSIONS = ["1.29", "latest"]
@@ -167,7 +168,7 @@ def test_compose_runs_a_coordinator_and_three_shards() -> None:
     compose = _compose()
     services = compose["services"]
     shards = [f"shard-{i}" for i in range(SHARDS)]
-    assert set(services) == {"coordinator", *shards}
+    assert set(services) == {"coordinator", *shards, "prometheus", "grafana"}  # monitoring: test_deploy_monitoring
     volumes = set()
     for name in [*shards, "coordinator"]:
         svc = services[name]
@@ -254,7 +255,7 @@ def _check_pod(template: dict[str, Any], port: int) -> dict[str, Any]:
     [container] = spec["containers"]
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
-    assert [p["containerPort"] for p in container["ports"]] == [port]
+    assert [p["containerPort"] for p in container["ports"]] == [port, METRICS_PORT]
     assert container["args"][container["args"].index("--listen") + 1] == f"0.0.0.0:{port}"
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"] == {"port": port}, f"{probe} must be a native gRPC health probe"

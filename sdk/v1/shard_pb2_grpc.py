@@ -55,6 +55,11 @@ class ShardStub:
                 request_serializer=shoal_dot_v1_dot_types__pb2.DescribeCollectionRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_types__pb2.CollectionInfo.FromString,
                 _registered_method=True)
+        self.GetStatus = channel.unary_unary(
+                '/shoal.v1.Shard/GetStatus',
+                request_serializer=shoal_dot_v1_dot_types__pb2.StatusRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_types__pb2.ProcessStatus.FromString,
+                _registered_method=True)
         self.Upsert = channel.unary_unary(
                 '/shoal.v1.Shard/Upsert',
                 request_serializer=shoal_dot_v1_dot_types__pb2.UpsertRequest.SerializeToString,
@@ -137,6 +142,13 @@ class ShardServicer:
 
     def DescribeCollection(self, request, context):
         """This shard's view: config, its own count, and one ShardStats entry for itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStatus(self, request, context):
+        """This shard's row of `shoal status`: its collections' points, memory, snapshot age and sequence.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -239,6 +251,11 @@ def add_ShardServicer_to_server(servicer, server):
                     servicer.DescribeCollection,
                     request_deserializer=shoal_dot_v1_dot_types__pb2.DescribeCollectionRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_types__pb2.CollectionInfo.SerializeToString,
+            ),
+            'GetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatus,
+                    request_deserializer=shoal_dot_v1_dot_types__pb2.StatusRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_types__pb2.ProcessStatus.SerializeToString,
             ),
             'Upsert': grpc.unary_unary_rpc_method_handler(
                     servicer.Upsert,
@@ -404,6 +421,33 @@ class Shard:
             '/shoal.v1.Shard/DescribeCollection',
             shoal_dot_v1_dot_types__pb2.DescribeCollectionRequest.SerializeToString,
             shoal_dot_v1_dot_types__pb2.CollectionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shard/GetStatus',
+            shoal_dot_v1_dot_types__pb2.StatusRequest.SerializeToString,
+            shoal_dot_v1_dot_types__pb2.ProcessStatus.FromString,
             options,
             channel_credentials,
             insecure,

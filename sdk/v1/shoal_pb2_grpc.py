@@ -59,6 +59,11 @@ class ShoalStub:
                 request_serializer=shoal_dot_v1_dot_types__pb2.GetTopologyRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_types__pb2.TopologyInfo.FromString,
                 _registered_method=True)
+        self.GetStatus = channel.unary_unary(
+                '/shoal.v1.Shoal/GetStatus',
+                request_serializer=shoal_dot_v1_dot_types__pb2.StatusRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_types__pb2.ClusterStatus.FromString,
+                _registered_method=True)
         self.Upsert = channel.unary_unary(
                 '/shoal.v1.Shoal/Upsert',
                 request_serializer=shoal_dot_v1_dot_types__pb2.UpsertRequest.SerializeToString,
@@ -135,6 +140,13 @@ class ShoalServicer:
 
     def GetTopology(self, request, context):
         """The coordinator's topology: every shard's address and slot range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStatus(self, request, context):
+        """Every process of the cluster: a row per process, "unreachable" for those that do not answer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -225,6 +237,11 @@ def add_ShoalServicer_to_server(servicer, server):
                     servicer.GetTopology,
                     request_deserializer=shoal_dot_v1_dot_types__pb2.GetTopologyRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_types__pb2.TopologyInfo.SerializeToString,
+            ),
+            'GetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatus,
+                    request_deserializer=shoal_dot_v1_dot_types__pb2.StatusRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_types__pb2.ClusterStatus.SerializeToString,
             ),
             'Upsert': grpc.unary_unary_rpc_method_handler(
                     servicer.Upsert,
@@ -407,6 +424,33 @@ class Shoal:
             '/shoal.v1.Shoal/GetTopology',
             shoal_dot_v1_dot_types__pb2.GetTopologyRequest.SerializeToString,
             shoal_dot_v1_dot_types__pb2.TopologyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shoal/GetStatus',
+            shoal_dot_v1_dot_types__pb2.StatusRequest.SerializeToString,
+            shoal_dot_v1_dot_types__pb2.ClusterStatus.FromString,
             options,
             channel_credentials,
             insecure,

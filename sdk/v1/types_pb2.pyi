@@ -212,7 +212,7 @@ class CountResponse(_message.Message):
     def __init__(self, count: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "k", "ef", "with_payload", "with_vectors", "request_id", "filter", "cancel")
+    __slots__ = ("collection", "queries", "k", "ef", "with_payload", "with_vectors", "request_id", "filter", "cancel", "traceparent")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +222,7 @@ class SearchRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: Matrix
     k: int
@@ -231,7 +232,8 @@ class SearchRequest(_message.Message):
     request_id: int
     filter: str
     cancel: bool
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[Matrix, _Mapping]] = ..., k: _Optional[int] = ..., ef: _Optional[int] = ..., with_payload: _Optional[bool] = ..., with_vectors: _Optional[bool] = ..., request_id: _Optional[int] = ..., filter: _Optional[str] = ..., cancel: _Optional[bool] = ...) -> None: ...
+    traceparent: str
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[Matrix, _Mapping]] = ..., k: _Optional[int] = ..., ef: _Optional[int] = ..., with_payload: _Optional[bool] = ..., with_vectors: _Optional[bool] = ..., request_id: _Optional[int] = ..., filter: _Optional[str] = ..., cancel: _Optional[bool] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("k", "ids", "distances", "counts", "payloads", "vectors", "request_id", "plan", "error")
@@ -324,3 +326,59 @@ class TopologyInfo(_message.Message):
     version: int
     shards: _containers.RepeatedCompositeFieldContainer[ShardRange]
     def __init__(self, version: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardRange, _Mapping]]] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CollectionStatus(_message.Message):
+    __slots__ = ("name", "points", "memory_bytes", "payload_index_entries", "snapshot_age_seconds", "snapshot_sequence")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_INDEX_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    points: int
+    memory_bytes: int
+    payload_index_entries: int
+    snapshot_age_seconds: float
+    snapshot_sequence: int
+    def __init__(self, name: _Optional[str] = ..., points: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., payload_index_entries: _Optional[int] = ..., snapshot_age_seconds: _Optional[float] = ..., snapshot_sequence: _Optional[int] = ...) -> None: ...
+
+class ProcessStatus(_message.Message):
+    __slots__ = ("role", "address", "state", "metrics_address", "group", "member_role", "slot_start", "slot_end", "sequence", "collections", "error", "lag")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_ROLE_FIELD_NUMBER: _ClassVar[int]
+    SLOT_START_FIELD_NUMBER: _ClassVar[int]
+    SLOT_END_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAG_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    address: str
+    state: str
+    metrics_address: str
+    group: str
+    member_role: str
+    slot_start: int
+    slot_end: int
+    sequence: int
+    collections: _containers.RepeatedCompositeFieldContainer[CollectionStatus]
+    error: str
+    lag: int
+    def __init__(self, role: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., metrics_address: _Optional[str] = ..., group: _Optional[str] = ..., member_role: _Optional[str] = ..., slot_start: _Optional[int] = ..., slot_end: _Optional[int] = ..., sequence: _Optional[int] = ..., collections: _Optional[_Iterable[_Union[CollectionStatus, _Mapping]]] = ..., error: _Optional[str] = ..., lag: _Optional[int] = ...) -> None: ...
+
+class ClusterStatus(_message.Message):
+    __slots__ = ("topology_version", "processes")
+    TOPOLOGY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    topology_version: int
+    processes: _containers.RepeatedCompositeFieldContainer[ProcessStatus]
+    def __init__(self, topology_version: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[ProcessStatus, _Mapping]]] = ...) -> None: ...
