@@ -58,6 +58,7 @@ VARIANTS = {
         "auth.secretName=shoal-keys",
         "networkPolicy.enabled=false",
         "coordinator.headlessService=false",
+        "metrics.enabled=false",
     ),
 }
 
@@ -130,6 +131,22 @@ def test_plaintext_pods_use_native_grpc_probes_and_insecure() -> None:
     assert _container(shard)["image"] == "shoal:0.1.0"
 
 
+def test_metrics_are_served_announced_and_reachable() -> None:
+    docs = _render("metrics.port=9300")
+    for doc in (_one(docs, "StatefulSet", "rel-shoal-shard"), _one(docs, "Deployment", "rel-shoal-coordinator")):
+        c = _container(doc)
+        assert c["args"][c["args"].index("--metrics") + 1] == "0.0.0.0:9300"
+        assert {"name": "metrics", "containerPort": 9300} in c["ports"]
+        annotations = doc["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "9300"
+    ingress = _one(docs, "NetworkPolicy", "rel-shoal-shard")["spec"]["ingress"]
+    assert {"ports": [{"port": 9300, "protocol": "TCP"}]} in ingress  # Prometheus may scrape shards
+    off = _render("metrics.enabled=false")
+    for doc in (_one(off, "StatefulSet", "rel-shoal-shard"), _one(off, "Deployment", "rel-shoal-coordinator")):
+        assert "--metrics" not in _container(doc)["args"]
+        assert "prometheus.io/scrape" not in doc["spec"]["template"]["metadata"].get("annotations", {})
+
+
 def test_tls_and_keys_reach_every_process() -> None:
     docs = _render(*VARIANTS["five groups, TLS, keys, bigger pods"])
     shard = _container(_one(docs, "StatefulSet", "rel-shoal-shard"))
@@ -158,6 +175,7 @@ def test_tls_and_keys_reach_every_process() -> None:
         "tls.enabled=true",  # without a secret and a server name
         "coordinator.replicas=0",
         "image.pullPolicy=Sometimes",
+        "metrics.port=70000",
         "unknown=1",
     ],
 )

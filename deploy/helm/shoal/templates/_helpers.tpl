@@ -99,3 +99,12 @@ podAntiAffinity:
           matchLabels:
             {{- include "shoal.selector" . | nindent 12 }}
 {{- end -}}
+
+{{/* Prometheus scrape annotations of a pod template. */}}
+{{- define "shoal.metricsAnnotations" -}}
+{{- if .Values.metrics.enabled -}}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .Values.metrics.port | quote }}
+prometheus.io/path: /metrics
+{{- end -}}
+{{- end -}}
