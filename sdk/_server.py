@@ -65,10 +65,25 @@ def error_status(exc: BaseException, method: str) -> status_pb2.Status:
     return to_status(exc)
 
 
-async def _translate(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
-    """Abort the call with the translated status, its details in the trailers as grpcio-status carries them."""
+# gRPC's automatic retries (the SDK's service config) are for calls that never reached a server: a refused or
+# reset connection. An answer of UNAVAILABLE comes after the server has waited out what was unavailable (a
+# shard's detection budget), so a retry there would multiply the caller's wait; a negative pushback tells the
+# client's gRPC not to retry, and RetryInfo tells the application when a retry may help.
+_NO_AUTOMATIC_RETRY = ("grpc-retry-pushback-ms", "-1")
+
+
+def abort_status(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str, tuple[tuple[str, Any], ...]]:
+    """The code, message and trailing metadata (the rich status, as grpcio-status carries it) a call ends with."""
     status = rpc_status.to_status(error_status(exc, method))
-    await context.abort(status.code, status.details, status.trailing_metadata)
+    trailers = tuple(status.trailing_metadata)
+    if status.code is grpc.StatusCode.UNAVAILABLE:
+        trailers += (_NO_AUTOMATIC_RETRY,)
+    return status.code, status.details, trailers
+
+
+async def _translate(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+    """Abort the call with the translated status."""
+    await context.abort(*abort_status(exc, method))
 
 
 class _Undecodable:

@@ -12,7 +12,7 @@ import shoal
 from shoal._errors import from_status, to_status
 from shoal._local import LocalCluster
 from shoal._rpc import channel
-from shoal._server import error_status
+from shoal._server import abort_status, error_status
 from shoal.v1 import shoal_pb2_grpc
 from shoal.v1 import types_pb2 as pb
 
@@ -40,6 +40,16 @@ def test_the_translator_adds_field_violations_and_retry_info() -> None:
     assert _details(error_status(shoal.NotFound("no collection x"), "/m")) == ([], None)
     hidden = error_status(KeyError("secret detail"), "/m")
     assert hidden.code == grpc.StatusCode.INTERNAL.value[0] and "secret" not in str(hidden) and not hidden.details
+
+
+def test_unavailable_answers_stop_automatic_retries() -> None:
+    # The server already waited out the outage: gRPC's client retries are for calls that reached no server.
+    code, _, trailers = abort_status(shoal.Unavailable("shard 1 is unavailable"), "/m")
+    assert code == grpc.StatusCode.UNAVAILABLE and ("grpc-retry-pushback-ms", "-1") in trailers
+    status = status_pb2.Status.FromString(dict(trailers)["grpc-status-details-bin"])
+    assert _details(status) == ([], 0.1)
+    _, _, trailers = abort_status(shoal.InvalidArgument("bad", field="k"), "/m")
+    assert "grpc-retry-pushback-ms" not in dict(trailers)
 
 
 def test_a_status_round_trips_to_the_same_error() -> None:
