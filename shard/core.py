@@ -35,6 +35,7 @@ from shoal.shard import search as searching
 from shoal.shard.backup import backup_folder
 from shoal.shard.collection import Collection, CollectionStats, CollectionStatus, parse_filter, stats, status
 from shoal.shard.committer import Committer
+from shoal.shard.compaction import Compacted
 from shoal.shard.execute import Job, Verify, Writer
 from shoal.shard.faults import CrashPoints, fatal
 from shoal.shard.index import IndexWorker
@@ -83,7 +84,13 @@ class Shard:
         writer = Writer(storage, self._writing, self._collections, self.threads)
         self._committer = Committer(writer, self._worker, self.options.max_group, self._crash)
         self._snapshotter = Snapshotter(
-            files, storage, self._worker, lambda: self._collections, self.options.snapshots, self._crash
+            files,
+            storage,
+            self._worker,
+            lambda: self._collections,
+            self.options.snapshots,
+            self._crash,
+            self.options.compaction,
         )
         self._snapshotter.cleanup_on_start()
         self._worker.start()
@@ -223,6 +230,13 @@ class Shard:
         if not self._ready or self._snapshotter is None:
             raise Unavailable("the shard is not open")
         return self._snapshotter.snapshot_all()
+
+    def compact(self, name: str) -> Compacted | None:
+        """Rebuild a collection's index from RocksDB now and swap it in (compaction.py); None if it failed."""
+        coll = self._collection(name)
+        if self._snapshotter is None:
+            raise Unavailable("the shard is not open")
+        return self._snapshotter.compact(coll)
 
     def backup(self, target: Path) -> dict[str, int]:
         """Write a consistent copy of this shard (index snapshots, a RocksDB checkpoint) into a new folder."""

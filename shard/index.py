@@ -26,6 +26,7 @@ from usearch.index import Index, Matches
 
 from shoal._coalesce import row_slices, stack
 from shoal._config import CollectionConfig
+from shoal._errors import Unavailable
 from shoal._metrics import SEARCH_BATCH_QUERIES
 from shoal.shard.queue_thread import QueueThread
 
@@ -38,6 +39,9 @@ T = TypeVar("T")
 METRICS = {"cosine": "cos", "l2": "l2sq", "ip": "ip"}
 DTYPES = {"f32": "f32", "bf16": "bf16", "f16": "f16", "i8": "i8"}
 MAX_DRAIN = 1024  # queue items taken at once; bounds the latency a long burst adds to the first item
+# Queries per usearch call of a coalesced group: between calls the worker drops the searches whose callers
+# left and stops on shutdown, so abandoned work ends within one call (well under a second), not minutes.
+CHUNK_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -77,19 +81,21 @@ class VectorIndex:
             self._index.load(source)
         self.count = len(self._index)  # live points, refreshed by every update; read from any thread
         self.changes = 0  # points added or removed so far; only the worker writes it
+        self.removed = 0  # tombstones: points removed or replaced since the graph was built (see compaction.py)
 
     def upsert(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Add points, replacing those whose keys are present."""
         present = np.atleast_1d(self._index.contains(keys))
         if present.any():
             self._index.remove(keys[present])
+            self.removed += int(present.sum())
         self._index.add(keys, vectors, threads=self.threads)
         self.count = len(self._index)
         self.changes += len(keys)
 
-    def extend(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        """Add points whose keys are not present (rebuilding from storage)."""
-        self._index.add(keys, vectors, threads=self.threads)
+    def extend(self, keys: np.ndarray, vectors: np.ndarray, threads: int = 0) -> None:
+        """Add points whose keys are not present (rebuilding from storage), on `threads` threads (0: the index's)."""
+        self._index.add(keys, vectors, threads=threads or self.threads)
         self.count = len(self._index)
 
     def remove(self, keys: np.ndarray) -> None:
@@ -98,11 +104,18 @@ class VectorIndex:
             self._index.remove(keys)
             self.count = len(self._index)
             self.changes += len(keys)
+            self.removed += len(keys)
 
     def discard(self, keys: np.ndarray) -> None:
         """Remove whichever of these keys are present."""
         if len(keys):
             self.remove(keys[np.atleast_1d(self._index.contains(keys))])
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        """Which of these keys are live points, as a bool array."""
+        if len(keys) == 0:
+            return np.zeros(0, bool)
+        return np.atleast_1d(np.asarray(self._index.contains(keys), bool))
 
     def keys(self) -> np.ndarray:
         """The keys of every live point, sorted."""
@@ -195,7 +208,13 @@ class IndexWorker(QueueThread["_Search | _Call | _Apply"]):
     def __init__(self, applied_seq: int = 0, on_fatal: Callable[[str], None] = _unreachable) -> None:
         self.applied_seq = applied_seq  # the sequence of the last write applied; only the worker writes it
         self._on_fatal = on_fatal
+        self._halting = False  # set by stop(): queued and running searches end, updates still apply
         super().__init__("shoal-index")
+
+    def stop(self) -> None:
+        """Fail queued searches, end the running one after its current call, apply queued updates, then end."""
+        self._halting = True
+        super().stop()
 
     def search(
         self, group: tuple[object, ...], run: Runner, queries: np.ndarray, times: list[int] | None = None
@@ -247,28 +266,48 @@ class IndexWorker(QueueThread["_Search | _Call | _Apply"]):
     def _searches(self, searches: list[_Search]) -> None:
         groups: dict[tuple[object, ...], list[_Search]] = {}
         for s in searches:
-            if s.future.set_running_or_notify_cancel():
+            if not s.future.cancelled():
                 groups.setdefault(s.group, []).append(s)
         for group in groups.values():
             blocks = [s.queries for s in group]
+            found: tuple[Hits, str] | None | Exception
             queries = stack(blocks)
             _BATCH_QUERIES.observe(len(queries))
             started = time.time_ns()
             try:
-                hits, plan = group[0].run(queries)
+                found = self._run_group(group, queries)
             except Exception as exc:
                 log.exception("search failed")
-                for s in group:
-                    s.future.set_exception(exc)
-                continue
+                found = exc
             for s in group:
                 if s.times is not None:
                     s.times[:] = [started, time.time_ns()]
-            if len(group) == 1:
-                group[0].future.set_result((hits, plan))
-                continue
             for s, rows in zip(group, row_slices(blocks), strict=True):
-                s.future.set_result((Hits(hits.keys[rows], hits.distances[rows], hits.counts[rows]), plan))
+                if not s.future.set_running_or_notify_cancel():
+                    continue  # its caller left
+                if isinstance(found, Exception):
+                    s.future.set_exception(found)
+                elif found is None:
+                    s.future.set_exception(Unavailable("the shard is shutting down"))
+                else:
+                    hits, plan = found
+                    part = hits if len(group) == 1 else Hits(hits.keys[rows], hits.distances[rows], hits.counts[rows])
+                    s.future.set_result((part, plan))
+
+    def _run_group(self, group: list[_Search], queries: np.ndarray) -> tuple[Hits, str] | None:
+        """The group's hits, CHUNK_ROWS queries per call; None once every caller left or the shard stops."""
+        parts: list[Hits] = []
+        plan = ""
+        for lo in range(0, max(len(queries), 1), CHUNK_ROWS):
+            if self._halting or all(s.future.cancelled() for s in group):
+                return None
+            hits, plan = group[0].run(queries[lo : lo + CHUNK_ROWS])
+            parts.append(hits)
+        if len(parts) == 1:
+            return parts[0], plan
+        keys = np.concatenate([h.keys for h in parts])
+        distances = np.concatenate([h.distances for h in parts])
+        return Hits(keys, distances, np.concatenate([h.counts for h in parts])), plan
 
 
 def _resolve(future: Future[Any], fn: Callable[[], Any]) -> bool:

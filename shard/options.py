@@ -16,6 +16,8 @@ SNAPSHOT_CHANGES_ENV = "SHOAL_SNAPSHOT_CHANGES"
 SNAPSHOT_MIN_INTERVAL_ENV = "SHOAL_SNAPSHOT_MIN_INTERVAL"
 SNAPSHOT_MAX_INTERVAL_ENV = "SHOAL_SNAPSHOT_MAX_INTERVAL"
 MIN_FREE_MB_ENV = "SHOAL_MIN_FREE_MB"
+COMPACT_SHARE_ENV = "SHOAL_COMPACT_SHARE"
+COMPACT_MIN_ENV = "SHOAL_COMPACT_MIN"
 
 
 @dataclass(frozen=True)
@@ -38,11 +40,28 @@ class SnapshotPolicy:
 
 
 @dataclass(frozen=True)
+class CompactionPolicy:
+    """When a collection's index is rebuilt from RocksDB to shed the points usearch only marked as removed."""
+
+    # usearch keeps a removed or replaced point as a tombstone in the graph: searches walk through them
+    # (slower) and, past a large share, some live points can no longer be reached. Rebuild once removed
+    # points reach this share of all the graph holds (live + removed); above 1, never.
+    share: float = 0.25
+    # ...and at least this many, so small collections are not rebuilt for a handful of deletes.
+    min_removed: int = 10_000
+
+    def due(self, removed: int, live: int) -> bool:
+        """Whether an index holding `live` points and `removed` tombstones should be rebuilt now."""
+        return removed >= max(self.min_removed, 1) and removed >= self.share * (live + removed)
+
+
+@dataclass(frozen=True)
 class ShardOptions:
     """Everything a shard is configured with besides its data folder."""
 
     threads: int = 1
     snapshots: SnapshotPolicy = field(default_factory=SnapshotPolicy)
+    compaction: CompactionPolicy = field(default_factory=CompactionPolicy)
     # Writes are refused (RESOURCE_EXHAUSTED) while the data disk has less free space than this: RocksDB
     # needs room to flush memtables and compact, and stops for good after a failed WAL append.
     min_free_bytes: int = 256 * 1024 * 1024
@@ -67,5 +86,15 @@ class ShardOptions:
             min_interval=number(SNAPSHOT_MIN_INTERVAL_ENV, default.min_interval),
             max_interval=number(SNAPSHOT_MAX_INTERVAL_ENV, default.max_interval),
         )
+        compact = CompactionPolicy(
+            share=number(COMPACT_SHARE_ENV, CompactionPolicy.share),
+            min_removed=int(number(COMPACT_MIN_ENV, CompactionPolicy.min_removed)),
+        )
         min_free = int(number(MIN_FREE_MB_ENV, cls.min_free_bytes / 2**20) * 2**20)
-        return cls(threads=threads, snapshots=policy, min_free_bytes=min_free, crashpoint=crashpoint_from_env(environ))
+        return cls(
+            threads=threads,
+            snapshots=policy,
+            compaction=compact,
+            min_free_bytes=min_free,
+            crashpoint=crashpoint_from_env(environ),
+        )

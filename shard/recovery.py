@@ -52,6 +52,7 @@ def recover(store: CollectionStore, storage: Storage, files: SnapshotFiles, thre
             index = VectorIndex(store.config, threads, buffer)
         if index.count != manifest.count:
             raise SnapshotError(f"its snapshot holds {index.count} points where its manifest says {manifest.count}")
+        index.removed = manifest.removed
     except (SnapshotError, ValueError, RuntimeError) as exc:
         return rebuild(store, threads, str(exc), started)
     loaded = time.perf_counter()

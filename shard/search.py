@@ -40,10 +40,12 @@ def as_matrix(x: np.ndarray, what: str) -> np.ndarray:
 
 def runner(coll: Collection, k: int, ef: int, filter_text: str, node: Node | None) -> Runner:
     """What answers a stacked batch of this search's group on the index worker."""
-    index = coll.index
+    # coll.index is read when the runner runs: compaction may have swapped it since the search was queued.
     if node is None:
-        return lambda queries: (index.search(queries, k, ef), "")
-    return lambda queries: planner.search(index, index.count, matching(coll, filter_text, node), queries, k, ef)
+        return lambda queries: (coll.index.search(queries, k, ef), "")
+    return lambda queries: planner.search(
+        coll.index, coll.index.count, matching(coll, filter_text, node), queries, k, ef
+    )
 
 
 def submit(

@@ -71,6 +71,7 @@ class Manifest:
     config: dict[str, Any]
     format: int = FORMAT
     usearch: str = usearch.__version__
+    removed: int = 0  # tombstones the saved graph holds (VectorIndex.removed), which compaction sheds
 
     def to_json(self) -> bytes:
         """The manifest file's content."""

@@ -1,6 +1,7 @@
-"""When snapshots are taken: in the background by policy, on demand, for a backup, and on shutdown.
+"""When snapshots are taken (in the background by policy, on demand, for a backup, and on shutdown) and
+when indexes are compacted (compaction.py: in the background by policy, followed by a snapshot).
 
-One snapshot at a time (a lock). After a snapshot is durable, the collection's change log is trimmed up
+One snapshot or compaction at a time (a lock). After a snapshot is durable, the collection's change log is trimmed up
 to its sequence, so a restart replays at most the changes since.
 """
 
@@ -15,15 +16,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shoal.shard.collection import Collection
+from shoal.shard.compaction import Abandoned, Compacted, compact
 from shoal.shard.faults import CrashPoints, fatal
 from shoal.shard.index import IndexWorker
-from shoal.shard.options import SnapshotPolicy
+from shoal.shard.options import CompactionPolicy, SnapshotPolicy
 from shoal.shard.snapshots import FsyncFailed, Manifest, SnapshotFiles, Writing, fork_write, write_index
 from shoal.shard.storage import Storage
 
 log = logging.getLogger("shoal.shard.snapshots")
 
 POLL_SECONDS = 1.0  # how often the policy is checked; snapshots are seconds to minutes apart
+RETRY_SECONDS = 60.0  # after a failed compaction; it costs a full rebuild, so not at every poll
 
 
 class Snapshotter:
@@ -37,13 +40,16 @@ class Snapshotter:
         collections: Callable[[], dict[str, Collection]],
         policy: SnapshotPolicy,
         crash: CrashPoints,
+        compaction: CompactionPolicy | None = None,
     ) -> None:
         self._files = files
         self._storage = storage
         self._worker = worker
         self._collections = collections
         self._policy = policy
+        self._compaction = compaction or CompactionPolicy()
         self._crash = crash
+        self._retry_at: dict[int, float] = {}  # by born: when a failed compaction may be tried again
         self._lock = threading.RLock()  # one snapshot (or backup) at a time
         self._stop = threading.Event()
         self._tags = itertools.count()
@@ -66,6 +72,9 @@ class Snapshotter:
                 for coll in list(self._collections().values()):
                     if self._stop.is_set():
                         break
+                    index, retry_at = coll.index, self._retry_at.get(coll.store.born, 0.0)
+                    if self._compaction.due(index.removed, index.count) and time.monotonic() >= retry_at:
+                        self.compact(coll)
                     if self._policy.due(coll.unsnapshotted, time.monotonic() - coll.snapshot_time):
                         self.snapshot(coll)
                 with self._lock:
@@ -75,6 +84,31 @@ class Snapshotter:
 
     def _live(self) -> set[Path]:
         return {self._files.folder(c.store) for c in list(self._collections().values())}
+
+    def compact(self, coll: Collection) -> Compacted | None:
+        """Rebuild a collection's index from RocksDB, swap it in and snapshot it; None if it failed or stopped."""
+        with self._lock:
+            try:
+                done = compact(coll, self._storage, self._worker, self._collections, self._stop)
+            except Abandoned as exc:
+                log.info("compaction of collection %s abandoned: %s", coll.store.name, exc)
+                return None
+            except Exception:
+                self._retry_at[coll.store.born] = time.monotonic() + RETRY_SECONDS
+                log.exception("compaction of collection %s failed, the index stays as it was", coll.store.name)
+                return None
+            log.info(
+                "collection %s: compacted to %d points, %d removed points shed, in %.2f s "
+                "(index paused %.0f ms for %d changed keys)",
+                coll.store.name,
+                done.live,
+                done.shed,
+                done.seconds,
+                done.paused * 1000,
+                done.swapped,
+            )
+            self._try(coll, fork=True)  # the compact graph is what a restart should load
+            return done
 
     def snapshot(self, coll: Collection, fork: bool = True) -> int | None:
         """Snapshot one collection's index if it changed since its last snapshot; the sequence it holds."""
@@ -106,11 +140,11 @@ class Snapshotter:
 
         paused = 0.0
 
-        def start() -> tuple[int, int, int, Writing]:
+        def start() -> tuple[int, int, int, int, Writing]:
             # On the worker (or with it stopped): the index is exactly RocksDB at the last applied sequence.
             nonlocal paused
             began = time.perf_counter()
-            state = self._worker.applied_seq, index.changes, index.count
+            state = self._worker.applied_seq, index.changes, index.count, index.removed
             writing = (
                 fork_write(index, tmp, self._crash) if fork else Writing(result=write_index(index, tmp, self._crash))
             )
@@ -119,7 +153,7 @@ class Snapshotter:
 
         started = time.perf_counter()
         try:
-            seq, changes, count, writing = self._worker.call(start).result() if fork else start()
+            seq, changes, count, removed, writing = self._worker.call(start).result() if fork else start()
             size, crc = writing.wait()
             self._crash("before-rename")
             manifest = Manifest(
@@ -131,6 +165,7 @@ class Snapshotter:
                 crc,
                 count,
                 dataclasses.asdict(store.config),
+                removed=removed,
             )
             self._files.publish(store, tmp, manifest, self._crash)
         finally:

@@ -333,6 +333,37 @@ def test_graceful_stop_finishes_calls_in_flight_and_restarts_from_snapshots(shar
     assert shard.log().count("0 changed points re-read from RocksDB") == 2
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_sigterm_ends_a_shard_busy_with_abandoned_searches_promptly(shard: ShardProc) -> None:
+    shard.start()
+    create(shard)
+    upsert(shard, fresh(), 0, 5000, seed=15)
+    queries = encode_matrix(clustered(5000, DIM, seed=16))
+    # Twelve searches of 5,000 exact queries each (ef beyond the points): about 10 s of work in one group.
+    calls = [
+        shard.stub.Search.future(pb.SearchRequest(collection="u", queries=queries, k=100, ef=4096), timeout=TIMEOUT)
+        for _ in range(12)
+    ]
+    assert shard.proc.popen is not None
+    pid = shard.proc.popen.pid
+    before = cpu_seconds(pid)
+    deadline = time.monotonic() + TIMEOUT
+    while cpu_seconds(pid) < before + 0.5 and time.monotonic() < deadline:
+        threading.Event().wait(0.02)  # until the shard is busy searching
+    for call in calls:
+        call.cancel()  # every caller leaves
+    began = time.monotonic()
+    shard.proc.popen.terminate()
+    assert shard.proc.popen.wait(TIMEOUT) == 0
+    took = time.monotonic() - began
+    assert took < 4.0, f"SIGTERM took {took:.1f} s"
+
+
 @contextlib.contextmanager
 def small_disk(path: Path, megabytes: int) -> Iterator[Path]:
     """A tmpfs of the given size mounted at `path` (root only)."""
@@ -380,6 +411,35 @@ def test_a_full_disk_refuses_writes_and_resumes_when_space_is_back(tmp_path: Pat
             check(shard, expected)
             assert shard.stop() == 0
             shard.start()
+            check(shard, expected)
+        finally:
+            shard.kill()
+
+
+def test_a_full_disk_still_drops_a_collection_and_the_drop_survives_a_restart(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", 96) as disk:
+        shard = ShardProc(disk / "shard", tmp_path / "shard.log")
+        try:
+            shard.start(SHOAL_MIN_FREE_MB="16")
+            expected = fresh()
+            create(shard)
+            upsert(shard, expected, 0, 300, seed=13)
+            filler = fill(disk, 8 * 2**20)
+            with pytest.raises(ShoalError) as failure:
+                upsert(shard, expected, 300, 50, seed=14)
+            assert failure.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            # A drop frees space, so a full disk takes it, and the other collection stays as it was.
+            dropped = shard.call("DropCollection", pb.DropCollectionRequest(name="s"))
+            assert dropped.dropped  # type: ignore[attr-defined]
+            del expected["s"]
+            listed = shard.call("ListCollections", pb.ListCollectionsRequest())
+            assert list(listed.names) == ["u"]  # type: ignore[attr-defined]
+            check(shard, expected)
+            assert shard.stop() == 0
+            filler.unlink()
+            shard.start()
+            listed = shard.call("ListCollections", pb.ListCollectionsRequest())
+            assert list(listed.names) == ["u"]  # type: ignore[attr-defined]
             check(shard, expected)
         finally:
             shard.kill()

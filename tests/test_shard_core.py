@@ -22,7 +22,7 @@ from shoal.shard.committer import Committer
 from shoal.shard.core import Shard
 from shoal.shard.execute import Verify, Writer
 from shoal.shard.faults import CrashPoints
-from shoal.shard.index import Hits, IndexWorker, VectorIndex
+from shoal.shard.index import CHUNK_ROWS, Hits, IndexWorker, VectorIndex
 from shoal.shard.options import SnapshotPolicy
 from shoal.shard.recovery import manifest_problem, recover
 from shoal.shard.search import resolve_hits
@@ -523,3 +523,42 @@ def test_rocksdb_write_failures_are_classified_in_one_place() -> None:
     assert isinstance(io, Unavailable) and "disk" in str(io) and fatal_io
     other, fatal_other = classify_write_error(ValueError("bad batch"))
     assert isinstance(other, Unavailable) and "ValueError" in str(other) and not fatal_other
+
+
+def test_a_coalesced_search_stops_between_calls_once_its_callers_left_or_the_shard_stops() -> None:
+    began, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def run(queries: np.ndarray) -> tuple[Hits, str]:
+        calls.append(len(queries))
+        began.set()
+        release.wait()
+        return Hits.empty(len(queries), 1), ""
+
+    worker = IndexWorker()
+    worker.start()
+    try:
+        left = worker.search(("g",), run, np.zeros((3 * CHUNK_ROWS, DIM), np.float32))
+        assert began.wait(10)
+        assert left.cancel()  # still pending while its group runs: the caller may leave
+        release.set()
+        assert worker.call(lambda: None).result(10) is None
+        assert calls == [CHUNK_ROWS]  # the other two calls were never made
+        began.clear()
+        release.clear()
+        running = worker.search(("g",), run, np.zeros((2 * CHUNK_ROWS, DIM), np.float32))
+        assert began.wait(10)
+        queued = worker.search(("h",), run, np.zeros((1, DIM), np.float32))
+        stopping = threading.Thread(target=worker.stop)
+        stopping.start()
+        while not worker._halting:
+            threading.Event().wait(0.01)
+        release.set()
+        stopping.join(10)
+        for future in (running, queued):
+            with pytest.raises(Unavailable, match="shutting down"):
+                future.result(10)
+        assert calls == [CHUNK_ROWS, CHUNK_ROWS]
+    finally:
+        release.set()
+        worker.stop()
