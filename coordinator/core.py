@@ -64,9 +64,10 @@ def check_filter(text: str) -> str:
 
 
 class ShardConnection(Protocol):
-    """Every shard call the core makes (ShardClient in production)."""
+    """Every shard call the core makes (ShardClient, or a GroupConnection over a shard group)."""
 
-    address: str
+    @property
+    def address(self) -> str: ...
 
     async def create_collection(
         self, request: pb.CreateCollectionRequest, timeout: float | None
@@ -88,6 +89,18 @@ class ShardConnection(Protocol):
     async def status(self, timeout: float | None) -> pb.ProcessStatus: ...
 
 
+class Catalogue(Protocol):
+    """The cluster's collection catalogue (etcd), when there is one: the truth about which collections exist."""
+
+    async def create(self, config: CollectionConfig) -> bool: ...
+    async def drop(self, name: str) -> bool: ...
+    async def names(self) -> list[str]: ...
+    async def applied(self, name: str, exists: bool, timeout: float | None) -> bool: ...
+
+
+CATALOGUE_POLL = 0.05  # seconds between checks that every shard group applied a catalogue change
+
+
 class Coordinator:
     """Every public operation over the shards of one topology; holds no collection state.
 
@@ -96,14 +109,23 @@ class Coordinator:
     """
 
     def __init__(
-        self, topology: Topology, shards: Sequence[ShardConnection], *, batching: BatchConfig | None = DEFAULT_BATCHING
+        self,
+        topology: Topology,
+        shards: Sequence[ShardConnection],
+        *,
+        batching: BatchConfig | None = DEFAULT_BATCHING,
+        catalogue: Catalogue | None = None,
     ) -> None:
-        if len(shards) != len(topology.addresses):
-            raise ValueError(f"{len(shards)} shard connections for {len(topology.addresses)} shards")
-        self.topology = topology
-        self.shards = list(shards)
+        self.retarget(topology, shards)
+        self.catalogue = catalogue
         # None: every search fans out on its own (no coalescing).
         self.batcher = SearchBatcher(self._search_shards, batching) if batching is not None else None
+
+    def retarget(self, topology: Topology, shards: Sequence[ShardConnection]) -> None:
+        """Route by a new topology over these connections (shard i serves `topology.addresses[i]`)."""
+        if len(shards) != len(topology.addresses):
+            raise ValueError(f"{len(shards)} shard connections for {len(topology.addresses)} shards")
+        self.topology, self.shards = topology, list(shards)
 
     async def _fan_out(self, shard_indexes: Iterable[int], call: Callable[[int], Awaitable[T]]) -> list[T]:
         """Call the given shards concurrently; every call finishes before the answer or the error."""
@@ -118,6 +140,8 @@ class Coordinator:
 
     async def create_collection(self, config: CollectionConfig, timeout: float | None) -> pb.CollectionInfo:
         """Create the collection on every shard; AlreadyExists when no shard had to create it."""
+        if self.catalogue is not None:
+            return await self._create_in_catalogue(config, timeout)
         request = pb.CreateCollectionRequest(config=config.to_proto())
         answers = await self._all(lambda s: s.create_collection(request, timeout))
         if not any(a.created for a in answers):
@@ -127,6 +151,11 @@ class Coordinator:
     async def drop_collection(self, name: str, timeout: float | None) -> None:
         """Drop the collection on every shard; NotFound when no shard had it."""
         check_name(name)
+        if self.catalogue is not None:
+            if not await self.catalogue.drop(name):
+                raise NotFound(f"collection '{name}' does not exist")
+            await self._until_applied(name, False, timeout)
+            return
         request = pb.DropCollectionRequest(name=name)
 
         async def drop(shard: ShardConnection) -> bool:
@@ -139,9 +168,28 @@ class Coordinator:
             raise NotFound(f"collection '{name}' does not exist")
 
     async def list_collections(self, timeout: float | None) -> list[str]:
-        """The names of the collections any shard has, sorted."""
+        """The names of the collections any shard has (the catalogue's, when there is one), sorted."""
+        if self.catalogue is not None:
+            return await self.catalogue.names()
         answers = await self._all(lambda s: s.list_collections(timeout))
         return sorted({name for a in answers for name in a.names})
+
+    async def _create_in_catalogue(self, config: CollectionConfig, timeout: float | None) -> pb.CollectionInfo:
+        assert self.catalogue is not None
+        if not await self.catalogue.create(config):
+            raise AlreadyExists(f"collection '{config.name}' already exists")
+        await self._until_applied(config.name, True, timeout)
+        return await self.describe_collection(config.name, timeout)
+
+    async def _until_applied(self, name: str, exists: bool, timeout: float | None) -> None:
+        """Wait until every shard group applied a catalogue change (the catalogue is already right)."""
+        assert self.catalogue is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout if timeout is not None else 30.0)
+        while not await self.catalogue.applied(name, exists, max(deadline - loop.time(), 0.01)):
+            if loop.time() >= deadline:
+                raise DeadlineExceeded(f"the shard groups did not apply collection '{name}' in time; it will be")
+            await asyncio.sleep(CATALOGUE_POLL)
 
     async def describe_collection(self, name: str, timeout: float | None) -> pb.CollectionInfo:
         """The config, the total count and one ShardStats per shard."""

@@ -9,6 +9,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health
 
+from shoal._errors import ShoalError
+from shoal._meta import MetaStore
 from shoal._metrics import serve as serve_metrics
 from shoal._server import (
     ServerSecurity,
@@ -21,6 +23,7 @@ from shoal._server import (
 )
 from shoal._tls import TLS
 from shoal.coordinator.core import Coordinator
+from shoal.coordinator.groups import GroupView, MetaCatalogue
 from shoal.coordinator.servicer import ShoalServicer
 from shoal.coordinator.shards import ShardPool
 from shoal.coordinator.topology import Topology, TopologyError
@@ -46,14 +49,16 @@ class CoordinatorServer:
 
     def __init__(
         self,
-        topology: Topology,
+        topology: Topology | None,
         listen: str,
         security: ServerSecurity | None = None,
         shard_tls: TLS | None = None,
         cluster_secret: bytes | None = None,
         metrics: str | None = None,
+        view: GroupView | None = None,
     ) -> None:
         self.topology = topology
+        self.view = view  # shard groups in etcd (topology None), or a fixed topology
         self.listen = listen
         self.security = security or ServerSecurity()
         self.shard_tls = shard_tls  # how this coordinator reaches its shards: TLS (a member's certificate)...
@@ -71,9 +76,16 @@ class CoordinatorServer:
         self.address = bind(server, self.listen, self.security.tls)
         if self.metrics is not None:
             self.metrics_address = serve_metrics(self.metrics)
-        pool = ShardPool(self.topology.addresses, self.shard_tls, self.cluster_secret)
-        self._server, self._pool = server, pool
-        core = Coordinator(self.topology, self._pool.clients)
+        self._server = server
+        if self.view is not None:
+            view = self.view
+            topology, connections = view.routing()
+            core = Coordinator(topology, connections, catalogue=MetaCatalogue(view))
+            view.on_change = lambda: core.retarget(*view.routing())
+        else:
+            assert self.topology is not None
+            self._pool = ShardPool(self.topology.addresses, self.shard_tls, self.cluster_secret)
+            core = Coordinator(self.topology, self._pool.clients)
         shoal_pb2_grpc.add_ShoalServicer_to_server(ShoalServicer(core, self.address, self.metrics_address), server)
         self._health = add_standard_services(server, [SERVICE_NAME])
         await server.start()
@@ -93,9 +105,42 @@ class CoordinatorServer:
             await self._server.stop(grace)
         if self._pool is not None:
             await self._pool.close()
+        if self.view is not None:
+            await self.view.close()
+            await self.view.meta.close()
 
 
-async def serve(topology: Topology, listen: str, server: CoordinatorServer) -> None:
+async def connect_view(
+    endpoint: str, cluster: str, shard_tls: TLS | None = None, cluster_secret: bytes | None = None
+) -> GroupView:
+    """The cluster's live view from etcd at `endpoint` (waiting for etcd to answer)."""
+    while True:
+        try:
+            meta = await MetaStore.connect(endpoint, cluster)
+            break
+        except ShoalError as exc:
+            log.warning("etcd at %s: %s", endpoint, exc)
+            await asyncio.sleep(0.5)
+    view = GroupView(meta, shard_tls, cluster_secret)
+    await view.start()
+    return view
+
+
+async def serve_groups(
+    listen: str,
+    meta: str,
+    cluster: str,
+    security: ServerSecurity,
+    shard_tls: TLS | None,
+    secret: bytes | None,
+    metrics: str | None,
+) -> None:
+    """Serve over the shard groups in etcd until SIGTERM or SIGINT."""
+    view = await connect_view(meta, cluster, shard_tls, secret)
+    await serve(None, listen, CoordinatorServer(None, listen, security, shard_tls, secret, metrics, view))
+
+
+async def serve(topology: Topology | None, listen: str, server: CoordinatorServer) -> None:
     """Serve until SIGTERM or SIGINT, announcing the bound address (and the metrics one) on stdout."""
     signalled = asyncio.create_task(wait_for_signal())
     await asyncio.sleep(0)  # the signal handlers are in place before anyone can learn the address
@@ -104,7 +149,8 @@ async def serve(topology: Topology, listen: str, server: CoordinatorServer) -> N
         if server.metrics_address:  # before the listening line, which tells LocalCluster the start is over
             print(f"shoal coordinator metrics on {server.metrics_address}", flush=True)
         print(f"shoal coordinator listening on {address}", flush=True)
-        log.info("topology version %d: %s", topology.version, ", ".join(topology.addresses))
+        if topology is not None:
+            log.info("topology version %d: %s", topology.version, ", ".join(topology.addresses))
         await server.serving()
         await signalled
     finally:
@@ -120,8 +166,15 @@ def run(
     shard_tls: TLS | None = None,
     cluster_secret: bytes | None = None,
     metrics: str | None = None,
+    meta: str = "",
+    cluster: str = "default",
 ) -> None:
-    """Run a coordinator over `shards` (an even split) or a topology file until SIGTERM or SIGINT."""
+    """Run a coordinator over `shards` (an even split), a topology file, or etcd's groups until a signal."""
+    if meta:
+        security = security or ServerSecurity()
+        check_safe(listen, security)
+        asyncio.run(serve_groups(listen, meta, cluster, security, shard_tls, cluster_secret, metrics))
+        return
     try:
         topology = load_topology(shards, topology_file)
     except TopologyError as exc:

@@ -70,6 +70,9 @@ ACCESS: dict[str, Need] = {
             "Snapshot",
             "Backup",
             "Verify",
+            "Replicate",  # peer shards of a group
+            "ReplicaState",
+            "ReadLog",
         )
     },
 }

@@ -1,7 +1,13 @@
-"""A local cluster: a coordinator and N shard processes on this machine, used by `shoal up` and the tests."""
+"""A local cluster: etcd, a coordinator and N shard groups of R processes each on this machine.
+
+Used by `shoal up` and the tests. The cluster's metadata lives in an embedded etcd under DATA/etcd: the
+topology (slot ranges → groups g0..gN-1) is written once, and every shard joins its group there. With
+`meta=False` the cluster runs without etcd (the coordinator gets the shard addresses, one copy each).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -20,6 +26,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shoal import _rpc
 from shoal._config import DEFAULT_HOST, DEFAULT_SHARDS
 from shoal._errors import FailedPrecondition, Unavailable
+from shoal._etcd import EmbeddedEtcd
+from shoal._group_status import ENDPOINT_FILE
+from shoal._meta import MetaStore
+from shoal._meta_init import init_topology
 from shoal._tls import TLS
 
 if TYPE_CHECKING:
@@ -145,6 +155,12 @@ def _keep_metrics_port(proc: Process) -> None:
         proc.args[proc.args.index("--metrics") + 1] = proc.metrics_address
 
 
+def layout_shards(data: Path) -> int | None:
+    """The shard count of the local cluster whose data is in `data` (None for a new folder)."""
+    layout = data / "cluster.json"
+    return int(json.loads(layout.read_text())["shards"]) if layout.exists() else None
+
+
 @dataclass
 class LocalCluster:
     """A coordinator and `shards` shard processes with data under `data`; a context manager."""
@@ -167,6 +183,24 @@ class LocalCluster:
     server_args: list[str] = field(default_factory=list)
     shard_procs: list[Process] = field(default_factory=list)
     coordinator: Process | None = None
+    replicas: int = 1  # copies of each shard group's data (1: a primary only)
+    meta: bool = True  # cluster metadata in an embedded etcd (False: a fixed list of shards, no replicas)
+    cluster: str = "default"
+    etcd: EmbeddedEtcd | None = None
+
+    @property
+    def groups(self) -> list[str]:
+        """The shard groups' names."""
+        return [f"g{i}" for i in range(self.shards)]
+
+    def member_name(self, group: int, replica: int) -> str:
+        """A member's name, which is also its data folder's name."""
+        return f"shard-{group}" if replica == 0 else f"shard-{group}-r{replica}"
+
+    def members(self, group: int) -> list[Process]:
+        """The processes of one shard group."""
+        return self.shard_procs[group * self.replicas : (group + 1) * self.replicas]
+
     secrets: LocalSecrets | None = None
 
     @property
@@ -230,35 +264,49 @@ class LocalCluster:
             layout.write_text(json.dumps({"shards": self.shards}) + "\n")
 
     def start(self) -> LocalCluster:
-        """Start every shard, wait until they serve, then start the coordinator."""
+        """Start etcd, every shard, wait until they serve (and every group has its primary), then the coordinator."""
         self.data.mkdir(parents=True, exist_ok=True)
         self._check_layout()
         (self.data / "logs").mkdir(exist_ok=True)
+        if not self.meta and self.replicas != 1:
+            raise FailedPrecondition("replicas need the cluster metadata (meta=True)")
         if self.secure:
             from shoal._secrets import ensure_secrets  # cryptography, only when asked for
 
             self.secrets = ensure_secrets(self.data / "secrets", [self.host])
         backup_root = self.backup_root or self.data / "backups"
         try:
-            for i, cores in enumerate(split_cores(self.shards)):
+            group_args: list[str] = []
+            if self.meta:
+                self.etcd = EmbeddedEtcd(self.data / "etcd", host="127.0.0.1")
+                self.etcd.start(self.timeout)
+                (self.data / ENDPOINT_FILE).write_text(self.etcd.endpoint + "\n")
+                asyncio.run(self._write_topology())
+                group_args = ["--meta", self.etcd.endpoint, "--cluster", self.cluster]
+            cores_of = split_cores(self.shards * self.replicas)
+            for n, cores in enumerate(cores_of):
+                group, replica = divmod(n, self.replicas)
+                member = self.member_name(group, replica)
                 proc = Process(
-                    f"shard-{i}",
+                    member,
                     [
                         *self.common_args,
                         "shard",
                         "--data",
-                        str(self.data / f"shard-{i}"),
+                        str(self.data / member),
                         "--listen",
                         f"{self.host}:0",
                         "--cores",
                         ",".join(map(str, cores)),
+                        *group_args,
+                        *(["--group", f"g{group}"] if self.meta else []),
                         "--backup-root",
                         str(backup_root),
                         *self._shard_security(),
-                        *self._metrics_args(1 + i),
+                        *self._metrics_args(1 + n),
                         *self.server_args,
                     ],
-                    self.data / "logs" / f"shard-{i}.log",
+                    self.data / "logs" / f"{member}.log",
                     env={**SHARD_ENV, **self.shard_env},
                 )
                 proc.start(self.timeout)
@@ -268,13 +316,17 @@ class LocalCluster:
                 self.shard_procs.append(proc)
             for proc in self.shard_procs:
                 wait_serving(proc.address, self.timeout, self.tls)
+            if self.etcd is not None:
+                self.wait_groups(self.replicas)
+                where = ["--meta", self.etcd.endpoint, "--cluster", self.cluster]
+            else:
+                where = ["--shards", ",".join(p.address for p in self.shard_procs)]
             self.coordinator = Process(
                 "coordinator",
                 [
                     *self.common_args,
                     "coordinator",
-                    "--shards",
-                    ",".join(p.address for p in self.shard_procs),
+                    *where,
                     "--listen",
                     f"{self.host}:{self.port}",
                     *self._coordinator_security(),
@@ -292,16 +344,42 @@ class LocalCluster:
             raise
         return self
 
+    async def _write_topology(self) -> None:
+        assert self.etcd is not None
+        await init_topology(self.etcd.endpoint, self.cluster, self.shards)
+
+    def wait_groups(self, in_sync: int, timeout: float | None = None) -> None:
+        """Block until every group has a live primary and at least `in_sync` members in its in-sync set."""
+        assert self.etcd is not None
+        etcd = self.etcd
+
+        async def wait() -> None:
+            deadline = time.monotonic() + (timeout or self.timeout)
+            async with await MetaStore.connect(etcd.endpoint, self.cluster) as meta:
+                while True:
+                    states = [await meta.get_group(g) for g in self.groups]
+                    if all(s.primary is not None and len(s.in_sync) >= in_sync for s in states):
+                        return
+                    if time.monotonic() > deadline:
+                        raise Unavailable(f"the shard groups did not settle: {states}")
+                    await asyncio.sleep(0.1)
+
+        asyncio.run(wait())
+
     def restart(self, proc: Process) -> None:
         """Start a stopped or killed process again on its old address and wait until it serves."""
+        if self.etcd is not None and not self.etcd.running:
+            self.etcd.start(self.timeout)  # on its old ports
         proc.start(self.timeout)
         wait_serving(proc.address, self.timeout, self.tls)
 
     def stop(self) -> None:
-        """Stop the coordinator, then the shards, each with SIGTERM."""
+        """Stop the coordinator, then the shards, each with SIGTERM, then etcd."""
         for proc in [self.coordinator, *self.shard_procs]:
             if proc is not None:
                 proc.stop()
+        if self.etcd is not None:
+            self.etcd.stop()
 
     def __enter__(self) -> LocalCluster:
         return self.start()

@@ -168,7 +168,7 @@ class MetaStore:
         existing = responses[0][0][0] if responses and responses[0] else None
         if existing == value:
             return False
-        raise AlreadyExists(f"collection {config.name!r} exists with another config")
+        raise AlreadyExists(f"collection {config.name!r} already exists with another config")
 
     async def drop_collection(self, name: str) -> bool:
         """Remove a collection; True if it was there."""
@@ -337,6 +337,12 @@ class MetaStore:
         with _translated():
             got = await self._client.get_prefix(self.keys.root)
         return int(got.header.revision)
+
+    async def cluster_id(self) -> int:
+        """etcd's cluster id: a fresh etcd (say, of a restored cluster) has a new one."""
+        with _translated():
+            got = await self._client.get_prefix(self.keys.root)
+        return int(got.header.cluster_id)
 
     async def watch(self, section: Section, start_revision: int | None = None) -> AsyncIterator[Change]:
         """Changes under a section, in order, from `start_revision` (inclusive) or from now on."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
+import json
 import os
 import signal
 import sys
@@ -61,13 +64,20 @@ def _ranges(cores: list[int]) -> str:
 def cmd_shard(args: argparse.Namespace) -> int:
     """Run one shard process."""
     from shoal._access import Guard
-    from shoal.shard.server import run
+    from shoal.shard.server import GroupSettings, run
 
     _tracing(args, "shoal-shard")
+    group = None
+    if args.meta:
+        if not args.group:
+            raise SystemExit("shoal shard: --meta needs --group")
+        member = args.member or Path(args.data).resolve().name
+        group = GroupSettings(args.meta, args.cluster, args.group, member, args.advertise)
     # Cluster members prove themselves by a certificate of the cluster CA (mutual TLS) or the cluster secret.
     guard = Guard(cluster_secret=_secret(args), members_by_certificate=args.tls_client_ca is not None)
     backup_root = Path(args.backup_root) if args.backup_root else None
-    run(Path(args.data), args.listen, args.cores, _server_security(args, guard), backup_root, args.metrics)
+    security = _server_security(args, guard)
+    run(Path(args.data), args.listen, args.cores, security, backup_root, group, args.metrics)
     return 0
 
 
@@ -91,6 +101,8 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
         shard_tls,
         _secret(args),
         args.metrics,
+        args.meta or "",
+        args.cluster,
     )
     return 0
 
@@ -119,7 +131,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Start a local cluster and keep it running until Ctrl-C or SIGTERM."""
-    from shoal._local import LocalCluster
+    from shoal._local import LocalCluster, layout_shards
 
     # `shoal restore --up` comes here too, without the metrics and tracing options: their defaults then.
     metrics_port = getattr(args, "metrics_port", None)
@@ -132,6 +144,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         server_args += ["--trace-sample-ratio", str(args.trace_sample_ratio)]
     backup_root = Path(args.backup_root) if getattr(args, "backup_root", None) else None
     secure = getattr(args, "secure", False)
+    if args.shards is None:
+        args.shards = layout_shards(Path(args.data)) or DEFAULT_SHARDS
+    replicas = getattr(args, "replicas", 1)
     cluster = LocalCluster(
         data=Path(args.data),
         shards=args.shards,
@@ -139,6 +154,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         host=args.host,
         secure=secure,
         backup_root=backup_root,
+        replicas=replicas,
         metrics=not getattr(args, "no_metrics", False),
         metrics_port=metrics_port,
         common_args=["--log-level", args.log_level, "--log-format", args.log_format],
@@ -149,7 +165,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         cluster.start()
         print(
-            f"Shoal is ready at {cluster.address} ({args.shards} shards, data in {args.data}, "
+            f"Shoal is ready at {cluster.address} ({args.shards} shards x {replicas} copies, data in {args.data}, "
             f"logs in {Path(args.data) / 'logs'}). Press Ctrl-C to stop.",
             flush=True,
         )
@@ -176,12 +192,62 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print every process's state and each shard's collections; with --check, exit 1 unless all serve."""
+    """Print every process's state and each shard's collections (and, with the cluster's etcd, every shard
+    group's members); with --check, exit 1 unless all serve."""
     from shoal._status import cluster_status, healthy, to_json, to_table
 
+    endpoint = _meta_endpoint(args)
     status = cluster_status(args.address, *_client_security(args))
-    print(to_json(status) if args.json else to_table(status))
+    found = None
+    if endpoint:
+        from shoal._group_status import groups
+
+        found = asyncio.run(groups(endpoint, args.cluster))
+    if args.json:
+        doc = json.loads(to_json(status))
+        if found is not None:
+            doc["groups"] = [dataclasses.asdict(g) for g in found]
+        print(json.dumps(doc, indent=2))
+    else:
+        print(to_table(status))
+        if found is not None:
+            from shoal._group_status import groups_table
+
+            print()
+            print(groups_table(found))
     return 1 if args.check and not healthy(status) else 0
+
+
+def _meta_endpoint(args: argparse.Namespace) -> str:
+    """The etcd endpoint from --meta, or from a local cluster's data folder (--data), or ""."""
+    if args.meta:
+        return str(args.meta)
+    if args.data:
+        from shoal._group_status import endpoint_of
+
+        return endpoint_of(Path(args.data))
+    return ""
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write the topology of a new cluster (nothing when one is there already)."""
+    from shoal._meta_init import init_topology
+
+    version = asyncio.run(init_topology(args.meta, args.cluster, args.groups))
+    print(f"topology version {version} in etcd at {args.meta} (cluster {args.cluster})")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Compare the members of every shard group; exit 0 when identical."""
+    from shoal._check import check
+
+    endpoint = _meta_endpoint(args)
+    if not endpoint:
+        raise SystemExit("shoal check needs --meta or --data (the cluster's etcd)")
+    same, lines = asyncio.run(check(endpoint, args.cluster))
+    print("\n".join(lines))
+    return 0 if same else 1
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -286,11 +352,14 @@ def parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start a local cluster: a coordinator and N shards")
     up.add_argument(
-        "--shards", type=int, default=DEFAULT_SHARDS, help=f"number of shard processes (default {DEFAULT_SHARDS})"
+        "--shards",
+        type=int,
+        help=f"number of shard processes (default: the data folder's, {DEFAULT_SHARDS} for a new one)",
     )
     up.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"coordinator port (default {DEFAULT_PORT})")
     up.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     up.add_argument("--data", default="./shoal-data", help="data folder (default ./shoal-data)")
+    up.add_argument("--replicas", type=int, default=1, help="copies of each shard's data, on separate processes")
     up.add_argument(
         "--metrics-port",
         type=int,
@@ -310,12 +379,25 @@ def parser() -> argparse.ArgumentParser:
     _add_server_options(shard)
     shard.add_argument("--backup-root", help="the folder backups may be written under (none: backups refused)")
     _server_args(shard)
+    shard.add_argument("--meta", default="", help="etcd endpoint HOST:PORT: run as a member of a shard group")
+    shard.add_argument("--cluster", default="default", help="the cluster's name in etcd (default 'default')")
+    shard.add_argument("--group", default="", help="with --meta: the shard group to join, e.g. g0")
+    shard.add_argument("--member", default="", help="with --meta: this member's name (default: the data folder's name)")
+    shard.add_argument("--advertise", default="", help="with --meta: HOST:PORT others reach it at (default: --listen)")
+
+    init = sub.add_parser("init", help="write a new cluster's topology into etcd: slots split over N shard groups")
+    init.add_argument("--meta", required=True, help="the cluster's etcd endpoint HOST:PORT")
+    init.add_argument("--cluster", default="default", help="the cluster's name in etcd")
+    init.add_argument("--groups", type=int, required=True, help="number of shard groups (g0..gN-1)")
+    init.set_defaults(func=cmd_init)
     shard.set_defaults(func=cmd_shard)
 
     coord = sub.add_parser("coordinator", help="run one coordinator process")
     where = coord.add_mutually_exclusive_group(required=True)
     where.add_argument("--shards", help="shard addresses HOST:PORT,HOST:PORT (slots split evenly)")
     where.add_argument("--topology", help="JSON topology file mapping slot ranges to shard addresses")
+    where.add_argument("--meta", help="etcd endpoint HOST:PORT: follow the cluster's topology and groups there")
+    coord.add_argument("--cluster", default="default", help="with --meta: the cluster's name in etcd")
     coord.add_argument("--listen", default=DEFAULT_ADDRESS, help="HOST:PORT to serve on")
     _add_server_options(coord)
     coord.add_argument("--auth", help="API keys file (see `shoal keys`): every call needs a key of the right role")
@@ -331,6 +413,12 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--check", action="store_true", help="exit with 1 unless every process is serving")
     _client_args(status)
     status.set_defaults(func=cmd_status)
+    check = sub.add_parser("check", help="compare the replicas of every shard group (exit 0 when identical)")
+    check.set_defaults(func=cmd_check)
+    for command in (status, check):
+        command.add_argument("--meta", default="", help="the cluster's etcd endpoint HOST:PORT")
+        command.add_argument("--data", default="", help="or: the data folder of a `shoal up` cluster")
+        command.add_argument("--cluster", default="default", help="the cluster's name in etcd")
 
     backup = sub.add_parser("backup", help="copy every shard of a running cluster into a new folder")
     backup.add_argument("--address", default=DEFAULT_ADDRESS, help="a coordinator's address")

@@ -9,11 +9,16 @@ resolves the callers' futures: an acknowledged write is durable and visible to s
 A failed WAL sync or WAL append is fatal: the callers are failed, then the process exits. Retrying an
 fsync after an error can report success for data the kernel already dropped, and RocksDB refuses every
 later write after a failed append anyway; a restart recovers from what is really on disk.
+
+On a group's primary, `replicate` is set: once a group is durable, every logged write is handed to it
+(sequence and serialized plan) and its caller is resolved only when both the index part is applied and
+the replicas have it (the future `replicate` returns). Without it nothing changes on the write path.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -31,11 +36,36 @@ from shoal.shard.storage import classify_write_error
 
 log = logging.getLogger("shoal.shard.committer")
 
+# Ship a durable write (sequence, serialized plan) to the replicas; resolves once the in-sync ones have it.
+Replicate = Callable[[int, bytes], "Future[None]"]
+
 
 @dataclass
 class _Job:
     job: Job
     future: Future[Any]
+
+
+class _Both:
+    """Resolve `outer` with `local`'s outcome once `local` and `remote` are both done (`remote`'s error first)."""
+
+    def __init__(self, local: Future[Any], remote: Future[None], outer: Future[Any]) -> None:
+        self._local, self._remote, self._outer = local, remote, outer
+        self._left = 2
+        self._lock = threading.Lock()
+        local.add_done_callback(self._done)
+        remote.add_done_callback(self._done)
+
+    def _done(self, _: Future[Any]) -> None:
+        with self._lock:
+            self._left -= 1
+            if self._left:
+                return
+        error = self._remote.exception() or self._local.exception()
+        if error is not None:
+            self._outer.set_exception(error)
+        else:
+            self._outer.set_result(self._local.result())
 
 
 class Committer(QueueThread[_Job]):
@@ -55,6 +85,7 @@ class Committer(QueueThread[_Job]):
         self._max_group = max_group
         self._crash = crash or CrashPoints()
         self._fatal = on_fatal
+        self.replicate: Replicate | None = None  # set while this shard is its group's primary
         super().__init__("shoal-committer")
 
     def submit(self, job: Job) -> Future[Any]:
@@ -80,15 +111,24 @@ class Committer(QueueThread[_Job]):
     def _commit(self, group: list[_Job]) -> None:
         steps: list[Step] = []
         unsynced: list[Future[Any]] = []
+        replicate = self.replicate
+        shipped: list[tuple[int, bytes, Future[Any], Future[Any]]] = []  # seq, plan, local, caller's
         for job in group:
             if not job.future.set_running_or_notify_cancel():
                 continue  # cancelled before anything was written
             seq = None
+            before = self._storage.seq
             try:
                 part, wrote = self._writer.write(job.job)
                 if wrote:
                     seq = self._storage.seq
                     unsynced.append(job.future)
+                if replicate is not None and part.entry is not None and self._storage.seq != before:
+                    local: Future[Any] = Future()
+                    local.set_running_or_notify_cancel()
+                    shipped.append((self._storage.seq, part.entry, local, job.future))
+                    steps.append((local, part, seq))
+                    continue
             except ShoalError as exc:
                 job.future.set_exception(exc)
                 continue
@@ -117,6 +157,9 @@ class Committer(QueueThread[_Job]):
                 self._fatal(f"WAL sync failed: {exc}")
                 return
             self._crash("after-commit")
+        if replicate is not None:
+            for seq, entry, local, caller in shipped:
+                _Both(local, replicate(seq, entry), caller)
         if steps:
             self._worker.apply(steps)
 

@@ -10,6 +10,10 @@ Two views of the collections exist: `_writing` (the committer's, ahead) and `_co
 see, changed on the index worker once a create or drop is durable). Opening recovers every index
 (recovery.py); closing snapshots every changed one, so a graceful restart loads them instead of
 replaying anything.
+
+In a shard group (group.py) the shard also keeps an op log, a replica applies its primary's plans through
+`submit_replicated`, and writes from callers pass `gate` (refused on a replica) and, once the shard knows
+the slots its group owns (`owned`), a slot check.
 """
 
 from __future__ import annotations
@@ -17,16 +21,17 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from shoal._config import CollectionConfig, check_name
+from shoal._config import SLOTS, CollectionConfig, check_name
 from shoal._errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shoal._filter import check_path
+from shoal._hash import slots_of
 from shoal._results import Found, Page, TopK
 from shoal._search import Search, SearchShape
 from shoal._wire import as_id_array, check_ids, check_nonzero, check_payloads, check_upsert
@@ -34,9 +39,9 @@ from shoal.shard import reads
 from shoal.shard import search as searching
 from shoal.shard.backup import backup_folder
 from shoal.shard.collection import Collection, CollectionStats, CollectionStatus, parse_filter, stats, status
-from shoal.shard.committer import Committer
+from shoal.shard.committer import Committer, Replicate
 from shoal.shard.compaction import Compacted
-from shoal.shard.execute import Job, Verify, Writer
+from shoal.shard.execute import Job, Replicated, Verify, Writer
 from shoal.shard.faults import CrashPoints, fatal
 from shoal.shard.index import IndexWorker
 from shoal.shard.options import ShardOptions
@@ -67,6 +72,9 @@ class Shard:
         self._collections: dict[str, Collection] = {}
         self._writing: dict[str, Collection] = {}
         self._ready = False  # True between the end of open() and the start of close()
+        # In a shard group: raises when callers may not write here (a replica); the slots the group owns.
+        self.gate: Callable[[], None] | None = None
+        self.owned: np.ndarray | None = None  # bool per slot; None: no slot check (static mode)
 
     def open(self) -> None:
         """Open RocksDB and bring every index up to date with it (snapshot plus changes, or a rebuild)."""
@@ -81,7 +89,7 @@ class Shard:
                 log.warning("collection %s: payload index rebuilt from the points", store.name)
             coll.filters.load(list(columns(store)))
         self._worker.applied_seq = storage.seq  # every stored write is in the indexes now
-        writer = Writer(storage, self._writing, self._collections, self.threads)
+        writer = Writer(storage, self._writing, self._collections, self.threads, self.options.oplog)
         self._committer = Committer(writer, self._worker, self.options.max_group, self._crash)
         self._snapshotter = Snapshotter(
             files,
@@ -129,6 +137,26 @@ class Shard:
         """The sequence number of the last written batch."""
         return self._storage.seq if self._storage is not None else 0
 
+    def _writable(self, ids: np.ndarray | None = None) -> None:
+        """Refuse a caller's write on a replica, or for ids outside the slots this shard's group owns."""
+        if self.gate is not None:
+            self.gate()
+        owned = self.owned
+        if owned is not None and ids is not None and len(ids):
+            slots = slots_of(ids)
+            foreign = np.flatnonzero(~owned[slots])
+            if len(foreign):
+                raise FailedPrecondition(
+                    f"slot {int(slots[foreign[0]])} is not owned by this shard group (the topology changed?)"
+                )
+
+    def set_owned(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """The slot ranges [start, end) this shard's group owns."""
+        owned = np.zeros(SLOTS, dtype=bool)
+        for start, end in ranges:
+            owned[start:end] = True
+        self.owned = owned
+
     def _submit(self, job: Job) -> Future[Any]:
         if not self._ready or self._committer is None:
             raise Unavailable("the shard is not open")
@@ -146,13 +174,37 @@ class Shard:
 
     def create_collection(self, config: CollectionConfig) -> tuple[CollectionStats, bool]:
         """Create a collection; (stats, False) if it exists with the same config."""
+        self._writable()
         result: tuple[CollectionStats, bool] = self._submit(CreateCollection(config)).result()
         return result
 
     def drop_collection(self, name: str) -> bool:
         """Drop a collection and all its points; False if it did not exist."""
         check_name(name)
+        self._writable()
         return bool(self._submit(DropCollection(name)).result())
+
+    def submit_catalogue(self, config: CollectionConfig | None, name: str) -> Future[Any]:
+        """On a group's primary: apply the catalogue's create (config) or drop (None) of a collection as a write."""
+        return self._submit(CreateCollection(config) if config is not None else DropCollection(name))
+
+    # Replication
+
+    def submit_replicated(self, seq: int, raw: bytes) -> Future[Any]:
+        """On a replica: queue the primary's write `seq` (a serialized plan); resolves once durable and applied."""
+        return self._submit(Replicated(seq, raw))
+
+    def set_replicate(self, replicate: Replicate | None) -> None:
+        """Ship every durable write through `replicate` (this shard is the primary), or stop (None)."""
+        if self._committer is not None:
+            self._committer.replicate = replicate
+
+    @property
+    def storage(self) -> Storage:
+        """The open RocksDB (op log, term)."""
+        if self._storage is None:
+            raise Unavailable("the shard is not open")
+        return self._storage
 
     def list_collections(self) -> list[str]:
         """The names of all collections, sorted."""
@@ -201,6 +253,7 @@ class Shard:
         check_upsert(ids, vectors, payloads, coll.config.id_type, coll.config.dim)
         if coll.config.metric == "cosine":
             check_nonzero(vectors)
+        self._writable(ids)
         return self._submit(Upsert(name, coll.store.born, ids, vectors, payloads))
 
     def upsert(self, name: str, ids: np.ndarray, vectors: np.ndarray, payloads: Sequence[bytes] = ()) -> int:
@@ -211,6 +264,7 @@ class Shard:
         """Validate a delete and queue it; the future resolves to the number of points that existed."""
         coll = self._collection(name)
         ids = self._ids(ids, coll.config)
+        self._writable(ids)
         return self._submit(Delete(name, coll.store.born, ids))
 
     def delete(self, name: str, ids: np.ndarray) -> int:
@@ -300,6 +354,7 @@ class Shard:
         """Queue the deletion of every point matching a filter; resolves to how many there were."""
         coll = self._collection(name)
         node = parse_filter(filter_text)
+        self._writable()
         return self._submit(DeleteByFilter(name, coll.store.born, node))
 
     def submit_set_payload(self, name: str, ids: np.ndarray, set_raw: bytes, unset: Sequence[str]) -> Future[int]:
@@ -311,4 +366,5 @@ class Shard:
         paths = [check_path(p, "unset path") for p in unset]
         if not updates and not paths:
             raise InvalidArgument("nothing to change: give keys to set or paths to unset")
+        self._writable(ids)
         return self._submit(SetPayload(name, coll.store.born, ids, updates, paths))

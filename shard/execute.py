@@ -6,6 +6,8 @@ drops the collection's column families, and returns a `Committed` value. Once th
 index worker calls `Committed.apply`: the plan's usearch and payload-mirror changes (`apply`), or the
 publication of a created or dropped collection to callers; what it returns is the caller's result.
 A new kind of plan gets its storage part in `Writer.write` and its index part in `Committed.apply`.
+In a shard group the writer also logs each plan (serialized) under its sequence in the op log, in the
+same batch; a replica executes the primary's plans (`Replicated`) the same way, without planning.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 from rocksdict import WriteBatch
 
+from shoal._errors import FailedPrecondition
 from shoal._filter import Node
 from shoal.shard.collection import Collection, stats
 from shoal.shard.index import VectorIndex
@@ -35,6 +38,7 @@ from shoal.shard.writes import (
     Request,
     StoreView,
     WritePlan,
+    plan_from_bytes,
     plan_write,
     writable,
 )
@@ -76,7 +80,15 @@ class Scan:
     unmapped: int
 
 
-Job = Request | Verify  # what the committer executes, in order
+@dataclass(frozen=True)
+class Replicated:
+    """A plan the group's primary wrote under `seq`: a replica executes it as it is, strictly in order."""
+
+    seq: int
+    raw: bytes  # the serialized plan, logged unchanged
+
+
+Job = Request | Verify | Replicated  # what the committer executes, in order
 
 
 @dataclass(eq=False)
@@ -86,6 +98,7 @@ class Committed:
     plan: Plan | Scan
     coll: Collection | None  # the collection the plan changes or reads (None: a drop)
     published: dict[str, Collection]  # the collections callers see, which a create or drop changes
+    entry: bytes | None = None  # the serialized plan as logged in the op log (shard groups only)
 
     def apply(self) -> Any:
         """On the index worker: the plan's index part; the caller's result."""
@@ -111,9 +124,15 @@ class Writer:
     """On the committer: the collections as it sees them (a Catalogue), and the storage part of every plan."""
 
     def __init__(
-        self, storage: Storage, writing: dict[str, Collection], published: dict[str, Collection], threads: int
+        self,
+        storage: Storage,
+        writing: dict[str, Collection],
+        published: dict[str, Collection],
+        threads: int,
+        oplog: bool = False,
     ) -> None:
         self.storage = storage
+        self.oplog = oplog  # log every plan under its sequence (a member of a shard group)
         self._writing = writing  # ahead of `published`: changed as soon as a create or drop is written
         self._published = published
         self._threads = threads
@@ -127,32 +146,52 @@ class Writer:
         """Plan a job and execute its storage part: its index part, and whether it wrote a batch to sync."""
         if isinstance(job, Verify):
             return self._scan(job), False
-        planned = plan_write(job, self)
+        raw: bytes | None = None
+        if isinstance(job, Replicated):
+            if job.seq != self.storage.seq + 1:
+                raise FailedPrecondition(f"replicated write {job.seq} is out of order after {self.storage.seq}")
+            planned, raw = plan_from_bytes(job.raw), job.raw
+        else:
+            planned = plan_write(job, self)
         if isinstance(planned, CreatePlan):
-            return self._create(planned), False
+            return self._create(planned, raw), False
         if isinstance(planned, DropPlan):
-            return self._drop(planned), False
+            return self._drop(planned, raw), False
         coll = self._writing[planned.collection]
         batch = to_batch(planned, self.storage, coll.store)
+        entry = None
         if batch is not None:
-            self.storage.write(batch, frees=isinstance(job, (Delete, DeleteByFilter)))
-        return Committed(planned, coll, self._published), batch is not None
+            entry = self._entry(planned, raw)
+            # A replica frees space whenever its primary did: a plan that only deletes.
+            frees = isinstance(job, (Delete, DeleteByFilter)) or (raw is not None and not planned.puts)
+            self.storage.write(batch, entry, frees=frees)
+        return Committed(planned, coll, self._published, entry), batch is not None
 
-    def _create(self, planned: CreatePlan) -> Committed:
+    def _entry(self, planned: Plan, raw: bytes | None) -> bytes | None:
+        """The op-log entry of a plan that writes (None outside a shard group: no serializing cost)."""
+        if not self.oplog:
+            return None
+        return raw if raw is not None else planned.to_bytes()
+
+    def _create(self, planned: CreatePlan, raw: bytes | None) -> Committed:
         config = planned.config
         if not planned.created:
             return Committed(planned, self._writing[config.name], self._published)
-        coll = Collection(self.storage.create(config), VectorIndex(config, self._threads))  # its own synced batch
+        entry = self._entry(planned, raw)
+        store = self.storage.create(config, entry)  # its own synced batch
+        coll = Collection(store, VectorIndex(config, self._threads))
         self._writing[config.name] = coll
         log.info("created collection %s", config)
-        return Committed(planned, coll, self._published)
+        return Committed(planned, coll, self._published, entry)
 
-    def _drop(self, planned: DropPlan) -> Committed:
+    def _drop(self, planned: DropPlan, raw: bytes | None) -> Committed:
+        entry = None
         if planned.dropped:
-            self.storage.drop(planned.name)  # its own synced batch, then the column families go
+            entry = self._entry(planned, raw)
+            self.storage.drop(planned.name, entry)  # its own synced batch, then the column families go
             del self._writing[planned.name]
             log.info("dropped collection %s", planned.name)
-        return Committed(planned, None, self._published)
+        return Committed(planned, None, self._published, entry)
 
     def _scan(self, job: Verify) -> Committed:
         # On the committer nothing else writes, and the index part sees every earlier write applied.

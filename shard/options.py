@@ -69,6 +69,10 @@ class ShardOptions:
     crashpoint: str | None = None  # test-only: see faults.py
     # Backups are written only under this folder (`--backup-root`); without it the shard refuses them.
     backup_root: Path | None = None
+    # A member of a shard group logs every write's plan (the op log) for replicas to catch up from, keeping
+    # the last `oplog_keep`; a replica further behind than that copies a snapshot instead.
+    oplog: bool = False
+    oplog_keep: int = 100_000
 
     @classmethod
     def from_env(cls, threads: int, environ: Mapping[str, str] = os.environ) -> ShardOptions:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from threadpoolctl import threadpool_limits
@@ -23,6 +23,7 @@ from shoal._server import (
     wait_for_signal,
 )
 from shoal.shard.core import Shard
+from shoal.shard.group import GroupMember
 from shoal.shard.metrics import collector
 from shoal.shard.options import ShardOptions
 from shoal.shard.servicer import ShardServicer
@@ -35,15 +36,27 @@ GRACE_SECONDS = 5
 GRPC_FORK_ENV = "GRPC_ENABLE_FORK_SUPPORT"
 
 
+@dataclass(frozen=True)
+class GroupSettings:
+    """Where a shard in a shard group finds etcd, and its group and member name."""
+
+    meta: str  # etcd endpoint host:port
+    cluster: str
+    group: str
+    member: str
+    advertise: str = ""  # the address others reach this shard at (default: the bound address)
+
+
 def run(
     data: Path,
     listen: str,
     cores: list[int] | None,
     security: ServerSecurity | None = None,
     backup_root: Path | None = None,
+    group: GroupSettings | None = None,
     metrics: str | None = None,
 ) -> None:
-    """Run a shard on `listen` with its data under `data` until SIGTERM or SIGINT (/metrics on `metrics`)."""
+    """Run a shard on `listen` with data under `data` until a signal (in a group if given; /metrics on `metrics`)."""
     security = security or ServerSecurity()
     check_safe(listen, security)
     if os.environ.get(GRPC_FORK_ENV) != "false":
@@ -57,11 +70,18 @@ def run(
     # numpy's BLAS (exact filtered search) started its threads before the pinning, one per core of the
     # machine: left so, every shard would compete for every core.
     threadpool_limits(threads, user_api="blas")
-    options = replace(ShardOptions.from_env(threads), backup_root=backup_root)
-    asyncio.run(_serve(Path(data), listen, options, security, metrics))
+    options = replace(ShardOptions.from_env(threads), backup_root=backup_root, oplog=group is not None)
+    asyncio.run(_serve(Path(data), listen, options, security, metrics, group))
 
 
-async def _serve(data: Path, listen: str, options: ShardOptions, security: ServerSecurity, metrics: str | None) -> None:
+async def _serve(
+    data: Path,
+    listen: str,
+    options: ShardOptions,
+    security: ServerSecurity,
+    metrics: str | None,
+    group: GroupSettings | None = None,
+) -> None:
     threads = options.threads
     shard = Shard(data, options=options)
     server = aio_server(security.guard, metrics=metrics is not None)
@@ -85,12 +105,19 @@ async def _serve(data: Path, listen: str, options: ShardOptions, security: Serve
             if loading.exception() is not None:  # a shard that cannot load its data must not serve
                 log.error("shard cannot load its data from %s", data, exc_info=loading.exception())
                 raise SystemExit(1)
+            if group is not None:
+                servicer.member = GroupMember(
+                    shard, group.meta, group.cluster, group.group, group.member, group.advertise or servicer.address
+                )
+                await servicer.member.start()
             await set_serving(health, [SERVICE], True)
             log.info("shard serving on %s with %d threads, data in %s", servicer.address, threads, data)
             await signalled
         log.info("shard on %s stopping", servicer.address)
     finally:
         await set_serving(health, [SERVICE], False)
+        if servicer.member is not None:
+            await servicer.member.stop()
         await server.stop(grace=GRACE_SECONDS)
         signalled.cancel()
         with contextlib.suppress(Exception):

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from pathlib import Path
 
 import grpc
 
 from shoal import _tracing
 from shoal._config import CollectionConfig
-from shoal._errors import InvalidArgument, Unavailable
+from shoal._errors import FailedPrecondition, InvalidArgument, Unavailable
 from shoal._results import TopK, check_answer_size, found_to_proto, page_to_proto, topk_to_proto
 from shoal._search import Search
 from shoal._server import error_status
 from shoal._wire import decode_ids, decode_matrix, encode_ids
 from shoal.shard.collection import CollectionStats
 from shoal.shard.core import Shard
+from shoal.shard.group import GroupMember
 from shoal.v1 import shard_pb2, shard_pb2_grpc
 from shoal.v1 import types_pb2 as pb
 
@@ -28,6 +31,8 @@ log = logging.getLogger("shoal.shard.servicer")
 SEARCH_SPAN = "/shoal.v1.Shard/search"
 # A status waits for the index worker at most this long (behind queued searches and writes).
 STATUS_TIMEOUT_SECONDS = 5.0
+# A search of a stream being answered: the index worker's future, or a task for a traced one.
+Withdrawable = Future[tuple[TopK, str]] | asyncio.Future[pb.SearchResponse]
 
 
 class ShardServicer(shard_pb2_grpc.ShardServicer):
@@ -37,6 +42,12 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         self._shard = shard
         self.address = address  # reported in ShardStats; set once the port is bound
         self.metrics_address = metrics_address  # reported in GetStatus; empty when metrics are not served
+        self.member: GroupMember | None = None  # set when the shard is a member of a shard group
+
+    def _member(self) -> GroupMember:
+        if self.member is None:
+            raise FailedPrecondition("this shard is not a member of a shard group")
+        return self.member
 
     def _info(self, stats: CollectionStats) -> pb.CollectionInfo:
         shard = pb.ShardStats(address=self.address, count=stats.count, memory_bytes=stats.memory_bytes)
@@ -150,11 +161,27 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
     async def SearchStream(
         self, request_iterator: AsyncIterator[pb.SearchRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SearchResponse]:
-        answers: asyncio.Queue[pb.SearchResponse | None] = asyncio.Queue()
-        pending: dict[int, asyncio.Task[None]] = {}  # by request_id
+        loop = asyncio.get_running_loop()
+        answers: asyncio.Queue[pb.SearchResponse | None] = asyncio.Queue()  # None: no more answers
+        # Each search is the index worker's future with a callback rather than a task: a stream of single
+        # queries is the hottest path there is, and a task per message costs more than the rest of its handling.
+        pending: dict[int, Withdrawable] = {}  # by request_id
+        idle = asyncio.Event()  # set whenever nothing is pending
 
-        async def answer(request: pb.SearchRequest) -> None:
-            await answers.put(await self._stream_answer(request))
+        def answered(request: pb.SearchRequest, future: Withdrawable) -> None:  # on the event loop
+            if pending.get(request.request_id) is future:
+                del pending[request.request_id]
+            if not pending:
+                idle.set()
+            if not future.cancelled():
+                answers.put_nowait(self._outcome(request, future))
+
+        def done(request: pb.SearchRequest, future: Withdrawable) -> None:  # on any thread
+            if isinstance(future, asyncio.Future):
+                answered(request, future)
+            else:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for the answer
+                    loop.call_soon_threadsafe(answered, request, future)
 
         async def read() -> None:
             try:
@@ -163,12 +190,22 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
                         if (withdrawn := pending.get(request.request_id)) is not None:
                             withdrawn.cancel()
                         continue
-                    task = asyncio.create_task(answer(request))
-                    pending[request.request_id] = task
-                    task.add_done_callback(functools.partial(_forget, pending, request.request_id))
-                await asyncio.gather(*list(pending.values()), return_exceptions=True)
+                    future: Withdrawable
+                    try:
+                        if _tracing.ENABLED and _tracing.sampled(request.traceparent):
+                            future = asyncio.ensure_future(self._traced_search(request))
+                        else:
+                            future = self._shard.submit_search(Search.from_proto(request))
+                    except Exception as exc:  # a bad question: answer it and read on
+                        answers.put_nowait(_error_answer(request.request_id, exc))
+                        continue
+                    pending[request.request_id] = future
+                    idle.clear()
+                    future.add_done_callback(functools.partial(done, request))
+                if pending:
+                    await idle.wait()
             finally:
-                await answers.put(None)
+                answers.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
@@ -177,8 +214,8 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             await reader  # a broken request stream fails the call
         finally:
             reader.cancel()
-            for task in list(pending.values()):
-                task.cancel()
+            for future in list(pending.values()):
+                future.cancel()
 
     async def Snapshot(
         self, request: shard_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
@@ -213,14 +250,42 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             consistent=found.consistent,
         )
 
-    async def _stream_answer(self, request: pb.SearchRequest) -> pb.SearchResponse:
+    async def Replicate(
+        self, request_iterator: AsyncIterator[shard_pb2.ReplicateRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[shard_pb2.ReplicateAck]:
+        async for ack in self._member().replica.serve(request_iterator):
+            yield ack
+
+    async def ReplicaState(
+        self, request: shard_pb2.ReplicaStateRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.ReplicaStateResponse:
+        if self.member is None:
+            return shard_pb2.ReplicaStateResponse(seq=self._shard.sequence)
+        return await asyncio.to_thread(self.member.state)
+
+    async def ReadLog(
+        self, request: shard_pb2.ReadLogRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[shard_pb2.ReplicateRequest]:
+        storage = self._shard.storage
+        after, end = int(request.after), storage.seq
+        while after < end:
+            entries = await asyncio.to_thread(storage.entries, after, 256)
+            if not entries or entries[0][0] != after + 1:
+                raise FailedPrecondition(f"the op log no longer holds the writes after {after}")
+            for seq, raw in entries:
+                yield shard_pb2.ReplicateRequest(seq=seq, plan=raw, term=self._member().term)
+                after = seq
+
+    @classmethod
+    def _outcome(cls, request: pb.SearchRequest, future: Withdrawable) -> pb.SearchResponse:
         """A stream answer: the result, or this request's error without breaking the stream."""
         try:
-            return await self._search(request)
+            outcome = future.result()
+            if isinstance(outcome, pb.SearchResponse):  # a traced search answers ready-made
+                return outcome
+            return cls._response(request, *outcome)
         except Exception as exc:
-            return pb.SearchResponse(
-                request_id=request.request_id, error=error_status(exc, "/shoal.v1.Shard/SearchStream")
-            )
+            return _error_answer(request.request_id, exc)
 
     async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
         if _tracing.ENABLED and _tracing.sampled(request.traceparent):
@@ -255,7 +320,6 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         return check_answer_size(response)  # too large to send: this request fails, the stream stays up
 
 
-def _forget(pending: dict[int, asyncio.Task[None]], request_id: int, task: asyncio.Task[None]) -> None:
-    """Drop a finished search's task (unless a later one reused its id)."""
-    if pending.get(request_id) is task:
-        del pending[request_id]
+def _error_answer(request_id: int, exc: Exception) -> pb.SearchResponse:
+    """The answer of a stream's request that failed: its error, the stream stays up."""
+    return pb.SearchResponse(request_id=request_id, error=error_status(exc, "/shoal.v1.Shard/SearchStream"))

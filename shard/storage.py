@@ -7,10 +7,14 @@ Layout (every key and value raw bytes):
                 b"next/<name>"    -> the next internal key of a string-id collection, 8 bytes big-endian
                 b"born/<name>"    -> born: the sequence number of the batch that created the collection
                 b"trim/" + born8  -> the sequence up to which the collection's change log was trimmed
+                b"term"           -> the highest replication term this shard accepted, 8 bytes big-endian
+                b"etcd"           -> the id of the etcd cluster whose catalogue the collections follow
     p.<name>    key8              -> vector (dim float32 little-endian) + payload JSON (possibly empty)
     i.<name>    b"s" + utf8 id    -> key8        (string-id collections only)
                 b"k" + key8       -> utf8 id
     log         born8 + seq8      -> the key8s a batch upserted or deleted (the change log, see below)
+    oplog       seq8              -> the serialized plan of the write with that sequence (shard groups only:
+                                     what a primary ships to replicas and a returning replica catches up from)
     x.<name>    the payload index, written in the same batch as the points (see payload_index.py):
                 INDEX_READY       -> b""         (the index covers every point)
                 b"\0\0L" + key8   -> b""         (a live point)
@@ -52,6 +56,9 @@ _NEXT = b"next/"
 _BORN = b"born/"
 _TRIM = b"trim/"
 _LOG = "log"
+_OPLOG = "oplog"
+_TERM = b"term"
+_ETCD = b"etcd"
 INDEX_READY = b"\0\0R"  # an encoded path never starts with two zero bytes: reserved keys do
 _BE64 = np.dtype(">u8")
 
@@ -249,12 +256,14 @@ class Storage:
         self.min_free_bytes = min_free_bytes
         names = Rdict.list_cf(str(path), _options()) if (path / "CURRENT").exists() else ["default"]
         self._db = Rdict(
-            str(path), _options(), column_families={n: _options() for n in {*names, _LOG} if n != "default"}
+            str(path), _options(), column_families={n: _options() for n in {*names, _LOG, _OPLOG} if n != "default"}
         )
         self._write_options = WriteOptions()
         self._write_options.sync = False  # durability comes from one flush_wal per group
         self._log: Rdict | None = self._db.get_column_family(_LOG)
         self._log_cf: ColumnFamily | None = self._db.get_column_family_handle(_LOG)
+        self._oplog: Rdict | None = self._db.get_column_family(_OPLOG)
+        self._oplog_cf: ColumnFamily | None = self._db.get_column_family_handle(_OPLOG)
         raw = self._db.get(_SEQ)
         self.seq = unpack_key(raw) if raw else 0
         self.collections: dict[str, CollectionStore] = {}
@@ -285,12 +294,12 @@ class Storage:
         """Drop column families left by a create or drop that crashed half-way."""
         wanted = {cf for store in self.collections.values() for cf in collection_families(store.config)}
         for cf in names:
-            if cf not in ("default", _LOG) and cf not in wanted:
+            if cf not in ("default", _LOG, _OPLOG) and cf not in wanted:
                 log.warning("dropping orphan column family %s", cf)
                 self._db.drop_column_family(cf)
 
-    def create(self, config: CollectionConfig) -> CollectionStore:
-        """Create a collection's column families, then durably record its config."""
+    def create(self, config: CollectionConfig, entry: bytes | None = None) -> CollectionStore:
+        """Create a collection's column families, then durably record its config (and its op-log entry)."""
         self.check_space()
         for cf in collection_families(config):
             self._db.create_column_family(cf, _options())
@@ -301,13 +310,13 @@ class Storage:
         batch.put(INDEX_READY, b"", store.payload_index_cf)
         if config.id_type == "string":
             store.put_next_key(batch)
-        self.write(batch)
+        self.write(batch, entry)
         self.flush_wal()
         self.collections[config.name] = store
         return store
 
-    def drop(self, name: str) -> None:
-        """Durably forget a collection's config, then drop its column families."""
+    def drop(self, name: str, entry: bytes | None = None) -> None:
+        """Durably forget a collection's config (logging `entry`), then drop its column families."""
         store = self.collections[name]
         batch = WriteBatch(raw_mode=True)
         batch.delete(_CONFIG + name.encode())
@@ -316,7 +325,7 @@ class Storage:
         born = pack_key(store.born)
         batch.delete(_TRIM + born)
         batch.delete_range(born, pack_key(store.born + 1), self._log_cf)
-        self.write(batch, frees=True)
+        self.write(batch, entry, frees=True)
         self.flush_wal()
         self._dropped.append(self.collections.pop(name))
         for cf in collection_families(store.config):
@@ -374,8 +383,8 @@ class Storage:
         batch.put(_TRIM + born, pack_key(upto))
         self._db.write(batch, self._write_options)
 
-    def write(self, batch: WriteBatch, frees: bool = False) -> None:
-        """Write a batch (WAL on, no sync), bumping the sequence number inside it.
+    def write(self, batch: WriteBatch, entry: bytes | None = None, frees: bool = False) -> None:
+        """Write a batch (WAL on, no sync), bumping the sequence number inside it; `entry` goes to the op log.
 
         A batch that frees space (deletes, drops) is written on a full disk too, out of the reserve: it is
         the only way to free space through the API.
@@ -383,8 +392,59 @@ class Storage:
         if not frees:
             self.check_space()
         batch.put(_SEQ, pack_key(self.seq + 1))
+        if entry is not None:
+            batch.put(pack_key(self.seq + 1), entry, self._oplog_cf)
         self._db.write(batch, self._write_options)
         self.seq += 1
+
+    def entries(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to `limit` op-log entries (seq, plan) after sequence `after`, in order."""
+        assert self._oplog is not None
+        found: list[tuple[int, bytes]] = []
+        for key, value in cast(Iterator[tuple[bytes, bytes]], self._oplog.items(from_key=pack_key(after + 1))):
+            found.append((unpack_key(key), value))
+            if len(found) == limit:
+                break
+        return found
+
+    def log_start(self) -> int:
+        """The sequence of the oldest op-log entry (seq + 1 when the log is empty)."""
+        assert self._oplog is not None
+        for key in cast(Iterator[bytes], self._oplog.keys()):
+            return unpack_key(key)
+        return self.seq + 1
+
+    def trim_oplog(self, keep: int) -> None:
+        """Forget op-log entries older than the last `keep` (a replica further behind copies a snapshot)."""
+        upto = self.seq - keep
+        if upto > 0:
+            batch = WriteBatch(raw_mode=True)
+            batch.delete_range(pack_key(0), pack_key(upto + 1), self._oplog_cf)
+            self._db.write(batch, self._write_options)
+
+    @property
+    def term(self) -> int:
+        """The highest replication term this shard accepted (0: none)."""
+        raw = self._db.get(_TERM)
+        return unpack_key(raw) if raw else 0
+
+    def accept_term(self, term: int) -> None:
+        """Durably record a higher accepted term."""
+        options = WriteOptions()
+        options.sync = True
+        self._db.put(_TERM, pack_key(term), options)
+
+    @property
+    def etcd_cluster(self) -> int:
+        """The etcd cluster whose catalogue this shard's collections follow (0: none yet)."""
+        raw = self._db.get(_ETCD)
+        return unpack_key(raw) if raw else 0
+
+    def follow_etcd(self, cluster_id: int) -> None:
+        """Durably record the etcd cluster whose catalogue this shard's collections follow."""
+        options = WriteOptions()
+        options.sync = True
+        self._db.put(_ETCD, pack_key(cluster_id), options)
 
     def flush_wal(self) -> None:
         """Make every batch written so far durable."""
@@ -406,9 +466,10 @@ class Storage:
             store.close(dropped=True)
         self.collections.clear()
         self._dropped.clear()
-        if self._log is not None:
-            self._log.close()
-        self._log = self._log_cf = None
+        for cf in (self._log, self._oplog):
+            if cf is not None:
+                cf.close()
+        self._log = self._log_cf = self._oplog = self._oplog_cf = None
         # Handles held by garbage cycles (a failed job's future, its traceback and its batch) would keep
         # RocksDB open, and a reopen in this process would fail on the lock.
         gc.collect()

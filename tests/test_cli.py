@@ -80,3 +80,12 @@ def test_version_and_cores_beyond_the_machine_get_one_clear_line(tmp_path: Path)
     assert run.returncode != 0
     assert f"core {beyond} is not available here" in run.stderr and "Traceback" not in run.stderr, run.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_up_without_shards_keeps_the_data_folders_count(tmp_path: Path) -> None:
+    from shoal._config import DEFAULT_SHARDS
+    from shoal._local import layout_shards
+
+    assert layout_shards(tmp_path) is None and DEFAULT_SHARDS == 1  # a new folder: one shard on all cores
+    (tmp_path / "cluster.json").write_text('{"shards": 3}\n')
+    assert layout_shards(tmp_path) == 3

@@ -378,3 +378,37 @@ def test_coordinator_loader_reads_the_configmap(tmp_path: Path) -> None:
     assert topo.to_dict() == Topology.even(expected).to_dict()
     probes = np.array([0, 1364, 1365, 2729, 2730, SLOTS - 1])
     assert [expected[i] for i in topo.shard_of_slots(probes)] == [expected[i] for i in (0, 0, 1, 1, 2, 2)]
+
+
+def test_replicated_compose_validates_and_runs_groups_over_a_three_member_etcd() -> None:
+    pytest.importorskip("check_jsonschema", reason="check-jsonschema is missing")
+    import importlib.resources
+
+    import jsonschema
+
+    from shoal._etcd import BAD_VERSIONS
+
+    compose = _yaml().safe_load((DEPLOY / "compose-replicated.yaml").read_text())
+    schema = json.loads(
+        importlib.resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text()
+    )
+    jsonschema.validators.validator_for(schema)(schema).validate(compose)
+    services = compose["services"]
+    etcds = [s for s in services if s.startswith("etcd-")]
+    assert len(etcds) == 3
+    for name in etcds:
+        tag = services[name]["image"].rpartition(":v")[2]
+        version = tuple(int(p) for p in tag.split("."))
+        assert version >= (3, 5, 3) and version not in BAD_VERSIONS
+    shards = {n: s for n, s in services.items() if s.get("command", [""])[0] == "shard"}
+    groups: dict[str, list[str]] = {}
+    for name, svc in shards.items():
+        cmd = svc["command"]
+        assert cmd[cmd.index("--advertise") + 1] == f"{name}:7100" and cmd[cmd.index("--member") + 1] == name
+        groups.setdefault(cmd[cmd.index("--group") + 1], []).append(name)
+        [mount] = svc["volumes"]
+        assert mount == f"{name}-data:/data"
+    assert sorted(groups) == ["g0", "g1"] and all(len(m) == 2 for m in groups.values())
+    init = services["init"]["command"]
+    assert init[:1] == ["init"] and int(init[init.index("--groups") + 1]) == len(groups)
+    assert "--meta" in services["coordinator"]["command"]

@@ -7,6 +7,54 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReplicateRequest(_message.Message):
+    __slots__ = ("term", "seq", "plan", "primary")
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    term: int
+    seq: int
+    plan: bytes
+    primary: str
+    def __init__(self, term: _Optional[int] = ..., seq: _Optional[int] = ..., plan: _Optional[bytes] = ..., primary: _Optional[str] = ...) -> None: ...
+
+class ReplicateAck(_message.Message):
+    __slots__ = ("seq", "term", "digest")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    term: int
+    digest: bytes
+    def __init__(self, seq: _Optional[int] = ..., term: _Optional[int] = ..., digest: _Optional[bytes] = ...) -> None: ...
+
+class ReplicaStateRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReplicaStateResponse(_message.Message):
+    __slots__ = ("seq", "term", "group", "member", "role", "log_start")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    LOG_START_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    term: int
+    group: str
+    member: str
+    role: str
+    log_start: int
+    def __init__(self, seq: _Optional[int] = ..., term: _Optional[int] = ..., group: _Optional[str] = ..., member: _Optional[str] = ..., role: _Optional[str] = ..., log_start: _Optional[int] = ...) -> None: ...
+
+class ReadLogRequest(_message.Message):
+    __slots__ = ("after",)
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    after: int
+    def __init__(self, after: _Optional[int] = ...) -> None: ...
+
 class SnapshotRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -115,6 +115,21 @@ class ShardStub:
                 request_serializer=shoal_dot_v1_dot_shard__pb2.VerifyRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_shard__pb2.VerifyResponse.FromString,
                 _registered_method=True)
+        self.Replicate = channel.stream_stream(
+                '/shoal.v1.Shard/Replicate',
+                request_serializer=shoal_dot_v1_dot_shard__pb2.ReplicateRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_shard__pb2.ReplicateAck.FromString,
+                _registered_method=True)
+        self.ReplicaState = channel.unary_unary(
+                '/shoal.v1.Shard/ReplicaState',
+                request_serializer=shoal_dot_v1_dot_shard__pb2.ReplicaStateRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_shard__pb2.ReplicaStateResponse.FromString,
+                _registered_method=True)
+        self.ReadLog = channel.unary_stream(
+                '/shoal.v1.Shard/ReadLog',
+                request_serializer=shoal_dot_v1_dot_shard__pb2.ReadLogRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_shard__pb2.ReplicateRequest.FromString,
+                _registered_method=True)
 
 
 class ShardServicer:
@@ -229,6 +244,29 @@ class ShardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Replicate(self, request_iterator, context):
+        """Replication (shard groups). The primary's one long-lived stream to each replica: the first message
+        is a hello (no plan) that the replica answers with its sequence; then write values in sequence order,
+        each acknowledged once durable and applied. A term lower than the highest the replica saw is refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplicaState(self, request, context):
+        """The member's replication state: its sequence and the highest term it accepted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadLog(self, request, context):
+        """The write values after a sequence from this member's op log, in order (a new primary pulls what it lacks).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -311,6 +349,21 @@ def add_ShardServicer_to_server(servicer, server):
                     servicer.Verify,
                     request_deserializer=shoal_dot_v1_dot_shard__pb2.VerifyRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_shard__pb2.VerifyResponse.SerializeToString,
+            ),
+            'Replicate': grpc.stream_stream_rpc_method_handler(
+                    servicer.Replicate,
+                    request_deserializer=shoal_dot_v1_dot_shard__pb2.ReplicateRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_shard__pb2.ReplicateAck.SerializeToString,
+            ),
+            'ReplicaState': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplicaState,
+                    request_deserializer=shoal_dot_v1_dot_shard__pb2.ReplicaStateRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_shard__pb2.ReplicaStateResponse.SerializeToString,
+            ),
+            'ReadLog': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadLog,
+                    request_deserializer=shoal_dot_v1_dot_shard__pb2.ReadLogRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_shard__pb2.ReplicateRequest.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -745,6 +798,87 @@ class Shard:
             '/shoal.v1.Shard/Verify',
             shoal_dot_v1_dot_shard__pb2.VerifyRequest.SerializeToString,
             shoal_dot_v1_dot_shard__pb2.VerifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Replicate(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/shoal.v1.Shard/Replicate',
+            shoal_dot_v1_dot_shard__pb2.ReplicateRequest.SerializeToString,
+            shoal_dot_v1_dot_shard__pb2.ReplicateAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplicaState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shard/ReplicaState',
+            shoal_dot_v1_dot_shard__pb2.ReplicaStateRequest.SerializeToString,
+            shoal_dot_v1_dot_shard__pb2.ReplicaStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shoal.v1.Shard/ReadLog',
+            shoal_dot_v1_dot_shard__pb2.ReadLogRequest.SerializeToString,
+            shoal_dot_v1_dot_shard__pb2.ReplicateRequest.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,66 @@
+"""`shoal check`: compare the members of every shard group, collection by collection (count and digest).
+
+Each live member is asked for all its points (ids, vectors and payloads, in key order, through its
+Scroll); equal counts and equal digests mean identical copies. Server-side imports: loaded only by the
+command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+from shoal._config import MAX_SCROLL
+from shoal._group_status import groups
+from shoal._meta import MetaStore
+from shoal._rpc import aio_channel
+from shoal._wire import decode_ids
+from shoal.v1 import shard_pb2_grpc
+from shoal.v1 import types_pb2 as pb
+
+SCROLL_TIMEOUT = 30.0
+
+
+async def digest(address: str, collection: str) -> tuple[int, str]:
+    """A member's point count and the digest of its points of one collection."""
+    h = hashlib.blake2b(digest_size=16)
+    count, cursor = 0, ""
+    async with aio_channel(address) as channel:
+        stub = shard_pb2_grpc.ShardStub(channel)
+        while True:
+            request = pb.ScrollRequest(
+                collection=collection, limit=MAX_SCROLL, cursor=cursor, with_payload=True, with_vectors=True
+            )
+            page = await stub.Scroll(request, timeout=SCROLL_TIMEOUT)
+            h.update(page.SerializeToString(deterministic=True))
+            count += len(decode_ids(page.ids))
+            cursor = page.next_cursor
+            if not cursor:
+                return count, h.hexdigest()
+
+
+async def check(endpoint: str, cluster: str = "default") -> tuple[bool, list[str]]:
+    """Whether every group's live members are identical, and one line per group and collection."""
+    async with await MetaStore.connect(endpoint, cluster) as meta:
+        names = sorted(c.name for c in await meta.list_collections())
+    lines: list[str] = []
+    same = True
+    for group in await groups(endpoint, cluster):
+        live = [m for m in group.members if m.state != "down"]
+        down = [m.member for m in group.members if m.state == "down"]
+        if down:
+            lines.append(f"{group.group}: not compared (down): {', '.join(down)}")
+        for name in names:
+            found = await asyncio.gather(*(digest(m.address, name) for m in live), return_exceptions=True)
+            results = {
+                m.member: (r if not isinstance(r, BaseException) else (-1, repr(r)))
+                for m, r in zip(live, found, strict=True)
+            }
+            if len(set(results.values())) == 1:
+                count, _ = next(iter(results.values()))
+                lines.append(f"{group.group} {name}: {len(live)} members identical ({count} points)")
+                continue
+            same = False
+            detail = ", ".join(f"{m}: {c} points, digest {d[:16]}" for m, (c, d) in sorted(results.items()))
+            lines.append(f"{group.group} {name}: DIFFERENT: {detail}")
+    return same, lines
