@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
@@ -16,7 +15,6 @@ from shoal._base import (
     InOrder,
     TimeoutLike,
     Watched,
-    as_matrix,
     progress_bar,
     stream_request,
 )
@@ -35,7 +33,6 @@ from shoal._config import (
     DEFAULT_WITH_VECTORS,
 )
 from shoal._errors import DeadlineExceeded, from_rpc_error
-from shoal._mux import SearchMux
 from shoal._tls import TLS, resolve
 from shoal._tracing import caller_traceparent
 from shoal._types import (
@@ -85,12 +82,9 @@ class Client(BaseClient):
             batch_rows=batch_rows,
             api_key=key,
         )
-        # Plain searches ride one long-lived stream: a stream message costs the server half a unary call.
-        self._searches = SearchMux(functools.partial(self._stub.SearchStream, timeout=None, metadata=self._metadata))
 
     def close(self) -> None:
         """Close the channel (unless it was passed in)."""
-        self._searches.close()
         if self._owns_channel:
             self._channel.close()
 
@@ -284,11 +278,7 @@ class Client(BaseClient):
         With a `filter`, only points whose payload matches it: min(k, matches) hits per query.
         """
         shape, fields = self._search_shape(collection, k, ef, with_payload, with_vectors, filter)
-        try:
-            matrix = as_matrix(queries, "queries")
-            return self._searches.search(shape, matrix, self._timeout(timeout), caller_traceparent(), fields)
-        except grpc.RpcError as exc:  # the stream could not be opened
-            raise from_rpc_error(exc) from exc
+        return self._send(self._search(shape, fields, queries), timeout)
 
     def search_stream(
         self,
