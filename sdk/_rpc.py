@@ -16,7 +16,7 @@ from shoal._config import (
     RETRY_INITIAL_BACKOFF_S,
     RETRY_MAX_BACKOFF_S,
 )
-from shoal._tls import TLS
+from shoal._tls import TLS, ClusterCredentials
 
 # Every option says why it is set.
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
@@ -121,3 +121,10 @@ def aio_client_channel(
 ) -> grpc.aio.Channel:
     """The SDK's asyncio channel to a coordinator: retries of idempotent calls, the caller's options on top."""
     return _aio_open(address, _merged(CLIENT_OPTIONS, extra_options), tls)
+
+
+def member_channel(
+    address: str, credentials: ClusterCredentials, extra_options: Iterable[tuple[str, Any]] = ()
+) -> grpc.aio.Channel:
+    """An asyncio channel from one cluster member to another; its calls pass `credentials.metadata`."""
+    return aio_channel(address, extra_options, tls=credentials.tls)
