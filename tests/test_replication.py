@@ -319,8 +319,8 @@ def test_read_your_writes_token_through_a_lagging_replica(replicated: LocalClust
             assert "behind the consistency token" in str(info.value.details())
             search.request_id = 7  # a search stream answers it the same way, and the stream stays up
             [answer] = list(stub.SearchStream(iter([search]), timeout=5))
-            assert answer.request_id == 7 and answer.error_code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
-            assert "behind the consistency token" in answer.error_message
+            assert answer.request_id == 7 and answer.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+            assert "behind the consistency token" in answer.error.message
         for _ in range(20):  # every read through the coordinator with the token sees the write
             assert client.search(name, fresh, k=1).ids[0][0] == 1000
             assert client.count(name) == 301
