@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
 
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 15.0
+LOCK_FILE = "shoal.lock"  # held by the `shoal up` that runs the cluster in this data folder
 # A shard forks to snapshot its indexes; gRPC must be told at import to keep out of forks, or the shard
 # process starts itself over to set it.
 SHARD_ENV = {"GRPC_ENABLE_FORK_SUPPORT": "false"}
@@ -122,9 +126,8 @@ class Process:
             ready, _, _ = select.select([self.popen.stdout], [], [], max(0.0, deadline - time.monotonic()))
             chunk = os.read(self.popen.stdout.fileno(), 1) if ready else b""
             if not chunk:
-                self.kill()
-                tail = self.log_path.read_text(errors="replace")[-2000:]
-                raise Unavailable(f"{self.role} did not start; the end of {self.log_path}:\n{tail}")
+                code = self.kill()
+                raise Unavailable(f"{self.role} did not start (exit code {code}): {last_line(self.log_path)}")
             line += chunk
         return line.decode()
 
@@ -148,6 +151,25 @@ class Process:
         if self.popen.stdout:
             self.popen.stdout.close()
         return code
+
+
+def last_line(log: Path) -> str:
+    """The last non-empty line of a log (a traceback's last line is its error), and where to read the rest."""
+    lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+    return f"{lines[-1].strip() if lines else 'nothing logged'} (see {log})"
+
+
+def check_port_free(host: str, port: int, what: str) -> None:
+    """Refuse to start when something already listens on host:port (0: any free port, always fine)."""
+    if not port:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free to listen on
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            reason = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise FailedPrecondition(f"{what} port {host}:{port} is {reason}; choose another with --port") from None
 
 
 def _keep_metrics_port(proc: Process) -> None:
@@ -181,6 +203,8 @@ class LocalCluster:
     meta: bool = True  # cluster metadata in an embedded etcd (False: a fixed list of shards, no replicas)
     cluster: str = "default"
     etcd: EmbeddedEtcd | None = None
+    logs: Path = Path()  # this start's log folder, DATA/logs/<time>-<pid>/
+    _lock: int | None = None  # the open DATA/shoal.lock while this cluster runs
 
     @property
     def groups(self) -> list[str]:
@@ -254,22 +278,54 @@ class LocalCluster:
                     f"{self.data} holds a cluster of {existing} shards; start it with --shards {existing} "
                     "(changing the shard count of existing data is not supported yet)"
                 )
-        else:
+
+    def _write_layout(self) -> None:
+        """Pin the shard count, once the cluster has started (a failed first start leaves nothing pinned)."""
+        layout = self.data / "cluster.json"
+        if not layout.exists():
             layout.write_text(json.dumps({"shards": self.shards}) + "\n")
+
+    def _take_lock(self) -> None:
+        """Hold DATA/shoal.lock while running: a second start on the same folder fails at once, naming it."""
+        path = self.data / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise FailedPrecondition(
+                f"{self.data} is in use by another `shoal up` (pid {holder}, lock {path}); stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock = fd
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing releases the flock
+            self._lock = None
 
     def start(self) -> LocalCluster:
         """Start etcd, every shard, wait until they serve (and every group has its primary), then the coordinator."""
         self.data.mkdir(parents=True, exist_ok=True)
-        self._check_layout()
-        (self.data / "logs").mkdir(exist_ok=True)
-        if not self.meta and self.replicas != 1:
-            raise FailedPrecondition("replicas need the cluster metadata (meta=True)")
-        if self.secure:
-            from shoal._secrets import ensure_secrets  # cryptography, only when asked for
-
-            self.secrets = ensure_secrets(self.data / "secrets", [self.host])
-        backup_root = self.backup_root or self.data / "backups"
+        self._take_lock()
         try:
+            self._check_layout()
+            if not self.meta and self.replicas != 1:
+                raise FailedPrecondition("replicas need the cluster metadata (meta=True)")
+            check_port_free(self.host, self.port, "the coordinator")
+            if self.metrics and self.metrics_port:
+                for i in range(1 + self.shards * self.replicas):
+                    check_port_free(self.host, self.metrics_port + i, "a metrics")
+            # A log folder per start: a restart's logs never mix with an earlier run's.
+            self.logs = self.data / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+            self.logs.mkdir(parents=True, exist_ok=True)
+            if self.secure:
+                from shoal._secrets import ensure_secrets  # cryptography, only when asked for
+
+                self.secrets = ensure_secrets(self.data / "secrets", [self.host])
+            backup_root = self.backup_root or self.data / "backups"
             group_args: list[str] = []
             if self.meta:
                 self.etcd = EmbeddedEtcd(self.data / "etcd", host="127.0.0.1")
@@ -300,7 +356,7 @@ class LocalCluster:
                         *self._metrics_args(1 + n),
                         *self.server_args,
                     ],
-                    self.data / "logs" / f"{member}.log",
+                    self.logs / f"{member}.log",
                     env={**SHARD_ENV, **self.shard_env},
                 )
                 proc.start(self.timeout)
@@ -327,12 +383,13 @@ class LocalCluster:
                     *self._metrics_args(0),
                     *self.server_args,
                 ],
-                self.data / "logs" / "coordinator.log",
+                self.logs / "coordinator.log",
             )
             self.coordinator.start(self.timeout)
             self.coordinator.args[self.coordinator.args.index("--listen") + 1] = self.coordinator.address
             _keep_metrics_port(self.coordinator)
             wait_serving(self.coordinator.address, self.timeout, self.tls)
+            self._write_layout()
         except BaseException:
             self.stop()
             raise
@@ -374,6 +431,7 @@ class LocalCluster:
                 proc.stop()
         if self.etcd is not None:
             self.etcd.stop()
+        self._release_lock()
 
     def __enter__(self) -> LocalCluster:
         return self.start()
