@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +31,7 @@ from shoal._etcd import EmbeddedEtcd
 from shoal._group_status import ENDPOINT_FILE
 from shoal._meta import MetaStore
 from shoal._meta_init import init_topology
+from shoal._ports import port_problem
 from shoal._tls import TLS
 
 if TYPE_CHECKING:
@@ -161,15 +160,8 @@ def last_line(log: Path) -> str:
 
 def check_port_free(host: str, port: int, what: str) -> None:
     """Refuse to start when something already listens on host:port (0: any free port, always fine)."""
-    if not port:
-        return
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free to listen on
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            reason = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-            raise FailedPrecondition(f"{what} port {host}:{port} is {reason}; choose another with --port") from None
+    if problem := port_problem(host, port):
+        raise FailedPrecondition(f"{what} port {host}:{port} is {problem}; choose another with --port")
 
 
 def _keep_metrics_port(proc: Process) -> None:
@@ -328,7 +320,7 @@ class LocalCluster:
             backup_root = self.backup_root or self.data / "backups"
             group_args: list[str] = []
             if self.meta:
-                self.etcd = EmbeddedEtcd(self.data / "etcd", host="127.0.0.1")
+                self.etcd = EmbeddedEtcd(self.data / "etcd", host="127.0.0.1", log=self.logs / "etcd.log")
                 self.etcd.start(self.timeout)
                 (self.data / ENDPOINT_FILE).write_text(self.etcd.endpoint + "\n")
                 asyncio.run(self._write_topology())

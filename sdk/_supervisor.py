@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,14 @@ class _Backoff:
 
     def delay(self) -> float:
         return float(min(MAX_DELAY, FIRST_DELAY * 2**self.failures))
+
+
+def _why(proc: Process) -> str:
+    """How a process that is no longer running ended; reaps it, so it does not stay defunct."""
+    code = proc.kill()
+    if code is not None and code < 0:  # killed by a signal: its log says nothing about it
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}: {last_line(proc.log_path)}"
 
 
 class Supervisor:
@@ -60,10 +69,7 @@ class Supervisor:
     def _handle(self, role: str, proc: Process | None, now: float, restart: Callable[[], None]) -> None:
         state = self._backoff.setdefault(role, _Backoff())
         if not state.restart_at:
-            code = proc.kill() if proc is not None else None  # reaps it, so no process stays defunct
-            why = f"exited with code {code}" if code is not None else "is down"
-            if proc is not None:
-                why += f": {last_line(proc.log_path)}"
+            why = _why(proc) if proc is not None else "is down"
             state.restart_at = now + state.delay()
             self.say(f"{role} {why}; restarting it in {state.delay():.1f}s")
             return

@@ -176,7 +176,7 @@ def test_up_restarts_a_killed_shard_which_serves_again_within_10s(tmp_path: Path
         own = _shoal("status", "--address", shard)  # a shard's address: that shard's status
         assert own.returncode == 0 and "UNIMPLEMENTED" not in own.stdout, own
         assert own.stdout.startswith(f"shard {shard}") and "SERVING" in own.stdout and "docs (" in own.stdout
-    assert "shard-0 exited with code -9" in up.stderr and "shard-0 restarted and serving" in up.stderr, up.stderr
+    assert "shard-0 was killed by SIGKILL" in up.stderr and "shard-0 restarted and serving" in up.stderr, up.stderr
 
 
 def test_a_port_in_use_is_one_line_and_leaves_no_cluster_json(tmp_path: Path) -> None:
@@ -185,6 +185,9 @@ def test_a_port_in_use_is_one_line_and_leaves_no_cluster_json(tmp_path: Path) ->
         taken.listen()
         port = taken.getsockname()[1]
         result = _shoal("up", "--shards", "1", "--port", str(port), "--data", str(tmp_path / "d"))
+        listen = f"127.0.0.1:{port}"
+        alone = _shoal("coordinator", "--shards", "127.0.0.1:1", "--listen", listen)
+        assert _one_clear_line(alone) == f"cannot listen on {listen!r}: the port is in use"
     line = _one_clear_line(result)
     assert f"127.0.0.1:{port} is in use" in line
     assert not (tmp_path / "d" / "cluster.json").exists()
