@@ -171,12 +171,13 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
         window = asyncio.Semaphore(STREAM_WINDOW)
         # Each search is a future with a callback rather than a task: a stream of single queries is the
         # hottest path there is, and a task per question costs more than the rest of its handling.
-        running: set[asyncio.Future[Answer]] = set()
+        running: dict[int, asyncio.Future[Answer]] = {}  # by request_id
 
         # A question holds its place in the window until its answer is handed to gRPC, whose write waits
         # for the client to read: a client that never reads stops the reading, so nothing piles up here.
         def answered(request_id: int, future: asyncio.Future[Answer]) -> None:
-            running.discard(future)
+            if running.get(request_id) is future:
+                del running[request_id]
             if future.cancelled():
                 window.release()
             else:
@@ -185,6 +186,10 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
+                    if request.cancel:  # its caller went away: the search is withdrawn, nothing is answered
+                        if (withdrawn := running.get(request.request_id)) is not None:
+                            withdrawn.cancel()
+                        continue
                     await window.acquire()
                     try:
                         # A message without trace context starts a trace (if sampled); one not sampled, none.
@@ -196,10 +201,10 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
                     except Exception as exc:  # a bad question: answer it and read on
                         answers.put_nowait(_stream_answer(request.request_id, exc))
                         continue
-                    running.add(future)
+                    running[request.request_id] = future
                     future.add_done_callback(functools.partial(answered, request.request_id))
                 while running:
-                    await asyncio.wait(set(running))
+                    await asyncio.wait(set(running.values()))
             finally:
                 answers.put_nowait(None)
 
@@ -211,7 +216,7 @@ class ShoalServicer(shoal_pb2_grpc.ShoalServicer):
             await reader  # a broken request stream fails the call
         finally:
             reader.cancel()
-            for future in running:
+            for future in list(running.values()):
                 future.cancel()
             await asyncio.gather(reader, return_exceptions=True)
 

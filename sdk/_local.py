@@ -158,15 +158,21 @@ def last_line(log: Path) -> str:
     return f"{lines[-1].strip() if lines else 'nothing logged'} (see {log})"
 
 
-def check_port_free(host: str, port: int, what: str) -> None:
+def check_port_free(host: str, port: int, what: str, option: str) -> None:
     """Refuse to start when something already listens on host:port (0: any free port, always fine)."""
     if problem := port_problem(host, port):
-        raise FailedPrecondition(f"{what} port {host}:{port} is {problem}; choose another with --port")
+        raise FailedPrecondition(f"{what} port {host}:{port} is {problem}; choose another with {option}")
 
 
 def _keep_metrics_port(proc: Process) -> None:
     if proc.metrics_address:
         proc.args[proc.args.index("--metrics") + 1] = proc.metrics_address
+
+
+def layout_shards(data: Path) -> int | None:
+    """The shard count of the local cluster whose data is in `data` (None for a new folder)."""
+    layout = data / "cluster.json"
+    return int(json.loads(layout.read_text())["shards"]) if layout.exists() else None
 
 
 @dataclass
@@ -306,10 +312,10 @@ class LocalCluster:
             self._check_layout()
             if not self.meta and self.replicas != 1:
                 raise FailedPrecondition("replicas need the cluster metadata (meta=True)")
-            check_port_free(self.host, self.port, "the coordinator")
+            check_port_free(self.host, self.port, "the coordinator", "--port")
             if self.metrics and self.metrics_port:
                 for i in range(1 + self.shards * self.replicas):
-                    check_port_free(self.host, self.metrics_port + i, "a metrics")
+                    check_port_free(self.host, self.metrics_port + i, "a metrics", "--metrics-port or --no-metrics")
             # A log folder per start: a restart's logs never mix with an earlier run's.
             self.logs = self.data / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
             self.logs.mkdir(parents=True, exist_ok=True)

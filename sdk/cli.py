@@ -144,7 +144,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Start a local cluster and keep it running until Ctrl-C or SIGTERM."""
-    from shoal._local import LocalCluster
+    from shoal._local import LocalCluster, layout_shards
     from shoal._supervisor import Supervisor
 
     _check_data_folder(Path(args.data), "shoal up")
@@ -159,6 +159,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         server_args += ["--trace-sample-ratio", str(args.trace_sample_ratio)]
     backup_root = Path(args.backup_root) if getattr(args, "backup_root", None) else None
     secure = getattr(args, "secure", False)
+    if args.shards is None:
+        args.shards = layout_shards(Path(args.data)) or DEFAULT_SHARDS
     replicas = getattr(args, "replicas", 1)
     cluster = LocalCluster(
         data=Path(args.data),
@@ -370,7 +372,9 @@ def parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start a local cluster: a coordinator and N shards")
     up.add_argument(
-        "--shards", type=int, default=DEFAULT_SHARDS, help=f"number of shard processes (default {DEFAULT_SHARDS})"
+        "--shards",
+        type=int,
+        help=f"number of shard processes (default: the data folder's, {DEFAULT_SHARDS} for a new one)",
     )
     up.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"coordinator port (default {DEFAULT_PORT})")
     up.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from pathlib import Path
 
 import grpc
@@ -29,6 +31,8 @@ log = logging.getLogger("shoal.shard.servicer")
 SEARCH_SPAN = "/shoal.v1.Shard/search"
 # A status waits for the index worker at most this long (behind queued searches and writes).
 STATUS_TIMEOUT_SECONDS = 5.0
+# A search of a stream being answered: the index worker's future, or a task for a traced one.
+Withdrawable = Future[tuple[TopK, str]] | asyncio.Future[pb.SearchResponse]
 
 
 class ShardServicer(shard_pb2_grpc.ShardServicer):
@@ -157,11 +161,27 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
     async def SearchStream(
         self, request_iterator: AsyncIterator[pb.SearchRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SearchResponse]:
-        answers: asyncio.Queue[pb.SearchResponse | None] = asyncio.Queue()
-        pending: dict[int, asyncio.Task[None]] = {}  # by request_id
+        loop = asyncio.get_running_loop()
+        answers: asyncio.Queue[pb.SearchResponse | None] = asyncio.Queue()  # None: no more answers
+        # Each search is the index worker's future with a callback rather than a task: a stream of single
+        # queries is the hottest path there is, and a task per message costs more than the rest of its handling.
+        pending: dict[int, Withdrawable] = {}  # by request_id
+        idle = asyncio.Event()  # set whenever nothing is pending
 
-        async def answer(request: pb.SearchRequest) -> None:
-            await answers.put(await self._stream_answer(request))
+        def answered(request: pb.SearchRequest, future: Withdrawable) -> None:  # on the event loop
+            if pending.get(request.request_id) is future:
+                del pending[request.request_id]
+            if not pending:
+                idle.set()
+            if not future.cancelled():
+                answers.put_nowait(self._outcome(request, future))
+
+        def done(request: pb.SearchRequest, future: Withdrawable) -> None:  # on any thread
+            if isinstance(future, asyncio.Future):
+                answered(request, future)
+            else:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for the answer
+                    loop.call_soon_threadsafe(answered, request, future)
 
         async def read() -> None:
             try:
@@ -170,12 +190,22 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
                         if (withdrawn := pending.get(request.request_id)) is not None:
                             withdrawn.cancel()
                         continue
-                    task = asyncio.create_task(answer(request))
-                    pending[request.request_id] = task
-                    task.add_done_callback(functools.partial(_forget, pending, request.request_id))
-                await asyncio.gather(*list(pending.values()), return_exceptions=True)
+                    future: Withdrawable
+                    try:
+                        if _tracing.ENABLED and _tracing.sampled(request.traceparent):
+                            future = asyncio.ensure_future(self._traced_search(request))
+                        else:
+                            future = self._shard.submit_search(Search.from_proto(request))
+                    except Exception as exc:  # a bad question: answer it and read on
+                        answers.put_nowait(_error_answer(request.request_id, exc))
+                        continue
+                    pending[request.request_id] = future
+                    idle.clear()
+                    future.add_done_callback(functools.partial(done, request))
+                if pending:
+                    await idle.wait()
             finally:
-                await answers.put(None)
+                answers.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
@@ -184,8 +214,8 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             await reader  # a broken request stream fails the call
         finally:
             reader.cancel()
-            for task in list(pending.values()):
-                task.cancel()
+            for future in list(pending.values()):
+                future.cancel()
 
     async def Snapshot(
         self, request: shard_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
@@ -246,13 +276,16 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
                 yield shard_pb2.ReplicateRequest(seq=seq, plan=raw, term=self._member().term)
                 after = seq
 
-    async def _stream_answer(self, request: pb.SearchRequest) -> pb.SearchResponse:
+    @classmethod
+    def _outcome(cls, request: pb.SearchRequest, future: Withdrawable) -> pb.SearchResponse:
         """A stream answer: the result, or this request's error without breaking the stream."""
         try:
-            return await self._search(request)
+            outcome = future.result()
+            if isinstance(outcome, pb.SearchResponse):  # a traced search answers ready-made
+                return outcome
+            return cls._response(request, *outcome)
         except Exception as exc:
-            code, message = error_status(exc, "/shoal.v1.Shard/SearchStream")
-        return pb.SearchResponse(request_id=request.request_id, error_code=code.value[0], error_message=message)
+            return _error_answer(request.request_id, exc)
 
     async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
         if _tracing.ENABLED and _tracing.sampled(request.traceparent):
@@ -287,7 +320,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         return check_answer_size(response)  # too large to send: this request fails, the stream stays up
 
 
-def _forget(pending: dict[int, asyncio.Task[None]], request_id: int, task: asyncio.Task[None]) -> None:
-    """Drop a finished search's task (unless a later one reused its id)."""
-    if pending.get(request_id) is task:
-        del pending[request_id]
+def _error_answer(request_id: int, exc: Exception) -> pb.SearchResponse:
+    """The answer of a stream's request that failed: its error, the stream stays up."""
+    code, message = error_status(exc, "/shoal.v1.Shard/SearchStream")
+    return pb.SearchResponse(request_id=request_id, error_code=code.value[0], error_message=message)

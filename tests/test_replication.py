@@ -18,8 +18,10 @@ import pytest
 
 import shoal
 from shoal import _rpc
+from shoal._config import SLOTS
 from shoal._errors import FailedPrecondition
 from shoal._etcd import find_binary
+from shoal._hash import slots_of
 from shoal._local import LocalCluster, Process
 from shoal._meta import MetaStore
 from shoal._meta_values import GroupState
@@ -269,3 +271,24 @@ def test_a_member_with_writes_the_primary_lacks_is_kept_out_and_reported(replica
     assert victim.role not in group_state(replicated).in_sync
     done = shoal_cli("check", "--data", str(replicated.data))
     assert done.returncode == 1 and f"g0 {name}: DIFFERENT" in done.stdout, done.stdout
+
+
+def test_a_shard_refuses_writes_for_slots_its_group_does_not_own(tmp_path: Path) -> None:
+    with LocalCluster(data=tmp_path / "c", shards=2) as cluster, shoal.Client(cluster.address) as client:
+        client.create_collection("owned", dim=4)
+        ids = np.arange(200, dtype=np.uint64)
+        slots = slots_of(ids)
+        mine, foreign = ids[slots < SLOTS // 2][:1], ids[slots >= SLOTS // 2][:1]  # g0 owns the lower half
+        x = np.ones((1, 4), np.float32)
+        with _rpc.channel(cluster.members(0)[0].address) as channel:
+            stub = shard_pb2_grpc.ShardStub(channel)
+            upsert = pb.UpsertRequest(collection="owned", ids=encode_ids(foreign), vectors=encode_matrix(x))
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Upsert(upsert, timeout=10)
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "is not owned by this shard group" in str(info.value.details())
+            stub.Upsert(
+                pb.UpsertRequest(collection="owned", ids=encode_ids(mine), vectors=encode_matrix(x)), timeout=10
+            )
+        assert client.count("owned") == 1  # the refused write left nothing behind: no phantom point
+        assert [p.id for p in client.get("owned", ids=np.concatenate([mine, foreign]))] == [int(mine[0])]
