@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
 import select
@@ -28,6 +27,7 @@ from shoal import _rpc
 from shoal._config import DEFAULT_HOST, DEFAULT_SHARDS
 from shoal._errors import FailedPrecondition, Unavailable
 from shoal._etcd import EmbeddedEtcd
+from shoal._folder_lock import FolderLock
 from shoal._group_status import ENDPOINT_FILE
 from shoal._meta import MetaStore
 from shoal._meta_init import init_topology
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 15.0
-LOCK_FILE = "shoal.lock"  # held by the `shoal up` that runs the cluster in this data folder
 # A shard forks to snapshot its indexes; gRPC must be told at import to keep out of forks, or the shard
 # process starts itself over to set it.
 SHARD_ENV = {"GRPC_ENABLE_FORK_SUPPORT": "false"}
@@ -202,7 +201,7 @@ class LocalCluster:
     cluster: str = "default"
     etcd: EmbeddedEtcd | None = None
     logs: Path = Path()  # this start's log folder, DATA/logs/<time>-<pid>/
-    _lock: int | None = None  # the open DATA/shoal.lock while this cluster runs
+    _lock: FolderLock | None = None  # DATA/shoal.lock, held while this cluster runs
 
     @property
     def groups(self) -> list[str]:
@@ -283,31 +282,11 @@ class LocalCluster:
         if not layout.exists():
             layout.write_text(json.dumps({"shards": self.shards}) + "\n")
 
-    def _take_lock(self) -> None:
-        """Hold DATA/shoal.lock while running: a second start on the same folder fails at once, naming it."""
-        path = self.data / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise FailedPrecondition(
-                f"{self.data} is in use by another `shoal up` (pid {holder}, lock {path}); stop it first"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock = fd
-
-    def _release_lock(self) -> None:
-        if self._lock is not None:
-            os.close(self._lock)  # closing releases the flock
-            self._lock = None
-
     def start(self) -> LocalCluster:
         """Start etcd, every shard, wait until they serve (and every group has its primary), then the coordinator."""
         self.data.mkdir(parents=True, exist_ok=True)
-        self._take_lock()
+        self._lock = FolderLock(self.data)
+        self._lock.take()
         try:
             self._check_layout()
             if not self.meta and self.replicas != 1:
@@ -429,7 +408,8 @@ class LocalCluster:
                 proc.stop()
         if self.etcd is not None:
             self.etcd.stop()
-        self._release_lock()
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> LocalCluster:
         return self.start()
