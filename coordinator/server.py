@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health
 
 from shoal._errors import ShoalError
+from shoal._keystore import EtcdKeyTable
 from shoal._meta import MetaStore
 from shoal._metrics import serve as serve_metrics
 from shoal._server import (
@@ -18,6 +19,7 @@ from shoal._server import (
     aio_server,
     bind,
     check_safe,
+    serve_probes,
     set_serving,
     wait_for_signal,
 )
@@ -69,6 +71,7 @@ class CoordinatorServer:
         self._server: grpc.aio.Server | None = None
         self._pool: ShardPool | None = None
         self._health: health.aio.HealthServicer | None = None
+        self._probes: grpc.aio.Server | None = None
 
     async def start(self) -> str:
         """Bind and start (health still NOT_SERVING); return the bound address."""
@@ -89,6 +92,7 @@ class CoordinatorServer:
         shoal_pb2_grpc.add_ShoalServicer_to_server(ShoalServicer(core, self.address, self.metrics_address), server)
         self._health = add_standard_services(server, [SERVICE_NAME])
         await server.start()
+        self._probes = await serve_probes(self.security.probe_listen, self._health)
         return self.address
 
     async def serving(self) -> None:
@@ -103,6 +107,8 @@ class CoordinatorServer:
             await set_serving(self._health, [SERVICE_NAME], False)
         if self._server is not None:
             await self._server.stop(grace)
+        if self._probes is not None:
+            await self._probes.stop(None)
         if self._pool is not None:
             await self._pool.close()
         if self.view is not None:
@@ -134,10 +140,19 @@ async def serve_groups(
     shard_tls: TLS | None,
     secret: bytes | None,
     metrics: str | None,
+    key_table: EtcdKeyTable | None = None,
 ) -> None:
-    """Serve over the shard groups in etcd until SIGTERM or SIGINT."""
+    """Serve over the shard groups in etcd until SIGTERM or SIGINT (checking keys against `key_table` if given)."""
     view = await connect_view(meta, cluster, shard_tls, secret)
-    await serve(None, listen, CoordinatorServer(None, listen, security, shard_tls, secret, metrics, view))
+    following = None
+    if key_table is not None:
+        following = asyncio.create_task(key_table.follow(view.meta), name="API keys")
+        await key_table.loaded.wait()  # a key made before this start works from the first call
+    try:
+        await serve(None, listen, CoordinatorServer(None, listen, security, shard_tls, secret, metrics, view))
+    finally:
+        if following is not None:
+            following.cancel()
 
 
 async def serve(topology: Topology | None, listen: str, server: CoordinatorServer) -> None:
@@ -168,12 +183,16 @@ def run(
     metrics: str | None = None,
     meta: str = "",
     cluster: str = "default",
+    key_table: EtcdKeyTable | None = None,
 ) -> None:
-    """Run a coordinator over `shards` (an even split), a topology file, or etcd's groups until a signal."""
+    """Run a coordinator over `shards` (an even split), a topology file, or etcd's groups until a signal.
+
+    With `meta` and a `key_table` (the one `security.guard` looks keys up in), keys are etcd's.
+    """
     if meta:
         security = security or ServerSecurity()
         check_safe(listen, security)
-        asyncio.run(serve_groups(listen, meta, cluster, security, shard_tls, cluster_secret, metrics))
+        asyncio.run(serve_groups(listen, meta, cluster, security, shard_tls, cluster_secret, metrics, key_table))
         return
     try:
         topology = load_topology(shards, topology_file)

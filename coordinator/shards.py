@@ -13,8 +13,8 @@ import grpc
 
 from shoal import _tracing
 from shoal._errors import DeadlineExceeded, ShoalError, Unavailable, error_for_code, status_from_value
-from shoal._rpc import aio_channel
-from shoal._tls import TLS, Metadata, cluster_metadata
+from shoal._rpc import member_channel
+from shoal._tls import TLS, ClusterCredentials, Metadata
 from shoal.v1 import shard_pb2_grpc
 from shoal.v1 import types_pb2 as pb
 
@@ -163,15 +163,15 @@ class ShardClient:
 
     def __init__(self, address: str, tls: TLS | None = None, cluster_secret: bytes | None = None) -> None:
         self.address = address
-        self._tls = tls
-        self._metadata = cluster_metadata(cluster_secret)  # proves to the shard that this is a cluster member
+        self._credentials = ClusterCredentials(tls, cluster_secret)
+        self._metadata = self._credentials.metadata  # proves to the shard that this is a cluster member
         # One counter across reopened streams, so a late answer can never match a newer question.
         self._request_ids = itertools.count(1)
         self._down_since: float | None = None  # when calls began failing with UNAVAILABLE
         self._open()
 
     def _open(self) -> None:
-        self._channel = aio_channel(self.address, SHARD_CHANNEL_OPTIONS, tls=self._tls)
+        self._channel = member_channel(self.address, self._credentials, SHARD_CHANNEL_OPTIONS)
         self._stub = shard_pb2_grpc.ShardStub(self._channel)
         self._stream: SearchStream | None = None
         self._opened = time.monotonic()

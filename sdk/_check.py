@@ -13,7 +13,8 @@ import hashlib
 from shoal._config import MAX_SCROLL
 from shoal._group_status import groups
 from shoal._meta import MetaStore
-from shoal._rpc import aio_channel
+from shoal._rpc import member_channel
+from shoal._tls import ClusterCredentials
 from shoal._wire import decode_ids
 from shoal.v1 import shard_pb2_grpc
 from shoal.v1 import types_pb2 as pb
@@ -21,17 +22,17 @@ from shoal.v1 import types_pb2 as pb
 SCROLL_TIMEOUT = 30.0
 
 
-async def digest(address: str, collection: str) -> tuple[int, str]:
+async def digest(address: str, collection: str, credentials: ClusterCredentials) -> tuple[int, str]:
     """A member's point count and the digest of its points of one collection."""
     h = hashlib.blake2b(digest_size=16)
     count, cursor = 0, ""
-    async with aio_channel(address) as channel:
+    async with member_channel(address, credentials) as channel:
         stub = shard_pb2_grpc.ShardStub(channel)
         while True:
             request = pb.ScrollRequest(
                 collection=collection, limit=MAX_SCROLL, cursor=cursor, with_payload=True, with_vectors=True
             )
-            page = await stub.Scroll(request, timeout=SCROLL_TIMEOUT)
+            page = await stub.Scroll(request, timeout=SCROLL_TIMEOUT, metadata=credentials.metadata)
             h.update(page.SerializeToString(deterministic=True))
             count += len(decode_ids(page.ids))
             cursor = page.next_cursor
@@ -39,19 +40,22 @@ async def digest(address: str, collection: str) -> tuple[int, str]:
                 return count, h.hexdigest()
 
 
-async def check(endpoint: str, cluster: str = "default") -> tuple[bool, list[str]]:
+async def check(
+    endpoint: str, cluster: str = "default", credentials: ClusterCredentials | None = None
+) -> tuple[bool, list[str]]:
     """Whether every group's live members are identical, and one line per group and collection."""
+    credentials = credentials or ClusterCredentials()
     async with await MetaStore.connect(endpoint, cluster) as meta:
         names = sorted(c.name for c in await meta.list_collections())
     lines: list[str] = []
     same = True
-    for group in await groups(endpoint, cluster):
+    for group in await groups(endpoint, cluster, credentials):
         live = [m for m in group.members if m.state != "down"]
         down = [m.member for m in group.members if m.state == "down"]
         if down:
             lines.append(f"{group.group}: not compared (down): {', '.join(down)}")
         for name in names:
-            found = await asyncio.gather(*(digest(m.address, name) for m in live), return_exceptions=True)
+            found = await asyncio.gather(*(digest(m.address, name, credentials) for m in live), return_exceptions=True)
             results = {
                 m.member: (r if not isinstance(r, BaseException) else (-1, repr(r)))
                 for m, r in zip(live, found, strict=True)

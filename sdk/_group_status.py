@@ -13,7 +13,8 @@ from pathlib import Path
 import grpc
 
 from shoal._meta import MetaStore
-from shoal._rpc import aio_channel
+from shoal._rpc import member_channel
+from shoal._tls import ClusterCredentials
 from shoal.v1 import shard_pb2, shard_pb2_grpc
 
 STATE_TIMEOUT = 2.0
@@ -46,19 +47,25 @@ def endpoint_of(data: Path) -> str:
     return (data / ENDPOINT_FILE).read_text().strip()
 
 
-async def _seq(address: str) -> int:
+async def _seq(address: str, credentials: ClusterCredentials) -> int:
     try:
-        async with aio_channel(address) as channel:
+        async with member_channel(address, credentials) as channel:
             reply = await shard_pb2_grpc.ShardStub(channel).ReplicaState(
-                shard_pb2.ReplicaStateRequest(), timeout=STATE_TIMEOUT
+                shard_pb2.ReplicaStateRequest(), timeout=STATE_TIMEOUT, metadata=credentials.metadata
             )
     except grpc.aio.AioRpcError:
         return -1
     return int(reply.seq)
 
 
-async def groups(endpoint: str, cluster: str = "default") -> list[GroupStatus]:
-    """Every group of the cluster, each member asked for its sequence (a member that does not answer is down)."""
+async def groups(
+    endpoint: str, cluster: str = "default", credentials: ClusterCredentials | None = None
+) -> list[GroupStatus]:
+    """Every group of the cluster, each member asked for its sequence (a member that does not answer is down).
+
+    Members are asked as cluster members ask each other: with `credentials` on a secure cluster.
+    """
+    credentials = credentials or ClusterCredentials()
     async with await MetaStore.connect(endpoint, cluster) as meta:
         topology = await meta.get_topology()
         names = list(dict.fromkeys(r.group for r in topology.ranges))
@@ -68,7 +75,9 @@ async def groups(endpoint: str, cluster: str = "default") -> list[GroupStatus]:
         slots = [[r.start, r.end] for r in topology.ranges if r.group == name]
         status = GroupStatus(name, slots, state.term)
         members = sorted(set(state.members) | set(state.in_sync))
-        seqs = await asyncio.gather(*(_seq(state.members[m]) if m in state.members else _none() for m in members))
+        seqs = await asyncio.gather(
+            *(_seq(state.members[m], credentials) if m in state.members else _none() for m in members)
+        )
         for member, seq in zip(members, seqs, strict=True):
             live = member in state.members and seq >= 0
             kind = "in-sync" if member in state.in_sync else "catching-up"

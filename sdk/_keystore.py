@@ -14,10 +14,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from shoal._access import ApiKey, new_key
 from shoal._errors import NotFound
@@ -27,6 +27,8 @@ log = logging.getLogger("shoal.keys")
 
 RELOAD_SECONDS = 1.0  # the file store looks at its file's change time at most this often
 FILE_FORMAT = 1
+
+T = TypeVar("T")
 
 
 class KeyStore(Protocol):
@@ -124,10 +126,38 @@ class FileKeyStore:
         return next(k for k in keys if k.id == key_id)
 
 
-class EtcdKeyTable:
-    """The API keys of the cluster metadata, kept in memory by a watch; `run()` keeps it current."""
+class MetaKeyStore:
+    """Management (the `shoal keys --meta` command) of the API keys in the cluster metadata in etcd."""
 
-    def __init__(self, store: MetaStore) -> None:
+    def __init__(self, endpoint: str, cluster: str = "default") -> None:
+        self.endpoint, self.cluster = endpoint, cluster
+
+    def _run(self, step: Callable[[MetaStore], Awaitable[T]]) -> T:
+        async def body() -> T:
+            async with await MetaStore.connect(self.endpoint, self.cluster) as store:
+                return await step(store)
+
+        return asyncio.run(body())
+
+    def create(self, role: str, collections: Iterable[str] = ()) -> tuple[str, ApiKey]:
+        """Add a new key; the token (shown once) and its record."""
+        token, key = new_key(role, collections)
+        self._run(lambda store: store.put_api_key(key))
+        return token, key
+
+    def list(self) -> list[ApiKey]:
+        """Every key, revoked ones included."""
+        return self._run(lambda store: store.list_api_keys())
+
+    def revoke(self, key_id: str) -> ApiKey:
+        """Mark a key revoked; NotFound for an unknown id."""
+        return self._run(lambda store: store.revoke_api_key(key_id))
+
+
+class EtcdKeyTable:
+    """The API keys of the cluster metadata, kept in memory by a watch; `run()` or `follow()` keeps it current."""
+
+    def __init__(self, store: MetaStore | None = None) -> None:
         self._store = store
         self._by_hash: dict[str, ApiKey] = {}
         self._by_id: dict[str, ApiKey] = {}
@@ -144,11 +174,22 @@ class EtcdKeyTable:
         self._by_id[key.id] = key
         self._by_hash[key.hash] = key
 
+    async def follow(self, store: MetaStore) -> None:
+        """Keep the table current from `store` until cancelled, loading it anew after a broken watch."""
+        self._store = store
+        while True:
+            try:
+                await self.run()
+            except Exception as exc:  # etcd away for a while: the keys last seen stay in force meanwhile
+                log.warning("following the API keys in etcd: %s", exc)
+            await asyncio.sleep(RELOAD_SECONDS)
+
     async def run(self) -> None:
-        """Load every key, then follow changes until cancelled."""
+        """Load every key, then follow changes until cancelled (or the watch breaks)."""
+        assert self._store is not None, "a table to run needs its store"
         revision = await self._store.revision()
-        for key in await self._store.list_api_keys():
-            self._set(key)
+        keys = await self._store.list_api_keys()
+        self._by_hash, self._by_id = {k.hash: k for k in keys}, {k.id: k for k in keys}
         self.loaded.set()
         async for change in self._store.watch("keys", start_revision=revision + 1):
             if change.deleted:

@@ -35,6 +35,7 @@ from shoal._ports import port_problem
 from shoal._tls import TLS
 
 if TYPE_CHECKING:
+    from shoal._keystore import FileKeyStore, MetaKeyStore
     from shoal._secrets import LocalSecrets
 
 START_TIMEOUT = 120.0
@@ -241,6 +242,9 @@ class LocalCluster:
             str(s.server_key),
             "--cluster-secret-file",
             str(s.cluster_secret),
+            # The other members of its group are reached over TLS too (replication).
+            "--shard-tls-ca",
+            str(s.ca),
         ]
 
     def _coordinator_security(self) -> list[str]:
@@ -249,7 +253,9 @@ class LocalCluster:
         s = self.secrets
         return [
             *("--tls-cert", str(s.server_cert), "--tls-key", str(s.server_key), "--tls-client-ca", str(s.ca)),
-            *("--auth", str(s.keys), "--shard-tls-ca", str(s.ca), "--cluster-secret-file", str(s.cluster_secret)),
+            # The API keys: in the cluster's etcd, or in the keys file without one.
+            *(("--meta-auth",) if self.meta else ("--auth", str(s.keys))),
+            *("--shard-tls-ca", str(s.ca), "--cluster-secret-file", str(s.cluster_secret)),
         ]
 
     @property
@@ -375,6 +381,31 @@ class LocalCluster:
     async def _write_topology(self) -> None:
         assert self.etcd is not None
         await init_topology(self.etcd.endpoint, self.cluster, self.shards)
+        if self.secrets is not None:
+            await self._seed_keys()
+
+    async def _seed_keys(self) -> None:
+        """Put the keys made with the secrets (the admin key) into etcd, where the coordinator looks keys up.
+
+        Only keys etcd lacks: a key revoked there stays revoked.
+        """
+        from shoal._keystore import FileKeyStore
+
+        assert self.etcd is not None and self.secrets is not None
+        async with await MetaStore.connect(self.etcd.endpoint, self.cluster) as meta:
+            known = {k.id for k in await meta.list_api_keys()}
+            for key in FileKeyStore(self.secrets.keys).list():
+                if key.id not in known:
+                    await meta.put_api_key(key)
+
+    def key_store(self) -> FileKeyStore | MetaKeyStore:
+        """Where this secure cluster's coordinator looks API keys up: its etcd (or the keys file without one)."""
+        from shoal._keystore import FileKeyStore, MetaKeyStore
+
+        assert self.secrets is not None, "only a secure cluster has API keys"
+        if self.etcd is not None:
+            return MetaKeyStore(self.etcd.endpoint, self.cluster)
+        return FileKeyStore(self.secrets.keys)
 
     def wait_groups(self, in_sync: int, timeout: float | None = None) -> None:
         """Block until every group has a live primary and at least `in_sync` members in its in-sync set."""

@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from shoal._config import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS, MAX_MESSAGE_BYTES
-from shoal._tls import TLS
+from shoal._tls import TLS, ClusterCredentials
 
 # Every option says why it is set.
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
@@ -47,3 +47,10 @@ def aio_channel(
     if tls is None:
         return grpc.aio.insecure_channel(address, options=list(options.items()))
     return grpc.aio.secure_channel(address, tls.credentials(), options=list(options.items()))
+
+
+def member_channel(
+    address: str, credentials: ClusterCredentials, extra_options: Iterable[tuple[str, Any]] = ()
+) -> grpc.aio.Channel:
+    """An asyncio channel from one cluster member to another; its calls pass `credentials.metadata`."""
+    return aio_channel(address, extra_options, tls=credentials.tls)

@@ -425,6 +425,8 @@ class ServerSecurity:
     tls: ServerTLS | None = None
     guard: Guard = field(default_factory=Guard)
     insecure: bool = False
+    # HOST:PORT answering grpc.health.v1 alone in plaintext, for probes that cannot speak TLS (kubelet, Docker).
+    probe_listen: str | None = None
 
 
 def _loopback(host: str) -> bool:
@@ -462,6 +464,17 @@ def add_standard_services(server: grpc.aio.Server, service_names: Iterable[str])
     names = list(service_names)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     return servicer
+
+
+async def serve_probes(listen: str | None, servicer: health.aio.HealthServicer) -> grpc.aio.Server | None:
+    """Start a plaintext server of `servicer` (health alone: no data, no other service) on `listen`, if given."""
+    if listen is None:
+        return None
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    bind(server, listen)
+    await server.start()
+    return server
 
 
 def _finish_now(step: Coroutine[Any, Any, None]) -> None:

@@ -69,6 +69,19 @@ def cluster_metadata(secret: bytes | None) -> Metadata:
     return ((CLUSTER_SECRET_HEADER, secret.decode()),) if secret else ()
 
 
+@dataclass(frozen=True)
+class ClusterCredentials:
+    """How one cluster member reaches another (coordinator to shard, shard to shard): TLS and the cluster secret."""
+
+    tls: TLS | None = None  # the CA of the members' certificates and, for mutual TLS, this member's certificate
+    secret: bytes | None = None
+
+    @property
+    def metadata(self) -> Metadata:
+        """The metadata every call to a member carries."""
+        return cluster_metadata(self.secret)
+
+
 def resolve(api_key: str | None, tls: TLS | None | bool) -> tuple[str | None, TLS | None]:
     """The API key and TLS given, or else from the SHOAL_* variables; `tls=False` means plaintext whatever is set."""
     key = api_key if api_key is not None else (os.environ.get(ENV_API_KEY) or None)

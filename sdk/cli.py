@@ -19,7 +19,7 @@ from shoal._config import DEFAULT_ADDRESS, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_S
 from shoal._errors import ShoalError
 from shoal._logs import LOG_FORMATS
 from shoal._logs import configure as configure_logging
-from shoal._tls import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, TLS, resolve
+from shoal._tls import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, TLS, ClusterCredentials, resolve
 
 if TYPE_CHECKING:
     from shoal._access import Guard
@@ -76,7 +76,9 @@ def cmd_shard(args: argparse.Namespace) -> int:
         if not args.group:
             raise SystemExit("shoal shard: --meta needs --group")
         member = args.member or Path(args.data).resolve().name
-        group = GroupSettings(args.meta, args.cluster, args.group, member, args.advertise)
+        # The other members are reached as the coordinators reach shards: over TLS, with the cluster secret.
+        peers = ClusterCredentials(_tls(args.shard_tls_ca, args.shard_tls_cert, args.shard_tls_key), _secret(args))
+        group = GroupSettings(args.meta, args.cluster, args.group, member, args.advertise, peers)
     # Cluster members prove themselves by a certificate of the cluster CA (mutual TLS) or the cluster secret.
     guard = Guard(cluster_secret=_secret(args), members_by_certificate=args.tls_client_ca is not None)
     backup_root = Path(args.backup_root) if args.backup_root else None
@@ -97,12 +99,15 @@ def _check_data_folder(data: Path, command: str) -> None:
 def cmd_coordinator(args: argparse.Namespace) -> int:
     """Run one coordinator process."""
     from shoal._access import Guard
-    from shoal._keystore import FileKeyStore
+    from shoal._keystore import EtcdKeyTable, FileKeyStore
     from shoal.coordinator.server import run
 
     _tracing(args, "shoal-coordinator")
     shards = args.shards.split(",") if args.shards else None
-    keys = FileKeyStore(Path(args.auth)).lookup if args.auth else None
+    if args.meta_auth and (not args.meta or args.auth):
+        raise SystemExit("--meta-auth needs --meta, and replaces --auth")
+    table = EtcdKeyTable() if args.meta_auth else None
+    keys = table.lookup if table is not None else FileKeyStore(Path(args.auth)).lookup if args.auth else None
     guard = Guard(keys=keys, members_by_certificate=args.tls_client_ca is not None and keys is None)
     shard_tls = _tls(args.shard_tls_ca, args.shard_tls_cert, args.shard_tls_key)
     security = _server_security(args, guard)
@@ -116,15 +121,24 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
         args.metrics,
         args.meta or "",
         args.cluster,
+        table,
     )
     return 0
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    """Create, list or revoke API keys in an --auth file."""
-    from shoal._keystore import FileKeyStore
+    """Create, list or revoke API keys in an --auth file or in the cluster metadata (--meta or --data)."""
+    from shoal._keystore import FileKeyStore, MetaKeyStore
 
-    store = FileKeyStore(Path(args.auth))
+    store: FileKeyStore | MetaKeyStore
+    if args.auth:
+        store = FileKeyStore(Path(args.auth))
+    else:
+        try:
+            endpoint = _meta_endpoint(args)
+        except FileNotFoundError:
+            raise SystemExit(f"no etcd found for {args.data}: is the cluster running?") from None
+        store = MetaKeyStore(endpoint, args.cluster)
     if args.keys_command == "create":
         collections = [c for c in (args.collections or "").split(",") if c]
         token, key = store.create(args.role, collections)
@@ -198,6 +212,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(
                 f"python -c \"import shoal; print(shoal.Client('{cluster.address}').list_collections())\"", flush=True
             )
+            keys_at = f"--data {args.data}" if cluster.etcd is not None else f"--auth {s.keys}"
+            print(f"More keys: shoal keys {keys_at} create --role read|write|admin [--collections a,b]", flush=True)
         supervisor = Supervisor(cluster, lambda line: print(f"shoal up: {line}", file=sys.stderr, flush=True))
         while True:
             supervisor.tick()
@@ -221,7 +237,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if endpoint:
         from shoal._group_status import groups
 
-        found = asyncio.run(groups(endpoint, args.cluster))
+        found = asyncio.run(groups(endpoint, args.cluster, _member_credentials(args)))
     if args.json:
         doc = json.loads(to_json(status))
         if found is not None:
@@ -248,6 +264,27 @@ def _meta_endpoint(args: argparse.Namespace) -> str:
     return ""
 
 
+def _member_credentials(args: argparse.Namespace) -> ClusterCredentials:
+    """How `status` and `check` ask the shard group members: as a cluster member, with the cluster secret
+    (--cluster-secret-file, or DATA/secrets of a `shoal up --secure` cluster) over TLS when the cluster has it."""
+    local = Path(args.data) / "secrets" if args.data else None
+    secret = _secret(args)
+    ca = getattr(args, "tls_ca", None)
+    if secret is None and local is not None and (local / "cluster.secret").exists():
+        secret, ca = (local / "cluster.secret").read_bytes().strip(), ca or str(local / "ca.pem")
+    return ClusterCredentials(TLS(ca=ca) if ca else None, secret)
+
+
+def cmd_secrets(args: argparse.Namespace) -> int:
+    """Make a cluster's secrets (CA, certificates, cluster secret, admin key) in a folder, as `up --secure` does."""
+    from shoal._secrets import ensure_secrets
+
+    hosts = [h for h in args.hosts.split(",") if h]
+    found = ensure_secrets(Path(args.out), hosts)
+    print(f"secrets in {found.folder} (server names: localhost, 127.0.0.1, {', '.join(hosts) or 'no others'})")
+    return 0
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     """Write the topology of a new cluster (nothing when one is there already)."""
     from shoal._meta_init import init_topology
@@ -264,7 +301,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     endpoint = _meta_endpoint(args)
     if not endpoint:
         raise SystemExit("shoal check needs --meta or --data (the cluster's etcd)")
-    same, lines = asyncio.run(check(endpoint, args.cluster))
+    same, lines = asyncio.run(check(endpoint, args.cluster, _member_credentials(args)))
     print("\n".join(lines))
     return 0 if same else 1
 
@@ -335,7 +372,7 @@ def _server_security(args: argparse.Namespace, guard: Guard) -> ServerSecurity:
     if args.tls_cert:
         client_ca = Path(args.tls_client_ca) if args.tls_client_ca else None
         tls = ServerTLS(Path(args.tls_cert), Path(args.tls_key), client_ca)
-    return ServerSecurity(tls=tls, guard=guard, insecure=args.insecure)
+    return ServerSecurity(tls=tls, guard=guard, insecure=args.insecure, probe_listen=args.probe_listen)
 
 
 def _server_args(p: argparse.ArgumentParser) -> None:
@@ -344,8 +381,18 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-client-ca", help="mutual TLS: accept only clients with a certificate from this CA (PEM)")
     p.add_argument("--cluster-secret-file", help="a file holding the cluster secret (proves cluster membership)")
     p.add_argument(
+        "--probe-listen", help="HOST:PORT answering grpc.health.v1 alone in plaintext, for probes that cannot do TLS"
+    )
+    p.add_argument(
         "--insecure", action="store_true", help="allow a non-loopback address without TLS and without auth (warned)"
     )
+
+
+def _shard_tls_args(p: argparse.ArgumentParser) -> None:
+    """How a coordinator reaches its shards, and a shard the other members of its group."""
+    p.add_argument("--shard-tls-ca", help="CA of the shards' certificates: reach the shards over TLS")
+    p.add_argument("--shard-tls-cert", help="this process's cluster member certificate, for the shards")
+    p.add_argument("--shard-tls-key", help="its private key")
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
@@ -404,6 +451,12 @@ def parser() -> argparse.ArgumentParser:
     shard.add_argument("--group", default="", help="with --meta: the shard group to join, e.g. g0")
     shard.add_argument("--member", default="", help="with --meta: this member's name (default: the data folder's name)")
     shard.add_argument("--advertise", default="", help="with --meta: HOST:PORT others reach it at (default: --listen)")
+    _shard_tls_args(shard)
+
+    made = sub.add_parser("secrets", help="make a cluster's CA, certificates, cluster secret and admin key (0600)")
+    made.add_argument("--out", required=True, help="the folder to write them to (kept when already there)")
+    made.add_argument("--hosts", default="", help="the servers' host names or addresses, e.g. shard-0,coordinator")
+    made.set_defaults(func=cmd_secrets)
 
     init = sub.add_parser("init", help="write a new cluster's topology into etcd: slots split over N shard groups")
     init.add_argument("--meta", required=True, help="the cluster's etcd endpoint HOST:PORT")
@@ -421,9 +474,10 @@ def parser() -> argparse.ArgumentParser:
     coord.add_argument("--listen", default=DEFAULT_ADDRESS, help="HOST:PORT to serve on")
     _add_server_options(coord)
     coord.add_argument("--auth", help="API keys file (see `shoal keys`): every call needs a key of the right role")
-    coord.add_argument("--shard-tls-ca", help="CA of the shards' certificates: reach the shards over TLS")
-    coord.add_argument("--shard-tls-cert", help="this coordinator's cluster member certificate, for the shards")
-    coord.add_argument("--shard-tls-key", help="its private key")
+    coord.add_argument(
+        "--meta-auth", action="store_true", help="with --meta: every call needs a key of the right role, from etcd"
+    )
+    _shard_tls_args(coord)
     _server_args(coord)
     coord.set_defaults(func=cmd_coordinator)
 
@@ -439,6 +493,10 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--meta", default="", help="the cluster's etcd endpoint HOST:PORT")
         command.add_argument("--data", default="", help="or: the data folder of a `shoal up` cluster")
         command.add_argument("--cluster", default="default", help="the cluster's name in etcd")
+        command.add_argument(
+            "--cluster-secret-file", help="ask the group members with the cluster secret (default with --data: its own)"
+        )
+    check.add_argument("--tls-ca", help="with --cluster-secret-file: the CA of the members' certificates (TLS)")
 
     backup = sub.add_parser("backup", help="copy every shard of a running cluster into a new folder")
     backup.add_argument("--address", default=DEFAULT_ADDRESS, help="a coordinator's address")
@@ -463,7 +521,11 @@ def parser() -> argparse.ArgumentParser:
     restore.set_defaults(func=cmd_restore)
 
     keys = sub.add_parser("keys", help="create, list or revoke API keys")
-    keys.add_argument("--auth", required=True, help="the API keys file the coordinators are started with")
+    where_keys = keys.add_mutually_exclusive_group(required=True)
+    where_keys.add_argument("--auth", help="the API keys file the coordinators are started with")
+    where_keys.add_argument("--meta", help="the cluster's etcd endpoint HOST:PORT (coordinators with --meta-auth)")
+    where_keys.add_argument("--data", help="a local cluster's data folder (`shoal up --secure`): its etcd")
+    keys.add_argument("--cluster", default="default", help="with --meta or --data: the cluster's name in etcd")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="make a new key; prints it alone on the last line")
     create.add_argument("--role", choices=["read", "write", "admin"], required=True)

@@ -19,7 +19,8 @@ from typing import Any
 from shoal._errors import AlreadyExists, FailedPrecondition, NotFound, ShoalError
 from shoal._meta import Membership, MetaStore
 from shoal._meta_values import GroupState, Section, Topology
-from shoal._rpc import aio_channel
+from shoal._rpc import member_channel
+from shoal._tls import ClusterCredentials
 from shoal.shard.core import Shard
 from shoal.shard.replication import ACK_TIMEOUT, ReplicaSide, Replicator
 from shoal.v1 import shard_pb2, shard_pb2_grpc
@@ -44,8 +45,10 @@ class GroupMember:
         address: str,
         lease_ttl: int = LEASE_TTL,
         ack_timeout: float = ACK_TIMEOUT,
+        credentials: ClusterCredentials | None = None,
     ) -> None:
         self.shard, self.endpoint, self.cluster = shard, endpoint, cluster
+        self.credentials = credentials or ClusterCredentials()  # how it reaches the others: TLS, cluster secret
         self.group, self.member, self.address = group, member, address
         self.lease_ttl, self.ack_timeout = lease_ttl, ack_timeout
         self.role = ""  # "primary", "replica", or "" before joining
@@ -184,7 +187,15 @@ class GroupMember:
                 await self._pull(state.members[other])
         await self._meta.set_in_sync(self.group, sorted(live_in_sync), term)
         self.replicator = Replicator(
-            self.shard, self._meta, self.group, self.member, term, live_in_sync, self._deposed, self.ack_timeout
+            self.shard,
+            self._meta,
+            self.group,
+            self.member,
+            term,
+            live_in_sync,
+            self._deposed,
+            self.ack_timeout,
+            self.credentials,
         )
         self.replicator.members(state.members)
         self.shard.set_replicate(self.replicator.replicate)
@@ -194,14 +205,17 @@ class GroupMember:
 
     async def _pull(self, address: str) -> None:
         """Apply the writes a member at `address` has after this shard's sequence (it is ahead: it got more)."""
-        async with aio_channel(address) as channel:
+        metadata = self.credentials.metadata
+        async with member_channel(address, self.credentials) as channel:
             stub = shard_pb2_grpc.ShardStub(channel)
-            state = await stub.ReplicaState(shard_pb2.ReplicaStateRequest(), timeout=2)
+            state = await stub.ReplicaState(shard_pb2.ReplicaStateRequest(), timeout=2, metadata=metadata)
             if state.seq <= self.shard.sequence:
                 return
             log.info("group %s: pulling writes %d..%d from %s", self.group, self.shard.sequence + 1, state.seq, address)
             futures = []
-            async for entry in stub.ReadLog(shard_pb2.ReadLogRequest(after=self.shard.sequence), timeout=30):
+            async for entry in stub.ReadLog(
+                shard_pb2.ReadLogRequest(after=self.shard.sequence), timeout=30, metadata=metadata
+            ):
                 futures.append(self.shard.submit_replicated(int(entry.seq), entry.plan))
             for future in futures:
                 await asyncio.wrap_future(future)

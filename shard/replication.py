@@ -25,7 +25,8 @@ import grpc
 
 from shoal._errors import FailedPrecondition, ShoalError, Unavailable
 from shoal._meta import MetaStore
-from shoal._rpc import aio_channel
+from shoal._rpc import member_channel
+from shoal._tls import ClusterCredentials
 from shoal.shard.core import Shard
 from shoal.v1 import shard_pb2, shard_pb2_grpc
 
@@ -71,8 +72,8 @@ class Link:
     async def _stream(self) -> None:
         rep = self.replicator
         shard = rep.shard
-        async with aio_channel(self.address) as channel:
-            call: Any = shard_pb2_grpc.ShardStub(channel).Replicate()
+        async with member_channel(self.address, rep.credentials) as channel:
+            call: Any = shard_pb2_grpc.ShardStub(channel).Replicate(metadata=rep.credentials.metadata)
             await call.write(shard_pb2.ReplicateRequest(term=rep.term, primary=rep.member))
             hello = await call.read()
             if hello is grpc.aio.EOF:
@@ -144,8 +145,10 @@ class Replicator:
         in_sync: set[str],
         on_deposed: Callable[[], None],
         ack_timeout: float = ACK_TIMEOUT,
+        credentials: ClusterCredentials | None = None,
     ) -> None:
         self.shard, self.meta, self.group, self.member, self.term = shard, meta, group, member, term
+        self.credentials = credentials or ClusterCredentials()  # how the links reach the other members
         self.in_sync = set(in_sync) - {member}  # the other in-sync members
         self.ack_timeout = ack_timeout
         self.links: dict[str, Link] = {}

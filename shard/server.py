@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from threadpoolctl import threadpool_limits
@@ -19,9 +19,11 @@ from shoal._server import (
     aio_server,
     bind,
     check_safe,
+    serve_probes,
     set_serving,
     wait_for_signal,
 )
+from shoal._tls import ClusterCredentials
 from shoal.shard.core import Shard
 from shoal.shard.group import GroupMember
 from shoal.shard.metrics import collector
@@ -45,6 +47,7 @@ class GroupSettings:
     group: str
     member: str
     advertise: str = ""  # the address others reach this shard at (default: the bound address)
+    credentials: ClusterCredentials = field(default_factory=ClusterCredentials)  # how it reaches the others
 
 
 def run(
@@ -95,6 +98,7 @@ async def _serve(
         servicer.metrics_address = serve_metrics(metrics)
     signalled = asyncio.create_task(wait_for_signal())
     await server.start()
+    probes = await serve_probes(security.probe_listen, health)
     if servicer.metrics_address:  # before the listening line, which tells LocalCluster the start is over
         print(f"shoal shard metrics on {servicer.metrics_address}", flush=True)
     print(f"shoal shard listening on {servicer.address}", flush=True)
@@ -107,7 +111,13 @@ async def _serve(
                 raise SystemExit(1)
             if group is not None:
                 servicer.member = GroupMember(
-                    shard, group.meta, group.cluster, group.group, group.member, group.advertise or servicer.address
+                    shard,
+                    group.meta,
+                    group.cluster,
+                    group.group,
+                    group.member,
+                    group.advertise or servicer.address,
+                    credentials=group.credentials,
                 )
                 await servicer.member.start()
             await set_serving(health, [SERVICE], True)
@@ -119,6 +129,8 @@ async def _serve(
         if servicer.member is not None:
             await servicer.member.stop()
         await server.stop(grace=GRACE_SECONDS)
+        if probes is not None:
+            await probes.stop(None)
         signalled.cancel()
         with contextlib.suppress(Exception):
             await loading  # the load thread cannot be interrupted; its failure is already raised above

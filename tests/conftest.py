@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import shoal
+# Tests open shards in this process, and a shard forks to snapshot its indexes while this process also holds
+# gRPC channels. A shard process runs with gRPC's fork handlers off (shard/server.py) because the child never
+# touches gRPC; so must this one, or gRPC's handlers can abort the snapshot child. gRPC reads it on import.
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
+
+import shoal  # noqa: E402
 from shoal._local import LocalCluster
 from shoal._tls import ENV_API_KEY, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY
 

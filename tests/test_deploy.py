@@ -28,6 +28,7 @@ SHARDS = 3
 SHARD_PORT = 7100
 COORDINATOR_PORT = 7070
 METRICS_PORT = 9100
+SECRETS_MOUNT = "./secrets:/etc/shoal/secrets:ro"  # made by `shoal secrets --out deploy/secrets`
 # The oldest Kubernetes the manifests promise to work on (native gRPC probes are GA since 1.27) and the
 # newest one the validator knows.
 K8S_VERSIONS = ["1.29", "latest"]
@@ -152,6 +153,26 @@ def _listen_port(command: list[str]) -> int:
     return int(command[command.index("--listen") + 1].rpartition(":")[2])
 
 
+def _health_port(command: list[str]) -> int:
+    """The port that answers grpc.health.v1 in plaintext: --probe-listen's, else --listen's (no TLS there)."""
+    if "--probe-listen" in command:
+        return int(command[command.index("--probe-listen") + 1].rpartition(":")[2])
+    assert "--tls-cert" not in command, "a TLS server needs --probe-listen for plaintext health probes"
+    return _listen_port(command)
+
+
+def _check_secure(command: list[str], mounts: list[str]) -> None:
+    """TLS and authentication on, and every file they name mounted from the secrets (no --insecure)."""
+    assert "--insecure" not in command
+    assert "--tls-cert" in command and "--tls-key" in command
+    auth = ("--auth", "--meta-auth", "--cluster-secret-file", "--tls-client-ca")
+    assert any(a in command for a in auth), "every server checks who calls"
+    for option in ("--tls-cert", "--tls-key", "--tls-client-ca", "--auth", "--cluster-secret-file", "--shard-tls-ca"):
+        if option in command:
+            path = command[command.index(option) + 1]
+            assert any(path.startswith(m.rstrip("/") + "/") for m in mounts), f"{option} {path} is not mounted"
+
+
 def test_compose_matches_the_compose_spec_schema() -> None:
     pytest.importorskip("check_jsonschema", reason="check-jsonschema is missing")
     import importlib.resources
@@ -174,25 +195,28 @@ def test_compose_runs_a_coordinator_and_three_shards() -> None:
         svc = services[name]
         assert svc["build"]["context"] == ".." and (DEPLOY / svc["build"]["context"] / "Dockerfile").exists()
         assert float(_interpolate(svc["cpus"])) > 0
-        assert int(svc["environment"]["SHOAL_HEALTH_PORT"]) == _listen_port(svc["command"]), (
-            "the image's HEALTHCHECK must probe the port the process listens on"
+        assert int(svc["environment"]["SHOAL_HEALTH_PORT"]) == _health_port(svc["command"]), (
+            "the image's HEALTHCHECK must probe the port the process answers health on"
         )
+        _check_secure(svc["command"], [m.split(":")[1] for m in svc["volumes"]])
         assert svc.get("healthcheck", {}).get("disable") is not True
         assert svc.get("healthcheck", {}).get("test") is None, "keep the image's gRPC health check"
     for name in shards:
         svc = services[name]
         assert svc["command"][0] == "shard"
         assert svc["command"][svc["command"].index("--data") + 1] == "/data"
-        [mount] = svc["volumes"]
+        [mount] = [m for m in svc["volumes"] if ":/data" in m]  # besides it: the secrets, read-only
         volume, _, target = mount.partition(":")
         assert target == "/data" and volume in compose["volumes"], "each shard's data is on a named volume"
+        assert set(svc["volumes"]) - {mount} == {SECRETS_MOUNT}
         volumes.add(volume)
     assert len(volumes) == SHARDS, "no two shards share a volume"
     coordinator = services["coordinator"]
     assert coordinator["depends_on"] == {s: {"condition": "service_healthy"} for s in shards}
     assert coordinator["command"][0] == "coordinator"
     topology_path = coordinator["command"][coordinator["command"].index("--topology") + 1]
-    [mount] = coordinator["volumes"]
+    [mount] = [m for m in coordinator["volumes"] if m != SECRETS_MOUNT]
+    assert SECRETS_MOUNT in coordinator["volumes"]
     source, target, mode = mount.split(":")
     assert (source, target, mode) == ("./compose-topology.json", topology_path, "ro")
 
@@ -258,7 +282,14 @@ def _check_pod(template: dict[str, Any], port: int) -> dict[str, Any]:
     assert [p["containerPort"] for p in container["ports"]] == [port, METRICS_PORT]
     assert container["args"][container["args"].index("--listen") + 1] == f"0.0.0.0:{port}"
     for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"] == {"port": port}, f"{probe} must be a native gRPC health probe"
+        assert container[probe]["grpc"] == {"port": _health_port(container["args"])}, (
+            f"{probe} must be a native gRPC health probe"
+        )
+    # TLS and auth on, the certificates and keys from Kubernetes Secrets.
+    secrets = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+    mounts = [m["mountPath"] for m in container["volumeMounts"] if m["name"] in secrets]
+    _check_secure(container["args"], mounts)
+    assert "shoal-tls" in secrets.values()
     res = container["resources"]
     assert res["requests"] == res["limits"], "requests equal limits: a Guaranteed pod"
     assert str(res["limits"]["cpu"]).isdigit() and int(res["limits"]["cpu"]) >= 1, "whole cores"
@@ -406,9 +437,29 @@ def test_replicated_compose_validates_and_runs_groups_over_a_three_member_etcd()
         cmd = svc["command"]
         assert cmd[cmd.index("--advertise") + 1] == f"{name}:7100" and cmd[cmd.index("--member") + 1] == name
         groups.setdefault(cmd[cmd.index("--group") + 1], []).append(name)
-        [mount] = svc["volumes"]
-        assert mount == f"{name}-data:/data"
+        assert svc["volumes"] == [f"{name}-data:/data", SECRETS_MOUNT]
     assert sorted(groups) == ["g0", "g1"] and all(len(m) == 2 for m in groups.values())
     init = services["init"]["command"]
     assert init[:1] == ["init"] and int(init[init.index("--groups") + 1]) == len(groups)
     assert "--meta" in services["coordinator"]["command"]
+    for name in [*shards, "coordinator"]:
+        svc = services[name]
+        _check_secure(svc["command"], [m.split(":")[1] for m in svc["volumes"]])
+        assert int(svc.get("environment", {}).get("SHOAL_HEALTH_PORT", 0) or _health_port(svc["command"])) == (
+            _health_port(svc["command"])
+        )
+        if name != "coordinator":  # members reach each other over TLS
+            assert "--shard-tls-ca" in svc["command"]
+    assert "--meta-auth" in services["coordinator"]["command"]  # the keys in etcd
+
+
+def test_the_cert_manager_example_issues_the_secret_the_pods_mount() -> None:
+    docs = _load_all(K8S / "cert-manager" / "certificate.yaml")
+    [cert] = [d for d in docs if d["kind"] == "Certificate" and d["spec"]["secretName"] == "shoal-tls"]
+    assert {"server auth", "client auth"} <= set(cert["spec"]["usages"])
+    names = cert["spec"]["dnsNames"]
+    for address in _expected_addresses():  # every shard address the coordinators dial
+        host = address.rpartition(":")[0]
+        assert any(host == n or (n.startswith("*.") and host.partition(".")[2] == n[2:]) for n in names), host
+    issuers = {d["metadata"]["name"] for d in docs if d["kind"] == "Issuer"}
+    assert cert["spec"]["issuerRef"]["name"] in issuers

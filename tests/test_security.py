@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -20,8 +23,9 @@ import shoal
 from shoal import _rpc
 from shoal._access import ACCESS, Guard
 from shoal._errors import FailedPrecondition, InvalidArgument
+from shoal._etcd import find_binary
 from shoal._keystore import FileKeyStore
-from shoal._local import LocalCluster
+from shoal._local import LocalCluster, Process, wait_serving
 from shoal._secrets import ensure_secrets
 from shoal._server import ServerSecurity, ServerTLS, check_safe
 from shoal._tls import TLS, api_key_metadata, cluster_metadata
@@ -86,14 +90,14 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 def tokens(secure: LocalCluster) -> dict[str, str]:
     """A key per caller kind."""
     assert secure.secrets is not None
-    store = FileKeyStore(secure.secrets.keys)
+    store = secure.key_store()  # the cluster's etcd
     made = {role: store.create(role)[0] for role in ("read", "write")}
     made["admin"] = secure.api_key or ""
     made["other"] = store.create("read", ["other"])[0]
     revoked, key = store.create("admin")
     store.revoke(key.id)
     made["revoked"] = revoked
-    time.sleep(1.5)  # the coordinator looks at the keys file once a second
+    time.sleep(1.5)  # the coordinator follows etcd's keys by a watch
     return made
 
 
@@ -199,15 +203,16 @@ def test_a_key_limited_to_a_collection_sees_and_uses_only_it(secure: LocalCluste
 
 
 def test_keys_cli_creates_lists_and_revokes_and_a_revoked_key_stops_within_seconds(secure: LocalCluster) -> None:
-    assert secure.secrets is not None
-    auth = str(secure.secrets.keys)
+    assert secure.secrets is not None and secure.etcd is not None
+    where = ["--data", str(secure.data)]  # the keys in the local cluster's etcd
 
     def keys(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "shoal", "keys", "--auth", auth, *args]
+        cmd = [sys.executable, "-m", "shoal", "keys", *where, *args]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
 
     token = keys("create", "--role", "read", "--collections", "docs").stdout.strip().splitlines()[-1]
-    assert token.startswith("shoal_") and token not in secure.secrets.keys.read_text()  # stored only hashed
+    assert token.startswith("shoal_") and token not in secure.secrets.keys.read_text()
+    assert all(token not in repr(k.to_json()) for k in secure.key_store().list())  # stored only hashed
     key_id = token.split("_")[1]
     listed = keys("list").stdout
     assert key_id in listed and "read" in listed and "docs" in listed
@@ -228,6 +233,59 @@ def test_keys_cli_creates_lists_and_revokes_and_a_revoked_key_stops_within_secon
                 time.sleep(0.1)
         assert time.monotonic() - revoked_at < 5
     assert "revoked" in keys("list").stdout
+
+
+def test_keys_cli_manages_a_keys_file(tmp_path: Path) -> None:
+    auth = tmp_path / "keys.json"
+
+    def keys(*args: str) -> str:
+        cmd = [sys.executable, "-m", "shoal", "keys", "--auth", str(auth), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
+
+    token = keys("create", "--role", "write").strip().splitlines()[-1]
+    assert token.startswith("shoal_") and token not in auth.read_text()  # stored only hashed
+    key_id = token.split("_")[1]
+    assert key_id in keys("list") and "active" in keys("list")
+    keys("revoke", key_id)
+    assert FileKeyStore(auth).list()[0].revoked and "revoked" in keys("list")
+
+
+@pytest.mark.slow
+def test_a_key_revoked_in_etcd_stops_on_two_coordinators_within_seconds(secure: LocalCluster, tmp_path: Path) -> None:
+    assert secure.coordinator is not None and secure.etcd is not None
+    args = list(secure.coordinator.args)
+    args[args.index("--listen") + 1] = "127.0.0.1:0"
+    if "--metrics" in args:
+        args[args.index("--metrics") + 1] = "127.0.0.1:0"
+    second = Process("coordinator-2", args, tmp_path / "coordinator-2.log")
+    second.start(60)
+    try:
+        store = secure.key_store()
+        token, key = store.create("read")
+        clients = [shoal.Client(address, api_key=token, tls=secure.tls) for address in (secure.address, second.address)]
+        try:
+            deadline = time.monotonic() + 10
+            for c in clients:  # a new key reaches both coordinators through the watch
+                while True:
+                    try:
+                        c.list_collections()
+                        break
+                    except (shoal.Unauthenticated, shoal.Unavailable):
+                        assert time.monotonic() < deadline
+                        time.sleep(0.1)
+            store.revoke(key.id)
+            revoked_at = time.monotonic()
+            for c in clients:
+                with pytest.raises(shoal.Unauthenticated):
+                    while time.monotonic() - revoked_at < 5:
+                        c.list_collections()
+                        time.sleep(0.05)
+            assert time.monotonic() - revoked_at < 5
+        finally:
+            for c in clients:
+                c.close()
+    finally:
+        second.stop()
 
 
 def test_plaintext_and_wrong_ca_clients_fail_cleanly(secure: LocalCluster, tmp_path: Path) -> None:
@@ -312,3 +370,122 @@ def test_the_cluster_suite_passes_on_a_secure_cluster() -> None:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tests.parent)
     assert out.returncode == 0, out.stdout[-3000:]
     assert " passed" in out.stdout and "failed" not in out.stdout
+
+
+def _member_call(cluster: LocalCluster, address: str, name: str, request: Any, metadata: Any, tls: TLS) -> Any:
+    """One unary or server-streaming Shard call over TLS; its answer (a list for a stream)."""
+    with _rpc.channel(address, tls) as channel:
+        answer = getattr(shard_pb2_grpc.ShardStub(channel), name)(request, timeout=10, metadata=metadata)
+        return list(answer) if name == "ReadLog" else answer
+
+
+@pytest.mark.slow
+def test_a_secure_replicated_cluster_replicates_and_refuses_users_on_replication(tmp_path: Path) -> None:
+    try:
+        find_binary()
+    except FailedPrecondition as exc:
+        pytest.skip(f"no etcd binary can run here: {exc}")
+    with LocalCluster(data=tmp_path / "c", shards=1, replicas=2, secure=True) as c:
+        assert c.secrets is not None
+        member = (cluster_metadata(c.secrets.cluster_secret.read_bytes().strip()), TLS(ca=c.secrets.ca))
+        with shoal.Client(c.address, api_key=c.api_key, tls=c.tls) as client:
+            client.create_collection("docs", dim=8)
+            client.upsert("docs", ids=np.arange(300), vectors=np.random.default_rng(0).random((300, 8), np.float32))
+        # Acknowledged writes are on every in-sync member: the primary reached its replica over TLS.
+        state = shard_pb2.ReplicaStateRequest()
+        seqs = [_member_call(c, p.address, "ReplicaState", state, *member) for p in c.shard_procs]
+        assert len({s.seq for s in seqs}) == 1 and seqs[0].seq > 0
+        for proc in c.shard_procs:
+            count = _member_call(c, proc.address, "Count", pb.CountRequest(collection="docs"), *member)
+            assert count.count == 300
+        user = (api_key_metadata(c.api_key), c.tls)
+        assert c.tls is not None
+        calls = {
+            "ReplicaState": shard_pb2.ReplicaStateRequest(),
+            "ReadLog": shard_pb2.ReadLogRequest(after=0),
+        }
+        for proc in c.shard_procs:
+            for name, request in calls.items():
+                for caller, code in ((user, DENIED), ((api_key_metadata(None), c.tls), UNAUTH)):
+                    with pytest.raises(grpc.RpcError) as info:
+                        _member_call(c, proc.address, name, request, *caller)
+                    assert info.value.code() == code, (name, caller)
+            # The stream a primary opens to its replicas: refused to a user's key and certificate too.
+            with _rpc.channel(proc.address, c.tls) as channel:
+                call = shard_pb2_grpc.ShardStub(channel).Replicate(
+                    iter([shard_pb2.ReplicateRequest(term=1 << 40, primary="intruder")]),
+                    timeout=10,
+                    metadata=api_key_metadata(c.api_key),
+                )
+                with pytest.raises(grpc.RpcError) as info:
+                    list(call)
+                assert info.value.code() == DENIED
+            assert _member_call(c, proc.address, "Count", pb.CountRequest(collection="docs"), *member).count == 300
+        # The operator's view of the members works on a secure cluster: it asks them as a member would.
+        shoal_cmd = [sys.executable, "-m", "shoal"]
+        checked = subprocess.run([*shoal_cmd, "check", "--data", str(c.data)], capture_output=True, text=True)
+        assert checked.returncode == 0 and "2 members identical (300 points)" in checked.stdout, checked.stdout
+        env = {**os.environ, "SHOAL_API_KEY": c.api_key or "", "SHOAL_TLS_CA": str(c.secrets.ca)}
+        env |= {"SHOAL_TLS_CERT": str(c.secrets.client_cert), "SHOAL_TLS_KEY": str(c.secrets.client_key)}
+        status = subprocess.run(
+            [*shoal_cmd, "status", "--address", c.address, "--data", str(c.data), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert status.returncode == 0, status.stderr
+        [group] = json.loads(status.stdout)["groups"]
+        assert sorted(m["state"] for m in group["members"]) == ["in-sync", "in-sync"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_the_probe_port_answers_health_in_plaintext_and_nothing_else(tmp_path: Path) -> None:
+    found = ensure_secrets(tmp_path / "secrets", ["127.0.0.1"])
+    probe = f"127.0.0.1:{_free_port()}"
+    args = ["shard", "--data", str(tmp_path / "data"), "--listen", "127.0.0.1:0", "--tls-cert", str(found.server_cert)]
+    args += ["--tls-key", str(found.server_key), "--cluster-secret-file", str(found.cluster_secret)]
+    shard = Process("shard", [*args, "--probe-listen", probe], tmp_path / "shard.log")
+    shard.start(60)
+    try:
+        wait_serving(shard.address, 30, TLS(ca=found.ca))
+        wait_serving(probe, 10)  # plaintext: what the kubelet and Docker's health check can speak
+        secret = cluster_metadata(found.cluster_secret.read_bytes().strip())
+        with _rpc.channel(probe) as channel, pytest.raises(grpc.RpcError) as info:  # even with the cluster secret
+            shard_pb2_grpc.ShardStub(channel).ListCollections(pb.ListCollectionsRequest(), timeout=10, metadata=secret)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        shard.stop()
+
+
+@pytest.mark.slow
+def test_a_renewed_certificate_is_served_to_new_connections_without_a_restart(tmp_path: Path) -> None:
+    old, new = ensure_secrets(tmp_path / "old", ["127.0.0.1"]), ensure_secrets(tmp_path / "new", ["127.0.0.1"])
+    served = tmp_path / "served"
+    served.mkdir()
+    cert, key = served / "server.pem", served / "server.key"
+    cert.write_bytes(old.server_cert.read_bytes())
+    key.write_bytes(old.server_key.read_bytes())
+    args = ["shard", "--data", str(tmp_path / "data"), "--listen", "127.0.0.1:0", "--tls-cert", str(cert)]
+    args += ["--tls-key", str(key), "--cluster-secret-file", str(old.cluster_secret)]
+    shard = Process("shard", args, tmp_path / "shard.log")
+    shard.start(60)
+    try:
+        wait_serving(shard.address, 30, TLS(ca=old.ca))
+        for source, target in ((new.server_key, key), (new.server_cert, cert)):  # renewed in place
+            staged = target.with_suffix(".tmp")
+            staged.write_bytes(source.read_bytes())
+            staged.replace(target)
+        time.sleep(0.05)
+        wait_serving(shard.address, 10, TLS(ca=new.ca))  # a new connection gets the new certificate...
+        with pytest.raises(shoal.Unavailable):  # ...which the old CA does not vouch for
+            wait_serving(shard.address, 3, TLS(ca=old.ca))
+        assert shard.popen is not None and shard.popen.poll() is None  # the same process throughout
+    finally:
+        shard.stop()
