@@ -244,5 +244,4 @@ def _stream_answer(request_id: int, outcome: Answer | BaseException) -> pb.Searc
             return _answer_to_proto(outcome, request_id)
         except ResourceExhausted as exc:  # too large to send: only this question fails
             outcome = exc
-    code, message = error_status(outcome, "/shoal.v1.Shoal/SearchStream")
-    return pb.SearchResponse(request_id=request_id, error_code=code.value[0], error_message=message)
+    return pb.SearchResponse(request_id=request_id, error=error_status(outcome, "/shoal.v1.Shoal/SearchStream"))

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 
 from shoal import _tracing
-from shoal._errors import DeadlineExceeded, ShoalError, Unavailable, error_for_code, status_from_value
+from shoal._errors import DeadlineExceeded, ShoalError, Unavailable, error_for_code, from_rpc_error, from_status
 from shoal._rpc import member_channel
 from shoal._tls import TLS, ClusterCredentials, Metadata
 from shoal.v1 import shard_pb2_grpc
@@ -47,7 +47,7 @@ SHARD_CHANNEL_OPTIONS = [
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
-def shard_error(address: str, code: grpc.StatusCode, details: str) -> ShoalError:
+def shard_error(address: str, code: grpc.StatusCode, details: str, field: str | None = None) -> ShoalError:
     """The catalogue error for a shard call that failed with `code`, or never got an answer.
 
     The one place a shard's status code becomes an error: unreachable shards and passed deadlines name
@@ -58,7 +58,7 @@ def shard_error(address: str, code: grpc.StatusCode, details: str) -> ShoalError
         return error_for_code(grpc.StatusCode.UNAVAILABLE, f"shard {address} is unavailable: {details or code.name}")
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return error_for_code(code, f"shard {address} did not answer before the deadline")
-    error = error_for_code(code, details or code.name)
+    error = error_for_code(code, details or code.name, field=field)
     if type(error) is ShoalError:
         log.error("shard %s failed with %s: %s", address, code.name, details)
         return error_for_code(
@@ -103,8 +103,9 @@ class SearchStream:
             if self._pending.pop(request_id, None) is not None and not answered and not self.broken:
                 # The caller went away or its deadline passed: the shard drops the search if not yet begun.
                 self._outbox.put_nowait(pb.SearchRequest(request_id=request_id, cancel=True))
-        if answer.error_code:
-            raise shard_error(self.address, status_from_value(answer.error_code), answer.error_message)
+        if answer.error.code:
+            cause = from_status(answer.error)
+            raise shard_error(self.address, cause.code, cause.message, cause.field)
         return answer
 
     async def close(self) -> None:
@@ -200,7 +201,8 @@ class ShardClient:
             metadata = (*self._metadata, *_tracing.metadata()) if _tracing.ENABLED else self._metadata
             answer = await call(request, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
-            error = shard_error(self.address, exc.code(), exc.details() or "")
+            cause = from_rpc_error(exc)  # keeps the field a shard's bad-input error names
+            error = shard_error(self.address, exc.code(), exc.details() or "", cause.field)
             self._note(error)
             raise error from exc
         self._note(None)

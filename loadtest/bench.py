@@ -243,19 +243,24 @@ class Bench:
     def _sync(self, collection: str, ef: int) -> Run:
         q = self.queries
         with shoal.Client(self.address, timeout=600) as client:
-            client.search(collection, q[:1], k=K, ef=ef)  # connect before the clock starts
+            client.search(collection, q[:1], k=K, ef=ef, with_payload=False)  # connect before the clock starts
             return drive_threads(
-                lambda i: client.search(collection, q[i], k=K, ef=ef).ids, len(q), self.args.clients, self.args.seconds
+                lambda i: client.search(collection, q[i], k=K, ef=ef, with_payload=False).ids,
+                len(q),
+                self.args.clients,
+                self.args.seconds,
             )
 
     async def _async(self, collection: str, mode: str, ef: int, rate: float | None) -> Run:
         q, b, a = self.queries, self.args.batch, self.args
         async with shoal.AsyncClient(self.address, timeout=600) as client:
-            await client.search(collection, q[:1], k=K, ef=ef)  # connect before the clock starts
+            await client.search(collection, q[:1], k=K, ef=ef, with_payload=False)  # connect before the clock starts
 
             async def unary(rows: int) -> Any:
                 async def ask(i: int) -> np.ndarray:
-                    return (await client.search(collection, q[i * rows : (i + 1) * rows], k=K, ef=ef)).ids
+                    return (
+                        await client.search(collection, q[i * rows : (i + 1) * rows], k=K, ef=ef, with_payload=False)
+                    ).ids
 
                 return ask, _noop
 
@@ -266,7 +271,7 @@ class Bench:
                     while (item := await feed.get()) is not None:
                         yield item
 
-                results = client.search_stream(collection, requests(), k=K, ef=ef)
+                results = client.search_stream(collection, requests(), k=K, ef=ef, with_payload=False)
 
                 async def ask(i: int) -> np.ndarray:
                     feed.put_nowait(q[i * rows : (i + 1) * rows])

@@ -122,7 +122,7 @@ def run_batch(
     found, plan = [], ""
     start = time.perf_counter()
     for lo in range(0, len(queries), batch):
-        res = client.search("bench", queries[lo : lo + batch], k=K, ef=ef or None, filter=spec)
+        res = client.search("bench", queries[lo : lo + batch], k=K, ef=ef or None, filter=spec, with_payload=False)
         found.append(res.ids)
         plan = plan or res.plan
     return np.vstack(found), len(queries) / (time.perf_counter() - start), plan
@@ -142,7 +142,7 @@ def run_single(
                 i = next(todo, None)
             if i is None:
                 return
-            out[i] = client.search("bench", queries[i], k=K, ef=ef or None, filter=spec).ids[0]
+            out[i] = client.search("bench", queries[i], k=K, ef=ef or None, filter=spec, with_payload=False).ids[0]
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     start = time.perf_counter()
@@ -198,7 +198,7 @@ def main() -> None:
         ingest = n / (time.perf_counter() - start)
         print(f"ingest with payloads: {ingest:,.0f} points/s", flush=True)
         for row in rows:  # warm-up: caches, and the index worker's first touch of each filter
-            client.search("bench", queries[:1], k=K, ef=args.ef or None, filter=row.filter)
+            client.search("bench", queries[:1], k=K, ef=args.ef or None, filter=row.filter, with_payload=False)
         unfiltered = rows[0]
         for r in range(args.rounds):
             for row in rows[1:]:

@@ -31,7 +31,7 @@ def qps(client: shoal.Client, queries: np.ndarray, batch: int, seconds: float) -
     done, i, start = 0, 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         q = queries[i : i + batch] if i + batch <= len(queries) else queries[:batch]
-        client.search("bench", q, k=10)
+        client.search("bench", q, k=10, with_payload=False)
         done += len(q)
         i = (i + batch) % len(queries)
     return done / (time.perf_counter() - start)

@@ -53,13 +53,13 @@ def main() -> None:
         batch = []
         for _ in range(10):
             t = time.perf_counter()
-            client.search("cost", queries, k=10)
+            client.search("cost", queries, k=10, with_payload=False)
             batch.append(time.perf_counter() - t)
         print(f"search of 1,000 queries in one call, k=10, {n:,} points: {_ms(batch)}")
         single = []
         for q in queries[:500]:
             t = time.perf_counter()
-            client.search("cost", q, k=10)
+            client.search("cost", q, k=10, with_payload=False)
             single.append(time.perf_counter() - t)
         print(f"search of one query per call, k=10: {_ms(single)}")
 

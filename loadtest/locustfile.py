@@ -178,7 +178,11 @@ class ShoalUser(User):
 def search(user: ShoalUser) -> None:
     """One query per call."""
     o = user.options
-    user.timed("search", lambda: user.client.search(o.collection, user.queries(1)[0], k=o.k, ef=o.ef or None), len)
+    user.timed(
+        "search",
+        lambda: user.client.search(o.collection, user.queries(1)[0], k=o.k, ef=o.ef or None, with_payload=False),
+        len,
+    )
 
 
 def search_batch(user: ShoalUser) -> None:
@@ -186,7 +190,7 @@ def search_batch(user: ShoalUser) -> None:
     o = user.options
     user.timed(
         f"search_batch{o.batch}",
-        lambda: user.client.search(o.collection, user.queries(o.batch), k=o.k, ef=o.ef or None),
+        lambda: user.client.search(o.collection, user.queries(o.batch), k=o.k, ef=o.ef or None, with_payload=False),
         len,
     )
 
@@ -208,7 +212,9 @@ def filtered_search(user: ShoalUser) -> None:
     where = json.loads(o.filter)
     user.timed(
         "filtered_search",
-        lambda: user.client.search(o.collection, user.queries(1)[0], k=o.k, ef=o.ef or None, filter=where),
+        lambda: user.client.search(
+            o.collection, user.queries(1)[0], k=o.k, ef=o.ef or None, filter=where, with_payload=False
+        ),
         len,
     )
 

@@ -69,14 +69,14 @@ async def singles(address: str, queries: np.ndarray, clients: int, seconds: floa
     """Queries per second of `clients` concurrent callers, one query per unary call."""
     done = 0
     async with shoal.AsyncClient(address) as client:
-        await client.search("bench", queries[0], k=10)  # connect first
+        await client.search("bench", queries[0], k=10, with_payload=False)  # connect first
         stop = time.perf_counter() + seconds
 
         async def caller(offset: int) -> None:
             nonlocal done
             i = offset
             while time.perf_counter() < stop:
-                await client.search("bench", queries[i % len(queries)], k=10)
+                await client.search("bench", queries[i % len(queries)], k=10, with_payload=False)
                 done += 1
                 i += clients
 
@@ -93,7 +93,7 @@ def batches(address: str, queries: np.ndarray, batch: int, seconds: float) -> fl
         i = 0
         while time.perf_counter() - started < seconds:
             rows = queries[(i * batch) % len(queries) :][:batch]
-            client.search("bench", rows, k=10)
+            client.search("bench", rows, k=10, with_payload=False)
             done += len(rows)
             i += 1
         return done / (time.perf_counter() - started)

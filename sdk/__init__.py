@@ -7,6 +7,8 @@ c.upsert("docs", ids=np.arange(n), vectors=X)
 res = c.search("docs", Q, k=10)
 """
 
+from importlib.metadata import version as _version
+
 from shoal._aio import AsyncClient
 from shoal._client import Client
 from shoal._config import CollectionConfig
@@ -26,7 +28,7 @@ from shoal._errors import (
 from shoal._tls import TLS
 from shoal._types import CollectionInfo, Hit, Point, ScrollPage, SearchResult, ShardStats
 
-__version__ = "0.1.0"
+__version__ = _version("shoal")  # the one version number is pyproject.toml's
 
 __all__ = [
     "AlreadyExists",

@@ -6,16 +6,18 @@ Every method of a client builds a `Call` here and sends it; the two clients diff
 
 from __future__ import annotations
 
-import sys
+import enum
+import time
 from collections.abc import Callable, Iterator, Sequence
 from operator import attrgetter
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
 
 import grpc
 import numpy as np
+from tqdm import tqdm
 
 from shoal._config import MAX_BATCH_ROWS, MAX_MESSAGE_BYTES, CollectionConfig, check_ef, check_k
-from shoal._errors import InvalidArgument, ShoalError, error_for_code, status_from_value
+from shoal._errors import InvalidArgument, ShoalError, from_status
 from shoal._filter import check_path, to_json
 from shoal._search import Search, SearchShape
 from shoal._tls import Metadata, api_key_metadata
@@ -23,6 +25,7 @@ from shoal._tracing import HEADER as TRACE_HEADER
 from shoal._tracing import caller_traceparent
 from shoal._types import (
     CollectionInfo,
+    Fields,
     FilterLike,
     IdsLike,
     PayloadLike,
@@ -30,6 +33,7 @@ from shoal._types import (
     ScrollPage,
     SearchResult,
     VectorsLike,
+    WithPayloadLike,
     points_from_proto,
 )
 from shoal._wire import as_id_array, check_upsert, encode_ids, encode_matrix, encode_payload
@@ -37,6 +41,15 @@ from shoal.v1 import shoal_pb2_grpc
 from shoal.v1 import types_pb2 as pb
 
 T = TypeVar("T")
+
+
+class _Default(enum.Enum):
+    CLIENT = "the client's timeout"
+
+
+# A method's `timeout=` when not given: the client's own. None means no deadline, so it cannot be the marker.
+USE_CLIENT_DEFAULT = _Default.CLIENT
+TimeoutLike: TypeAlias = float | None | _Default
 
 # An upload message stays well below the server's limit, so payloads cannot push it over.
 _BATCH_BYTES = MAX_MESSAGE_BYTES // 4
@@ -49,7 +62,7 @@ class Call(NamedTuple, Generic[T]):
     request: object  # a message, or an iterator of messages for a client stream
     decode: Callable[[Any], T]
     # False for an upload stream: its length is the caller's data, so a deadline meant for one call must not
-    # cut it short.
+    # cut it short; the timeout then bounds the wait for each next step of progress instead.
     timed: bool = True
 
 
@@ -77,34 +90,55 @@ def stream_request(
     return request
 
 
-class Progress:
-    """A one-line progress bar on stderr."""
+def progress_bar(label: str, total: int | None, enabled: bool) -> tqdm[Any]:
+    """A progress bar on stderr with rate and time left (a silent counter when not enabled)."""
+    return tqdm(total=total, desc=label, unit="pt", unit_scale=True, disable=not enabled, dynamic_ncols=True)
 
-    def __init__(self, label: str, total: int, enabled: bool) -> None:
-        self.label, self.total, self.enabled, self.done = label, total, enabled, 0
 
-    def advance(self, n: int) -> None:
-        """Count `n` more done and redraw."""
-        self.done += n
-        if self.enabled:
-            pct = 100 * self.done // max(self.total, 1)
-            end = "\n" if self.done >= self.total else ""
-            print(f"\r{self.label}: {self.done:,}/{self.total:,} ({pct}%)", end=end, file=sys.stderr, flush=True)
+class Watched(Generic[T]):
+    """An upload's messages, noting when gRPC last took one: the upload's progress."""
+
+    def __init__(self, items: Iterator[T]) -> None:
+        self._items = items
+        self.last = time.monotonic()
+
+    def __iter__(self) -> Watched[T]:
+        return self
+
+    def __next__(self) -> T:
+        item = next(self._items)
+        self.last = time.monotonic()
+        return item
+
+    def wait_left(self, idle: float | None) -> float | None:
+        """Seconds until the upload has made no progress for `idle` seconds (None: never)."""
+        return None if idle is None else max(0.0, self.last + idle - time.monotonic())
+
+
+def payload_fields(with_payload: WithPayloadLike) -> tuple[bool, Fields]:
+    """Whether to ask for payloads, and which fields to keep (None: all): from True, False or dotted paths."""
+    if isinstance(with_payload, bool):
+        return with_payload, None
+    paths = [with_payload] if isinstance(with_payload, str) else list(with_payload)
+    # The server sends whole payloads (stored JSON, passed through unparsed); the SDK keeps the fields
+    # asked for while it decodes each payload anyway.
+    return True, tuple(check_path(p, "payload field") for p in paths)
 
 
 class InOrder:
     """A search stream's answers, released in the order of their requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, fields: Fields = None) -> None:
         self._pending: dict[int, SearchResult | ShoalError] = {}
         self._next = 0
+        self._fields = fields
 
     def release(self, reply: pb.SearchResponse) -> Iterator[SearchResult]:
         """Take one answer; the results now due, raising a request's error when its turn comes."""
-        if reply.error_code:
-            self._pending[reply.request_id] = error_for_code(status_from_value(reply.error_code), reply.error_message)
+        if reply.error.code:
+            self._pending[reply.request_id] = from_status(reply.error)
         else:
-            self._pending[reply.request_id] = SearchResult.from_proto(reply)
+            self._pending[reply.request_id] = SearchResult.from_proto(reply, self._fields)
         return self._due()
 
     def _due(self) -> Iterator[SearchResult]:
@@ -136,6 +170,10 @@ class BaseClient:
         self._channel = channel
         self._owns_channel = owns_channel  # a channel the caller passed in is the caller's to close
         self._stub = shoal_pb2_grpc.ShoalStub(channel)
+
+    def _timeout(self, timeout: TimeoutLike) -> float | None:
+        """A call's timeout in seconds (None: none), the client's when not given."""
+        return self.timeout if timeout is USE_CLIENT_DEFAULT else timeout
 
     def _call_metadata(self) -> Metadata:
         """The metadata of one call: the API key, and the application's trace context when it has one."""
@@ -180,6 +218,10 @@ class BaseClient:
     def _describe_collection(self, name: str) -> Call[CollectionInfo]:
         return Call(self._stub.DescribeCollection, pb.DescribeCollectionRequest(name=name), CollectionInfo.from_proto)
 
+    def _collection_exists(self, name: str) -> Call[bool]:
+        # The catalogue answers alone; describing the collection would ask every shard for its size.
+        return Call(self._stub.ListCollections, pb.ListCollectionsRequest(), lambda reply: name in reply.names)
+
     # points
 
     def _upsert(
@@ -199,7 +241,7 @@ class BaseClient:
         rows = len(id_arr)
         row_bytes = x.shape[1] * 4 + (max(map(len, raw)) if raw else 0) + 16
         step = max(1, min(self.batch_rows, MAX_BATCH_ROWS, _BATCH_BYTES // row_bytes))
-        bar = Progress(f"upsert {collection}", rows, progress)
+        bar = progress_bar(f"upsert {collection}", rows, progress)
 
         def batch(lo: int) -> pb.UpsertRequest:
             hi = lo + step
@@ -213,26 +255,33 @@ class BaseClient:
         if rows <= step:
 
             def upserted(reply: pb.UpsertResponse) -> int:
-                bar.advance(rows)
+                bar.update(rows)
+                bar.close()
                 return int(reply.upserted)
 
             return Call(self._stub.Upsert, batch(0), upserted)
 
         def stream() -> Iterator[pb.UpsertRequest]:
-            for lo in range(0, rows, step):
-                yield batch(lo)
-                bar.advance(min(step, rows - lo))
+            try:
+                for lo in range(0, rows, step):
+                    yield batch(lo)
+                    bar.update(min(step, rows - lo))
+            finally:
+                bar.close()
 
         return Call(self._stub.UpsertStream, stream(), attrgetter("upserted"), timed=False)
 
-    def _get(self, collection: str, ids: IdsLike, with_vectors: bool, with_payload: bool) -> Call[list[Point]]:
+    def _get(
+        self, collection: str, ids: IdsLike, with_vectors: bool, with_payload: WithPayloadLike
+    ) -> Call[list[Point]]:
+        wanted, fields = payload_fields(with_payload)
         request = pb.GetRequest(
             collection=collection,
             ids=encode_ids(as_id_array(ids)),
             with_vectors=with_vectors,
-            with_payload=with_payload,
+            with_payload=wanted,
         )
-        return Call(self._stub.Get, request, points_from_proto)
+        return Call(self._stub.Get, request, lambda reply: points_from_proto(reply, fields))
 
     def _delete(self, collection: str, ids: IdsLike | None, filter: FilterLike | None) -> Call[int]:
         if (ids is None) == (filter is None):
@@ -254,18 +303,19 @@ class BaseClient:
         filter: FilterLike | None,
         limit: int,
         cursor: str | None,
-        with_payload: bool,
+        with_payload: WithPayloadLike,
         with_vectors: bool,
     ) -> Call[ScrollPage]:
+        wanted, fields = payload_fields(with_payload)
         request = pb.ScrollRequest(
             collection=collection,
             filter=to_json(filter),
             limit=limit,
             cursor=cursor or "",
-            with_payload=with_payload,
+            with_payload=wanted,
             with_vectors=with_vectors,
         )
-        return Call(self._stub.Scroll, request, ScrollPage.from_proto)
+        return Call(self._stub.Scroll, request, lambda reply: ScrollPage.from_proto(reply, fields))
 
     def _set_payload(
         self, collection: str, ids: IdsLike, payload: PayloadLike | None, unset: Sequence[str] | str
@@ -280,11 +330,17 @@ class BaseClient:
 
     @staticmethod
     def _search_shape(
-        collection: str, k: int, ef: int | None, with_payload: bool, with_vectors: bool, filter: FilterLike | None
-    ) -> SearchShape:
-        """What every query batch of a search or search stream shares, checked once."""
-        return SearchShape(collection, check_k(k), check_ef(ef or 0), to_json(filter), with_payload, with_vectors)
+        collection: str,
+        k: int,
+        ef: int | None,
+        with_payload: WithPayloadLike,
+        with_vectors: bool,
+        filter: FilterLike | None,
+    ) -> tuple[SearchShape, Fields]:
+        """What every query batch of a search or search stream shares, checked once, and the payload fields kept."""
+        wanted, fields = payload_fields(with_payload)
+        return SearchShape(collection, check_k(k), check_ef(ef or 0), to_json(filter), wanted, with_vectors), fields
 
-    def _search(self, shape: SearchShape, queries: VectorsLike) -> Call[SearchResult]:
+    def _search(self, shape: SearchShape, fields: Fields, queries: VectorsLike) -> Call[SearchResult]:
         request = Search(shape, as_matrix(queries, "queries")).to_proto()
-        return Call(self._stub.Search, request, SearchResult.from_proto)
+        return Call(self._stub.Search, request, lambda reply: SearchResult.from_proto(reply, fields))

@@ -35,6 +35,14 @@ DEFAULT_PORT = 7070  # a coordinator's
 DEFAULT_ADDRESS = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
 DEFAULT_TIMEOUT = 60.0  # seconds: the SDK's deadline of a call (None: no deadline)
 DEFAULT_BATCH_ROWS = 2048  # points in one message of an upload
+# What search, get and scroll return unless told: payloads (what a caller shows or feeds on, as in Qdrant's
+# client), never vectors (the bulk of every answer, rarely wanted back).
+DEFAULT_WITH_PAYLOAD = True
+DEFAULT_WITH_VECTORS = False
+# The SDK's retries of idempotent calls that met UNAVAILABLE (gRPC's retry policy, exponential backoff).
+RETRY_ATTEMPTS = 5
+RETRY_INITIAL_BACKOFF_S = 0.1
+RETRY_MAX_BACKOFF_S = 2.0
 # Shard processes of a new local cluster (`shoal up`): on one host every extra shard searches every query
 # again on a graph nearly as costly, so one shard on all cores is the fastest layout (README, Performance).
 DEFAULT_SHARDS = 1
@@ -67,16 +75,23 @@ class CollectionConfig:
     def __post_init__(self) -> None:
         check_name(self.name)
         if not 1 <= self.dim <= MAX_DIM:
-            raise InvalidArgument(f"dim must be between 1 and {MAX_DIM}, got {self.dim}")
+            raise InvalidArgument(f"dim must be between 1 and {MAX_DIM}, got {self.dim}", field="config.dim")
         for field, table in (("metric", METRICS), ("precision", PRECISIONS), ("id_type", ID_TYPES)):
             if getattr(self, field) not in table:
-                raise InvalidArgument(f"{field} must be one of {sorted(table)}, got {getattr(self, field)!r}")
+                raise InvalidArgument(
+                    f"{field} must be one of {sorted(table)}, got {getattr(self, field)!r}", field=f"config.{field}"
+                )
         if not 2 <= self.m <= 256:
-            raise InvalidArgument(f"m must be between 2 and 256, got {self.m}")
+            raise InvalidArgument(f"m must be between 2 and 256, got {self.m}", field="config.m")
         if not 1 <= self.ef_construction <= MAX_EF:
-            raise InvalidArgument(f"ef_construction must be between 1 and {MAX_EF}, got {self.ef_construction}")
+            raise InvalidArgument(
+                f"ef_construction must be between 1 and {MAX_EF}, got {self.ef_construction}",
+                field="config.ef_construction",
+            )
         if not 1 <= self.ef_search <= MAX_EF:
-            raise InvalidArgument(f"ef_search must be between 1 and {MAX_EF}, got {self.ef_search}")
+            raise InvalidArgument(
+                f"ef_search must be between 1 and {MAX_EF}, got {self.ef_search}", field="config.ef_search"
+            )
 
     def to_proto(self) -> pb.CollectionConfig:
         """The wire form."""
@@ -109,7 +124,7 @@ class CollectionConfig:
 def check_name(name: str) -> str:
     """A collection name: 1-128 characters of letters, digits, '_', '-' and '.'."""
     if not name:
-        raise InvalidArgument("collection name must not be empty")
+        raise InvalidArgument("collection name must not be empty", field="name")
     if len(name) > MAX_NAME_LENGTH or not all(c.isascii() and (c.isalnum() or c in "_-.") for c in name):
         raise InvalidArgument(
             f"collection name {name[:MAX_NAME_LENGTH]!r} must be 1-{MAX_NAME_LENGTH} characters of "
@@ -121,12 +136,12 @@ def check_name(name: str) -> str:
 def check_k(k: int) -> int:
     """A k between 1 and MAX_K."""
     if not 1 <= k <= MAX_K:
-        raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
+        raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}", field="k")
     return k
 
 
 def check_ef(ef: int) -> int:
     """A per-search ef: 0 (the collection's default) up to MAX_EF."""
     if not 0 <= ef <= MAX_EF:
-        raise InvalidArgument(f"ef must be between 0 (the collection's default) and {MAX_EF}, got {ef}")
+        raise InvalidArgument(f"ef must be between 0 (the collection's default) and {MAX_EF}, got {ef}", field="ef")
     return ef

@@ -72,7 +72,7 @@ def kind(value: Any) -> str:
 def _scalar(value: Any, where: str) -> Scalar:
     if isinstance(value, bool | str) or (isinstance(value, int | float) and _finite(value)):
         return value
-    raise InvalidArgument(f"{where}: expected a string, number or boolean, got {json.dumps(value)[:60]}")
+    raise InvalidArgument(f"{where}: expected a string, number or boolean, got {json.dumps(value)[:60]}", field=where)
 
 
 def _finite(number: int | float) -> bool:
@@ -85,26 +85,28 @@ def _finite(number: int | float) -> bool:
 def parse(spec: Any, where: str = "filter", depth: int = 0) -> Node:
     """Parse and validate a filter dict; InvalidArgument names the offending part."""
     if depth > MAX_FILTER_DEPTH:
-        raise InvalidArgument(f"{where}: nested deeper than {MAX_FILTER_DEPTH} levels")
+        raise InvalidArgument(f"{where}: nested deeper than {MAX_FILTER_DEPTH} levels", field=where)
     if not isinstance(spec, dict) or not spec:
-        raise InvalidArgument(f"{where}: expected a non-empty object, got {json.dumps(spec)[:60]}")
+        raise InvalidArgument(f"{where}: expected a non-empty object, got {json.dumps(spec)[:60]}", field=where)
     parts: list[Node] = []
     for key, value in spec.items():
         here = f"{where}.{key}" if where != "filter" else f"filter.{key}"
         if key in ("$and", "$or"):
             if not isinstance(value, list) or not value:
-                raise InvalidArgument(f"{here}: expected a non-empty list of filters")
+                raise InvalidArgument(f"{here}: expected a non-empty list of filters", field=here)
             children = tuple(parse(v, f"{here}[{i}]", depth + 1) for i, v in enumerate(value))
             parts.append(And(children) if key == "$and" else Or(children))
         elif key == "$not":
             parts.append(Not(parse(value, here, depth + 1)))
         elif key.startswith("$"):
-            raise InvalidArgument(f"{here}: unknown operator {key!r}; expected $and, $or, $not or a field name")
+            raise InvalidArgument(
+                f"{here}: unknown operator {key!r}; expected $and, $or, $not or a field name", field=here
+            )
         elif not key or any(not p for p in key.split(".")):
-            raise InvalidArgument(f"{here}: a field name must be a dotted path of non-empty names")
+            raise InvalidArgument(f"{here}: a field name must be a dotted path of non-empty names", field=here)
         elif isinstance(value, dict):
             if not value:
-                raise InvalidArgument(f"{here}: expected at least one operator")
+                raise InvalidArgument(f"{here}: expected at least one operator", field=here)
             parts.extend(_condition(key, op, operand, f"{here}.{op}") for op, operand in value.items())
         else:
             parts.append(Cond(key, "$eq", _scalar(value, here)))
@@ -120,20 +122,22 @@ def check_path(path: str, where: str = "path") -> str:
 
 def _condition(path: str, op: str, operand: Any, where: str) -> Cond:
     if op not in COMPARISONS:
-        raise InvalidArgument(f"{where}: unknown operator {op!r}; expected one of {', '.join(COMPARISONS)}")
+        raise InvalidArgument(
+            f"{where}: unknown operator {op!r}; expected one of {', '.join(COMPARISONS)}", field=where
+        )
     if op == "$exists":
         if not isinstance(operand, bool):
-            raise InvalidArgument(f"{where}: expected true or false")
+            raise InvalidArgument(f"{where}: expected true or false", field=where)
         return Cond(path, op, operand)
     if op in ("$in", "$nin"):
         if not isinstance(operand, list) or not operand:
-            raise InvalidArgument(f"{where}: expected a non-empty list of values")
+            raise InvalidArgument(f"{where}: expected a non-empty list of values", field=where)
         if len(operand) > MAX_IN_VALUES:
-            raise InvalidArgument(f"{where}: at most {MAX_IN_VALUES} values")
+            raise InvalidArgument(f"{where}: at most {MAX_IN_VALUES} values", field=where)
         return Cond(path, op, tuple(_scalar(v, f"{where}[{i}]") for i, v in enumerate(operand)))
     value = _scalar(operand, where)
     if op in ("$gt", "$gte", "$lt", "$lte") and kind(value) == "bool":
-        raise InvalidArgument(f"{where}: ranges take a number or a string, not a boolean")
+        raise InvalidArgument(f"{where}: ranges take a number or a string, not a boolean", field=where)
     return Cond(path, op, value)
 
 
@@ -141,7 +145,7 @@ def parse_json(raw: str | bytes) -> Node | None:
     """Parse a filter as it travels on the wire (JSON text); empty means no filter."""
     if not raw:
         return None
-    return parse(load_json(raw, "filter"))
+    return parse(load_json(raw, "filter", field="filter"))
 
 
 def to_json(spec: dict[str, Any] | None) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 
 from shoal._config import MAX_MESSAGE_BYTES
 from shoal._errors import ResourceExhausted
-from shoal._wire import decode_counts, decode_ids, decode_matrix, encode_counts, encode_ids, encode_matrix
+from shoal._wire import RESERVED_ID, decode_counts, decode_ids, decode_matrix, encode_counts, encode_ids, encode_matrix
 from shoal.v1 import types_pb2 as pb
 
 
@@ -43,7 +43,8 @@ class TopK:
 def empty(q: int, k: int, *, string_ids: bool, payloads: bool = False, dim: int | None = None) -> TopK:
     """A result of q queries with k columns of padding only."""
     return TopK(
-        ids=np.full((q, k), "", dtype=object) if string_ids else np.zeros((q, k), dtype=np.uint64),
+        # Padding ids can never be real ones: "" and 2**64 - 1 are refused as ids (shoal._wire.check_ids).
+        ids=np.full((q, k), "", dtype=object) if string_ids else np.full((q, k), RESERVED_ID, dtype=np.uint64),
         distances=np.full((q, k), np.inf, dtype=np.float32),
         counts=np.zeros(q, dtype=np.uint32),
         payloads=np.full((q, k), b"", dtype=object) if payloads else None,

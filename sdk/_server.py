@@ -7,24 +7,29 @@ tracing interceptors, TLS, health, reflection and signals.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.message import DecodeError
+from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_status import rpc_status
 
 from shoal import _tracing
 from shoal._access import Guard, Verdict, collection_of
-from shoal._config import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS, MAX_MESSAGE_BYTES
-from shoal._errors import InvalidArgument, PermissionDenied, ShoalError, error_for_code
+from shoal._config import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS, MAX_MESSAGE_BYTES, RETRY_INITIAL_BACKOFF_S
+from shoal._errors import Internal, InvalidArgument, PermissionDenied, ShoalError, error_for_code, to_status
 from shoal._metrics import RPC_DURATION, RPC_REQUESTS
 from shoal._ports import port_problem
 
@@ -48,17 +53,38 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-def error_status(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
-    """The one translator: a catalogue error's own code and message; INTERNAL (detail only in the log) otherwise."""
-    if isinstance(exc, ShoalError):
-        return exc.code, exc.message
-    log.error("unexpected error in %s", method, exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log"
+def error_status(exc: BaseException, method: str) -> status_pb2.Status:
+    """The one translator: a catalogue error's code, message and details; INTERNAL (detail only in the log) otherwise.
+
+    Bad input names its field (google.rpc.BadRequest); UNAVAILABLE tells when to retry (google.rpc.RetryInfo).
+    """
+    if not isinstance(exc, ShoalError):
+        log.error("unexpected error in %s", method, exc_info=exc)
+        exc = Internal(f"internal error in {method}; see the server log")
+    elif exc.code is grpc.StatusCode.UNAVAILABLE and exc.retry_after is None:
+        exc = error_for_code(exc.code, exc.message, field=exc.field, retry_after=RETRY_INITIAL_BACKOFF_S)
+    return to_status(exc)
+
+
+# gRPC's automatic retries (the SDK's service config) are for calls that never reached a server: a refused or
+# reset connection. An answer of UNAVAILABLE comes after the server has waited out what was unavailable (a
+# shard's detection budget), so a retry there would multiply the caller's wait; a negative pushback tells the
+# client's gRPC not to retry, and RetryInfo tells the application when a retry may help.
+_NO_AUTOMATIC_RETRY = ("grpc-retry-pushback-ms", "-1")
+
+
+def abort_status(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str, tuple[tuple[str, Any], ...]]:
+    """The code, message and trailing metadata (the rich status, as grpcio-status carries it) a call ends with."""
+    status = rpc_status.to_status(error_status(exc, method))
+    trailers = tuple(status.trailing_metadata)
+    if status.code is grpc.StatusCode.UNAVAILABLE:
+        trailers += (_NO_AUTOMATIC_RETRY,)
+    return status.code, status.details, trailers
 
 
 async def _translate(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
     """Abort the call with the translated status."""
-    await context.abort(*error_status(exc, method))
+    await context.abort(*abort_status(exc, method))
 
 
 class _Undecodable:
@@ -455,14 +481,50 @@ def check_safe(listen: str, security: ServerSecurity) -> None:
     )
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+@functools.cache
+def public_pool() -> descriptor_pool.DescriptorPool:
+    """The public, readable definitions of shoal.v1 (packed numbers, JSON text), as reflection serves them.
+
+    The Python modules are a bytes view of the same messages (scripts/gen_protos.py); reflection shows
+    the public ones, so grpcurl and other languages see plain numbers and text.
+    """
+    pool = descriptor_pool.DescriptorPool()
+    files = descriptor_pb2.FileDescriptorSet.FromString(
+        resources.files("shoal.v1").joinpath("public.binpb").read_bytes()
+    )
+    for file in files.file:
+        pool.Add(file)
+    for module in (health_pb2, reflection_pb2):  # the standard services are reflected too
+        proto = descriptor_pb2.FileDescriptorProto()
+        module.DESCRIPTOR.CopyToProto(proto)
+        pool.Add(proto)
+    return pool
+
+
 def add_standard_services(server: grpc.aio.Server, service_names: Iterable[str]) -> health.aio.HealthServicer:
-    """Add grpc.health.v1 (starting NOT_SERVING) and server reflection; return the health servicer."""
+    """Add grpc.health.v1 (starting NOT_SERVING) and server reflection v1 and v1alpha; return the health servicer."""
     servicer = health.aio.HealthServicer()
     # grpc's servicer starts the overall status as SERVING; a process is not serving until it says so.
     _finish_now(servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING))
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    names = list(service_names)
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    reflecting = reflection.aio.ReflectionServicer(names, pool=public_pool())
+    handler = grpc.stream_stream_rpc_method_handler(
+        reflecting.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    # v1 and v1alpha are the same messages under two service names: newer clients (grpcurl >= 1.8.8,
+    # Postman) ask v1 first, older ones v1alpha.
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(name, {"ServerReflectionInfo": handler})
+            for name in (REFLECTION_V1, reflection.SERVICE_NAME)
+        ]
+    )
     return servicer
 
 

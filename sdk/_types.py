@@ -18,6 +18,28 @@ VectorsLike: TypeAlias = np.ndarray | Sequence[float] | Sequence[Sequence[float]
 IdsLike: TypeAlias = np.ndarray | Iterable[int] | Iterable[str] | int | str  # all integers or all strings
 PayloadLike: TypeAlias = dict[str, Any]  # a JSON object
 FilterLike: TypeAlias = dict[str, Any]  # a MongoDB-style filter over payload fields (README "Filtered search")
+# True: the whole payload; False: none; a list of dotted paths (or one path): only those fields.
+WithPayloadLike: TypeAlias = bool | Sequence[str] | str
+Fields: TypeAlias = tuple[str, ...] | None  # the dotted paths of payload fields kept; None keeps them all
+
+
+def select_fields(payload: dict[str, Any] | None, fields: Fields) -> dict[str, Any] | None:
+    """Only the given dotted paths of a payload (nested as they were), or all of it when `fields` is None."""
+    if payload is None or fields is None:
+        return payload
+    out: dict[str, Any] = {}
+    for path in fields:
+        *parents, leaf = path.split(".")
+        source: Any = payload
+        for name in parents:
+            source = source.get(name) if isinstance(source, dict) else None
+        if not isinstance(source, dict) or leaf not in source:
+            continue
+        target = out
+        for name in parents:
+            target = target.setdefault(name, {})
+        target[leaf] = source[leaf]
+    return out
 
 
 @dataclass(frozen=True)
@@ -43,8 +65,9 @@ class Hit:
 class SearchResult:
     """Results of a batch of queries: `ids` and `distances` are (q, k), nearest first.
 
-    Query i has `counts[i]` real hits; columns after them are padding (id 0 or "", distance inf).
-    `result[i]` gives query i's real hits as a list of `Hit`. `plan` tells how each shard ran a filtered
+    Query i has `counts[i]` real hits; columns after them are padding: id 2**64 - 1 (reserved, never a point's
+    id) or "" (never a string id), distance inf. `result[i]` gives query i's real hits as a list
+    of `Hit`, padding left out. `plan` tells how each shard ran a filtered
     search (debug output, e.g. "exact(matches=120)" or "hnsw(matches=9000,k'=40)").
     """
 
@@ -54,9 +77,10 @@ class SearchResult:
     payloads: list[bytes] = field(default_factory=list, repr=False)
     vectors: np.ndarray | None = field(default=None, repr=False)
     plan: str = ""
+    fields: Fields = field(default=None, repr=False)  # the payload fields `result[i]` keeps (None: all)
 
     @classmethod
-    def from_proto(cls, msg: pb.SearchResponse) -> SearchResult:
+    def from_proto(cls, msg: pb.SearchResponse, fields: Fields = None) -> SearchResult:
         """Decode a SearchResponse without copying the packed arrays."""
         distances = decode_matrix(msg.distances, "distances")
         q, k = distances.shape
@@ -69,6 +93,7 @@ class SearchResult:
             payloads=list(msg.payloads),
             vectors=vectors,
             plan=msg.plan,
+            fields=fields,
         )
 
     def __len__(self) -> int:
@@ -78,7 +103,7 @@ class SearchResult:
         k = self.ids.shape[1]
         hits = []
         for j in range(int(self.counts[i])):
-            payload = decode_payload(self.payloads[i * k + j]) if self.payloads else None
+            payload = select_fields(decode_payload(self.payloads[i * k + j]), self.fields) if self.payloads else None
             vector = self.vectors[i, j] if self.vectors is not None else None
             hits.append(Hit(_plain(self.ids[i, j]), float(self.distances[i, j]), payload, vector))
         return hits
@@ -142,9 +167,9 @@ class ScrollPage:
     next_cursor: str | None
 
     @classmethod
-    def from_proto(cls, msg: pb.ScrollResponse) -> ScrollPage:
-        """Decode a ScrollResponse."""
-        return cls(points_from_proto(msg), msg.next_cursor or None)
+    def from_proto(cls, msg: pb.ScrollResponse, fields: Fields = None) -> ScrollPage:
+        """Decode a ScrollResponse, keeping only `fields` of each payload (None: all)."""
+        return cls(points_from_proto(msg, fields), msg.next_cursor or None)
 
     def __len__(self) -> int:
         return len(self.points)
@@ -153,15 +178,15 @@ class ScrollPage:
         return iter(self.points)
 
 
-def points_from_proto(msg: pb.GetResponse) -> list[Point]:
-    """Decode a GetResponse into points, in the order the server answered."""
+def points_from_proto(msg: pb.GetResponse | pb.ScrollResponse, fields: Fields = None) -> list[Point]:
+    """Decode a GetResponse into points, in the order the server answered, keeping only `fields` of payloads."""
     ids = decode_ids(msg.ids)
     vectors = decode_matrix(msg.vectors) if msg.vectors.rows else None
     return [
         Point(
             _plain(pid),
             vectors[i] if vectors is not None else None,
-            decode_payload(msg.payloads[i]) if msg.payloads else None,
+            select_fields(decode_payload(msg.payloads[i]), fields) if msg.payloads else None,
         )
         for i, pid in enumerate(ids)
     ]

@@ -95,23 +95,29 @@ def check_ids(
 ) -> np.ndarray:
     """Reject empty or oversized batches, duplicates, and ids of the wrong type or size."""
     if len(ids) == 0 and not allow_empty:
-        raise InvalidArgument("the batch is empty: give at least one id")
+        raise InvalidArgument("the batch is empty: give at least one id", field="ids")
     if max_rows is not None and len(ids) > max_rows:
-        raise InvalidArgument(f"the batch has {len(ids)} ids; at most {MAX_BATCH_ROWS} are allowed per call")
+        raise InvalidArgument(
+            f"the batch has {len(ids)} ids; at most {MAX_BATCH_ROWS} are allowed per call", field="ids"
+        )
     is_str = ids.dtype == object
     if id_type is not None and len(ids) and is_str != (id_type == "string"):
-        raise InvalidArgument(f"this collection has {id_type} ids, got {'string' if is_str else 'integer'} ids")
+        raise InvalidArgument(
+            f"this collection has {id_type} ids, got {'string' if is_str else 'integer'} ids", field="ids"
+        )
     if is_str:
         for s in ids:
             if not s or len(s.encode()) > MAX_STRING_ID_BYTES:
-                raise InvalidArgument(f"string id {s[:40]!r} must be 1-{MAX_STRING_ID_BYTES} bytes of UTF-8")
+                raise InvalidArgument(
+                    f"string id {s[:40]!r} must be 1-{MAX_STRING_ID_BYTES} bytes of UTF-8", field="ids"
+                )
         if len(set(ids)) != len(ids):
-            raise InvalidArgument(f"duplicate id in the batch: {_first_duplicate(ids)!r}")
+            raise InvalidArgument(f"duplicate id in the batch: {_first_duplicate(ids)!r}", field="ids")
     else:
         if len(np.unique(ids)) != len(ids):
-            raise InvalidArgument(f"duplicate id in the batch: {_first_duplicate(ids)}")
+            raise InvalidArgument(f"duplicate id in the batch: {_first_duplicate(ids)}", field="ids")
         if (ids == RESERVED_ID).any():
-            raise InvalidArgument(f"id {RESERVED_ID} (2**64 - 1) is reserved")
+            raise InvalidArgument(f"id {RESERVED_ID} (2**64 - 1) is reserved", field="ids")
     return ids
 
 
@@ -127,10 +133,10 @@ def _first_duplicate(ids: np.ndarray) -> Any:
 def check_vectors(x: np.ndarray, dim: int | None = None, what: str = "vectors") -> np.ndarray:
     """Reject a matrix of the wrong dimension or with NaN or Inf."""
     if dim is not None and x.shape[1] != dim:
-        raise InvalidArgument(f"{what} have dimension {x.shape[1]}, the collection has dimension {dim}")
+        raise InvalidArgument(f"{what} have dimension {x.shape[1]}, the collection has dimension {dim}", field=what)
     if not np.isfinite(x).all():
         row = int(np.argwhere(~np.isfinite(x))[0][0])
-        raise InvalidArgument(f"{what} row {row} contains NaN or Inf")
+        raise InvalidArgument(f"{what} row {row} contains NaN or Inf", field=what)
     return x
 
 
@@ -139,16 +145,18 @@ def check_nonzero(x: np.ndarray, what: str = "vectors") -> np.ndarray:
     zero = ~x.any(axis=1)
     if zero.any():
         row = int(np.flatnonzero(zero)[0])
-        raise InvalidArgument(f"{what} row {row} is all zeros, which has no cosine distance to anything")
+        raise InvalidArgument(f"{what} row {row} is all zeros, which has no cosine distance to anything", field=what)
     return x
 
 
 def check_queries(queries: np.ndarray, dim: int | None = None) -> np.ndarray:
     """Reject an empty or oversized query batch, a wrong dimension, NaN or Inf."""
     if len(queries) == 0:
-        raise InvalidArgument("the query batch is empty: give at least one query")
+        raise InvalidArgument("the query batch is empty: give at least one query", field="queries")
     if len(queries) > MAX_QUERIES:
-        raise InvalidArgument(f"a search takes at most {MAX_QUERIES} queries per call, got {len(queries)}")
+        raise InvalidArgument(
+            f"a search takes at most {MAX_QUERIES} queries per call, got {len(queries)}", field="queries"
+        )
     return check_vectors(queries, dim, "queries")
 
 
@@ -211,27 +219,30 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def load_json(raw: str | bytes, what: str) -> Any:
+def load_json(raw: str | bytes, what: str, field: str | None = None) -> Any:
     """Strict JSON (as stored and compared everywhere): InvalidArgument naming `what` for NaN, Infinity,
-    numbers beyond the float range, duplicate keys, lone surrogates, invalid UTF-8 and deep nesting."""
+    numbers beyond the float range, duplicate keys, lone surrogates, invalid UTF-8 and deep nesting; `field` is the
+    request field it came from."""
     try:
         value = json.loads(
             raw, parse_constant=_refuse_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
         )
     except RecursionError:
-        raise InvalidArgument(f"{what} nests deeper than {MAX_JSON_DEPTH} levels") from None
+        raise InvalidArgument(f"{what} nests deeper than {MAX_JSON_DEPTH} levels", field=field) from None
     except _JsonRefused as exc:
-        raise InvalidArgument(f"{what}: {exc}") from None
+        raise InvalidArgument(f"{what}: {exc}", field=field) from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"{what} is not valid JSON: {exc}") from None
+        raise InvalidArgument(f"{what} is not valid JSON: {exc}", field=field) from None
     text = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
     if _SURROGATE_ESCAPE.search(text):
         try:
             json.dumps(value, ensure_ascii=False).encode()
         except UnicodeEncodeError:
-            raise InvalidArgument(f"{what} holds a lone surrogate (\\ud800-\\udfff) that is not UTF-8") from None
+            raise InvalidArgument(
+                f"{what} holds a lone surrogate (\\ud800-\\udfff) that is not UTF-8", field=field
+            ) from None
     if text.count(b"{") + text.count(b"[") > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH:
-        raise InvalidArgument(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+        raise InvalidArgument(f"{what} nests deeper than {MAX_JSON_DEPTH} levels", field=field)
     return value
 
 
@@ -240,9 +251,11 @@ def check_payloads(payloads: Sequence[bytes]) -> None:
     for i, raw in enumerate(payloads):
         if not raw:
             continue
-        value = load_json(raw, f"payload {i}")
+        value = load_json(raw, f"payload {i}", field=f"payloads[{i}]")
         if not isinstance(value, dict):
-            raise InvalidArgument(f"payload {i} must be a JSON object, got {type(value).__name__}")
+            raise InvalidArgument(
+                f"payload {i} must be a JSON object, got {type(value).__name__}", field=f"payloads[{i}]"
+            )
 
 
 def encode_payload(payload: dict[str, Any] | None) -> bytes:

@@ -11,10 +11,10 @@ import signal
 import sys
 import time
 import traceback
-from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shoal import __version__
 from shoal._config import DEFAULT_ADDRESS, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SHARDS
 from shoal._errors import ShoalError
 from shoal._logs import LOG_FORMATS
@@ -409,7 +409,7 @@ def _client_security(args: argparse.Namespace) -> tuple[str | None, TLS | None]:
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="shoal", description="Shoal: a sharded vector database served over gRPC.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {version('shoal')}")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="print the traceback of an error, not only its line")
     p.add_argument("--log-level", default="INFO", help="logging level of server processes (default INFO)")
     p.add_argument(

@@ -322,5 +322,4 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
 
 def _error_answer(request_id: int, exc: Exception) -> pb.SearchResponse:
     """The answer of a stream's request that failed: its error, the stream stays up."""
-    code, message = error_status(exc, "/shoal.v1.Shard/SearchStream")
-    return pb.SearchResponse(request_id=request_id, error_code=code.value[0], error_message=message)
+    return pb.SearchResponse(request_id=request_id, error=error_status(exc, "/shoal.v1.Shard/SearchStream"))

@@ -30,7 +30,7 @@ def test_async_client_round_trip(cluster: LocalCluster, name: str) -> None:
             res = await c.search(name, q, k=5, ef=len(x), with_payload=True)
             np.testing.assert_array_equal(res.ids, want)
             assert res[0][0].payload == {"i": int(want[0, 0])}
-            points = await c.get(name, ids=[3, 1, 999])
+            points = await c.get(name, ids=[3, 1, 999], with_vectors=True)
             assert [p.id for p in points] == [3, 1] and points[0].payload == {"i": 3}
             assert await c.delete(name, ids=[1, 2]) == 2
             # The filtered side mirrors the blocking client's.

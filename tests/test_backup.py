@@ -32,7 +32,7 @@ def _state(client: shoal.Client, queries: np.ndarray) -> dict[str, object]:
     """Every point (id, vector bytes, payload) of both collections and exact top-10s of the queries."""
     state: dict[str, object] = {}
     for name, ids in (("u", np.arange(4000)), ("s", [f"doc-{i}" for i in range(1000)])):
-        points = client.get(name, ids=ids)
+        points = client.get(name, ids=ids, with_vectors=True)
         state[name] = sorted((p.id, p.vector.tobytes(), json.dumps(p.payload)) for p in points)  # type: ignore[union-attr]
         found = client.search(name, queries, k=10, ef=4096)  # ef covers each shard: exact
         state[f"{name} search"] = (found.ids.tolist(), found.distances.round(5).tolist())
@@ -98,7 +98,7 @@ def test_backup_of_a_running_cluster_restores_the_same_points_and_results(tmp_pa
         assert _state(client, queries) == before
         # The writer's points in the copy: on each shard, its part of every batch up to some batch (each
         # shard is copied at its own instant), with the right vectors.
-        written = client.get("w", ids=np.arange(4000))
+        written = client.get("w", ids=np.arange(4000), with_vectors=True)
         assert all(p.vector.tobytes() == x[p.id].tobytes() for p in written)  # type: ignore[union-attr]
         owner = slots_of(np.arange(4000, dtype=np.uint64)) * 2 // SLOTS
         for shard in (0, 1):

@@ -38,7 +38,7 @@ def stub(cluster: Any) -> Iterator[shoal_pb2_grpc.ShoalStub]:
 
 def unchanged(client: shoal.Client, coll: str) -> None:
     assert client.count(coll) == N
-    points = client.get(coll, ids=np.arange(N))
+    points = client.get(coll, ids=np.arange(N), with_vectors=True)
     assert [p.id for p in points] == list(range(N))
     assert all(
         p.vector.tobytes() == X[p.id].tobytes() and p.payload == {"i": p.id}  # type: ignore[union-attr]

@@ -29,7 +29,7 @@ def test_upsert_stream_applies_a_later_message_after_an_earlier_one_with_the_sam
     with channel(client.address) as ch:
         reply = shoal_pb2_grpc.ShoalStub(ch).UpsertStream(iter(messages), timeout=30)
     assert reply.upserted == 75
-    got = {p.id: float(p.vector[0]) for p in client.get(name, ids=ids)}  # type: ignore[index]
+    got = {p.id: float(p.vector[0]) for p in client.get(name, ids=ids, with_vectors=True)}  # type: ignore[index]
     assert [got[i] for i in range(50)] == [4.0] * 5 + [1.0] * 5 + [3.0] * 20 + [2.0] * 20
 
 

@@ -244,7 +244,7 @@ def _check_points(
     with shoal.Client(address, timeout=120) as client:
         for start in range(0, len(ids), 2000):
             chunk = ids[start : start + 2000]
-            points = client.get(coll, ids=chunk)
+            points = client.get(coll, ids=chunk, with_vectors=True)
             got = {p.id: p for p in points}
             for i in chunk:
                 p = got.get(i)

@@ -66,3 +66,13 @@ def test_import_shoal_is_client_only() -> None:
     assert server_side(_loaded_by("import shoal")) == baseline
     assert server_side(_loaded_by("import shoal; shoal.Client; shoal.AsyncClient")) == baseline
     assert "shoal._server" in _loaded_by("import shoal._server")  # the check can see it when it is there
+
+
+def test_import_shoal_loads_no_integration() -> None:
+    integrations = ("langchain_core", "llama_index", "shoal.langchain", "shoal.llama_index")
+
+    def of(modules: set[str]) -> set[str]:
+        return {m for m in modules if any(m == p or m.startswith(p + ".") for p in integrations)}
+
+    assert of(_loaded_by("import shoal; shoal.Client; shoal.AsyncClient")) == set()
+    assert "langchain_core" in _loaded_by("import shoal.langchain")  # the check can see one when it is there

@@ -172,7 +172,7 @@ def test_set_payload_changes_keys_without_resending_vectors(client: shoal.Client
     assert (
         client.set_payload(name, ids=[1, 2, 3, 10_000], payload={"lang": "de", "new": True}, unset=["meta.year"]) == 3
     )
-    got = client.get(name, ids=[1, 4])
+    got = client.get(name, ids=[1, 4], with_vectors=True)
     assert got[0].payload == {"lang": "de", "meta": {"src": "web"}, "new": True}
     assert got[0].vector is not None and got[0].vector.tobytes() == X[1].tobytes()
     assert got[1].payload == {"lang": "en", "meta": {"src": "web", "year": 2020}}

@@ -87,7 +87,7 @@ def test_padding_never_beats_a_real_hit() -> None:
     b = part([7, 0], [3.0e38, np.inf], 1)
     result = merge([a, b], 3)
     assert result.counts.tolist() == [2]
-    assert result.ids.tolist() == [[7, 5, 0]]
+    assert result.ids.tolist() == [[7, 5, 2**64 - 1]]  # padding is the reserved id, never a real one
     assert result.distances.tolist()[0][:2] == [np.float32(3.0e38), np.inf]
 
 
@@ -116,7 +116,7 @@ def test_parts_of_different_widths_and_a_smaller_k() -> None:
 
 def test_counts_beyond_the_columns_are_clamped() -> None:
     result = merge([part([1, 2], [0.1, 0.2], 9)], 3)
-    assert result.counts.tolist() == [2] and result.ids.tolist() == [[1, 2, 0]]
+    assert result.counts.tolist() == [2] and result.ids.tolist() == [[1, 2, 2**64 - 1]]
 
 
 def test_payloads_travel_with_their_hits() -> None:

@@ -37,7 +37,7 @@ def _check(client: shoal.Client, x: np.ndarray, payloads: list[dict[str, int]]) 
     assert client.list_collections() == ["keep", "names"]
     assert client.count("keep") == 1800 and client.count("names") == 100
     kept = np.setdiff1d(np.arange(2000), np.arange(0, 2000, 10))
-    points = client.get("keep", ids=np.arange(2000))
+    points = client.get("keep", ids=np.arange(2000), with_vectors=True)
     assert [p.id for p in points] == kept.tolist()
     assert all(
         p.vector.tobytes() == x[p.id].tobytes() and p.payload == payloads[p.id]  # type: ignore[union-attr]

@@ -1,3 +1,4 @@
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -235,7 +236,7 @@ class SearchRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[Matrix, _Mapping]] = ..., k: _Optional[int] = ..., ef: _Optional[int] = ..., with_payload: _Optional[bool] = ..., with_vectors: _Optional[bool] = ..., request_id: _Optional[int] = ..., filter: _Optional[str] = ..., cancel: _Optional[bool] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("k", "ids", "distances", "counts", "payloads", "vectors", "request_id", "error_code", "error_message", "plan")
+    __slots__ = ("k", "ids", "distances", "counts", "payloads", "vectors", "request_id", "plan", "error")
     K_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     DISTANCES_FIELD_NUMBER: _ClassVar[int]
@@ -243,9 +244,8 @@ class SearchResponse(_message.Message):
     PAYLOADS_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
-    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     k: int
     ids: Ids
     distances: Matrix
@@ -253,10 +253,9 @@ class SearchResponse(_message.Message):
     payloads: _containers.RepeatedScalarFieldContainer[bytes]
     vectors: Matrix
     request_id: int
-    error_code: int
-    error_message: str
     plan: str
-    def __init__(self, k: _Optional[int] = ..., ids: _Optional[_Union[Ids, _Mapping]] = ..., distances: _Optional[_Union[Matrix, _Mapping]] = ..., counts: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ..., vectors: _Optional[_Union[Matrix, _Mapping]] = ..., request_id: _Optional[int] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., plan: _Optional[str] = ...) -> None: ...
+    error: _status_pb2.Status
+    def __init__(self, k: _Optional[int] = ..., ids: _Optional[_Union[Ids, _Mapping]] = ..., distances: _Optional[_Union[Matrix, _Mapping]] = ..., counts: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ..., vectors: _Optional[_Union[Matrix, _Mapping]] = ..., request_id: _Optional[int] = ..., plan: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class ScrollRequest(_message.Message):
     __slots__ = ("collection", "filter", "limit", "cursor", "with_payload", "with_vectors", "max_bytes")
