@@ -55,7 +55,17 @@ from loadgen import (
     recall,
     repeat_for,
 )
-from report import SINGLE_MODES, HalfLoad, Ingest, Point, plot, print_report, ratios, summarize
+from report import (
+    SINGLE_MODES,
+    HalfLoad,
+    Ingest,
+    Point,
+    plot,
+    print_report,
+    ratios,
+    require_plotting,
+    summarize,
+)
 from usearch.index import Index
 
 import shoal
@@ -422,6 +432,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Run both systems, print the report, write the JSON and the PNG."""
     args = parse(argv)
+    require_plotting()
     name, base, queries = load(args)
     truth = ground_truth(base, queries, K, args.metric)
     started, load_before = time.time(), os.getloadavg()

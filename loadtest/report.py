@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,6 +251,12 @@ def print_targets(ingests: list[Ingest], half_loads: list[HalfLoad], ratio_rows:
                 f"  {g.precision} memory per vector / f32: "
                 f"{verdict(g.shoal_bytes_per_vector / f32.shoal_bytes_per_vector, limit, above=False)}"
             )
+
+
+def require_plotting() -> None:
+    """Exit with one line before any work when matplotlib (the `dev` extra) is missing: the plot comes last."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise SystemExit("bench.py draws its plot with matplotlib, which is missing: pip install -e '.[dev]'")
 
 
 def plot(name: str, n: int, summary: list[dict[str, Any]], target: float, path: Path) -> None:

@@ -103,8 +103,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedEtcd:
     """One etcd process on loopback; `endpoint` is its client address (host:port)."""
 
-    def __init__(self, data: Path, binary: str | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, data: Path, binary: str | None = None, host: str = "127.0.0.1", log: Path | None = None) -> None:
         self.data = Path(data)
+        self.log = log or self.data / "etcd.log"  # where its output goes (appended)
         self.host = host
         self.binary = binary
         self.client_port = 0
@@ -140,7 +141,7 @@ class EmbeddedEtcd:
             "--logger=zap",
             "--log-outputs=stderr",
         ]
-        with open(self.data / "etcd.log", "ab") as log:
+        with open(self.log, "ab") as log:
             self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             self._wait_serving(timeout)
@@ -154,7 +155,7 @@ class EmbeddedEtcd:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 if self._proc is not None and self._proc.poll() is not None:
-                    raise Unavailable(f"etcd exited with {self._proc.returncode}; see {self.data / 'etcd.log'}")
+                    raise Unavailable(f"etcd exited with {self._proc.returncode}; see {self.log}")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise Unavailable(f"etcd on {self.endpoint} did not answer within {timeout:.0f}s")

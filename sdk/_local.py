@@ -27,9 +27,11 @@ from shoal import _rpc
 from shoal._config import DEFAULT_HOST, DEFAULT_SHARDS
 from shoal._errors import FailedPrecondition, Unavailable
 from shoal._etcd import EmbeddedEtcd
+from shoal._folder_lock import FolderLock
 from shoal._group_status import ENDPOINT_FILE
 from shoal._meta import MetaStore
 from shoal._meta_init import init_topology
+from shoal._ports import port_problem
 from shoal._tls import TLS
 
 if TYPE_CHECKING:
@@ -123,9 +125,8 @@ class Process:
             ready, _, _ = select.select([self.popen.stdout], [], [], max(0.0, deadline - time.monotonic()))
             chunk = os.read(self.popen.stdout.fileno(), 1) if ready else b""
             if not chunk:
-                self.kill()
-                tail = self.log_path.read_text(errors="replace")[-2000:]
-                raise Unavailable(f"{self.role} did not start; the end of {self.log_path}:\n{tail}")
+                code = self.kill()
+                raise Unavailable(f"{self.role} did not start (exit code {code}): {last_line(self.log_path)}")
             line += chunk
         return line.decode()
 
@@ -149,6 +150,18 @@ class Process:
         if self.popen.stdout:
             self.popen.stdout.close()
         return code
+
+
+def last_line(log: Path) -> str:
+    """The last non-empty line of a log (a traceback's last line is its error), and where to read the rest."""
+    lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+    return f"{lines[-1].strip() if lines else 'nothing logged'} (see {log})"
+
+
+def check_port_free(host: str, port: int, what: str, option: str) -> None:
+    """Refuse to start when something already listens on host:port (0: any free port, always fine)."""
+    if problem := port_problem(host, port):
+        raise FailedPrecondition(f"{what} port {host}:{port} is {problem}; choose another with {option}")
 
 
 def _keep_metrics_port(proc: Process) -> None:
@@ -188,6 +201,8 @@ class LocalCluster:
     meta: bool = True  # cluster metadata in an embedded etcd (False: a fixed list of shards, no replicas)
     cluster: str = "default"
     etcd: EmbeddedEtcd | None = None
+    logs: Path = Path()  # this start's log folder, DATA/logs/<time>-<pid>/
+    _lock: FolderLock | None = None  # DATA/shoal.lock, held while this cluster runs
 
     @property
     def groups(self) -> list[str]:
@@ -266,25 +281,37 @@ class LocalCluster:
                     f"{self.data} holds a cluster of {existing} shards; start it with --shards {existing} "
                     "(changing the shard count of existing data is not supported yet)"
                 )
-        else:
+
+    def _write_layout(self) -> None:
+        """Pin the shard count, once the cluster has started (a failed first start leaves nothing pinned)."""
+        layout = self.data / "cluster.json"
+        if not layout.exists():
             layout.write_text(json.dumps({"shards": self.shards}) + "\n")
 
     def start(self) -> LocalCluster:
         """Start etcd, every shard, wait until they serve (and every group has its primary), then the coordinator."""
         self.data.mkdir(parents=True, exist_ok=True)
-        self._check_layout()
-        (self.data / "logs").mkdir(exist_ok=True)
-        if not self.meta and self.replicas != 1:
-            raise FailedPrecondition("replicas need the cluster metadata (meta=True)")
-        if self.secure:
-            from shoal._secrets import ensure_secrets  # cryptography, only when asked for
-
-            self.secrets = ensure_secrets(self.data / "secrets", [self.host])
-        backup_root = self.backup_root or self.data / "backups"
+        self._lock = FolderLock(self.data)
+        self._lock.take()
         try:
+            self._check_layout()
+            if not self.meta and self.replicas != 1:
+                raise FailedPrecondition("replicas need the cluster metadata (meta=True)")
+            check_port_free(self.host, self.port, "the coordinator", "--port")
+            if self.metrics and self.metrics_port:
+                for i in range(1 + self.shards * self.replicas):
+                    check_port_free(self.host, self.metrics_port + i, "a metrics", "--metrics-port or --no-metrics")
+            # A log folder per start: a restart's logs never mix with an earlier run's.
+            self.logs = self.data / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+            self.logs.mkdir(parents=True, exist_ok=True)
+            if self.secure:
+                from shoal._secrets import ensure_secrets  # cryptography, only when asked for
+
+                self.secrets = ensure_secrets(self.data / "secrets", [self.host])
+            backup_root = self.backup_root or self.data / "backups"
             group_args: list[str] = []
             if self.meta:
-                self.etcd = EmbeddedEtcd(self.data / "etcd", host="127.0.0.1")
+                self.etcd = EmbeddedEtcd(self.data / "etcd", host="127.0.0.1", log=self.logs / "etcd.log")
                 self.etcd.start(self.timeout)
                 (self.data / ENDPOINT_FILE).write_text(self.etcd.endpoint + "\n")
                 asyncio.run(self._write_topology())
@@ -312,7 +339,7 @@ class LocalCluster:
                         *self._metrics_args(1 + n),
                         *self.server_args,
                     ],
-                    self.data / "logs" / f"{member}.log",
+                    self.logs / f"{member}.log",
                     env={**SHARD_ENV, **self.shard_env},
                 )
                 proc.start(self.timeout)
@@ -339,12 +366,13 @@ class LocalCluster:
                     *self._metrics_args(0),
                     *self.server_args,
                 ],
-                self.data / "logs" / "coordinator.log",
+                self.logs / "coordinator.log",
             )
             self.coordinator.start(self.timeout)
             self.coordinator.args[self.coordinator.args.index("--listen") + 1] = self.coordinator.address
             _keep_metrics_port(self.coordinator)
             wait_serving(self.coordinator.address, self.timeout, self.tls)
+            self._write_layout()
         except BaseException:
             self.stop()
             raise
@@ -411,6 +439,8 @@ class LocalCluster:
                 proc.stop()
         if self.etcd is not None:
             self.etcd.stop()
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> LocalCluster:
         return self.start()

@@ -31,6 +31,7 @@ from shoal._access import Guard, Verdict, collection_of
 from shoal._config import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS, MAX_MESSAGE_BYTES, RETRY_INITIAL_BACKOFF_S
 from shoal._errors import Internal, InvalidArgument, PermissionDenied, ShoalError, error_for_code, to_status
 from shoal._metrics import RPC_DURATION, RPC_REQUESTS
+from shoal._ports import port_problem
 
 log = logging.getLogger("shoal.server")
 
@@ -560,6 +561,8 @@ async def set_serving(servicer: health.aio.HealthServicer, service_names: Iterab
 def bind(server: grpc.aio.Server, listen: str, tls: ServerTLS | None = None) -> str:
     """Bind `listen` (port 0 picks a free port), over TLS when given, and return the real address."""
     host, _, port = listen.rpartition(":")
+    if port.isdigit() and (problem := port_problem(host, int(port))):
+        raise SystemExit(f"cannot listen on {listen!r}: the port is {problem}")
     try:
         bound = server.add_secure_port(listen, tls.credentials()) if tls else server.add_insecure_port(listen)
     except RuntimeError:

@@ -13,7 +13,7 @@ import grpc
 
 from shoal import _rpc
 from shoal._tls import TLS, api_key_metadata
-from shoal.v1 import shoal_pb2_grpc
+from shoal.v1 import shard_pb2_grpc, shoal_pb2_grpc
 from shoal.v1 import types_pb2 as pb
 
 STATUS_TIMEOUT = 10.0
@@ -57,6 +57,8 @@ def cluster_status(address: str, api_key: str | None = None, tls: TLS | None = N
                 pb.StatusRequest(), timeout=STATUS_TIMEOUT, metadata=api_key_metadata(api_key)
             )
         except grpc.RpcError as exc:
+            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return _shard_status(channel, address, api_key)  # a shard's address: its own row
             code = exc.code().name if isinstance(exc, grpc.Call) else "UNAVAILABLE"
             detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
             down = pb.ProcessStatus(role="coordinator", address=address, state=UNREACHABLE, error=f"{code}: {detail}")
@@ -66,6 +68,19 @@ def cluster_status(address: str, api_key: str | None = None, tls: TLS | None = N
         "topology_version": reply.topology_version,
         "processes": [_process(p) for p in reply.processes],
     }
+
+
+def _shard_status(channel: grpc.Channel, address: str, api_key: str | None) -> dict[str, Any]:
+    """The status of the one shard at `address`, when `shoal status` is pointed at a shard."""
+    try:
+        reply = shard_pb2_grpc.ShardStub(channel).GetStatus(
+            pb.StatusRequest(), timeout=STATUS_TIMEOUT, metadata=api_key_metadata(api_key)
+        )
+    except grpc.RpcError as exc:
+        code = exc.code().name if isinstance(exc, grpc.Call) else "UNAVAILABLE"
+        detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        reply = pb.ProcessStatus(role="shard", address=address, state=UNREACHABLE, error=f"{code}: {detail}")
+    return {"coordinator": None, "topology_version": None, "processes": [_process(reply)]}
 
 
 def healthy(status: dict[str, Any]) -> bool:
@@ -91,6 +106,9 @@ def _collections(p: dict[str, Any]) -> str:
 
 def to_table(status: dict[str, Any]) -> str:
     """The status as text: the coordinator's line, then a row per shard with its collections' points and memory."""
+    if status["coordinator"] is None:  # a shard's own status
+        head, shards = f"shard {status['processes'][0]['address']}", status["processes"]
+        return "\n".join([head, *_shard_rows(shards)])
     coordinator, *shards = status["processes"]
     version = status["topology_version"]
     head = f"coordinator {coordinator['address']}: {coordinator['state']}"
@@ -100,7 +118,12 @@ def to_table(status: dict[str, Any]) -> str:
         head += f", metrics on {coordinator['metrics_address']}"
     if coordinator["error"]:
         head += f" ({coordinator['error']})"
-    lines = [head]
+    return "\n".join([head, *_shard_rows(shards)])
+
+
+def _shard_rows(shards: list[dict[str, Any]]) -> list[str]:
+    """The header and a row per shard."""
+    lines = []
     if shards:
         lines.append(
             f"{'shard':<24} {'role':<8} {'slots':<11} {'health':<12} {'sequence':>9} {'lag':>5}  {'metrics':<22} "
@@ -115,7 +138,7 @@ def to_table(status: dict[str, Any]) -> str:
             f"{p['address']:<24} {p['member_role'] or '-':<8} {slots:<11} {p['state']:<12} {seq:>9} {lag:>5}  "
             f"{p['metrics_address'] or '-':<22} {detail}"
         )
-    return "\n".join(lines)
+    return lines
 
 
 def to_json(status: dict[str, Any]) -> str:

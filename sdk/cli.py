@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,8 @@ from shoal._tls import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, TLS, ClusterCreden
 if TYPE_CHECKING:
     from shoal._access import Guard
     from shoal._server import ServerSecurity
+
+SUPERVISE_EVERY = 0.5  # seconds between `shoal up`'s checks of its processes
 
 
 def _cores(text: str) -> list[int]:
@@ -66,6 +69,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
     from shoal._access import Guard
     from shoal.shard.server import GroupSettings, run
 
+    _check_data_folder(Path(args.data), "shoal shard")
     _tracing(args, "shoal-shard")
     group = None
     if args.meta:
@@ -81,6 +85,15 @@ def cmd_shard(args: argparse.Namespace) -> int:
     security = _server_security(args, guard)
     run(Path(args.data), args.listen, args.cores, security, backup_root, group, args.metrics)
     return 0
+
+
+def _check_data_folder(data: Path, command: str) -> None:
+    """Refuse a --data that is not a folder, or whose parent folder is missing (a typo would make a new tree)."""
+    if data.exists() and not data.is_dir():
+        raise SystemExit(f"{command}: --data {data} is a file, not a folder")
+    parent = data.resolve().parent
+    if not data.exists() and not parent.is_dir():
+        raise SystemExit(f"{command}: --data {data}: its parent folder {parent} does not exist; create it first")
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
@@ -146,7 +159,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     """Start a local cluster and keep it running until Ctrl-C or SIGTERM."""
     from shoal._local import LocalCluster, layout_shards
+    from shoal._supervisor import Supervisor
 
+    _check_data_folder(Path(args.data), "shoal up")
     # `shoal restore --up` comes here too, without the metrics and tracing options: their defaults then.
     metrics_port = getattr(args, "metrics_port", None)
     if metrics_port is None:
@@ -171,16 +186,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         replicas=replicas,
         metrics=not getattr(args, "no_metrics", False),
         metrics_port=metrics_port,
-        common_args=["--log-level", args.log_level, "--log-format", args.log_format],
+        # -v: a server process that fails logs its traceback, not only its one-line error.
+        common_args=["-v", "--log-level", args.log_level, "--log-format", args.log_format],
         server_args=server_args,
     )
     # SIGTERM stops the cluster the same way Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    cluster.start()  # a failed start stops what it started and says why, in one line
     try:
-        cluster.start()
         print(
             f"Shoal is ready at {cluster.address} ({args.shards} shards x {replicas} copies, data in {args.data}, "
-            f"logs in {Path(args.data) / 'logs'}). Press Ctrl-C to stop.",
+            f"logs in {cluster.logs}). Press Ctrl-C to stop.",
             flush=True,
         )
         if cluster.metrics:
@@ -198,7 +214,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             )
             keys_at = f"--data {args.data}" if cluster.etcd is not None else f"--auth {s.keys}"
             print(f"More keys: shoal keys {keys_at} create --role read|write|admin [--collections a,b]", flush=True)
-        signal.pause()
+        supervisor = Supervisor(cluster, lambda line: print(f"shoal up: {line}", file=sys.stderr, flush=True))
+        while True:
+            supervisor.tick()
+            time.sleep(SUPERVISE_EVERY)
     except KeyboardInterrupt:
         pass
     finally:
@@ -391,6 +410,7 @@ def parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="shoal", description="Shoal: a sharded vector database served over gRPC.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the traceback of an error, not only its line")
     p.add_argument("--log-level", default="INFO", help="logging level of server processes (default INFO)")
     p.add_argument(
         "--log-format", choices=LOG_FORMATS, default="text", help="text (default) or json: one JSON object a line"
@@ -523,6 +543,17 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level, args.log_format)
     try:
         return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
     except ShoalError as exc:
-        print(f"shoal: {exc.code.name}: {exc.message}", file=sys.stderr)
-        return 1
+        _fail(args, f"{exc.code.name}: {exc.message}")
+    except Exception as exc:  # any other error: one line, the traceback only when asked for with -v
+        _fail(args, f"{type(exc).__name__}: {exc}")
+    return 1
+
+
+def _fail(args: argparse.Namespace, message: str) -> None:
+    """Print an error as one line (with -v, its traceback first)."""
+    if args.verbose:
+        traceback.print_exc()
+    print("shoal: " + " ".join(message.split()), file=sys.stderr, flush=True)

@@ -150,3 +150,18 @@ def test_locust_runs_the_configured_task_mix(client: shoal.Client, name: str, tm
     for task in ("search", "search_batch10", "filtered_search", "upsert10"):
         assert task in rows, done.stderr[-3000:]
         assert int(rows[task]["Request Count"]) > 0 and int(rows[task]["Failure Count"]) == 0
+
+
+def test_bench_without_matplotlib_stops_before_any_work_with_one_line(tmp_path: Path) -> None:
+    # matplotlib hidden (as without the dev extra): bench.py must say so before it loads or runs anything.
+    script = (
+        "import runpy, sys; sys.modules['matplotlib'] = None; "
+        f"sys.argv = ['bench.py', '--generate', '1000', '--out', {str(tmp_path / 'out')!r}]; "
+        f"runpy.run_path({str(LOADTEST / 'bench.py')!r}, run_name='__main__')"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=LOADTEST)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "bench.py draws its plot with matplotlib, which is missing: pip install -e '.[dev]'"
+    ]
+    assert result.stdout == "" and not (tmp_path / "out").exists()
