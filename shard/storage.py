@@ -264,8 +264,7 @@ class Storage:
         self._log_cf: ColumnFamily | None = self._db.get_column_family_handle(_LOG)
         self._oplog: Rdict | None = self._db.get_column_family(_OPLOG)
         self._oplog_cf: ColumnFamily | None = self._db.get_column_family_handle(_OPLOG)
-        raw = self._db.get(_SEQ)
-        self.seq = unpack_key(raw) if raw else 0
+        self.seq = self._counter(_SEQ)
         self.collections: dict[str, CollectionStore] = {}
         self._dropped: list[CollectionStore] = []  # closed only with the database: readers may hold them
         for key, value in cast(Iterator[tuple[bytes, bytes]], self._db.items(from_key=_CONFIG)):
@@ -368,8 +367,7 @@ class Storage:
 
     def trimmed(self, store: CollectionStore) -> int:
         """The sequence up to which the collection's change log was trimmed (0: never)."""
-        raw = self._db.get(_TRIM + pack_key(store.born))
-        return unpack_key(raw) if raw else 0
+        return self._counter(_TRIM + pack_key(store.born))
 
     def trim_log(self, store: CollectionStore, upto: int) -> None:
         """Forget the collection's log entries up to `upto`, which a durable snapshot covers.
@@ -425,26 +423,31 @@ class Storage:
     @property
     def term(self) -> int:
         """The highest replication term this shard accepted (0: none)."""
-        raw = self._db.get(_TERM)
-        return unpack_key(raw) if raw else 0
+        return self._counter(_TERM)
 
     def accept_term(self, term: int) -> None:
         """Durably record a higher accepted term."""
-        options = WriteOptions()
-        options.sync = True
-        self._db.put(_TERM, pack_key(term), options)
+        self._put_counter_synced(_TERM, term)
 
     @property
     def etcd_cluster(self) -> int:
         """The etcd cluster whose catalogue this shard's collections follow (0: none yet)."""
-        raw = self._db.get(_ETCD)
-        return unpack_key(raw) if raw else 0
+        return self._counter(_ETCD)
 
     def follow_etcd(self, cluster_id: int) -> None:
         """Durably record the etcd cluster whose catalogue this shard's collections follow."""
+        self._put_counter_synced(_ETCD, cluster_id)
+
+    def _counter(self, key: bytes) -> int:
+        """An 8-byte big-endian number of the default column family (0 when absent)."""
+        raw = self._db.get(key)
+        return unpack_key(raw) if raw else 0
+
+    def _put_counter_synced(self, key: bytes, value: int) -> None:
+        """Write such a number outside the committer's batches, synced before returning."""
         options = WriteOptions()
         options.sync = True
-        self._db.put(_ETCD, pack_key(cluster_id), options)
+        self._db.put(key, pack_key(value), options)
 
     def flush_wal(self) -> None:
         """Make every batch written so far durable."""
