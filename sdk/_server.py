@@ -176,8 +176,8 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     )
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps catalogue errors to their status codes on every RPC; hides unexpected ones behind INTERNAL."""
+class _MethodInterceptor(grpc.aio.ServerInterceptor):
+    """An interceptor that wraps the handler of every method of Shoal's own services (not health, reflection)."""
 
     async def intercept_service(
         self,
@@ -188,6 +188,18 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or _standard(method):
             return handler
+        return self.wrap(handler, method)
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """The handler to run instead of `handler`."""
+        raise NotImplementedError
+
+
+class ErrorInterceptor(_MethodInterceptor):
+    """Maps catalogue errors to their status codes on every RPC; hides unexpected ones behind INTERNAL."""
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """The handler with its errors translated."""
         return _wrap(handler, method)
 
 
@@ -331,21 +343,14 @@ def _observe(handler: grpc.RpcMethodHandler, observed: _Observed) -> grpc.RpcMet
     return _rewrap(handler, unary, streaming)
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(_MethodInterceptor):
     """Counts and times every RPC of the Shoal services by its final status code (the translated one)."""
 
     def __init__(self) -> None:
         self._methods: dict[str, _Observed] = {}  # bounded by the services' methods
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or _standard(method):
-            return handler
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """The handler counted and timed."""
         observed = self._methods.get(method)
         if observed is None:
             observed = self._methods[method] = _Observed(method)
@@ -368,18 +373,13 @@ def _traced(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandle
     return _rewrap(handler, unary, streaming)
 
 
-class TracingInterceptor(grpc.aio.ServerInterceptor):
+class TracingInterceptor(_MethodInterceptor):
     """A server span per RPC with a single answer; a stream of answers is traced per message by its servicer
     (its messages belong to different traces)."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or _standard(method) or handler.unary_stream or handler.stream_stream:
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """The handler inside a span, unless it answers with a stream."""
+        if handler.unary_stream or handler.stream_stream:
             return handler
         return _traced(handler, method)
 
