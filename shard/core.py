@@ -18,6 +18,7 @@ the slots its group owns (`owned`), a slot check.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -239,9 +240,13 @@ class Shard:
         return sorted(self._collections)
 
     def describe(self, name: str) -> CollectionStats:
-        """A collection's config, count and memory."""
+        """A collection's config, count (of the points callers may see) and memory."""
         coll = self._collection(name)
-        return self._worker.call(lambda: stats(coll)).result()
+        found = self._worker.call(lambda: stats(coll)).result()
+        own = self.ownership
+        if own is not None and own.hiding:
+            return dataclasses.replace(found, count=reads.count(coll, self._worker, "", own))
+        return found
 
     def status(self, timeout: float | None = None) -> list[CollectionStatus]:
         """Every collection's points, memory, payload-index entries and snapshot age, by name."""

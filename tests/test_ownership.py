@@ -110,6 +110,7 @@ def test_the_target_hides_imported_copies_until_it_owns_them(shard: tuple[Shard,
     written = sum(f.result() for f in s.submit_import("c", inside, x, [], ids[:0]))
     assert written == len(inside)
     assert s.count("c", version=2) == 0  # all hidden
+    assert s.describe("c").count == 0
     assert s.search("c", x[:3], k=2).counts.tolist() == [0, 0, 0]
     assert len(s.get("c", inside, version=2).ids) == 0
     assert len(s.scroll("c", version=2).ids) == 0
