@@ -45,6 +45,7 @@ LOCK_TTL = 3  # seconds: a dead mover's lock is free again after about this long
 PAGE = 1024  # points per export page
 TAIL_ROUNDS = 5  # change replays before freezing, at most (each one shorter than the last)
 TAIL_SMALL = 256  # points changed since the last replay that are few enough to freeze
+DELETE_TIMEOUT = 900.0  # seconds for a range delete, which may rebuild the group's index (a compaction)
 JANITOR_EVERY = 1.0  # seconds between a coordinator's looks for moves left behind
 
 
@@ -263,7 +264,7 @@ class _Run:
             request = shard_pb2.DeleteRangeRequest(collection=config.name, start=m.start, end=m.end)
 
             async def delete(stub: shard_pb2_grpc.ShardStub, md: Any, r: Any = request) -> None:
-                await stub.DeleteRange(r, timeout=CALL_TIMEOUT * 4, metadata=md)
+                await stub.DeleteRange(r, timeout=DELETE_TIMEOUT, metadata=md)
 
             try:
                 await self.groups.primary(group, delete)

@@ -423,7 +423,13 @@ class Shard:
             if len(ids):
                 deleted += int(self._submit(Delete(name, coll.store.born, ids)).result())
             if not cursor:
-                return deleted
+                break
+        # A range is a large share of a group's points: past the policy's share of tombstones, usearch leaves
+        # some live points unreachable, so the index is rebuilt now rather than once a large minimum is reached.
+        index, share = coll.index, self.options.compaction.share
+        if deleted and self._snapshotter is not None and index.removed >= share * (index.count + index.removed):
+            self._snapshotter.compact(coll)
+        return deleted
 
     # Payload writes
 
