@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from shoal._errors import Aborted, FailedPrecondition
+from shoal._errors import Aborted, FailedPrecondition, Unavailable
 from shoal.coordinator.topology import Topology
 
 T = TypeVar("T")
@@ -22,13 +22,17 @@ C = TypeVar("C")  # a shard connection
 REFRESH_STEP = 0.25  # seconds a call waits for a newer topology before it tries again (the shard may lag)
 MOVE_BUDGET = 30.0  # seconds a call without a deadline keeps retrying through a slot move
 NOT_OWNED = "is not owned by this shard group"  # a write routed by an older topology (shard/ownership.py)
+FROZEN = "slots moving"  # a write to slots frozen for a move's switch (shard/ownership.py)
 
 # Wait until the routing is newer than a topology version, at most some seconds (None: a fixed topology).
 Refresh = Callable[[int, float], Awaitable[None]]
 
 
 def stale_routing(exc: BaseException) -> bool:
-    """Whether a shard refused a call for being routed by another topology version than its own."""
+    """Whether a shard refused a call for being routed by another topology version than its own, or (still,
+    after the group connection's own retries) for writing to slots frozen by a move."""
+    if isinstance(exc, Unavailable):
+        return FROZEN in exc.message  # the move's switch, or its rollback once a dead mover's lock is free
     return isinstance(exc, Aborted) or (isinstance(exc, FailedPrecondition) and NOT_OWNED in exc.message)
 
 

@@ -74,7 +74,7 @@ def check_write(own: Ownership, slots: np.ndarray, importing: bool = False) -> N
             f"slot {int(slots[foreign[0]])} is not owned by this shard group (the topology changed?)"
         )
     if own.frozen[slots].any():
-        raise Unavailable("slots moving: try again", retry_after=FROZEN_RETRY)
+        raise Unavailable("slots moving: try again", retry_after=FROZEN_RETRY)  # coordinator/reroute.py knows it
 
 
 def slots_of_keys(coll: Collection, keys: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ from shoal._local import LocalCluster
 from shoal._meta import MetaStore
 from shoal._meta_values import SlotRange, Topology, owner_of
 from shoal._wire import encode_ids, encode_matrix
+from shoal.coordinator.groups import RETRY_BUDGET
 from shoal.coordinator.mover import MoveProgress, move, resume
 from shoal.v1 import shard_pb2, shard_pb2_grpc, shoal_pb2_grpc
 from shoal.v1 import types_pb2 as pb
@@ -271,6 +272,20 @@ def test_writes_to_frozen_slots_are_refused_retryably_and_the_coordinator_retrie
             t = await meta.begin_move(await meta.get_topology(), Move("m1", *MOVED, "g0", "g2"))
             return await meta.advance_move(t, "m1", "frozen")
 
+        # The test is the mover here: it holds the mover lock, so the coordinators' janitor leaves the move be.
+        held, release = threading.Event(), threading.Event()
+
+        async def hold(meta: MetaStore) -> None:
+            lock = await meta.lock_mover("test")
+            assert lock is not None
+            held.set()
+            while not release.is_set():
+                await asyncio.sleep(0.05)
+            await lock.leave()
+
+        holder = threading.Thread(target=meta_call, args=(three, hold))
+        holder.start()
+        assert held.wait(30)
         settle(three, meta_call(three, freeze).version)
         one = ids[(slots_of(ids) >= MOVED[0]) & (slots_of(ids) < MOVED[1])][:1]
         request = pb.UpsertRequest(collection=name, ids=encode_ids(one), vectors=encode_matrix(x[:1]))
@@ -280,6 +295,12 @@ def test_writes_to_frozen_slots_are_refused_retryably_and_the_coordinator_retrie
         done: list[object] = []
         writer = threading.Thread(target=lambda: done.append(client.upsert(name, ids=one, vectors=x[:1], timeout=30)))
         writer.start()
+        # Frozen longer than a group connection retries on its own (as when a mover dies in this phase and
+        # the janitor rolls the move back once its lock is free): the coordinator keeps retrying.
+        writer.join(RETRY_BUDGET + 1)
+        assert writer.is_alive()
+        release.set()
+        holder.join(30)
 
         async def unfreeze(meta: MetaStore) -> Topology:
             t = await meta.advance_move(await meta.get_topology(), "m1", "abort")
