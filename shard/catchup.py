@@ -1,4 +1,5 @@
-"""Catch-up by snapshot: a member whose next write its primary's op log no longer holds copies the primary's data.
+"""Catch-up by snapshot: a member whose next write its primary's op log no longer holds, or whose log has writes
+its primary lacks, copies the primary's data.
 
 The primary serves a copy (`serve_copy`: the backup's consistent copy, made in a scratch folder and streamed
 in chunks over the member-only `ReadSnapshot`); the member (`copy_from`) stages it (copies.py), swaps it in
@@ -14,13 +15,17 @@ import logging
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
 
 from shoal._errors import Unavailable
 from shoal._rpc import member_channel
-from shoal._tls import ClusterCredentials
+from shoal._tls import ClusterCredentials, Metadata
 from shoal.shard import copies
 from shoal.shard.core import Shard
 from shoal.shard.faults import CrashPoints
+from shoal.shard.replication import entry_digest
 from shoal.v1 import shard_pb2, shard_pb2_grpc
 
 log = logging.getLogger("shoal.shard.catchup")
@@ -50,6 +55,29 @@ def needs_copy(sequence: int, primary: shard_pb2.ReplicaStateResponse) -> bool:
     return primary.role == "primary" and sequence + 1 < primary.log_start
 
 
+async def diverged(
+    shard: Shard, stub: shard_pb2_grpc.ShardStub, primary: shard_pb2.ReplicaStateResponse, metadata: Metadata
+) -> bool:
+    """Whether this member holds writes its primary lacks (it was a primary cut off, or killed, with writes
+    that no replica acknowledged): then no op log can bring it back, only a copy."""
+    sequence = shard.sequence
+    if primary.role != "primary" or sequence == 0:
+        return False
+    if sequence > primary.seq:
+        return True
+    mine = await asyncio.to_thread(shard.storage.entries, sequence - 1, 1)
+    if not mine or mine[0][0] != sequence:
+        return False  # trimmed here: cannot tell (the primary's link compares when it connects)
+    call: Any = stub.ReadLog(shard_pb2.ReadLogRequest(after=sequence - 1), timeout=5, metadata=metadata)
+    try:
+        entry = await call.read()
+    finally:
+        call.cancel()
+    if entry is grpc.aio.EOF or int(entry.seq) != sequence:
+        return False  # trimmed there: needs_copy decides
+    return entry_digest(entry.plan) != entry_digest(mine[0][1])
+
+
 async def copy_from(
     shard: Shard, address: str, credentials: ClusterCredentials, crash: CrashPoints, pause: Callable[[], None]
 ) -> bool:
@@ -60,14 +88,13 @@ async def copy_from(
         stub = shard_pb2_grpc.ShardStub(channel)
         primary = await stub.ReplicaState(shard_pb2.ReplicaStateRequest(), timeout=5, metadata=metadata)
         before = shard.sequence
-        if not needs_copy(before, primary):
+        if needs_copy(before, primary):
+            why = f"behind the op log of the primary at {address} (it starts at {primary.log_start})"
+        elif await diverged(shard, stub, primary, metadata):
+            why = f"with writes the primary at {address} lacks (it is at {primary.seq})"
+        else:
             return False
-        log.info(
-            "at sequence %d, behind the op log of the primary at %s (it starts at %d): copying its data",
-            before,
-            address,
-            primary.log_start,
-        )
+        log.info("at sequence %d, %s: copying its data", before, why)
         pause()
         started = time.perf_counter()
         download = await asyncio.to_thread(copies.Download, shard.data)

@@ -95,6 +95,7 @@ class Link:
                 await call.done_writing()
                 await asyncio.sleep(5)
                 return
+            self.diverged = False  # a member copied anew agrees again (catchup.py)
             self.acked = sent
             rep.acked(self)
             reader = asyncio.create_task(self._read(call))

@@ -116,15 +116,15 @@ class Lab:
         self._start_etcd(binary)
         asyncio.run(init_topology(self.endpoint(0), CLUSTER, self.groups))
         names = [f"g{g}-m{r}" for g in range(self.groups) for r in range(self.replicas)]
-        for n, (name, cores) in enumerate(zip(names, split_cores(len(names)), strict=True)):
-            proc = self._shard(name, f"g{name[1:].split('-')[0]}", cores, self.endpoint(n % self.etcds))
+        for name, cores in zip(names, split_cores(len(names)), strict=True):
+            proc = self._shard(name, f"g{name[1:].split('-')[0]}", cores, self.meta_endpoints)
             self.shards[name] = proc
             proc.start(START_TIMEOUT)
         for proc in self.shards.values():
             wait_serving(self.reach(proc), START_TIMEOUT)
         self.wait_groups(self.replicas)
         for i in range(self.coordinators):
-            proc = self._coordinator(i, self.endpoint(i % self.etcds))
+            proc = self._coordinator(i, self.meta_endpoints)
             self.coords.append(proc)
             proc.start(START_TIMEOUT)
             wait_serving(self.reach(proc), START_TIMEOUT)
@@ -208,6 +208,11 @@ class Lab:
     def endpoint(self, index: int) -> str:
         """The client address of etcd member `index`."""
         return self.etcd[index].address
+
+    @property
+    def meta_endpoints(self) -> str:
+        """Every etcd member's client address, as --meta takes them (a server fails over between them)."""
+        return ",".join(p.address for p in self.etcd)
 
     @property
     def addresses(self) -> list[str]:

@@ -118,6 +118,8 @@ def test_a_cut_off_primary_acknowledges_nothing_and_rejoins_as_a_replica(lab: La
     state = lab.group_state()
     assert state.primary not in (None, old) and len(state.in_sync) == 3
     assert member_state(old_address).role == "replica"
+    # Its unacknowledged writes are no one else's: no op log can bring it back, it was copied anew.
+    assert "with writes the primary at" in (lab.root / f"{old}.log").read_text()
     done = subprocess.run(
         [sys.executable, "-m", "shoal", "check", "--meta", lab.endpoint(0)], capture_output=True, text=True, timeout=60
     )
