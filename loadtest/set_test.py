@@ -135,7 +135,7 @@ class Nemesis:
         action, what = kind.split("-")
         name = self._target(what)
         hold = self.rng.uniform(0.5, 4.0)
-        self.log.append(f"{time.strftime('%H:%M:%S')} {action} {name} for {hold:.1f}s")
+        self.log.append(f"{time.strftime('%H:%M:%S')} {action} {what} {name} for {hold:.1f}s")
         if action == "cut":
             self.lab.isolate(name)
             time.sleep(hold)
