@@ -6,8 +6,9 @@ A real cluster (tests/grouplab.py): a 3-member etcd, 2 shard groups of 3 members
 process on a network-namespace host of its own when namespaces can be made (else on loopback, kills only).
 Clients add ids (each once, with a vector derived from the id) and delete some they added, recording each
 operation as acknowledged, failed or unknown (an error after the request left: it may have been applied).
-The nemesis applies `--faults` random faults one after the other: kill -9 and restart of a primary, a
-replica, a coordinator or an etcd member, and cutting a host off the network for a while. At the end it
+The nemesis applies `--faults` random faults one after the other, a second one overlapping now and then
+(`--overlap`): kill -9 and restart of a primary, a replica, a coordinator or an etcd member, and cutting a
+host off the network for a while. The faults go to stderr as they happen. At the end it
 heals everything, waits until every group is whole and in sync, and checks: every acknowledged add is
 present unless its delete was acknowledged or may have happened; no acknowledged delete came back; no id
 that was never added exists; every vector is the one written; the members of every group are identical
@@ -31,7 +32,7 @@ import numpy as np
 
 import shoal
 from shoal._config import MAX_EF
-from tests.grouplab import Lab
+from tests.grouplab import Lab, Server
 
 DIM = 8
 BATCH = 4  # ids per add
@@ -99,10 +100,10 @@ def client_loop(address: str, base: int, history: History, stop: threading.Event
 
 
 class Nemesis:
-    """Random faults, one at a time: each is applied, held a while, then healed."""
+    """Random faults: each is applied, held a while, then healed; now and then a second one overlaps it."""
 
-    def __init__(self, lab: Lab, rng: random.Random, log: list[str]) -> None:
-        self.lab, self.rng, self.log = lab, rng, log
+    def __init__(self, lab: Lab, rng: random.Random, log: list[str], overlap: float = 0.0) -> None:
+        self.lab, self.rng, self.log, self.overlap = lab, rng, log, overlap
 
     def kinds(self) -> list[str]:
         """The faults this lab allows."""
@@ -125,26 +126,47 @@ class Nemesis:
             return self.rng.choice([p.role for p in lab.coords])
         return self.rng.choice([p.role for p in lab.etcd])
 
-    def _process(self, name: str) -> object:
+    def _process(self, name: str) -> Server:
         lab = self.lab
         return {**lab.shards, **{p.role: p for p in lab.coords}, **{p.role: p for p in lab.etcd}}[name]
 
-    def fault(self) -> None:
-        """Apply one random fault, hold it, heal it."""
-        kind = self.rng.choice(self.kinds())
-        action, what = kind.split("-")
-        name = self._target(what)
-        hold = self.rng.uniform(0.5, 4.0)
-        self.log.append(f"{time.strftime('%H:%M:%S')} {action} {what} {name} for {hold:.1f}s")
+    def _note(self, line: str) -> None:
+        self.log.append(f"{time.strftime('%H:%M:%S')} {line}")
+        print(self.log[-1], file=sys.stderr, flush=True)
+
+    def _apply(self, busy: list[tuple[str, str]]) -> tuple[str, str] | None:
+        """Apply a random fault to a process no fault holds (never a second etcd member: keep a quorum)."""
+        for _ in range(10):
+            action, what = self.rng.choice(self.kinds()).split("-")
+            name = self._target(what)
+            if any(name == n or (what == "etcd" and n.startswith("etcd")) for _, n in busy):
+                continue
+            self._note(f"{action} {what} {name}")
+            if action == "cut":
+                self.lab.isolate(name)
+            else:
+                self.lab.kill(self._process(name))
+            return action, name
+        return None
+
+    def _heal(self, action: str, name: str) -> None:
         if action == "cut":
-            self.lab.isolate(name)
-            time.sleep(hold)
-            self.lab.heal()
+            self.lab.heal(name)
         else:
-            proc = self._process(name)
-            self.lab.kill(proc)  # type: ignore[arg-type]
-            time.sleep(hold)
-            self.lab.restart(proc)  # type: ignore[arg-type]
+            self.lab.restart(self._process(name))
+        self._note(f"healed {name}")
+
+    def fault(self) -> None:
+        """Apply one random fault (and now and then a second one meanwhile), hold, heal."""
+        faults = [f for f in [self._apply([])] if f is not None]
+        if self.rng.random() < self.overlap:
+            time.sleep(self.rng.uniform(0.0, 1.5))
+            second = self._apply(faults)
+            if second is not None:
+                faults.append(second)
+        time.sleep(self.rng.uniform(0.5, 4.0))
+        for action, name in reversed(faults):
+            self._heal(action, name)
         time.sleep(self.rng.uniform(0.2, 1.5))
 
 
@@ -186,7 +208,9 @@ def final_check(lab: Lab, history: History) -> list[str]:
     return problems
 
 
-def run(root: Path, faults: int, seed: int, clients: int = 4, netns: bool = True) -> tuple[list[str], str]:
+def run(
+    root: Path, faults: int, seed: int, clients: int = 4, netns: bool = True, overlap: float = 0.3
+) -> tuple[list[str], str]:
     """The whole test; the problems found and a summary."""
     rng = random.Random(seed)
     history, log = History(), []
@@ -205,7 +229,7 @@ def run(root: Path, faults: int, seed: int, clients: int = 4, netns: bool = True
         ]
         for t in threads:
             t.start()
-        nemesis = Nemesis(lab, rng, log)
+        nemesis = Nemesis(lab, rng, log, overlap)
         try:
             for _ in range(faults):
                 nemesis.fault()
@@ -216,13 +240,18 @@ def run(root: Path, faults: int, seed: int, clients: int = 4, netns: bool = True
             lab.heal()
         problems = final_check(lab, history)
     acked = sum(1 for o in history.added.values() if o == "acked")
+    logs = "".join(p.read_text(errors="replace") for p in root.glob("g*-m*.log"))
+    repairs = (
+        f"{logs.count('caught up by snapshot')} members copied anew "
+        f"({logs.count('with writes the primary at')} of them for writes their primary lacked)"
+    )
     summary = (
         f"{faults} faults ({faults_kind}), "
         f"seed {seed}, {time.monotonic() - started:.0f} s; ops: {dict(sorted(history.ops.items()))}; "
         f"{acked} ids acknowledged added, {sum(1 for o in history.deleted.values() if o == 'acked')} "
-        f"acknowledged deleted; {len(problems)} problems"
+        f"acknowledged deleted; {repairs}; {len(problems)} problems"
     )
-    return problems, "\n".join([*log, summary])
+    return problems, summary  # the faults went to stderr as they happened
 
 
 def main() -> int:
@@ -230,12 +259,13 @@ def main() -> int:
     parser.add_argument("--faults", type=int, default=20, help="faults the nemesis applies (default 20)")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the nemesis and the clients")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
+    parser.add_argument("--overlap", type=float, default=0.3, help="chance that a second fault overlaps one")
     parser.add_argument("--no-netns", action="store_true", help="everything on loopback, kills only")
     parser.add_argument("--keep", help="keep the cluster's data and logs in this folder")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep) if args.keep else Path(tmp)
-        problems, summary = run(root, args.faults, args.seed, args.clients, not args.no_netns)
+        problems, summary = run(root, args.faults, args.seed, args.clients, not args.no_netns, args.overlap)
     print(summary)
     for problem in problems[:50]:
         print("PROBLEM:", problem)

@@ -309,12 +309,14 @@ class Lab:
             ip("-n", host.name, "route", "add", "blackhole", f"{address}/32")
             self._cuts.add((host.name, address))
 
-    def heal(self) -> None:
-        """Remove every cut."""
-        for name, address in sorted(self._cuts):
-            with contextlib.suppress(RuntimeError):
-                ip("-n", name, "route", "del", "blackhole", f"{address}/32")
-        self._cuts.clear()
+    def heal(self, name: str | None = None) -> None:
+        """Remove the cuts of host `name` (default: every cut)."""
+        address = self.hosts[name].address if name is not None else None
+        for host, cut in sorted(self._cuts):
+            if name is None or host == f"{self.hosts[name].name}" or cut == address:
+                with contextlib.suppress(RuntimeError):
+                    ip("-n", host, "route", "del", "blackhole", f"{cut}/32")
+                self._cuts.discard((host, cut))
 
 
 def safe_etcd() -> str:
