@@ -242,7 +242,7 @@ def run(
     acked = sum(1 for o in history.added.values() if o == "acked")
     logs = "".join(p.read_text(errors="replace") for p in root.glob("g*-m*.log"))
     repairs = (
-        f"{logs.count('caught up by snapshot')} members copied anew "
+        f"{logs.count(': copying its data')} members copied anew "
         f"({logs.count('with writes the primary at')} of them for writes their primary lacked)"
     )
     summary = (
