@@ -40,6 +40,7 @@ BATCH = 4  # ids per add
 # (ef >= a shard's points), so results can be compared with brute force exactly, however long the run.
 LIVE_PER_CLIENT = 1500
 CALL_TIMEOUT = 5.0  # seconds a client call may take before it counts as unknown
+GET_BATCH = 50_000  # ids per get of the final check (a call takes at most 100k)
 SETTLE = 180.0  # seconds the healed cluster may take to be whole and in sync again
 
 
@@ -176,9 +177,11 @@ def final_check(lab: Lab, history: History) -> list[str]:
     lab.wait_groups(lab.replicas, SETTLE)
     attempted = sorted(history.added)
     with shoal.Client(lab.addresses[0], timeout=60) as client:
-        found = client.get("set", ids=attempted, with_vectors=True, with_payload=False)
+        present: dict[int, np.ndarray] = {}
+        for start in range(0, len(attempted), GET_BATCH):
+            found = client.get("set", ids=attempted[start : start + GET_BATCH], with_vectors=True, with_payload=False)
+            present.update((int(p.id), np.asarray(p.vector, np.float32)) for p in found)
         count = client.count("set")
-        present = {int(p.id): np.asarray(p.vector, np.float32) for p in found}
         for i, outcome in history.added.items():
             gone = history.deleted.get(i)
             if outcome == "acked" and gone in (None, "failed") and i not in present:
