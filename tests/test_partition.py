@@ -80,6 +80,7 @@ def test_a_cut_off_primary_acknowledges_nothing_and_rejoins_as_a_replica(lab: La
     old_term = lab.group_state().term
     old_address = lab.reach(lab.shards[old])
     lab.isolate(old)
+    cut_at = time.monotonic()
 
     # Writes sent straight to the cut-off primary, while and after the group replaces it: none acknowledged.
     answers: list[str] = []
@@ -92,6 +93,7 @@ def test_a_cut_off_primary_acknowledges_nothing_and_rejoins_as_a_replica(lab: La
     writer = threading.Thread(target=direct)
     writer.start()
     _until(lambda: lab.group_state().primary not in (None, old), FAILOVER_BUDGET, "a new primary")
+    elected = time.monotonic() - cut_at
     _until(lambda: lab.group_state().in_sync_term > old_term, FAILOVER_BUDGET, "the new primary's in-sync set")
     state = lab.group_state()
     assert state.term > old_term and old not in state.in_sync  # the cut-off member counts as a copy no more
@@ -108,6 +110,12 @@ def test_a_cut_off_primary_acknowledges_nothing_and_rejoins_as_a_replica(lab: La
                 except shoal.ShoalError:
                     assert time.monotonic() < deadline, "no write acknowledged through the coordinator"
             acked.extend(ids.tolist())
+            if start == 200:
+                print(
+                    f"cut -> new primary {elected:.2f} s, -> first write acknowledged through the coordinator "
+                    f"{time.monotonic() - cut_at:.2f} s",
+                    file=sys.stderr,
+                )
     writer.join()
     assert len(answers) == 4 and "acknowledged" not in answers, answers
     assert member_state(old_address).role == "primary"  # it cannot tell yet: it still believes it leads
