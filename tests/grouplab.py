@@ -115,9 +115,9 @@ class Lab:
             self.net = Network().__enter__()
         self._start_etcd(binary)
         asyncio.run(init_topology(self.endpoint(0), CLUSTER, self.groups))
-        names = [f"g{g}-m{r}" for g in range(self.groups) for r in range(self.replicas)]
-        for name, cores in zip(names, split_cores(len(names)), strict=True):
-            proc = self._shard(name, f"g{name[1:].split('-')[0]}", cores, self.meta_endpoints)
+        members = [(f"g{g}", f"g{g}-m{r}") for g in range(self.groups) for r in range(self.replicas)]
+        for (group, name), cores in zip(members, split_cores(len(members)), strict=True):
+            proc = self._shard(name, group, cores, self.meta_endpoints)
             self.shards[name] = proc
             proc.start(START_TIMEOUT)
         for proc in self.shards.values():
