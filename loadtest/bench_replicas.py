@@ -2,21 +2,24 @@
 copies of one shard group, and how evenly the reads split between the copies.
 
     python loadtest/bench_replicas.py --catchup --n 100000 --dim 64
-    python loadtest/bench_replicas.py --reads --n 100000 --dim 64 --seconds 10
+    python loadtest/bench_replicas.py --reads --n 100000 --dim 64 --seconds 10 --repeat 3
 
 Catch-up: one group of two copies; the replica is stopped, N vectors are written in batches of 1000, the
 replica is started again and timed until it is back in the in-sync set. Once with an op log that keeps every
 write (it replays them), once with one that keeps 2 (it copies the primary's data), and once with nothing
-missed (the start alone, the floor of both). Reads: the same N vectors in a group of 1 copy, then of 2;
-single-query calls from --clients threads and 100-query calls from 2 threads, each for --seconds; the CPU of
-every server process per query, and each copy's share of the queries (from its /metrics).
+missed (the start alone, the floor of both). Reads: the same N vectors in a group of 1 copy and, side by side,
+one of 2; single-query calls from --clients threads and 100-query calls from 2 threads, each for --seconds,
+the two clusters measured interleaved for --repeat rounds; the CPU of every server process per query, and
+each copy's share of the queries (from its /metrics); the median ratio of the rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
+import statistics
 import tempfile
 import time
 import urllib.request
@@ -126,55 +129,65 @@ def _queries_searched(address: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def reads(n: int, dim: int, seconds: float, clients: int) -> dict[int, dict[str, dict[str, float]]]:
-    """Per copies (1, 2) and mode (single, batch): queries/s, server CPU ms per query, each copy's share."""
+def _measure(
+    cluster: LocalCluster, client: shoal.Client, queries: np.ndarray, mode: str, seconds: float, clients: int
+) -> dict[str, float]:
+    """One measurement of a mode on a loaded cluster: queries/s, server CPU per query, each copy's share."""
+    rows, threads = (1, clients) if mode == "single" else (100, 2)
+    assert cluster.coordinator is not None and cluster.coordinator.popen is not None
+    pids = {p.role: p.popen.pid for p in cluster.shard_procs if p.popen is not None}
+    pids["coordinator"] = cluster.coordinator.popen.pid
+
+    def ask(j: int) -> np.ndarray:
+        return client.search("r", queries[j * rows : (j + 1) * rows], k=10).ids
+
+    ask(0)
+    before = {p.role: _queries_searched(p.metrics_address) for p in cluster.shard_procs}
+    meter = CpuMeter(pids)
+    meter.start()
+    run = drive_threads(ask, len(queries) // rows, threads, seconds)
+    cpu = meter.stop()
+    after = {p.role: _queries_searched(p.metrics_address) for p in cluster.shard_procs}
+    answered = run.items * rows
+    searched = {m: after[m] - before[m] for m in after}
+    total = sum(searched.values()) or 1.0
+    return {
+        "qps": answered / run.wall,
+        "server_cpu_ms_per_query": 1000 * sum(v for k, v in cpu.items() if k != "client") / answered,
+        "shard_cpu_ms_per_query": 1000 * sum(cpu[m] for m in searched) / answered,
+        **{f"share {m}": searched[m] / total for m in sorted(searched)},
+    }
+
+
+def reads(n: int, dim: int, seconds: float, clients: int, repeat: int) -> dict[str, list[dict[int, dict[str, float]]]]:
+    """Per mode, per round: per copies (1, 2) the measurement. Both clusters run side by side and are measured
+    interleaved, so each round's ratio compares the two under the same machine load."""
     x = vectors(n, dim)
     queries = vectors(2000, dim, seed=1)
-    results: dict[int, dict[str, dict[str, float]]] = {}
-    for copies in (1, 2):
-        with (
-            tempfile.TemporaryDirectory() as tmp,
-            LocalCluster(data=Path(tmp), shards=1, replicas=copies, metrics=True) as cluster,
-            shoal.Client(cluster.address, timeout=120) as client,
-        ):
+    results: dict[str, list[dict[int, dict[str, float]]]] = {"single": [], "batch": []}
+    with contextlib.ExitStack() as stack:
+        clusters: dict[int, tuple[LocalCluster, shoal.Client]] = {}
+        for copies in (1, 2):
+            tmp = stack.enter_context(tempfile.TemporaryDirectory())
+            cluster = stack.enter_context(LocalCluster(data=Path(tmp), shards=1, replicas=copies, metrics=True))
+            client = stack.enter_context(shoal.Client(cluster.address, timeout=120))
             client.create_collection("r", dim=dim, metric="l2")
-            load(client, "r", x)
+            print(f"{copies} cop{'y' if copies == 1 else 'ies'}: loaded in {load(client, 'r', x):.1f} s", flush=True)
             cluster.wait_groups(copies)
-            assert cluster.coordinator is not None and cluster.coordinator.popen is not None
-            pids = {p.role: p.popen.pid for p in cluster.shard_procs if p.popen is not None}
-            pids["coordinator"] = cluster.coordinator.popen.pid
-            results[copies] = {}
-            for mode, rows, threads in (("single", 1, clients), ("batch", 100, 2)):
-                items = len(queries) // rows
-
-                def ask(j: int, rows: int = rows) -> np.ndarray:
-                    return client.search("r", queries[j * rows : (j + 1) * rows], k=10).ids
-
-                ask(0)
-                before = {p.role: _queries_searched(p.metrics_address) for p in cluster.shard_procs}
-                meter = CpuMeter(pids)
-                meter.start()
-                run = drive_threads(ask, items, threads, seconds)
-                cpu = meter.stop()
-                after = {p.role: _queries_searched(p.metrics_address) for p in cluster.shard_procs}
-                answered = run.items * rows
-                searched = {m: after[m] - before[m] for m in after}
-                total = sum(searched.values()) or 1.0
-                server_cpu = sum(v for k, v in cpu.items() if k != "client")
-                row = {
-                    "qps": answered / run.wall,
-                    "server_cpu_ms_per_query": 1000 * server_cpu / answered,
-                    "shard_cpu_ms_per_query": 1000 * sum(cpu[m] for m in searched) / answered,
-                    **{f"share {m}": searched[m] / total for m in sorted(searched)},
-                }
-                results[copies][mode] = row
-                shares = ", ".join(f"{m} {searched[m] / total:.1%}" for m in sorted(searched))
-                print(
-                    f"{copies} cop{'y' if copies == 1 else 'ies'}, {mode}: {row['qps']:.0f} queries/s, "
-                    f"server CPU {row['server_cpu_ms_per_query']:.3f} ms/query "
-                    f"(shards {row['shard_cpu_ms_per_query']:.3f}); queries per copy: {shares}",
-                    flush=True,
-                )
+            clusters[copies] = cluster, client
+        for rnd in range(repeat):
+            for mode in results:
+                row: dict[int, dict[str, float]] = {}
+                for copies, (cluster, client) in clusters.items():
+                    row[copies] = got = _measure(cluster, client, queries, mode, seconds, clients)
+                    shares = ", ".join(f"{k[6:]} {v:.1%}" for k, v in got.items() if k.startswith("share "))
+                    print(
+                        f"round {rnd + 1}, {copies} cop{'y' if copies == 1 else 'ies'}, {mode}: "
+                        f"{got['qps']:.0f} queries/s, server CPU {got['server_cpu_ms_per_query']:.3f} ms/query "
+                        f"(shards {got['shard_cpu_ms_per_query']:.3f}); queries per copy: {shares}",
+                        flush=True,
+                    )
+                results[mode].append(row)
     return results
 
 
@@ -187,6 +200,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--repeat", type=int, default=3, help="interleaved rounds of the read measurements")
     args = p.parse_args()
     if args.catchup:
         t = catchup(args.n, args.dim)
@@ -196,12 +210,14 @@ def main() -> None:
             f"log {t['log'] - t['start']:.2f} s, snapshot {t['snapshot'] - t['start']:.2f} s"
         )
     if args.reads:
-        r = reads(args.n, args.dim, args.seconds, args.clients)
-        for mode in ("single", "batch"):
-            one, two = r[1][mode], r[2][mode]
+        r = reads(args.n, args.dim, args.seconds, args.clients, args.repeat)
+        for mode, rounds in r.items():
+            qps = [row[2]["qps"] / row[1]["qps"] for row in rounds]
+            cpu = [row[2]["server_cpu_ms_per_query"] / row[1]["server_cpu_ms_per_query"] for row in rounds]
             print(
-                f"{mode}: 2 copies / 1 copy: throughput {two['qps'] / one['qps']:.2f}x, "
-                f"server CPU per query {two['server_cpu_ms_per_query'] / one['server_cpu_ms_per_query']:.2f}x"
+                f"{mode}: 2 copies / 1 copy over {len(rounds)} rounds: throughput median "
+                f"{statistics.median(qps):.2f}x ({min(qps):.2f}-{max(qps):.2f}), server CPU per query median "
+                f"{statistics.median(cpu):.2f}x ({min(cpu):.2f}-{max(cpu):.2f})"
             )
 
 
