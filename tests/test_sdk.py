@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -239,17 +238,3 @@ def test_version() -> None:
     out = subprocess.run([sys.executable, "-m", "shoal", "--version"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == f"shoal {importlib.metadata.version('shoal')}"
     assert shoal.__version__ == importlib.metadata.version("shoal")
-
-
-def test_a_folder_named_shoal_does_not_shadow_the_package(tmp_path: Path) -> None:
-    # Python run from the parent of a clone named `shoal` sees that folder as a namespace package.
-    clone = tmp_path / "shoal"
-    (clone / "sdk").mkdir(parents=True)
-    (clone / "README.md").write_text("a clone\n")
-    code = "import shoal; print(shoal.Client.__name__, shoal.__version__)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.split()[0] == "Client", out.stderr
-    out = subprocess.run(
-        [sys.executable, "-m", "shoal", "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0 and out.stdout.startswith("shoal "), out.stderr
