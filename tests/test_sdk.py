@@ -238,3 +238,38 @@ def test_version() -> None:
     out = subprocess.run([sys.executable, "-m", "shoal", "--version"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == f"shoal {importlib.metadata.version('shoal')}"
     assert shoal.__version__ == importlib.metadata.version("shoal")
+
+
+def test_to_async_copies_address_options_credentials_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal import _rpc
+
+    opened: list[tuple[str, tuple[tuple[str, Any], ...], shoal.TLS | None]] = []
+
+    def channel(address: str, options: Any = (), tls: shoal.TLS | None = None) -> grpc.aio.Channel:
+        opened.append((address, tuple(options), tls))
+        return grpc.aio.insecure_channel(address)
+
+    monkeypatch.setattr(_rpc, "aio_client_channel", channel)
+    options = [("grpc.lb_policy_name", "round_robin")]
+    tls = shoal.TLS()
+    secure = shoal.Client("dns:///coordinators:7070", timeout=3.0, batch_rows=99, options=options, api_key="k", tls=tls)
+    plain = shoal.Client("127.0.0.1:7070", tls=False)
+    # Set after the plaintext client was made: its copy must stay plaintext, not pick TLS up from the variable.
+    monkeypatch.setenv("SHOAL_TLS_CA", "/nonexistent/ca.pem")
+
+    async def body() -> None:
+        for client in (secure, plain):
+            copy = client.to_async()
+            assert isinstance(copy, shoal.AsyncClient) and copy is not client.to_async()
+            assert (copy.address, copy.timeout, copy.batch_rows) == (client.address, client.timeout, client.batch_rows)
+            assert copy._metadata == client._metadata
+            await copy.close()
+
+    asyncio.run(body())
+    assert [o[0] for o in opened] == ["dns:///coordinators:7070"] * 2 + ["127.0.0.1:7070"] * 2
+    assert opened[0][1:] == (tuple(options), tls) and opened[2][1:] == ((), None)
+    assert secure._metadata and not plain._metadata
+    for client in (secure, plain):
+        client.close()
+    with grpc.insecure_channel("127.0.0.1:1") as given, pytest.raises(shoal.InvalidArgument, match="channel passed in"):
+        shoal.Client("x", channel=given).to_async()
