@@ -96,8 +96,9 @@ class Client(BaseClient):
             timeout=self.timeout,
             batch_rows=self.batch_rows,
             options=options,
-            api_key=key,
-            tls=tls if tls is not None else False,  # plaintext stays plaintext whatever SHOAL_TLS_* say by then
+            # As resolved for this client: the SHOAL_* variables are not read again, so none stays none.
+            api_key=key if key is not None else "",
+            tls=tls if tls is not None else False,
         )
 
     def close(self) -> None:

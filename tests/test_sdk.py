@@ -250,12 +250,15 @@ def test_to_async_copies_address_options_credentials_and_settings(monkeypatch: p
         return grpc.aio.insecure_channel(address)
 
     monkeypatch.setattr(_rpc, "aio_client_channel", channel)
+    for variable in ("SHOAL_API_KEY", "SHOAL_TLS_CA", "SHOAL_TLS_CERT", "SHOAL_TLS_KEY"):  # set by --secure runs
+        monkeypatch.delenv(variable, raising=False)
     options = [("grpc.lb_policy_name", "round_robin")]
     tls = shoal.TLS()
     secure = shoal.Client("dns:///coordinators:7070", timeout=3.0, batch_rows=99, options=options, api_key="k", tls=tls)
     plain = shoal.Client("127.0.0.1:7070", tls=False)
-    # Set after the plaintext client was made: its copy must stay plaintext, not pick TLS up from the variable.
+    # Set after the plaintext client was made: its copy must stay plaintext and keyless, as the client is.
     monkeypatch.setenv("SHOAL_TLS_CA", "/nonexistent/ca.pem")
+    monkeypatch.setenv("SHOAL_API_KEY", "shoal_later_key")
 
     async def body() -> None:
         for client in (secure, plain):
