@@ -83,13 +83,13 @@ class Client(BaseClient):
             batch_rows=batch_rows,
             api_key=key,
         )
-        # What `to_async` opens the same connection with (None: on the caller's channel, which it cannot copy).
+        # What `_async_copy` opens the same connection with (None: on the caller's channel, which it cannot copy).
         self._connection = (tuple(options), key, tls_) if channel is None else None
 
-    def to_async(self) -> AsyncClient:
+    def _async_copy(self) -> AsyncClient:
         """An AsyncClient like this one (address, options, credentials, timeout); make it in the loop that uses it."""
         if self._connection is None:
-            raise InvalidArgument("a client on a channel passed in cannot be copied: make its AsyncClient directly")
+            raise InvalidArgument("a Client on a channel passed in cannot be copied: give an AsyncClient too")
         options, key, tls = self._connection
         return AsyncClient(
             self.address,

@@ -10,7 +10,7 @@ from shoal._client import Client
 
 
 class LoopClient:
-    """The AsyncClient of the running event loop: the one given, else `client.to_async()` made in that loop.
+    """The AsyncClient of the running event loop: the one given, else a copy of `client` made in that loop.
 
     A grpc.aio channel belongs to the loop it was made in. An application keeps one loop, but each test of an
     async suite runs its own, so the copy is made again when a thread's loop changes; the previous copy's
@@ -29,6 +29,6 @@ class LoopClient:
         loop = asyncio.get_running_loop()
         made: tuple[asyncio.AbstractEventLoop, AsyncClient] | None = getattr(self._local, "made", None)
         if made is None or made[0] is not loop:
-            made = (loop, self._client.to_async())
+            made = (loop, self._client._async_copy())
             self._local.made = made
         return made[1]

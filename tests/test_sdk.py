@@ -240,7 +240,7 @@ def test_version() -> None:
     assert shoal.__version__ == importlib.metadata.version("shoal")
 
 
-def test_to_async_copies_address_options_credentials_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_async_copy_has_the_address_options_credentials_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from shoal import _rpc
 
     opened: list[tuple[str, tuple[tuple[str, Any], ...], shoal.TLS | None]] = []
@@ -262,17 +262,17 @@ def test_to_async_copies_address_options_credentials_and_settings(monkeypatch: p
 
     async def body() -> None:
         for client in (secure, plain):
-            copy = client.to_async()
-            assert isinstance(copy, shoal.AsyncClient) and copy is not client.to_async()
+            copy = client._async_copy()
+            assert isinstance(copy, shoal.AsyncClient)
             assert (copy.address, copy.timeout, copy.batch_rows) == (client.address, client.timeout, client.batch_rows)
             assert copy._metadata == client._metadata
             await copy.close()
 
     asyncio.run(body())
-    assert [o[0] for o in opened] == ["dns:///coordinators:7070"] * 2 + ["127.0.0.1:7070"] * 2
-    assert opened[0][1:] == (tuple(options), tls) and opened[2][1:] == ((), None)
+    assert [o[0] for o in opened] == ["dns:///coordinators:7070", "127.0.0.1:7070"]
+    assert opened[0][1:] == (tuple(options), tls) and opened[1][1:] == ((), None)
     assert secure._metadata and not plain._metadata
     for client in (secure, plain):
         client.close()
     with grpc.insecure_channel("127.0.0.1:1") as given, pytest.raises(shoal.InvalidArgument, match="channel passed in"):
-        shoal.Client("x", channel=given).to_async()
+        shoal.Client("x", channel=given)._async_copy()
