@@ -39,7 +39,7 @@ def _sources(to: Path) -> Path:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     for folder in {d.split("/")[0] for d in pyproject["tool"]["setuptools"]["package-dir"].values()}:
         shutil.copytree(ROOT / folder, to / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.cfg", "README.md"):
         shutil.copy(ROOT / name, to / name)
     return to
 
@@ -85,7 +85,7 @@ def test_a_plain_editable_install_is_strict_and_not_shadowed(tmp_path: Path) -> 
     )
     assert out.returncode == 0 and out.stdout.startswith("shoal "), out.stderr
 
-    # What pyproject's [tool.distutils.editable_wheel] prevents: the lenient mode is shadowed by the folder.
+    # What setup.cfg's [editable_wheel] mode prevents: the lenient mode is shadowed by the folder.
     _editable_install(python, source, "--config-settings", "editable_mode=lenient")
     out = subprocess.run([str(python), "-c", IMPORT], cwd=parent, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "has no attribute 'Client'" in out.stderr, out.stdout + out.stderr
