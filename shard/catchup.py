@@ -36,9 +36,9 @@ COPY_TIMEOUT = 3600.0  # seconds a whole copy may take (a large shard over a slo
 async def serve_copy(shard: Shard) -> AsyncIterator[shard_pb2.SnapshotChunk]:
     """A consistent copy of `shard`'s data in chunks, then the message saying it is whole."""
     folder = copies.scratch(shard.data)
+    chunks = copies.read_chunks(folder)  # lazy: reads nothing before the copy is made
     try:
         await asyncio.to_thread(shard.copy_to, folder)
-        chunks = copies.read_chunks(folder)
         files = size = 0
         last = ""
         while (item := await asyncio.to_thread(next, chunks, None)) is not None:
@@ -47,6 +47,7 @@ async def serve_copy(shard: Shard) -> AsyncIterator[shard_pb2.SnapshotChunk]:
             yield shard_pb2.SnapshotChunk(path=name, data=data)
         yield shard_pb2.SnapshotChunk(done=True, files=files, size=size)
     finally:
+        chunks.close()  # the member went away mid-copy: close the file being read
         await asyncio.to_thread(shutil.rmtree, folder, True)
 
 

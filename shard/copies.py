@@ -15,7 +15,7 @@ import itertools
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -37,7 +37,7 @@ def scratch(data: Path) -> Path:
     return data / f"copy-{os.getpid()}-{next(_scratch_numbers)}.tmp"
 
 
-def read_chunks(folder: Path) -> Iterator[tuple[str, bytes]]:
+def read_chunks(folder: Path) -> Generator[tuple[str, bytes]]:
     """Every file under `folder` as (path relative to it, chunk) in order; an empty file gives one empty chunk."""
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         name = path.relative_to(folder).as_posix()
