@@ -351,8 +351,10 @@ class ReplicaSide:
         async def read() -> None:
             try:
                 async for request in stream:
-                    if term < self._current_term() or self._is_primary() or self.paused:
+                    if term < self._current_term() or self._is_primary():
                         raise FailedPrecondition(f"term {request.term} is over (or this member is primary now)")
+                    if self.paused:
+                        raise Unavailable("this member is replacing its data with a copy of its primary's")
                     if self._delay:
                         await asyncio.sleep(self._delay)
                     await applied.put((int(request.seq), self.shard.submit_replicated(int(request.seq), request.plan)))
