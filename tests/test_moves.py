@@ -188,7 +188,6 @@ def test_a_move_under_load_fails_no_call_and_loses_nothing(three: LocalCluster) 
             meta_call(three, lambda meta: move(meta, HALF, HALF + 512, "g2", rate=2000))
             time.sleep(1.0)
         assert load.failures == [] and load.misses == []
-        print("calls", load.calls, "moved", seen[-1])
         assert load.calls > 20
         topology = meta_call(three, lambda meta: meta.get_topology())
         assert topology.moves == () and owner_of(topology.ranges, *MOVED) == "g2"
