@@ -303,10 +303,13 @@ class Client(BaseClient):
         With a `filter`, only points whose payload matches it: min(k, matches) hits per query.
         """
         shape, fields = self._search_shape(collection, k, ef, with_payload, with_vectors, filter)
-        if not _mux.usable():
-            return self._send(self._search(shape, fields, queries), timeout)
-        search = Search(shape, as_matrix(queries, "queries"), self.token)
-        return self._searches.search(search, self._timeout(timeout), caller_traceparent(), fields)
+        if _mux.usable():
+            search = Search(shape, as_matrix(queries, "queries"), self.token)
+            try:
+                return self._searches.search(search, self._timeout(timeout), caller_traceparent(), fields)
+            except _mux.ChannelClosed:
+                pass  # the unary call raises what it always raised on a closed client
+        return self._send(self._search(shape, fields, queries), timeout)
 
     def search_stream(
         self,

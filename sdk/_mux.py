@@ -45,6 +45,10 @@ FORK_JOIN_SECONDS = 5.0
 Open = Callable[[Iterator[pb.SearchRequest]], Iterator[pb.SearchResponse]]
 
 
+class ChannelClosed(ValueError):
+    """The channel is closed, so no stream opens (the caller's unary call then fails as it always did)."""
+
+
 class _Paused(Unavailable):
     """The stream was closed for a fork: the search goes again on a new stream."""
 
@@ -314,6 +318,8 @@ class SearchMux:
                     self._stream = _Stream(self._open, self._ids)
                 except grpc.RpcError as exc:  # the stream could not be opened
                     raise from_rpc_error(exc) from exc
+                except ValueError as exc:  # gRPC's answer on a closed channel
+                    raise ChannelClosed(str(exc)) from exc
                 self._stream.submit(asked)
             return self._stream
 
