@@ -155,6 +155,7 @@ class GroupConnection:
         self.outstanding: dict[str, int] = {}  # member address → calls in flight
         self.last_seen: list[str] = []  # the addresses of the members last listed (named when none is)
         self.last_primary = ""  # the address of the last primary seen
+        self._turn = 0  # rotates reads among the members with equally few calls in flight
 
     @property
     def address(self) -> str:
@@ -180,7 +181,11 @@ class GroupConnection:
             return []
         names = state.in_sync or ((state.primary,) if state.primary else ())
         addresses = [state.members[m] for m in names if m in state.members and state.members[m] not in avoid]
-        return sorted(addresses, key=lambda a: self.outstanding.get(a, 0))
+        # The coordinator's batcher often has a single call in flight per group: without the rotation every
+        # tie went to the first member, and a second copy took no reads at all (measured).
+        self._turn += 1
+        turn = self._turn % len(addresses) if addresses else 0
+        return sorted(addresses[turn:] + addresses[:turn], key=lambda a: self.outstanding.get(a, 0))
 
     async def _retry(
         self,

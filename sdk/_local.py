@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shoal import _rpc
 from shoal._config import DEFAULT_HOST, DEFAULT_SHARDS
 from shoal._errors import FailedPrecondition, Unavailable
-from shoal._etcd import EmbeddedEtcd
+from shoal._etcd import EmbeddedEtcd, EtcdCluster
 from shoal._folder_lock import FolderLock
 from shoal._group_status import ENDPOINT_FILE
 from shoal._meta import MetaStore
@@ -200,7 +200,8 @@ class LocalCluster:
     replicas: int = 1  # copies of each shard group's data (1: a primary only)
     meta: bool = True  # cluster metadata in an embedded etcd (False: a fixed list of shards, no replicas)
     cluster: str = "default"
-    etcd: EmbeddedEtcd | None = None
+    etcd_members: int = 1  # etcd processes (3: a local etcd cluster that survives the loss of one)
+    etcd: EmbeddedEtcd | EtcdCluster | None = None
     logs: Path = Path()  # this start's log folder, DATA/logs/<time>-<pid>/
     _lock: FolderLock | None = None  # DATA/shoal.lock, held while this cluster runs
 
@@ -311,7 +312,10 @@ class LocalCluster:
             backup_root = self.backup_root or self.data / "backups"
             group_args: list[str] = []
             if self.meta:
-                self.etcd = EmbeddedEtcd(self.data / "etcd", host="127.0.0.1", log=self.logs / "etcd.log")
+                if self.etcd_members == 1:
+                    self.etcd = EmbeddedEtcd(self.data / "etcd", host="127.0.0.1", log=self.logs / "etcd.log")
+                else:
+                    self.etcd = EtcdCluster(self.data / "etcd", self.etcd_members, logs=self.logs)
                 self.etcd.start(self.timeout)
                 (self.data / ENDPOINT_FILE).write_text(self.etcd.endpoint + "\n")
                 asyncio.run(self._write_topology())

@@ -13,6 +13,13 @@ The client library is aetcd (asyncio over grpc.aio). Tried, with grpcio 1.85 and
 - etcd3gw 2.7.0: blocking, over etcd's JSON gateway (base64 everywhere), not asyncio.
 - etcd-client-py 0.5.1: a Rust binding with its own runtime; more moving parts than a gRPC client.
 - etcd3 0.12 and its forks: stale generated code for protobuf 3, unmaintained since 2020.
+
+Several endpoints (`--meta a:2379,b:2379,c:2379`, as etcd's own clients take them): aetcd connects to one
+host:port only, but it hands gRPC a target string, and a gRPC target can be a list of addresses. gRPC's
+default balancer (pick_first) then uses the first address that answers and, when that connection dies, the
+next one that does; calls in flight fail with UNAVAILABLE (callers retry, watches are re-opened), and a
+lease keeps being renewed through the same channel. Such lists hold IP literals only, so names are
+resolved once, at connect.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from typing import Any
@@ -71,6 +79,34 @@ _ERRORS: dict[type[Exception], type[ShoalError]] = {
     aetcd.exceptions.InvalidArgumentError: InvalidArgument,
     aetcd.exceptions.UnauthenticatedError: Unauthenticated,
 }
+
+
+def channel_target(endpoints: str) -> str:
+    """The gRPC target of etcd endpoints "HOST:PORT[,HOST:PORT...]": one as given, several as an address list
+    (names resolved now; IPv4 addresses, or IPv6 ones when a name has no IPv4 address)."""
+    parts = [e.strip() for e in endpoints.split(",") if e.strip()]
+    if not parts:
+        raise InvalidArgument("no etcd endpoint given: HOST:PORT[,HOST:PORT...]")
+    for part in parts:
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit():
+            raise InvalidArgument(f"etcd endpoint {part!r} is not HOST:PORT")
+    if len(parts) == 1:
+        return parts[0]
+    resolved: list[tuple[socket.AddressFamily, str]] = []
+    for part in parts:
+        host, _, port = part.rpartition(":")
+        try:
+            infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise Unavailable(f"etcd endpoint {part!r}: {exc}") from None
+        family, _, _, _, address = min(infos, key=lambda info: info[0] != socket.AF_INET)
+        resolved.append((family, f"{address[0]}:{port}" if family == socket.AF_INET else f"[{address[0]}]:{port}"))
+    families = {family for family, _ in resolved}
+    if len(families) > 1:
+        raise InvalidArgument(f"etcd endpoints {endpoints!r} mix IPv4 and IPv6 addresses")
+    scheme = "ipv4" if families == {socket.AF_INET} else "ipv6"
+    return f"{scheme}:" + ",".join(address for _, address in resolved)
 
 
 @contextlib.contextmanager
@@ -136,8 +172,11 @@ class MetaStore:
 
     @classmethod
     async def connect(cls, endpoint: str, cluster: str = "default", timeout: int = CALL_TIMEOUT) -> MetaStore:
-        """A store over the etcd at `endpoint` (host:port); the first call tells whether etcd answers."""
-        host, _, port = endpoint.rpartition(":")
+        """A store over the etcd at `endpoint` (HOST:PORT, or several comma-separated); the first call tells
+        whether etcd answers."""
+        target = await asyncio.to_thread(channel_target, endpoint)
+        # aetcd joins host and port back into the target with a colon: split the target at its last one.
+        host, _, port = target.rpartition(":")
         client = aetcd.Client(host=host, port=int(port), timeout=timeout)
         with _translated():
             await client.connect()

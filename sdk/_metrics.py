@@ -64,6 +64,11 @@ REPLICA_STATE = Gauge(
     ["group", "replica", "state"],
 )
 REPLICA_STATES = ("in_sync", "catching_up", "out_of_sync")
+CATCHUPS = Counter(
+    "shoal_replica_catchups",  # exposed as shoal_replica_catchups_total
+    "Returns of this member into its group's in-sync set, by the path it caught up by (log, snapshot)",
+    ["group", "path"],
+)
 
 
 def set_replica(group: str, replica: str, lag: int, state: str) -> None:

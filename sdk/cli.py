@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from shoal._server import ServerSecurity
 
 SUPERVISE_EVERY = 0.5  # seconds between `shoal up`'s checks of its processes
+ENDPOINTS = "etcd endpoints HOST:PORT[,HOST:PORT...]"  # what every --meta takes, as etcd's own clients do
 
 
 def _cores(text: str) -> list[int]:
@@ -191,6 +192,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         secure=secure,
         backup_root=backup_root,
         replicas=replicas,
+        etcd_members=getattr(args, "etcd_members", 1),
         metrics=not getattr(args, "no_metrics", False),
         metrics_port=metrics_port,
         # -v: a server process that fails logs its traceback, not only its one-line error.
@@ -434,6 +436,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     up.add_argument("--data", default="./shoal-data", help="data folder (default ./shoal-data)")
     up.add_argument("--replicas", type=int, default=1, help="copies of each shard's data, on separate processes")
+    up.add_argument("--etcd-members", type=int, default=1, help="etcd processes (3: one may die, the cluster goes on)")
     up.add_argument(
         "--metrics-port",
         type=int,
@@ -453,7 +456,7 @@ def parser() -> argparse.ArgumentParser:
     _add_server_options(shard)
     shard.add_argument("--backup-root", help="the folder backups may be written under (none: backups refused)")
     _server_args(shard)
-    shard.add_argument("--meta", default="", help="etcd endpoint HOST:PORT: run as a member of a shard group")
+    shard.add_argument("--meta", default="", help=f"{ENDPOINTS}: run as a member of a shard group")
     shard.add_argument("--cluster", default="default", help="the cluster's name in etcd (default 'default')")
     shard.add_argument("--group", default="", help="with --meta: the shard group to join, e.g. g0")
     shard.add_argument("--member", default="", help="with --meta: this member's name (default: the data folder's name)")
@@ -466,7 +469,7 @@ def parser() -> argparse.ArgumentParser:
     made.set_defaults(func=cmd_secrets)
 
     init = sub.add_parser("init", help="write a new cluster's topology into etcd: slots split over N shard groups")
-    init.add_argument("--meta", required=True, help="the cluster's etcd endpoint HOST:PORT")
+    init.add_argument("--meta", required=True, help=f"the cluster's {ENDPOINTS}")
     init.add_argument("--cluster", default="default", help="the cluster's name in etcd")
     init.add_argument("--groups", type=int, required=True, help="number of shard groups (g0..gN-1)")
     init.set_defaults(func=cmd_init)
@@ -476,7 +479,7 @@ def parser() -> argparse.ArgumentParser:
     where = coord.add_mutually_exclusive_group(required=True)
     where.add_argument("--shards", help="shard addresses HOST:PORT,HOST:PORT (slots split evenly)")
     where.add_argument("--topology", help="JSON topology file mapping slot ranges to shard addresses")
-    where.add_argument("--meta", help="etcd endpoint HOST:PORT: follow the cluster's topology and groups there")
+    where.add_argument("--meta", help=f"{ENDPOINTS}: follow the cluster's topology and groups there")
     coord.add_argument("--cluster", default="default", help="with --meta: the cluster's name in etcd")
     coord.add_argument("--listen", default=DEFAULT_ADDRESS, help="HOST:PORT to serve on")
     coord.add_argument(
@@ -506,7 +509,7 @@ def parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="compare the replicas of every shard group (exit 0 when identical)")
     check.set_defaults(func=cmd_check)
     for command in (status, check):
-        command.add_argument("--meta", default="", help="the cluster's etcd endpoint HOST:PORT")
+        command.add_argument("--meta", default="", help=f"the cluster's {ENDPOINTS}")
         command.add_argument("--data", default="", help="or: the data folder of a `shoal up` cluster")
         command.add_argument("--cluster", default="default", help="the cluster's name in etcd")
         command.add_argument(
@@ -539,7 +542,7 @@ def parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="create, list or revoke API keys")
     where_keys = keys.add_mutually_exclusive_group(required=True)
     where_keys.add_argument("--auth", help="the API keys file the coordinators are started with")
-    where_keys.add_argument("--meta", help="the cluster's etcd endpoint HOST:PORT (coordinators with --meta-auth)")
+    where_keys.add_argument("--meta", help=f"the cluster's {ENDPOINTS} (coordinators with --meta-auth)")
     where_keys.add_argument("--data", help="a local cluster's data folder (`shoal up --secure`): its etcd")
     keys.add_argument("--cluster", default="default", help="with --meta or --data: the cluster's name in etcd")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

@@ -35,7 +35,7 @@ from shoal._hash import slots_of
 from shoal._results import Found, Page, TopK
 from shoal._search import Search, SearchShape
 from shoal._wire import as_id_array, check_ids, check_nonzero, check_payloads, check_upsert
-from shoal.shard import reads
+from shoal.shard import copies, reads
 from shoal.shard import search as searching
 from shoal.shard.backup import backup_folder
 from shoal.shard.collection import Collection, CollectionStats, CollectionStatus, parse_filter, stats, status
@@ -79,6 +79,7 @@ class Shard:
     def open(self) -> None:
         """Open RocksDB and bring every index up to date with it (snapshot plus changes, or a rebuild)."""
         started = time.perf_counter()
+        copies.finish(self.data)  # a catch-up copy that was whole when the process died goes in first
         self._storage = storage = Storage(self.data / "rocksdb", self.options.min_free_bytes)
         files = SnapshotFiles(self.data / "index")
         for store in storage.collections.values():
@@ -107,8 +108,9 @@ class Shard:
         self._ready = True
         log.info("shard opened in %.1f s", time.perf_counter() - started)
 
-    def close(self) -> None:
-        """Finish queued work, stop the threads, snapshot every changed index and close RocksDB."""
+    def close(self, snapshot: bool = True) -> None:
+        """Finish queued work, stop the threads, snapshot every changed index (unless told not to: the data is
+        about to be replaced) and close RocksDB. A closed shard can be opened again."""
         self._ready = False
         if self._snapshotter is not None:
             self._snapshotter.stop()
@@ -116,7 +118,8 @@ class Shard:
             self._committer.stop()
             self._worker.stop()
         if self._snapshotter is not None:
-            self._snapshotter.snapshot_all(fork=False)  # nothing else touches the indexes any more
+            if snapshot:
+                self._snapshotter.snapshot_all(fork=False)  # nothing else touches the indexes any more
             self._snapshotter = None
         self._lookups.shutdown(wait=True)
         self._collections.clear()
@@ -124,6 +127,15 @@ class Shard:
         if self._storage is not None:
             self._storage.close()
             self._storage = None
+        # Threads cannot be started twice: fresh ones for a later open().
+        self._worker = IndexWorker(on_fatal=fatal)
+        self._lookups = ThreadPoolExecutor(max_workers=4, thread_name_prefix="shoal-lookup")
+        self._committer = None
+
+    def reload(self) -> None:
+        """Close, swap in the catch-up copy staged in the data folder (copies.py), and open again."""
+        self.close(snapshot=False)
+        self.open()
 
     def __enter__(self) -> Shard:
         self.open()
@@ -296,7 +308,12 @@ class Shard:
         """Write a consistent copy of this shard (index snapshots, a RocksDB checkpoint) into a new folder."""
         if not self._ready or self._snapshotter is None or self._storage is None:
             raise Unavailable("the shard is not open")
-        target = backup_folder(self.options.backup_root, target)
+        return self.copy_to(backup_folder(self.options.backup_root, target))
+
+    def copy_to(self, target: Path) -> dict[str, int]:
+        """Write a consistent copy of this shard into a new folder `target`; the sequence each index snapshot holds."""
+        if not self._ready or self._snapshotter is None or self._storage is None:
+            raise Unavailable("the shard is not open")
         try:
             target.mkdir(parents=True)
         except FileExistsError:

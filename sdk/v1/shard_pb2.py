@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from shoal.v1 import types_pb2 as shoal_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14shoal/v1/shard.proto\x12\x08shoal.v1\x1a\x14shoal/v1/types.proto\"L\n\x10ReplicateRequest\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04plan\x18\x03 \x01(\x0c\x12\x0f\n\x07primary\x18\x04 \x01(\t\"9\n\x0cReplicateAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\"\x15\n\x13ReplicaStateRequest\"q\n\x14ReplicaStateResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0e\n\x06member\x18\x04 \x01(\t\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x11\n\tlog_start\x18\x06 \x01(\x04\"\x1f\n\x0eReadLogRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x04\"\x11\n\x0fSnapshotRequest\":\n\x12\x43ollectionSequence\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"S\n\x10SnapshotResponse\x12/\n\tsnapshots\x18\x01 \x03(\x0b\x32\x1c.shoal.v1.CollectionSequence\x12\x0e\n\x06\x66\x61iled\x18\x02 \x03(\t\"\x1d\n\rBackupRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"C\n\x0e\x42\x61\x63kupResponse\x12\x31\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1c.shoal.v1.CollectionSequence\"#\n\rVerifyRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x93\x01\n\x0eVerifyResponse\x12\x1a\n\x03ids\x18\x01 \x01(\x0b\x32\r.shoal.v1.Ids\x12\x0e\n\x06stored\x18\x02 \x01(\x04\x12\x0f\n\x07indexed\x18\x03 \x01(\x04\x12\x0f\n\x07missing\x18\x04 \x01(\x0c\x12\r\n\x05\x65xtra\x18\x05 \x01(\x0c\x12\x10\n\x08unmapped\x18\x06 \x01(\x04\x12\x12\n\nconsistent\x18\x07 \x01(\x08\x32\xa9\n\n\x05Shard\x12Y\n\x10\x43reateCollection\x12!.shoal.v1.CreateCollectionRequest\x1a\".shoal.v1.CreateCollectionResponse\x12S\n\x0e\x44ropCollection\x12\x1f.shoal.v1.DropCollectionRequest\x1a .shoal.v1.DropCollectionResponse\x12V\n\x0fListCollections\x12 .shoal.v1.ListCollectionsRequest\x1a!.shoal.v1.ListCollectionsResponse\x12S\n\x12\x44\x65scribeCollection\x12#.shoal.v1.DescribeCollectionRequest\x1a\x18.shoal.v1.CollectionInfo\x12=\n\tGetStatus\x12\x17.shoal.v1.StatusRequest\x1a\x17.shoal.v1.ProcessStatus\x12;\n\x06Upsert\x12\x17.shoal.v1.UpsertRequest\x1a\x18.shoal.v1.UpsertResponse\x12\x32\n\x03Get\x12\x14.shoal.v1.GetRequest\x1a\x15.shoal.v1.GetResponse\x12;\n\x06\x44\x65lete\x12\x17.shoal.v1.DeleteRequest\x1a\x18.shoal.v1.DeleteResponse\x12\x38\n\x05\x43ount\x12\x16.shoal.v1.CountRequest\x1a\x17.shoal.v1.CountResponse\x12;\n\x06Scroll\x12\x17.shoal.v1.ScrollRequest\x1a\x18.shoal.v1.ScrollResponse\x12G\n\nSetPayload\x12\x1b.shoal.v1.SetPayloadRequest\x1a\x1c.shoal.v1.SetPayloadResponse\x12;\n\x06Search\x12\x17.shoal.v1.SearchRequest\x1a\x18.shoal.v1.SearchResponse\x12\x45\n\x0cSearchStream\x12\x17.shoal.v1.SearchRequest\x1a\x18.shoal.v1.SearchResponse(\x01\x30\x01\x12\x41\n\x08Snapshot\x12\x19.shoal.v1.SnapshotRequest\x1a\x1a.shoal.v1.SnapshotResponse\x12;\n\x06\x42\x61\x63kup\x12\x17.shoal.v1.BackupRequest\x1a\x18.shoal.v1.BackupResponse\x12;\n\x06Verify\x12\x17.shoal.v1.VerifyRequest\x1a\x18.shoal.v1.VerifyResponse\x12\x43\n\tReplicate\x12\x1a.shoal.v1.ReplicateRequest\x1a\x16.shoal.v1.ReplicateAck(\x01\x30\x01\x12M\n\x0cReplicaState\x12\x1d.shoal.v1.ReplicaStateRequest\x1a\x1e.shoal.v1.ReplicaStateResponse\x12\x41\n\x07ReadLog\x12\x18.shoal.v1.ReadLogRequest\x1a\x1a.shoal.v1.ReplicateRequest0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14shoal/v1/shard.proto\x12\x08shoal.v1\x1a\x14shoal/v1/types.proto\"L\n\x10ReplicateRequest\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04plan\x18\x03 \x01(\x0c\x12\x0f\n\x07primary\x18\x04 \x01(\t\"9\n\x0cReplicateAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\"\x15\n\x13ReplicaStateRequest\"q\n\x14ReplicaStateResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0e\n\x06member\x18\x04 \x01(\t\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x11\n\tlog_start\x18\x06 \x01(\x04\"\x1f\n\x0eReadLogRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x04\"\x15\n\x13ReadSnapshotRequest\"V\n\rSnapshotChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\r\n\x05\x66iles\x18\x04 \x01(\x04\x12\x0c\n\x04size\x18\x05 \x01(\x04\"\x11\n\x0fSnapshotRequest\":\n\x12\x43ollectionSequence\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"S\n\x10SnapshotResponse\x12/\n\tsnapshots\x18\x01 \x03(\x0b\x32\x1c.shoal.v1.CollectionSequence\x12\x0e\n\x06\x66\x61iled\x18\x02 \x03(\t\"\x1d\n\rBackupRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"C\n\x0e\x42\x61\x63kupResponse\x12\x31\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1c.shoal.v1.CollectionSequence\"#\n\rVerifyRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x93\x01\n\x0eVerifyResponse\x12\x1a\n\x03ids\x18\x01 \x01(\x0b\x32\r.shoal.v1.Ids\x12\x0e\n\x06stored\x18\x02 \x01(\x04\x12\x0f\n\x07indexed\x18\x03 \x01(\x04\x12\x0f\n\x07missing\x18\x04 \x01(\x0c\x12\r\n\x05\x65xtra\x18\x05 \x01(\x0c\x12\x10\n\x08unmapped\x18\x06 \x01(\x04\x12\x12\n\nconsistent\x18\x07 \x01(\x08\x32\xf3\n\n\x05Shard\x12Y\n\x10\x43reateCollection\x12!.shoal.v1.CreateCollectionRequest\x1a\".shoal.v1.CreateCollectionResponse\x12S\n\x0e\x44ropCollection\x12\x1f.shoal.v1.DropCollectionRequest\x1a .shoal.v1.DropCollectionResponse\x12V\n\x0fListCollections\x12 .shoal.v1.ListCollectionsRequest\x1a!.shoal.v1.ListCollectionsResponse\x12S\n\x12\x44\x65scribeCollection\x12#.shoal.v1.DescribeCollectionRequest\x1a\x18.shoal.v1.CollectionInfo\x12=\n\tGetStatus\x12\x17.shoal.v1.StatusRequest\x1a\x17.shoal.v1.ProcessStatus\x12;\n\x06Upsert\x12\x17.shoal.v1.UpsertRequest\x1a\x18.shoal.v1.UpsertResponse\x12\x32\n\x03Get\x12\x14.shoal.v1.GetRequest\x1a\x15.shoal.v1.GetResponse\x12;\n\x06\x44\x65lete\x12\x17.shoal.v1.DeleteRequest\x1a\x18.shoal.v1.DeleteResponse\x12\x38\n\x05\x43ount\x12\x16.shoal.v1.CountRequest\x1a\x17.shoal.v1.CountResponse\x12;\n\x06Scroll\x12\x17.shoal.v1.ScrollRequest\x1a\x18.shoal.v1.ScrollResponse\x12G\n\nSetPayload\x12\x1b.shoal.v1.SetPayloadRequest\x1a\x1c.shoal.v1.SetPayloadResponse\x12;\n\x06Search\x12\x17.shoal.v1.SearchRequest\x1a\x18.shoal.v1.SearchResponse\x12\x45\n\x0cSearchStream\x12\x17.shoal.v1.SearchRequest\x1a\x18.shoal.v1.SearchResponse(\x01\x30\x01\x12\x41\n\x08Snapshot\x12\x19.shoal.v1.SnapshotRequest\x1a\x1a.shoal.v1.SnapshotResponse\x12;\n\x06\x42\x61\x63kup\x12\x17.shoal.v1.BackupRequest\x1a\x18.shoal.v1.BackupResponse\x12;\n\x06Verify\x12\x17.shoal.v1.VerifyRequest\x1a\x18.shoal.v1.VerifyResponse\x12\x43\n\tReplicate\x12\x1a.shoal.v1.ReplicateRequest\x1a\x16.shoal.v1.ReplicateAck(\x01\x30\x01\x12M\n\x0cReplicaState\x12\x1d.shoal.v1.ReplicaStateRequest\x1a\x1e.shoal.v1.ReplicaStateResponse\x12\x41\n\x07ReadLog\x12\x18.shoal.v1.ReadLogRequest\x1a\x1a.shoal.v1.ReplicateRequest0\x01\x12H\n\x0cReadSnapshot\x12\x1d.shoal.v1.ReadSnapshotRequest\x1a\x17.shoal.v1.SnapshotChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,20 +42,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPLICASTATERESPONSE']._serialized_end=329
   _globals['_READLOGREQUEST']._serialized_start=331
   _globals['_READLOGREQUEST']._serialized_end=362
-  _globals['_SNAPSHOTREQUEST']._serialized_start=364
-  _globals['_SNAPSHOTREQUEST']._serialized_end=381
-  _globals['_COLLECTIONSEQUENCE']._serialized_start=383
-  _globals['_COLLECTIONSEQUENCE']._serialized_end=441
-  _globals['_SNAPSHOTRESPONSE']._serialized_start=443
-  _globals['_SNAPSHOTRESPONSE']._serialized_end=526
-  _globals['_BACKUPREQUEST']._serialized_start=528
-  _globals['_BACKUPREQUEST']._serialized_end=557
-  _globals['_BACKUPRESPONSE']._serialized_start=559
-  _globals['_BACKUPRESPONSE']._serialized_end=626
-  _globals['_VERIFYREQUEST']._serialized_start=628
-  _globals['_VERIFYREQUEST']._serialized_end=663
-  _globals['_VERIFYRESPONSE']._serialized_start=666
-  _globals['_VERIFYRESPONSE']._serialized_end=813
-  _globals['_SHARD']._serialized_start=816
-  _globals['_SHARD']._serialized_end=2137
+  _globals['_READSNAPSHOTREQUEST']._serialized_start=364
+  _globals['_READSNAPSHOTREQUEST']._serialized_end=385
+  _globals['_SNAPSHOTCHUNK']._serialized_start=387
+  _globals['_SNAPSHOTCHUNK']._serialized_end=473
+  _globals['_SNAPSHOTREQUEST']._serialized_start=475
+  _globals['_SNAPSHOTREQUEST']._serialized_end=492
+  _globals['_COLLECTIONSEQUENCE']._serialized_start=494
+  _globals['_COLLECTIONSEQUENCE']._serialized_end=552
+  _globals['_SNAPSHOTRESPONSE']._serialized_start=554
+  _globals['_SNAPSHOTRESPONSE']._serialized_end=637
+  _globals['_BACKUPREQUEST']._serialized_start=639
+  _globals['_BACKUPREQUEST']._serialized_end=668
+  _globals['_BACKUPRESPONSE']._serialized_start=670
+  _globals['_BACKUPRESPONSE']._serialized_end=737
+  _globals['_VERIFYREQUEST']._serialized_start=739
+  _globals['_VERIFYREQUEST']._serialized_end=774
+  _globals['_VERIFYRESPONSE']._serialized_start=777
+  _globals['_VERIFYRESPONSE']._serialized_end=924
+  _globals['_SHARD']._serialized_start=927
+  _globals['_SHARD']._serialized_end=2322
 # @@protoc_insertion_point(module_scope)

@@ -130,6 +130,11 @@ class ShardStub:
                 request_serializer=shoal_dot_v1_dot_shard__pb2.ReadLogRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_shard__pb2.ReplicateRequest.FromString,
                 _registered_method=True)
+        self.ReadSnapshot = channel.unary_stream(
+                '/shoal.v1.Shard/ReadSnapshot',
+                request_serializer=shoal_dot_v1_dot_shard__pb2.ReadSnapshotRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_shard__pb2.SnapshotChunk.FromString,
+                _registered_method=True)
 
 
 class ShardServicer:
@@ -267,6 +272,14 @@ class ShardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadSnapshot(self, request, context):
+        """A consistent copy of this member's data (a RocksDB checkpoint and the index snapshots), for a member
+        further behind than the op log reaches: the files in chunks, then one last message saying it is whole.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -364,6 +377,11 @@ def add_ShardServicer_to_server(servicer, server):
                     servicer.ReadLog,
                     request_deserializer=shoal_dot_v1_dot_shard__pb2.ReadLogRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_shard__pb2.ReplicateRequest.SerializeToString,
+            ),
+            'ReadSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadSnapshot,
+                    request_deserializer=shoal_dot_v1_dot_shard__pb2.ReadSnapshotRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_shard__pb2.SnapshotChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -879,6 +897,33 @@ class Shard:
             '/shoal.v1.Shard/ReadLog',
             shoal_dot_v1_dot_shard__pb2.ReadLogRequest.SerializeToString,
             shoal_dot_v1_dot_shard__pb2.ReplicateRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shoal.v1.Shard/ReadSnapshot',
+            shoal_dot_v1_dot_shard__pb2.ReadSnapshotRequest.SerializeToString,
+            shoal_dot_v1_dot_shard__pb2.SnapshotChunk.FromString,
             options,
             channel_credentials,
             insecure,

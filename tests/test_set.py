@@ -1,0 +1,26 @@
+"""The Jepsen-style set test (loadtest/set_test.py), short: a few random kills and cuts, every invariant kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loadtest.set_test import run
+from shoal._errors import FailedPrecondition
+from tests.grouplab import safe_etcd
+
+pytestmark = pytest.mark.slow  # a 3-member etcd, two groups of three and two coordinators, killed and cut
+
+FAULTS = 15
+
+
+def test_no_acknowledged_write_is_lost_under_random_kills_and_cuts(tmp_path: Path) -> None:
+    try:
+        safe_etcd()
+    except FailedPrecondition as exc:
+        pytest.skip(f"no etcd binary can run here: {exc}")
+    problems, summary = run(tmp_path / "set", faults=FAULTS, seed=7)
+    print(summary)
+    assert problems == [], "\n".join([summary, *problems[:20]])
+    assert f"{FAULTS} faults" in summary and "ids acknowledged added" in summary
