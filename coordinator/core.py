@@ -141,7 +141,10 @@ class Coordinator:
 
     async def _fan_out(self, shard_indexes: Iterable[int], call: Callable[[int], Awaitable[T]]) -> list[T]:
         """Call the given shards concurrently; every call finishes before the answer or the error."""
-        results = await asyncio.gather(*(call(i) for i in shard_indexes), return_exceptions=True)
+        indexes = list(shard_indexes)
+        if len(indexes) == 1:  # one shard: awaited directly, without gather's task
+            return [await call(indexes[0])]
+        results = await asyncio.gather(*(call(i) for i in indexes), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise pick_error(errors)

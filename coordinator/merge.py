@@ -20,6 +20,8 @@ def merge(parts: Sequence[TopK], k: int) -> TopK:
     q = parts[0].queries
     if any(p.queries != q for p in parts):
         raise ValueError(f"the parts answer different numbers of queries: {[p.queries for p in parts]}")
+    if len(parts) == 1 and (alone := _as_merged(parts[0], k)) is not None:
+        return alone
     string_ids = any(p.ids.dtype == object for p in parts)
     with_payloads = any(p.payloads is not None for p in parts)
     dims = {p.vectors.shape[2] for p in parts if p.vectors is not None and p.vectors.size}
@@ -49,6 +51,27 @@ def merge(parts: Sequence[TopK], k: int) -> TopK:
     if out.vectors is not None and dim is not None:
         place(out.vectors, np.concatenate([_vectors_of(p, dim) for p in parts], axis=1))
     return TopK(out.ids, out.distances, counts, out.payloads, out.vectors)
+
+
+def _as_merged(part: TopK, k: int) -> TopK | None:
+    """A lone part as merge would return it, without sorting (None when it is not already sorted)."""
+    # One shard (the fastest layout on one host) answers every search: its top-k is the answer.
+    if part.k != k or part.vectors is not None:
+        return None
+    valid = valid_mask(part)
+    distances = np.asarray(part.distances, dtype=np.float32)
+    if k > 1 and not (valid[:, 1:] <= valid[:, :-1]).all():
+        return None  # a hit after padding
+    if k > 1 and not ((distances[:, 1:] >= distances[:, :-1]) | ~valid[:, 1:]).all():
+        return None  # not nearest first (NaN included)
+    counts = np.minimum(np.asarray(part.counts), k).astype(np.uint32)
+    if valid.all():
+        return TopK(part.ids, distances, counts, part.payloads)
+    padded = empty(part.queries, k, string_ids=part.ids.dtype == object, payloads=part.payloads is not None)
+    for target, source in ((padded.ids, part.ids), (padded.distances, distances), (padded.payloads, part.payloads)):
+        if target is not None and source is not None:
+            target[valid] = source[valid]
+    return TopK(padded.ids, padded.distances, counts, padded.payloads)
 
 
 def _ids_as(part: TopK, string_ids: bool) -> np.ndarray:

@@ -60,8 +60,10 @@ class CoordinatorServer:
         cluster_secret: bytes | None = None,
         metrics: str | None = None,
         view: GroupView | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.topology = topology
+        self.reuse_port = reuse_port  # a worker of `--workers`: other processes serve the same port
         self.view = view  # shard groups in etcd (topology None), or a fixed topology
         self.listen = listen
         self.security = security or ServerSecurity()
@@ -78,8 +80,8 @@ class CoordinatorServer:
 
     async def start(self) -> str:
         """Bind and start (health still NOT_SERVING); return the bound address."""
-        server = aio_server(self.security.guard, metrics=self.metrics is not None)
-        self.address = bind(server, self.listen, self.security.tls)
+        server = aio_server(self.security.guard, metrics=self.metrics is not None, reuse_port=self.reuse_port)
+        self.address = bind(server, self.listen, self.security.tls, reuse_port=self.reuse_port)
         if self.metrics is not None:
             self.metrics_address = serve_metrics(self.metrics)
         self._server = server
@@ -151,6 +153,7 @@ async def serve_groups(
     secret: bytes | None,
     metrics: str | None,
     key_table: EtcdKeyTable | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve over the shard groups in etcd until SIGTERM or SIGINT (checking keys against `key_table` if given)."""
     view = await connect_view(meta, cluster, shard_tls, secret)
@@ -159,7 +162,8 @@ async def serve_groups(
         following = asyncio.create_task(key_table.follow(view.meta), name="API keys")
         await key_table.loaded.wait()  # a key made before this start works from the first call
     try:
-        await serve(None, listen, CoordinatorServer(None, listen, security, shard_tls, secret, metrics, view))
+        server = CoordinatorServer(None, listen, security, shard_tls, secret, metrics, view, reuse_port)
+        await serve(None, listen, server)
     finally:
         if following is not None:
             following.cancel()
@@ -194,15 +198,19 @@ def run(
     meta: str = "",
     cluster: str = "default",
     key_table: EtcdKeyTable | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Run a coordinator over `shards` (an even split), a topology file, or etcd's groups until a signal.
 
-    With `meta` and a `key_table` (the one `security.guard` looks keys up in), keys are etcd's.
+    With `meta` and a `key_table` (the one `security.guard` looks keys up in), keys are etcd's. With
+    `reuse_port`, other processes may serve the same port (the workers of `--workers`).
     """
     if meta:
         security = security or ServerSecurity()
         check_safe(listen, security)
-        asyncio.run(serve_groups(listen, meta, cluster, security, shard_tls, cluster_secret, metrics, key_table))
+        asyncio.run(
+            serve_groups(listen, meta, cluster, security, shard_tls, cluster_secret, metrics, key_table, reuse_port)
+        )
         return
     try:
         topology = load_topology(shards, topology_file)
@@ -210,5 +218,5 @@ def run(
         raise SystemExit(f"invalid topology: {exc}") from None
     security = security or ServerSecurity()
     check_safe(listen, security)
-    server = CoordinatorServer(topology, listen, security, shard_tls, cluster_secret, metrics)
+    server = CoordinatorServer(topology, listen, security, shard_tls, cluster_secret, metrics, reuse_port=reuse_port)
     asyncio.run(serve(topology, listen, server))

@@ -88,18 +88,21 @@ class SearchStream:
         """Send one search and wait for its answer, at most `timeout` seconds."""
         if self.broken:
             raise shard_error(self.address, grpc.StatusCode.UNAVAILABLE, "the search stream is closed")
-        future: asyncio.Future[pb.SearchResponse] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[pb.SearchResponse] = loop.create_future()
         message = pb.SearchRequest()
         message.CopyFrom(request)
         message.request_id = request_id
         self._pending[request_id] = future
         self._outbox.put_nowait(message)
+        # A timer that fails the future, rather than asyncio.wait_for: that costs a task-like wrapper per search.
+        timer = None if timeout is None else loop.call_later(timeout, self._expire, future)
         try:
-            answer = await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise shard_error(self.address, grpc.StatusCode.DEADLINE_EXCEEDED, "") from None
+            answer = await future
         finally:
-            answered = future.done() and not future.cancelled()  # wait_for cancels it on the way out
+            if timer is not None:
+                timer.cancel()
+            answered = future.done() and not future.cancelled() and future.exception() is None
             if self._pending.pop(request_id, None) is not None and not answered and not self.broken:
                 # The caller went away or its deadline passed: the shard drops the search if not yet begun.
                 self._outbox.put_nowait(pb.SearchRequest(request_id=request_id, cancel=True))
@@ -107,6 +110,10 @@ class SearchStream:
             cause = from_status(answer.error)
             raise shard_error(self.address, cause.code, cause.message, cause.field)
         return answer
+
+    def _expire(self, future: asyncio.Future[pb.SearchResponse]) -> None:
+        if not future.done():
+            future.set_exception(shard_error(self.address, grpc.StatusCode.DEADLINE_EXCEEDED, ""))
 
     async def close(self) -> None:
         """End the stream, failing the searches still waiting."""

@@ -59,6 +59,7 @@ from report import (
     SINGLE_MODES,
     HalfLoad,
     Ingest,
+    OneClient,
     Point,
     plot,
     print_report,
@@ -141,6 +142,7 @@ class Bench:
         self.points: list[Point] = []
         self.ingests: list[Ingest] = []
         self.half_loads: list[HalfLoad] = []
+        self.one_clients: list[OneClient] = []
         self._add_cpu = self._upsert_cpu = 0.0  # CPU us per vector of the last load of each system
 
     # in-process usearch
@@ -240,16 +242,28 @@ class Bench:
         )
         return run
 
-    def _sync(self, collection: str, ef: int) -> Run:
+    def _sync(self, collection: str, ef: int, clients: int | None = None) -> Run:
         q = self.queries
         with shoal.Client(self.address, timeout=600) as client:
             client.search(collection, q[:1], k=K, ef=ef, with_payload=False)  # connect before the clock starts
             return drive_threads(
                 lambda i: client.search(collection, q[i], k=K, ef=ef, with_payload=False).ids,
                 len(q),
-                self.args.clients,
+                clients or self.args.clients,
                 self.args.seconds,
             )
+
+    def one_client(self, precision: str) -> None:
+        """One blocking client, one query at a time, at the least ef that reached the target recall."""
+        mine = sorted((p for p in self.points if p.precision == precision and p.system == "shoal"), key=lambda p: p.ef)
+        if not any(p.mode in SINGLE_MODES for p in mine):
+            return
+        ef = next((p.ef for p in mine if p.recall >= self.args.target_recall), mine[-1].ef)
+        self.meter.start()
+        run = self._sync(f"bench_{precision}", ef, clients=1)
+        cpu = self.meter.stop()
+        per_query = {name: sec / run.items * 1e6 for name, sec in cpu.items()} if len(cpu) > 1 else {}
+        self.one_clients.append(OneClient(precision, ef, run.items / run.wall, *percentiles(run.latencies), per_query))
 
     async def _async(self, collection: str, mode: str, ef: int, rate: float | None) -> Run:
         q, b, a = self.queries, self.args.batch, self.args
@@ -373,6 +387,7 @@ class Bench:
                     for mode in a.modes:
                         self.shoal(precision, collection, mode, ef, rnd)
             self.half_load(precision, collection)
+            self.one_client(precision)
             if a.address and not a.reuse:
                 with shoal.Client(self.address) as client:
                     client.drop_collection(collection)
@@ -452,6 +467,7 @@ def main(argv: list[str] | None = None) -> None:
         bench.half_loads,
         summary,
         ratio_rows,
+        bench.one_clients,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -476,6 +492,7 @@ def main(argv: list[str] | None = None) -> None:
         "summary": summary,
         "at_target_recall": ratio_rows,
         "half_load": [asdict(h) for h in bench.half_loads],
+        "one_client": [asdict(o) for o in bench.one_clients],
         "points": [asdict(p) for p in bench.points],
     }
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -384,9 +384,9 @@ class TracingInterceptor(_MethodInterceptor):
         return _traced(handler, method)
 
 
-def aio_server(guard: Guard | None = None, metrics: bool = False) -> grpc.aio.Server:
+def aio_server(guard: Guard | None = None, metrics: bool = False, reuse_port: bool = False) -> grpc.aio.Server:
     """An asyncio server with Shoal's options, the error translator, (unless `guard` is open) the auth check, and
-    RPC metrics and spans when they are on."""
+    RPC metrics and spans when they are on; with `reuse_port`, other processes may serve its port too."""
     # The first interceptor is the outermost: metrics see the status the error translator chose (refusals
     # included), and spans cover the translation.
     interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor()] if metrics else []
@@ -395,7 +395,10 @@ def aio_server(guard: Guard | None = None, metrics: bool = False) -> grpc.aio.Se
     interceptors.append(ErrorInterceptor())
     if guard is not None and not guard.open:
         interceptors.append(AuthInterceptor(guard))
-    return grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+    options = SERVER_OPTIONS
+    if reuse_port:
+        options = [(name, 1 if name == "grpc.so_reuseport" else value) for name, value in SERVER_OPTIONS]
+    return grpc.aio.server(interceptors=interceptors, options=options)
 
 
 @dataclass(frozen=True)
@@ -558,10 +561,13 @@ async def set_serving(servicer: health.aio.HealthServicer, service_names: Iterab
         await servicer.set(name, status)
 
 
-def bind(server: grpc.aio.Server, listen: str, tls: ServerTLS | None = None) -> str:
-    """Bind `listen` (port 0 picks a free port), over TLS when given, and return the real address."""
+def bind(server: grpc.aio.Server, listen: str, tls: ServerTLS | None = None, reuse_port: bool = False) -> str:
+    """Bind `listen` (port 0 picks a free port), over TLS when given, and return the real address.
+
+    With `reuse_port` the port is expected to be shared (held by the parent of `--workers`): not checked first.
+    """
     host, _, port = listen.rpartition(":")
-    if port.isdigit() and (problem := port_problem(host, int(port))):
+    if not reuse_port and port.isdigit() and (problem := port_problem(host, int(port))):
         raise SystemExit(f"cannot listen on {listen!r}: the port is {problem}")
     try:
         bound = server.add_secure_port(listen, tls.credentials()) if tls else server.add_insecure_port(listen)

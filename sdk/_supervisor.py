@@ -19,8 +19,8 @@ Say = Callable[[str], None]
 
 
 @dataclass
-class _Backoff:
-    """One process's restart schedule."""
+class Backoff:
+    """One process's restart schedule (also the coordinator workers', coordinator/workers.py)."""
 
     failures: int = 0
     restart_at: float = 0.0  # 0: running, not waiting for a restart
@@ -44,7 +44,7 @@ class Supervisor:
     def __init__(self, cluster: LocalCluster, say: Say) -> None:
         self.cluster = cluster
         self.say = say
-        self._backoff: dict[str, _Backoff] = {}
+        self._backoff: dict[str, Backoff] = {}
 
     def _processes(self) -> list[Process]:
         coordinator = [self.cluster.coordinator] if self.cluster.coordinator is not None else []
@@ -67,7 +67,7 @@ class Supervisor:
             self._handle(proc.role, proc, now, functools.partial(self.cluster.restart, proc))
 
     def _handle(self, role: str, proc: Process | None, now: float, restart: Callable[[], None]) -> None:
-        state = self._backoff.setdefault(role, _Backoff())
+        state = self._backoff.setdefault(role, Backoff())
         if not state.restart_at:
             why = _why(proc) if proc is not None else "is down"
             state.restart_at = now + state.delay()

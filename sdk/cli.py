@@ -112,6 +112,12 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     guard = Guard(keys=keys, members_by_certificate=args.tls_client_ca is not None and keys is None)
     shard_tls = _tls(args.shard_tls_ca, args.shard_tls_cert, args.shard_tls_key)
     security = _server_security(args, guard)
+    if args.workers < 1:
+        raise SystemExit("--workers must be at least 1")
+    if args.workers > 1:
+        from shoal.coordinator.workers import run_workers
+
+        return run_workers(args.argv, args.workers, args.listen)
     run(
         shards,
         Path(args.topology) if args.topology else None,
@@ -123,6 +129,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
         args.meta or "",
         args.cluster,
         table,
+        reuse_port=args.reuse_port,
     )
     return 0
 
@@ -475,6 +482,15 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--meta", help=f"{ENDPOINTS}: follow the cluster's topology and groups there")
     coord.add_argument("--cluster", default="default", help="with --meta: the cluster's name in etcd")
     coord.add_argument("--listen", default=DEFAULT_ADDRESS, help="HOST:PORT to serve on")
+    coord.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="coordinator processes sharing the port (SO_REUSEPORT), about one per core for the coordinator; "
+        "worker i serves --metrics and --probe-listen on their port + i (default 1)",
+    )
+    # Set by `--workers` on each worker: this process shares its port with its sibling workers.
+    coord.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     _add_server_options(coord)
     coord.add_argument("--auth", help="API keys file (see `shoal keys`): every call needs a key of the right role")
     coord.add_argument(
@@ -543,6 +559,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `shoal` command."""
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `coordinator --workers` gives each worker
     configure_logging(args.log_level, args.log_format)
     try:
         return int(args.func(args))

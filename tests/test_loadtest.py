@@ -102,7 +102,10 @@ def test_bench_runs_against_a_cluster_and_writes_its_report(cluster: LocalCluste
     assert all(s["recall"] > 0.9 for s in report["summary"] if s["ef"] == 64)
     assert {r["mode"] for r in report["at_target_recall"]} >= {"batch", "single-stream"}
     assert [h["mode"] for h in report["half_load"]] == ["single-stream"]
+    one = report["one_client"]
+    assert len(one) == 1 and 0 < one[0]["p50_ms"] <= one[0]["p99_ms"]
     assert "\ntargets (" in done.stdout and "bench_f32" not in _collections(cluster)
+    assert "single-stream q/s with 3 clients:" in done.stdout and "one client p99, ms:" in done.stdout
 
 
 def _collections(cluster: LocalCluster) -> list[str]:

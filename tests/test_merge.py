@@ -208,3 +208,28 @@ def test_a_malformed_shard_answer_is_rejected() -> None:
     answer.counts = b""
     with pytest.raises(ValueError, match="0 counts for 1 queries"):
         topk_from_proto(answer, queries=1)
+
+
+@pytest.mark.parametrize("string_ids", [False, True])
+def test_a_lone_part_comes_back_as_the_general_merge_returns_it(string_ids: bool) -> None:
+    # One shard's answer skips the sort when it is already nearest first; a zero-width second part forces the
+    # general path, which must agree on everything: order, padding, counts and payloads.
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        q, k = int(rng.integers(1, 5)), int(rng.integers(1, 6))
+        width = k if rng.random() < 0.8 else k + 1
+        distances = rng.random((q, width)).astype(np.float32)
+        if rng.random() < 0.7:
+            distances.sort(axis=1)
+        if rng.random() < 0.2:
+            distances[0, 0] = distances[0, -1]  # a tie, or out of order
+        ids = make_ids(q * width, string_ids, rng).reshape(q, width)
+        payloads = np.array([[b"p%d" % j for j in range(width)]] * q, dtype=object) if rng.random() < 0.5 else None
+        part = TopK(ids, distances, rng.integers(0, width + 2, q).astype(np.uint32), payloads)
+        nothing = empty(q, 0, string_ids=string_ids, payloads=payloads is not None)
+        fast, general = merge([part], k), merge([part, nothing], k)
+        for field in ("ids", "distances", "counts", "payloads"):
+            got, want = getattr(fast, field), getattr(general, field)
+            assert (got is None) == (want is None), field
+            if want is not None:
+                assert got.dtype == want.dtype and np.array_equal(got, want), (field, part)
