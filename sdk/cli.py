@@ -73,12 +73,14 @@ def cmd_shard(args: argparse.Namespace) -> int:
     _tracing(args, "shoal-shard")
     group = None
     if args.meta:
-        if not args.group:
-            raise SystemExit("shoal shard: --meta needs --group")
+        if not args.group and not args.join:
+            raise SystemExit("shoal shard: --meta needs --group, or --join for a new group")
         member = args.member or Path(args.data).resolve().name
         # The other members are reached as the coordinators reach shards: over TLS, with the cluster secret.
         peers = ClusterCredentials(_tls(args.shard_tls_ca, args.shard_tls_cert, args.shard_tls_key), _secret(args))
-        group = GroupSettings(args.meta, args.cluster, args.group, member, args.advertise, peers)
+        group = GroupSettings(args.meta, args.cluster, args.group, member, args.advertise, peers, args.join)
+    elif args.join:
+        raise SystemExit("shoal shard: --join needs --meta (the cluster's etcd)")
     # Cluster members prove themselves by a certificate of the cluster CA (mutual TLS) or the cluster secret.
     guard = Guard(cluster_secret=_secret(args), members_by_certificate=args.tls_client_ca is not None)
     backup_root = Path(args.backup_root) if args.backup_root else None
@@ -235,21 +237,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     status = cluster_status(args.address, *_client_security(args))
     found = None
     if endpoint:
-        from shoal._group_status import groups
+        from shoal._group_status import meta_status
 
-        found = asyncio.run(groups(endpoint, args.cluster, _member_credentials(args)))
+        found = asyncio.run(meta_status(endpoint, args.cluster, _member_credentials(args)))
     if args.json:
         doc = json.loads(to_json(status))
         if found is not None:
-            doc["groups"] = [dataclasses.asdict(g) for g in found]
+            meta = dataclasses.asdict(found)
+            doc.update(etcd=meta["etcd"], groups=meta["groups"], moves=meta["moves"])
         print(json.dumps(doc, indent=2))
     else:
         print(to_table(status))
         if found is not None:
-            from shoal._group_status import groups_table
+            from shoal._group_status import meta_table
 
             print()
-            print(groups_table(found))
+            print(meta_table(found))
     return 1 if args.check and not healthy(status) else 0
 
 
@@ -449,6 +452,12 @@ def parser() -> argparse.ArgumentParser:
     shard.add_argument("--meta", default="", help="etcd endpoint HOST:PORT: run as a member of a shard group")
     shard.add_argument("--cluster", default="default", help="the cluster's name in etcd (default 'default')")
     shard.add_argument("--group", default="", help="with --meta: the shard group to join, e.g. g0")
+    shard.add_argument(
+        "--join",
+        action="store_true",
+        help="with --meta: join a running cluster as a new empty group (named --group, else the first free gN; "
+        "kept in the data folder), or with --group of an existing group as a new replica of it",
+    )
     shard.add_argument("--member", default="", help="with --meta: this member's name (default: the data folder's name)")
     shard.add_argument("--advertise", default="", help="with --meta: HOST:PORT others reach it at (default: --listen)")
     _shard_tls_args(shard)
