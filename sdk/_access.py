@@ -73,6 +73,11 @@ ACCESS: dict[str, Need] = {
             "Replicate",  # peer shards of a group
             "ReplicaState",
             "ReadLog",
+            "ExportRange",  # the mover (slot moves)
+            "ExportChanges",
+            "Import",
+            "DeleteRange",
+            "AwaitTopology",
         )
     },
 }

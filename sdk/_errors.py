@@ -9,6 +9,7 @@ Every failure is a `ShoalError` carrying its gRPC status `code`:
     ├── FailedPrecondition   FAILED_PRECONDITION  the system is not in a state to do it
     ├── ResourceExhausted    RESOURCE_EXHAUSTED   message too large, disk full
     ├── Unavailable          UNAVAILABLE          a shard or the coordinator cannot answer
+    ├── Aborted              ABORTED              a shard is at another topology version (slots moved): retry
     ├── DeadlineExceeded     DEADLINE_EXCEEDED    the call's deadline passed
     ├── Unauthenticated      UNAUTHENTICATED
     ├── PermissionDenied     PERMISSION_DENIED
@@ -82,6 +83,12 @@ class Unavailable(ShoalError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class Aborted(ShoalError):
+    """A read that reached a shard at another topology version than its caller's (between coordinators and shards)."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 class DeadlineExceeded(ShoalError):
     """The deadline passed before the answer."""
 
@@ -115,6 +122,7 @@ _BY_CODE: dict[grpc.StatusCode, type[ShoalError]] = {
         FailedPrecondition,
         ResourceExhausted,
         Unavailable,
+        Aborted,
         DeadlineExceeded,
         Unauthenticated,
         PermissionDenied,

@@ -45,15 +45,20 @@ from shoal._meta_values import (
     Change,
     GroupState,
     Keys,
+    Move,
+    Phase,
     Section,
     SlotRange,
     Topology,
+    check_moves,
     check_ranges,
     config_from_json,
     config_to_json,
     decode,
     encode,
     group_from_kvs,
+    moved,
+    moves_from_json,
     ranges_from_json,
     ranges_to_json,
 )
@@ -89,7 +94,7 @@ def _translated() -> Iterator[None]:
 
 
 class Membership:
-    """A member's place in a group, kept alive by an etcd lease renewed in the background."""
+    """A key kept alive by an etcd lease renewed in the background: a member's place in a group, or the mover lock."""
 
     def __init__(self, store: MetaStore, group: str, member: str, lease: Any, ttl: int) -> None:
         self.store, self.group, self.member, self.ttl = store, group, member, ttl
@@ -222,23 +227,76 @@ class MetaStore:
             got = await self._client.get(self.keys.topology)
         if got is None:
             return Topology()
-        return Topology(ranges_from_json(decode(got.value)), version=got.version, revision=got.mod_revision)
+        value = decode(got.value)
+        return Topology(ranges_from_json(value), got.version, got.mod_revision, moves_from_json(value))
 
-    async def replace_topology(self, ranges: tuple[SlotRange, ...], expected_version: int) -> Topology:
+    async def replace_topology(
+        self, ranges: tuple[SlotRange, ...], expected_version: int, moves: tuple[Move, ...] = ()
+    ) -> Topology:
         """Replace the topology if its version is still `expected_version` (else FailedPrecondition)."""
-        ranges = tuple(ranges)
+        ranges, moves = tuple(ranges), tuple(moves)
         check_ranges(ranges)
+        check_moves(ranges, moves)
         key = self.keys.topology
         with _translated():
             ok, _ = await self._client.transaction(
                 compare=[self._tx.version(key) == expected_version],
-                success=[self._tx.put(key, encode(ranges_to_json(ranges)))],
+                success=[self._tx.put(key, encode(ranges_to_json(ranges, moves)))],
                 failure=[],
             )
         if not ok:
             current = await self.get_topology()
             raise FailedPrecondition(f"topology is at version {current.version}, not {expected_version}")
         return await self.get_topology()
+
+    # -- slot moves -----------------------------------------------------------------------------------
+
+    async def begin_move(self, topology: Topology, move: Move) -> Topology:
+        """Add `move` (phase copy) to `topology` by compare-and-swap; FailedPrecondition if it changed since."""
+        return await self.replace_topology(topology.ranges, topology.version, (*topology.moves, move))
+
+    async def advance_move(self, topology: Topology, move_id: str, phase: Phase | None) -> Topology:
+        """Take a move to its next phase (None: remove it, done) by compare-and-swap; cleanup gives its slots to
+        the target. FailedPrecondition if the topology changed since `topology`."""
+        ranges, moves = moved(topology, move_id, phase)
+        return await self.replace_topology(ranges, topology.version, moves)
+
+    async def lock_mover(self, owner: str, ttl: int = LEASE_TTL) -> Membership | None:
+        """Take the mover lock for `owner` under a lease kept alive until `leave`; None while another holds it."""
+        key = self.keys.mover
+        with _translated():
+            lease = await self._client.lease(ttl)
+            ok, _ = await self._client.transaction(
+                compare=[self._tx.create(key) == 0],
+                success=[self._tx.put(key, encode({"owner": owner}), lease=lease.id)],
+                failure=[],
+            )
+            if not ok:
+                await lease.revoke()
+                return None
+        return Membership(self, "mover", owner, lease, ttl)
+
+    async def mover(self) -> str | None:
+        """Who holds the mover lock (None: nobody)."""
+        with _translated():
+            got = await self._client.get(self.keys.mover)
+        return None if got is None else str(decode(got.value)["owner"])
+
+    async def put_progress(self, move_id: str, progress: dict[str, Any]) -> None:
+        """Record a move's progress (beside the topology, so the topology's version stays)."""
+        with _translated():
+            await self._client.put(self.keys.progress(move_id), encode(progress))
+
+    async def get_progress(self, move_id: str) -> dict[str, Any] | None:
+        """A move's last recorded progress."""
+        with _translated():
+            got = await self._client.get(self.keys.progress(move_id))
+        return None if got is None else dict(decode(got.value))
+
+    async def drop_progress(self, move_id: str) -> None:
+        """Forget a finished move's progress."""
+        with _translated():
+            await self._client.delete(self.keys.progress(move_id))
 
     # -- shard groups ---------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,23 +29,25 @@ from typing import Any
 
 import numpy as np
 
-from shoal._config import SLOTS, CollectionConfig, check_name
-from shoal._errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from shoal._config import CollectionConfig, check_name
+from shoal._errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shoal._filter import check_path
 from shoal._hash import slots_of
 from shoal._results import Found, Page, TopK
 from shoal._search import Search, SearchShape
 from shoal._wire import as_id_array, check_ids, check_nonzero, check_payloads, check_upsert
-from shoal.shard import reads
+from shoal.shard import moving, reads
 from shoal.shard import search as searching
 from shoal.shard.backup import backup_folder
 from shoal.shard.collection import Collection, CollectionStats, CollectionStatus, parse_filter, stats, status
 from shoal.shard.committer import Committer, Replicate
 from shoal.shard.compaction import Compacted
-from shoal.shard.execute import Job, Replicated, Verify, Writer
+from shoal.shard.execute import Barrier, Job, Replicated, Verify, Writer
 from shoal.shard.faults import CrashPoints, fatal
 from shoal.shard.index import IndexWorker
+from shoal.shard.moving import Export
 from shoal.shard.options import ShardOptions
+from shoal.shard.ownership import FROZEN_RETRY, Ownership, check_write, static
 from shoal.shard.payload_index import columns, ensure_complete
 from shoal.shard.reads import Verification
 from shoal.shard.recovery import recover
@@ -74,7 +77,10 @@ class Shard:
         self._ready = False  # True between the end of open() and the start of close()
         # In a shard group: raises when callers may not write here (a replica); the slots the group owns.
         self.gate: Callable[[], None] | None = None
-        self.owned: np.ndarray | None = None  # bool per slot; None: no slot check (static mode)
+        self.ownership: Ownership | None = None  # None: no slot check (static mode)
+        # Held while a write's slots are checked and it is queued, and while the ownership changes: once a new
+        # ownership is set, every write checked under the old one is already in the committer's queue.
+        self._owning = threading.Lock()
 
     def open(self) -> None:
         """Open RocksDB and bring every index up to date with it (snapshot plus changes, or a rebuild)."""
@@ -137,25 +143,45 @@ class Shard:
         """The sequence number of the last written batch."""
         return self._storage.seq if self._storage is not None else 0
 
-    def _writable(self, ids: np.ndarray | None = None) -> None:
-        """Refuse a caller's write on a replica, or for ids outside the slots this shard's group owns."""
+    def _writable(self) -> None:
+        """Refuse a caller's write on a replica."""
         if self.gate is not None:
             self.gate()
-        owned = self.owned
-        if owned is not None and ids is not None and len(ids):
-            slots = slots_of(ids)
-            foreign = np.flatnonzero(~owned[slots])
-            if len(foreign):
-                raise FailedPrecondition(
-                    f"slot {int(slots[foreign[0]])} is not owned by this shard group (the topology changed?)"
-                )
+
+    def _submit_owned(self, job: Job, ids: np.ndarray | None = None, importing: bool = False) -> Future[Any]:
+        """Queue a caller's write after checking, in write order, that this group may write its ids' slots
+        (a mover's copy: that they are moving here)."""
+        self._writable()
+        with self._owning:
+            own = self.ownership
+            if own is not None and ids is not None and len(ids):
+                check_write(own, slots_of(ids), importing)
+            elif importing and own is None:
+                raise FailedPrecondition("this shard is not a member of a shard group")
+            return self._submit(job)
 
     def set_owned(self, ranges: Sequence[tuple[int, int]]) -> None:
-        """The slot ranges [start, end) this shard's group owns."""
-        owned = np.zeros(SLOTS, dtype=bool)
-        for start, end in ranges:
-            owned[start:end] = True
-        self.owned = owned
+        """The slot ranges [start, end) this shard's group owns, nothing moving."""
+        self.set_ownership(static(list(ranges)))
+
+    def set_ownership(self, ownership: Ownership) -> None:
+        """The slots this shard's group owns, freezes and imports under its current topology version."""
+        with self._owning:
+            self.ownership = ownership
+
+    def barrier(self) -> Future[Any]:
+        """Resolves once every write queued before it is durable and applied."""
+        return self._submit(Barrier())
+
+    def reading(self, version: int) -> Ownership | None:
+        """The ownership a read at topology `version` hides unowned points by (None: nothing to hide); Aborted
+        when this shard is at another version (0: the caller does not say)."""
+        own = self.ownership
+        if own is None:
+            return None
+        if version and own.version != version:
+            raise Aborted(f"topology version {version}, shard has {own.version}")
+        return own if own.hiding else None
 
     def _submit(self, job: Job) -> Future[Any]:
         if not self._ready or self._committer is None:
@@ -232,9 +258,9 @@ class Shard:
         committer = self._committer.depth() if self._committer is not None else 0
         return {"committer": committer, "index": self._worker.depth()}
 
-    def count(self, name: str, filter_text: str = "") -> int:
-        """The number of live points, or of those matching a filter."""
-        return reads.count(self._collection(name), self._worker, filter_text)
+    def count(self, name: str, filter_text: str = "", version: int = 0) -> int:
+        """The number of live points, or of those matching a filter (at topology `version`, 0: any)."""
+        return reads.count(self._collection(name), self._worker, filter_text, self.reading(version))
 
     # Writes
 
@@ -253,8 +279,7 @@ class Shard:
         check_upsert(ids, vectors, payloads, coll.config.id_type, coll.config.dim)
         if coll.config.metric == "cosine":
             check_nonzero(vectors)
-        self._writable(ids)
-        return self._submit(Upsert(name, coll.store.born, ids, vectors, payloads))
+        return self._submit_owned(Upsert(name, coll.store.born, ids, vectors, payloads), ids)
 
     def upsert(self, name: str, ids: np.ndarray, vectors: np.ndarray, payloads: Sequence[bytes] = ()) -> int:
         """Insert or replace points; returns once they are durable and searchable."""
@@ -264,8 +289,7 @@ class Shard:
         """Validate a delete and queue it; the future resolves to the number of points that existed."""
         coll = self._collection(name)
         ids = self._ids(ids, coll.config)
-        self._writable(ids)
-        return self._submit(Delete(name, coll.store.born, ids))
+        return self._submit_owned(Delete(name, coll.store.born, ids), ids)
 
     def delete(self, name: str, ids: np.ndarray) -> int:
         """Delete points; returns how many existed, once durable and gone from search."""
@@ -308,9 +332,11 @@ class Shard:
 
     # Reads
 
-    def get(self, name: str, ids: np.ndarray, with_vectors: bool = True, with_payload: bool = True) -> Found:
-        """The stored points of ids, in request order; missing ids are left out."""
-        return reads.get(self._collection(name), ids, with_vectors, with_payload)
+    def get(
+        self, name: str, ids: np.ndarray, with_vectors: bool = True, with_payload: bool = True, version: int = 0
+    ) -> Found:
+        """The stored points of ids, in request order; missing ids are left out (at topology `version`, 0: any)."""
+        return reads.get(self._collection(name), ids, with_vectors, with_payload, self.reading(version))
 
     def scroll(
         self,
@@ -321,18 +347,23 @@ class Shard:
         with_payload: bool = True,
         with_vectors: bool = False,
         max_bytes: int = 0,
+        version: int = 0,
     ) -> Page:
         """The points after `cursor` in key order, only those matching the filter if one is given."""
         coll = self._collection(name)
-        return reads.scroll(coll, self._worker, filter_text, limit, cursor, with_payload, with_vectors, max_bytes)
+        hide = self.reading(version)
+        return reads.scroll(coll, self._worker, filter_text, limit, cursor, with_payload, with_vectors, max_bytes, hide)
 
-    def submit_search(self, search: Search, times: list[int] | None = None) -> Future[tuple[TopK, str]]:
+    def submit_search(
+        self, search: Search, times: list[int] | None = None, version: int = 0
+    ) -> Future[tuple[TopK, str]]:
         """Validate a search and queue it; resolves to the local top-k of every query and the plan that ran.
 
-        `times`, when given, receives when the index worker's run of it began and ended (for tracing).
+        `times`, when given, receives when the index worker's run of it began and ended (for tracing);
+        `version` is the caller's topology version (0: any).
         """
         coll = self._collection(search.shape.collection)
-        return searching.submit(coll, self._worker, self._lookups, search, times)
+        return searching.submit(coll, self._worker, self._lookups, search, times, self.reading(version))
 
     def search(
         self,
@@ -348,6 +379,47 @@ class Shard:
         shape = SearchShape(name, k, ef, filter_text, with_payload, with_vectors)
         return self.submit_search(Search(shape, queries)).result()[0]
 
+    # Slot moves (moving.py has the exports)
+
+    def export_range(self, name: str, start: int, end: int, cursor: str, limit: int) -> Export:
+        """A page of the points of slots [start, end) after `cursor`."""
+        return moving.export_range(self._collection(name), start, end, cursor, limit)
+
+    def export_changes(self, name: str, start: int, end: int, after: int, upto: int = 0) -> Export:
+        """The current state of the points of slots [start, end) that the writes after `after` touched."""
+        return moving.export_changes(self._collection(name), self.storage, start, end, after, upto)
+
+    def submit_import(
+        self, name: str, ids: np.ndarray, vectors: np.ndarray, payloads: Sequence[bytes], deleted: np.ndarray
+    ) -> list[Future[int]]:
+        """Queue the mover's copies of points of slots moving to this group: upserts, then deletes."""
+        coll = self._collection(name)
+        futures = []
+        if len(ids):
+            ids = as_id_array(ids)
+            vectors = searching.as_matrix(vectors, "vectors")
+            check_upsert(ids, vectors, list(payloads), coll.config.id_type, coll.config.dim)
+            futures.append(self._submit_owned(Upsert(name, coll.store.born, ids, vectors, list(payloads)), ids, True))
+        if len(deleted):
+            deleted = self._ids(deleted, coll.config)
+            futures.append(self._submit_owned(Delete(name, coll.store.born, deleted), deleted, True))
+        return futures
+
+    def delete_range(self, name: str, start: int, end: int) -> int:
+        """Delete every point of slots [start, end), which this group must neither own nor import."""
+        coll = self._collection(name)
+        self._writable()
+        own = self.ownership
+        if own is None or own.owned[start:end].any() or own.importing[start:end].any():
+            raise FailedPrecondition(f"slots [{start}, {end}) are owned by or moving to this shard group")
+        deleted, cursor = 0, ""
+        while True:
+            ids, cursor = moving.range_ids(coll, start, end, cursor, 4096)
+            if len(ids):
+                deleted += int(self._submit(Delete(name, coll.store.born, ids)).result())
+            if not cursor:
+                return deleted
+
     # Payload writes
 
     def submit_delete_filter(self, name: str, filter_text: str) -> Future[int]:
@@ -355,7 +427,13 @@ class Shard:
         coll = self._collection(name)
         node = parse_filter(filter_text)
         self._writable()
-        return self._submit(DeleteByFilter(name, coll.store.born, node))
+        with self._owning:
+            own = self.ownership
+            if own is not None and own.frozen.any():
+                raise Unavailable("slots moving: try again", retry_after=FROZEN_RETRY)
+            # While slots move, the points of slots not owned are the mover's, not the caller's.
+            owned = own.owned if own is not None and own.hiding else None
+            return self._submit(DeleteByFilter(name, coll.store.born, node, owned))
 
     def submit_set_payload(self, name: str, ids: np.ndarray, set_raw: bytes, unset: Sequence[str]) -> Future[int]:
         """Queue setting and removing payload keys of existing points; resolves to how many exist."""
@@ -366,5 +444,4 @@ class Shard:
         paths = [check_path(p, "unset path") for p in unset]
         if not updates and not paths:
             raise InvalidArgument("nothing to change: give keys to set or paths to unset")
-        self._writable(ids)
-        return self._submit(SetPayload(name, coll.store.born, ids, updates, paths))
+        return self._submit_owned(SetPayload(name, coll.store.born, ids, updates, paths), ids)

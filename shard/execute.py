@@ -88,7 +88,12 @@ class Replicated:
     raw: bytes  # the serialized plan, logged unchanged
 
 
-Job = Request | Verify | Replicated  # what the committer executes, in order
+@dataclass(frozen=True)
+class Barrier:
+    """Not a write: resolves once every job queued before it is durable and applied."""
+
+
+Job = Request | Verify | Replicated | Barrier  # what the committer executes, in order
 
 
 @dataclass(eq=False)
@@ -146,6 +151,8 @@ class Writer:
         """Plan a job and execute its storage part: its index part, and whether it wrote a batch to sync."""
         if isinstance(job, Verify):
             return self._scan(job), False
+        if isinstance(job, Barrier):
+            return Committed(DropPlan("", False), None, self._published), False
         raw: bytes | None = None
         if isinstance(job, Replicated):
             if job.seq != self.storage.seq + 1:

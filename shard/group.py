@@ -29,6 +29,7 @@ from shoal._rpc import member_channel
 from shoal._tls import ClusterCredentials
 from shoal._token import BEHIND, WAIT_SECONDS
 from shoal.shard.core import Shard
+from shoal.shard.ownership import ownership
 from shoal.shard.replication import ACK_TIMEOUT, ReplicaSide, Replicator
 from shoal.v1 import shard_pb2, shard_pb2_grpc
 
@@ -203,7 +204,7 @@ class GroupMember:
 
     def _owned(self, topology: Topology) -> None:
         if topology.ranges:
-            self.shard.set_owned([(r.start, r.end) for r in topology.ranges if r.group == self.group])
+            self.shard.set_ownership(ownership(topology, self.group))
 
     async def _react(self, state: GroupState) -> None:
         if self.role == "primary":

@@ -12,11 +12,13 @@ import numpy as np
 
 from shoal._config import DEFAULT_SCROLL, MAX_SCROLL, MAX_SCROLL_BYTES
 from shoal._errors import InvalidArgument
+from shoal._hash import slots_of
 from shoal._results import Found, Page
 from shoal._wire import as_id_array, check_ids
 from shoal.shard import records as rec
 from shoal.shard.collection import Collection, matching, parse_filter
 from shoal.shard.index import IndexWorker
+from shoal.shard.ownership import Ownership, visible
 from shoal.shard.storage import pack_keys
 
 
@@ -25,10 +27,18 @@ def valid_ids(coll: Collection, ids: np.ndarray) -> np.ndarray:
     return check_ids(as_id_array(ids), coll.config.id_type)
 
 
-def get(coll: Collection, ids: np.ndarray, with_vectors: bool = True, with_payload: bool = True) -> Found:
-    """The stored points of ids, in request order; missing ids are left out."""
+def get(
+    coll: Collection,
+    ids: np.ndarray,
+    with_vectors: bool = True,
+    with_payload: bool = True,
+    hide: Ownership | None = None,
+) -> Found:
+    """The stored points of ids, in request order; missing ids (and those of slots `hide` does not own) are left out."""
     store = coll.store
     ids = valid_ids(coll, ids)
+    if hide is not None and len(ids):
+        ids = ids[hide.owned[slots_of(ids)]]
     records: list[bytes | None]
     if coll.config.id_type == "uint64":
         records = store.records(pack_keys(ids))
@@ -48,11 +58,13 @@ def get(coll: Collection, ids: np.ndarray, with_vectors: bool = True, with_paylo
     return Found(ids[keep], vectors, payloads)
 
 
-def count(coll: Collection, worker: IndexWorker, filter_text: str = "") -> int:
-    """The number of live points, or of those matching a filter."""
-    if not filter_text:
+def count(coll: Collection, worker: IndexWorker, filter_text: str = "", hide: Ownership | None = None) -> int:
+    """The number of live points, or of those matching a filter (only of owned slots, with `hide`)."""
+    node = parse_filter(filter_text) if filter_text else None
+    if hide is not None:
+        return worker.call(lambda: len(visible(coll, hide, filter_text, node).keys)).result()
+    if node is None:
         return coll.index.count
-    node = parse_filter(filter_text)
     return worker.call(lambda: len(matching(coll, filter_text, node).keys)).result()
 
 
@@ -65,8 +77,10 @@ def scroll(
     with_payload: bool = True,
     with_vectors: bool = False,
     max_bytes: int = 0,
+    hide: Ownership | None = None,
 ) -> Page:
-    """The points after `cursor` (a key) in key order, only those matching the filter if one is given.
+    """The points after `cursor` (a key) in key order, only those matching the filter if one is given (and
+    only of owned slots, with `hide`).
 
     The page stops growing once it holds `max_bytes` of records (0 or more than MAX_SCROLL_BYTES: that), and
     always holds at least one point.
@@ -82,7 +96,10 @@ def scroll(
         raise InvalidArgument(f"cursor {cursor[:40]!r} is not one this shard gave out") from None
 
     def page() -> tuple[np.ndarray, bool]:
-        keys = matching(coll, filter_text, node).keys if node is not None else coll.filters.live()
+        if hide is not None:
+            keys = visible(coll, hide, filter_text, node).keys
+        else:
+            keys = matching(coll, filter_text, node).keys if node is not None else coll.filters.live()
         start = int(np.searchsorted(keys, after, side="right")) if after >= 0 else 0
         return keys[start : start + limit].copy(), start + limit < len(keys)
 

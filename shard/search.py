@@ -22,6 +22,7 @@ from shoal.shard import planner
 from shoal.shard import records as rec
 from shoal.shard.collection import Collection, matching, parse_filter
 from shoal.shard.index import Hits, IndexWorker, Runner
+from shoal.shard.ownership import Ownership, visible
 from shoal.shard.storage import CollectionStore, pack_keys
 
 # Hits whose records are looked up at once: an answer that grows past the message limit is refused after
@@ -38,9 +39,14 @@ def as_matrix(x: np.ndarray, what: str) -> np.ndarray:
         return np.ascontiguousarray(x, dtype="<f4")
 
 
-def runner(coll: Collection, k: int, ef: int, filter_text: str, node: Node | None) -> Runner:
-    """What answers a stacked batch of this search's group on the index worker."""
+def runner(coll: Collection, k: int, ef: int, filter_text: str, node: Node | None, hide: Ownership | None) -> Runner:
+    """What answers a stacked batch of this search's group on the index worker (`hide`: leave out the points
+    of slots not owned under this ownership, while slots move)."""
     # coll.index is read when the runner runs: compaction may have swapped it since the search was queued.
+    if hide is not None:
+        return lambda queries: planner.search(
+            coll.index, coll.index.count, visible(coll, hide, filter_text, node), queries, k, ef
+        )
     if node is None:
         return lambda queries: (coll.index.search(queries, k, ef), "")
     return lambda queries: planner.search(
@@ -49,11 +55,17 @@ def runner(coll: Collection, k: int, ef: int, filter_text: str, node: Node | Non
 
 
 def submit(
-    coll: Collection, worker: IndexWorker, lookups: Executor, search: Search, times: list[int] | None = None
+    coll: Collection,
+    worker: IndexWorker,
+    lookups: Executor,
+    search: Search,
+    times: list[int] | None = None,
+    hide: Ownership | None = None,
 ) -> Future[tuple[TopK, str]]:
     """Validate a search and queue it; resolves to the local top-k of every query and the plan that ran.
 
-    `times`, when given, receives when the index worker's run of it began and ended (for tracing).
+    `times`, when given, receives when the index worker's run of it began and ended (for tracing); `hide`,
+    while slots move, the ownership whose unowned points the search leaves out.
     """
     shape = search.shape
     check_k(shape.k)
@@ -62,8 +74,8 @@ def submit(
     queries = check_queries(as_matrix(search.queries, "queries"), coll.config.dim)
     if coll.config.metric == "cosine":
         check_nonzero(queries, "queries")
-    group = (coll.store.born, shape.k, shape.ef, shape.filter)
-    found = worker.search(group, runner(coll, shape.k, shape.ef, shape.filter, node), queries, times)
+    group = (coll.store.born, shape.k, shape.ef, shape.filter, hide.version if hide is not None else -1)
+    found = worker.search(group, runner(coll, shape.k, shape.ef, shape.filter, node, hide), queries, times)
     result: Future[tuple[TopK, str]] = Future()
     result.add_done_callback(lambda f: found.cancel() if f.cancelled() else None)
     with_payload, with_vectors = shape.with_payload, shape.with_vectors

@@ -12,6 +12,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 from shoal import _tracing
 from shoal._config import CollectionConfig
@@ -19,10 +20,11 @@ from shoal._errors import FailedPrecondition, InvalidArgument, Unavailable
 from shoal._results import TopK, check_answer_size, found_to_proto, page_to_proto, topk_to_proto
 from shoal._search import Search
 from shoal._server import error_status
-from shoal._wire import decode_ids, decode_matrix, encode_ids
+from shoal._wire import decode_ids, decode_matrix, encode_ids, encode_matrix
 from shoal.shard.collection import CollectionStats
 from shoal.shard.core import Shard
 from shoal.shard.group import GroupMember
+from shoal.shard.moving import Export
 from shoal.v1 import shard_pb2, shard_pb2_grpc
 from shoal.v1 import types_pb2 as pb
 
@@ -31,6 +33,10 @@ log = logging.getLogger("shoal.shard.servicer")
 SEARCH_SPAN = "/shoal.v1.Shard/search"
 # A status waits for the index worker at most this long (behind queued searches and writes).
 STATUS_TIMEOUT_SECONDS = 5.0
+TOPOLOGY_WAIT = 0.2  # seconds a read from a coordinator at a newer topology version waits for this shard's
+TOPOLOGY_POLL = 0.01
+AWAIT_TOPOLOGY_LIMIT = 30.0  # seconds AwaitTopology waits at most
+MAX_EXPORT = 4096  # points per export page
 # A search of a stream being answered: the index worker's future, or a task for a traced one.
 Withdrawable = Future[tuple[TopK, str]] | asyncio.Future[pb.SearchResponse]
 
@@ -57,6 +63,24 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         """Wait (bounded) until this member has the writes of a read's consistency token, or refuse the read."""
         if token and self.member is not None:
             await self.member.caught_up(token)
+
+    async def _topology(self, version: int, wait: float = TOPOLOGY_WAIT) -> None:
+        """Give this shard's own watch a moment to reach a read's newer topology version (the core then answers,
+        or refuses with ABORTED at another version)."""
+        own = self._shard.ownership
+        if not version or own is None or own.version >= version:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while loop.time() < deadline:
+            await asyncio.sleep(TOPOLOGY_POLL)
+            own = self._shard.ownership
+            if own is not None and own.version >= version:
+                return
+
+    def _at_other_version(self, version: int) -> bool:
+        own = self._shard.ownership
+        return bool(version) and own is not None and own.version != version
 
     def _info(self, stats: CollectionStats) -> pb.CollectionInfo:
         shard = pb.ShardStats(address=self.address, count=stats.count, memory_bytes=stats.memory_bytes)
@@ -119,8 +143,14 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
 
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
         await self._caught_up(request.token)
+        await self._topology(request.topology)
         found = await asyncio.to_thread(
-            self._shard.get, request.collection, decode_ids(request.ids), request.with_vectors, request.with_payload
+            self._shard.get,
+            request.collection,
+            decode_ids(request.ids),
+            request.with_vectors,
+            request.with_payload,
+            request.topology,
         )
         return found_to_proto(found)
 
@@ -137,13 +167,15 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
 
     async def Count(self, request: pb.CountRequest, context: grpc.aio.ServicerContext) -> pb.CountResponse:
         await self._caught_up(request.token)
-        if request.filter:
-            count = await asyncio.to_thread(self._shard.count, request.collection, request.filter)
+        await self._topology(request.topology)
+        if request.filter or self._shard.reading(request.topology) is not None:
+            count = await asyncio.to_thread(self._shard.count, request.collection, request.filter, request.topology)
         else:
             count = self._shard.count(request.collection)
         return pb.CountResponse(count=count)
 
     async def Scroll(self, request: pb.ScrollRequest, context: grpc.aio.ServicerContext) -> pb.ScrollResponse:
+        await self._topology(request.topology)
         page = await asyncio.to_thread(
             self._shard.scroll,
             request.collection,
@@ -153,6 +185,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             request.with_payload,
             request.with_vectors,
             request.max_bytes,
+            request.topology,
         )
         return page_to_proto(page)
 
@@ -203,10 +236,14 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
                         continue
                     future: Withdrawable
                     try:
-                        if request.token or (_tracing.ENABLED and _tracing.sampled(request.traceparent)):
+                        if (
+                            request.token
+                            or (_tracing.ENABLED and _tracing.sampled(request.traceparent))
+                            or self._at_other_version(request.topology)
+                        ):
                             future = asyncio.ensure_future(self._search(request))  # may wait for its token
                         else:
-                            future = self._shard.submit_search(Search.from_proto(request))
+                            future = self._shard.submit_search(Search.from_proto(request), None, request.topology)
                     except Exception as exc:  # a bad question: answer it and read on
                         answers.put_nowait(_error_answer(request.request_id, exc))
                         continue
@@ -287,6 +324,58 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
                 yield shard_pb2.ReplicateRequest(seq=seq, plan=raw, term=self._member().term)
                 after = seq
 
+    async def ExportRange(
+        self, request: shard_pb2.ExportRangeRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.ExportResponse:
+        self._member()
+        limit = min(max(int(request.limit), 1), MAX_EXPORT)
+        found = await asyncio.to_thread(
+            self._shard.export_range, request.collection, request.start, request.end, request.cursor, limit
+        )
+        return _export(request.collection, found)
+
+    async def ExportChanges(
+        self, request: shard_pb2.ExportChangesRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.ExportResponse:
+        self._member()
+        found = await asyncio.to_thread(
+            self._shard.export_changes, request.collection, request.start, request.end, request.after, request.upto
+        )
+        return _export(request.collection, found)
+
+    async def Import(
+        self, request: shard_pb2.ImportRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.ImportResponse:
+        self._member()
+        points = request.points
+        ids = decode_ids(points.ids) if points.ids.u64 or points.ids.str else np.zeros(0, np.uint64)
+        vectors = decode_matrix(points.vectors) if len(ids) else np.zeros((0, 1), np.float32)
+        deleted = decode_ids(request.deleted) if request.deleted.u64 or request.deleted.str else np.zeros(0, np.uint64)
+        futures = await asyncio.to_thread(
+            self._shard.submit_import, points.collection, ids, vectors, list(points.payloads), deleted
+        )
+        written = sum([await asyncio.wrap_future(f) for f in futures])
+        return shard_pb2.ImportResponse(written=written)
+
+    async def DeleteRange(
+        self, request: shard_pb2.DeleteRangeRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.DeleteRangeResponse:
+        self._member()
+        deleted = await asyncio.to_thread(self._shard.delete_range, request.collection, request.start, request.end)
+        return shard_pb2.DeleteRangeResponse(deleted=deleted)
+
+    async def AwaitTopology(
+        self, request: shard_pb2.AwaitTopologyRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.AwaitTopologyResponse:
+        self._member()
+        left = context.time_remaining()
+        await self._topology(request.version, min(left, AWAIT_TOPOLOGY_LIMIT) if left else AWAIT_TOPOLOGY_LIMIT)
+        own = self._shard.ownership
+        if own is None or own.version < request.version:
+            raise Unavailable(f"this shard has not applied topology version {request.version} yet")
+        await asyncio.wrap_future(self._shard.barrier())
+        return shard_pb2.AwaitTopologyResponse(version=own.version, seq=self._shard.sequence)
+
     @classmethod
     def _outcome(cls, request: pb.SearchRequest, future: Withdrawable) -> pb.SearchResponse:
         """A stream answer: the result, or this request's error without breaking the stream."""
@@ -301,9 +390,11 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
     async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
         if request.token:
             await self._caught_up(request.token)
+        if self._at_other_version(request.topology):
+            await self._topology(request.topology)
         if _tracing.ENABLED and _tracing.sampled(request.traceparent):
             return await self._traced_search(request)
-        future = self._shard.submit_search(Search.from_proto(request))
+        future = self._shard.submit_search(Search.from_proto(request), None, request.topology)
         result, plan = await asyncio.wrap_future(future)
         return self._response(request, result, plan)
 
@@ -312,7 +403,7 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         with _tracing.span(SEARCH_SPAN, _tracing.context_of(request.traceparent), "server") as span:
             times: list[int] = []
             queued = time.time_ns()
-            future = self._shard.submit_search(Search.from_proto(request), times)
+            future = self._shard.submit_search(Search.from_proto(request), times, request.topology)
             result, plan = await asyncio.wrap_future(future)
             if times:
                 started, ended = times
@@ -331,6 +422,27 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         if plan:
             response.plan = plan
         return check_answer_size(response)  # too large to send: this request fails, the stream stays up
+
+
+def _export(collection: str, found: Export) -> shard_pb2.ExportResponse:
+    """An export's answer."""
+    points = found.found
+    response = shard_pb2.ExportResponse(cursor=found.cursor, seq=found.seq)
+    if len(points.ids):
+        assert points.vectors is not None and points.payloads is not None
+        response.points.CopyFrom(
+            pb.UpsertRequest(
+                collection=collection,
+                ids=encode_ids(points.ids),
+                vectors=encode_matrix(points.vectors),
+                payloads=list(points.payloads),
+            )
+        )
+    else:
+        response.points.collection = collection
+    if len(found.deleted):
+        response.deleted.CopyFrom(encode_ids(found.deleted))
+    return response
 
 
 def _error_answer(request_id: int, exc: Exception) -> pb.SearchResponse:

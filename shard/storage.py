@@ -233,6 +233,12 @@ class CollectionStore:
         if keys:
             yield unpack_keys(keys), rec.vectors(found, self.config.dim)
 
+    def keys_from(self, after: bytes | None) -> Iterator[bytes]:
+        """The stored points' key8s after `after` (None: all), in key order."""
+        assert self._points is not None
+        keys = cast(Iterator[bytes], self._points.keys(from_key=after) if after is not None else self._points.keys())
+        return (k for k in keys if after is None or k != after)
+
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every stored (key8, record), in key order."""
         assert self._points is not None

@@ -23,6 +23,7 @@ import numpy as np
 from shoal._config import CollectionConfig
 from shoal._errors import AlreadyExists, NotFound
 from shoal._filter import Node
+from shoal._hash import slots_of
 from shoal.shard import records as rec
 from shoal.shard.payload_index import (
     EMPTY_PAYLOAD,
@@ -84,11 +85,12 @@ class Delete:
 
 @dataclass(frozen=True, eq=False)
 class DeleteByFilter:
-    """Delete every point matching a filter."""
+    """Delete every point matching a filter (only of the slots in `owned`, when given: bool per slot)."""
 
     collection: str
     born: int
     node: Node
+    owned: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -248,7 +250,8 @@ def plan_write(request: Request, catalogue: Catalogue) -> Plan:
         case Delete():
             return plan_delete(writable(catalogue, request.collection, request.born), request.ids)
         case DeleteByFilter():
-            return plan_delete_filter(writable(catalogue, request.collection, request.born), request.node)
+            view = writable(catalogue, request.collection, request.born)
+            return plan_delete_filter(view, request.node, request.owned)
         case SetPayload():
             view = writable(catalogue, request.collection, request.born)
             return plan_set_payload(view, request.ids, request.updates, request.paths)
@@ -343,11 +346,20 @@ def plan_delete(view: StoreView, ids: np.ndarray) -> WritePlan:
     return _remove(view, existing, plan)
 
 
-def plan_delete_filter(view: StoreView, node: Node) -> WritePlan:
-    """Delete every stored point matching a filter; the result is how many there were."""
+def plan_delete_filter(view: StoreView, node: Node, owned: np.ndarray | None = None) -> WritePlan:
+    """Delete every stored point matching a filter (of owned slots, when given); the result is how many there were."""
     plan = WritePlan(view.config.name)
-    keys8 = pack_keys(view.match(node))
-    if view.config.id_type == "string":
+    keys = view.match(node)
+    string = view.config.id_type == "string"
+    if owned is not None and len(keys):
+        if string:
+            names = view.ids_of(pack_keys(keys))
+            slots = slots_of([n.decode() if n is not None else "" for n in names])
+        else:
+            slots = slots_of(keys)
+        keys = keys[owned[slots]]
+    keys8 = pack_keys(keys)
+    if string:
         for key8, sid in zip(keys8, view.ids_of(keys8), strict=True):
             if sid is not None:
                 plan.deletes += [(IDS, b"s" + sid), (IDS, b"k" + key8)]

@@ -60,6 +60,7 @@ NEEDS = {
             *("CreateCollection", "DropCollection", "ListCollections", "DescribeCollection", "Upsert", "Get"),
             *("Delete", "Count", "Scroll", "SetPayload", "Search", "SearchStream", "Snapshot", "Backup", "Verify"),
             *("Replicate", "ReplicaState", "ReadLog"),
+            *("ExportRange", "ExportChanges", "Import", "DeleteRange", "AwaitTopology"),
             "GetStatus",
         ]
     },

@@ -25,37 +25,55 @@ _sym_db = _symbol_database.Default()
 from shoal.v1 import types_pb2 as shoal_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14shoal/v1/shard.proto\x12\x08shoal.v1\x1a\x14shoal/v1/types.proto\"L\n\x10ReplicateRequest\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04plan\x18\x03 \x01(\x0c\x12\x0f\n\x07primary\x18\x04 \x01(\t\"9\n\x0cReplicateAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\"\x15\n\x13ReplicaStateRequest\"q\n\x14ReplicaStateResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0e\n\x06member\x18\x04 \x01(\t\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x11\n\tlog_start\x18\x06 \x01(\x04\"\x1f\n\x0eReadLogRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x04\"\x11\n\x0fSnapshotRequest\":\n\x12\x43ollectionSequence\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"S\n\x10SnapshotResponse\x12/\n\tsnapshots\x18\x01 \x03(\x0b\x32\x1c.shoal.v1.CollectionSequence\x12\x0e\n\x06\x66\x61iled\x18\x02 \x03(\t\"\x1d\n\rBackupRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"C\n\x0e\x42\x61\x63kupResponse\x12\x31\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1c.shoal.v1.CollectionSequence\"#\n\rVerifyRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x93\x01\n\x0eVerifyResponse\x12\x1a\n\x03ids\x18\x01 \x01(\x0b\x32\r.shoal.v1.Ids\x12\x0e\n\x06stored\x18\x02 \x01(\x04\x12\x0f\n\x07indexed\x18\x03 \x01(\x04\x12\x0f\n\x07missing\x18\x04 \x01(\x0c\x12\r\n\x05\x65xtra\x18\x05 \x01(\x0c\x12\x10\n\x08unmapped\x18\x06 \x01(\x04\x12\x12\n\nconsistent\x18\x07 \x01(\x08\x32\xa9\n\n\x05Shard\x12Y\n\x10\x43reateCollection\x12!.shoal.v1.CreateCollectionRequest\x1a\".shoal.v1.CreateCollectionResponse\x12S\n\x0e\x44ropCollection\x12\x1f.shoal.v1.DropCollectionRequest\x1a .shoal.v1.DropCollectionResponse\x12V\n\x0fListCollections\x12 .shoal.v1.ListCollectionsRequest\x1a!.shoal.v1.ListCollectionsResponse\x12S\n\x12\x44\x65scribeCollection\x12#.shoal.v1.DescribeCollectionRequest\x1a\x18.shoal.v1.CollectionInfo\x12=\n\tGetStatus\x12\x17.shoal.v1.StatusRequest\x1a\x17.shoal.v1.ProcessStatus\x12;\n\x06Upsert\x12\x17.shoal.v1.UpsertRequest\x1a\x18.shoal.v1.UpsertResponse\x12\x32\n\x03Get\x12\x14.shoal.v1.GetRequest\x1a\x15.shoal.v1.GetResponse\x12;\n\x06\x44\x65lete\x12\x17.shoal.v1.DeleteRequest\x1a\x18.shoal.v1.DeleteResponse\x12\x38\n\x05\x43ount\x12\x16.shoal.v1.CountRequest\x1a\x17.shoal.v1.CountResponse\x12;\n\x06Scroll\x12\x17.shoal.v1.ScrollRequest\x1a\x18.shoal.v1.ScrollResponse\x12G\n\nSetPayload\x12\x1b.shoal.v1.SetPayloadRequest\x1a\x1c.shoal.v1.SetPayloadResponse\x12;\n\x06Search\x12\x17.shoal.v1.SearchRequest\x1a\x18.shoal.v1.SearchResponse\x12\x45\n\x0cSearchStream\x12\x17.shoal.v1.SearchRequest\x1a\x18.shoal.v1.SearchResponse(\x01\x30\x01\x12\x41\n\x08Snapshot\x12\x19.shoal.v1.SnapshotRequest\x1a\x1a.shoal.v1.SnapshotResponse\x12;\n\x06\x42\x61\x63kup\x12\x17.shoal.v1.BackupRequest\x1a\x18.shoal.v1.BackupResponse\x12;\n\x06Verify\x12\x17.shoal.v1.VerifyRequest\x1a\x18.shoal.v1.VerifyResponse\x12\x43\n\tReplicate\x12\x1a.shoal.v1.ReplicateRequest\x1a\x16.shoal.v1.ReplicateAck(\x01\x30\x01\x12M\n\x0cReplicaState\x12\x1d.shoal.v1.ReplicaStateRequest\x1a\x1e.shoal.v1.ReplicaStateResponse\x12\x41\n\x07ReadLog\x12\x18.shoal.v1.ReadLogRequest\x1a\x1a.shoal.v1.ReplicateRequest0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14shoal/v1/shard.proto\x12\x08shoal.v1\x1a\x14shoal/v1/types.proto\"c\n\x12\x45xportRangeRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0b\n\x03\x65nd\x18\x03 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\r\"c\n\x14\x45xportChangesRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0b\n\x03\x65nd\x18\x03 \x01(\r\x12\r\n\x05\x61\x66ter\x18\x04 \x01(\x04\x12\x0c\n\x04upto\x18\x05 \x01(\x04\"v\n\x0e\x45xportResponse\x12\'\n\x06points\x18\x01 \x01(\x0b\x32\x17.shoal.v1.UpsertRequest\x12\x1e\n\x07\x64\x65leted\x18\x02 \x01(\x0b\x32\r.shoal.v1.Ids\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x04\"X\n\rImportRequest\x12\'\n\x06points\x18\x01 \x01(\x0b\x32\x17.shoal.v1.UpsertRequest\x12\x1e\n\x07\x64\x65leted\x18\x02 \x01(\x0b\x32\r.shoal.v1.Ids\"!\n\x0eImportResponse\x12\x0f\n\x07written\x18\x01 \x01(\x04\"D\n\x12\x44\x65leteRangeRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0b\n\x03\x65nd\x18\x03 \x01(\r\"&\n\x13\x44\x65leteRangeResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\"\'\n\x14\x41waitTopologyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\"5\n\x15\x41waitTopologyResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"L\n\x10ReplicateRequest\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04plan\x18\x03 \x01(\x0c\x12\x0f\n\x07primary\x18\x04 \x01(\t\"9\n\x0cReplicateAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\"\x15\n\x13ReplicaStateRequest\"q\n\x14ReplicaStateResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0e\n\x06member\x18\x04 \x01(\t\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x11\n\tlog_start\x18\x06 \x01(\x04\"\x1f\n\x0eReadLogRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x04\"\x11\n\x0fSnapshotRequest\":\n\x12\x43ollectionSequence\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"S\n\x10SnapshotResponse\x12/\n\tsnapshots\x18\x01 \x03(\x0b\x32\x1c.shoal.v1.CollectionSequence\x12\x0e\n\x06\x66\x61iled\x18\x02 \x03(\t\"\x1d\n\rBackupRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"C\n\x0e\x42\x61\x63kupResponse\x12\x31\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1c.shoal.v1.CollectionSequence\"#\n\rVerifyRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x93\x01\n\x0eVerifyResponse\x12\x1a\n\x03ids\x18\x01 \x01(\x0b\x32\r.shoal.v1.Ids\x12\x0e\n\x06stored\x18\x02 \x01(\x04\x12\x0f\n\x07indexed\x18\x03 \x01(\x04\x12\x0f\n\x07missing\x18\x04 \x01(\x0c\x12\r\n\x05\x65xtra\x18\x05 \x01(\x0c\x12\x10\n\x08unmapped\x18\x06 \x01(\x04\x12\x12\n\nconsistent\x18\x07 \x01(\x08\x32\x96\r\n\x05Shard\x12Y\n\x10\x43reateCollection\x12!.shoal.v1.CreateCollectionRequest\x1a\".shoal.v1.CreateCollectionResponse\x12S\n\x0e\x44ropCollection\x12\x1f.shoal.v1.DropCollectionRequest\x1a .shoal.v1.DropCollectionResponse\x12V\n\x0fListCollections\x12 .shoal.v1.ListCollectionsRequest\x1a!.shoal.v1.ListCollectionsResponse\x12S\n\x12\x44\x65scribeCollection\x12#.shoal.v1.DescribeCollectionRequest\x1a\x18.shoal.v1.CollectionInfo\x12=\n\tGetStatus\x12\x17.shoal.v1.StatusRequest\x1a\x17.shoal.v1.ProcessStatus\x12;\n\x06Upsert\x12\x17.shoal.v1.UpsertRequest\x1a\x18.shoal.v1.UpsertResponse\x12\x32\n\x03Get\x12\x14.shoal.v1.GetRequest\x1a\x15.shoal.v1.GetResponse\x12;\n\x06\x44\x65lete\x12\x17.shoal.v1.DeleteRequest\x1a\x18.shoal.v1.DeleteResponse\x12\x38\n\x05\x43ount\x12\x16.shoal.v1.CountRequest\x1a\x17.shoal.v1.CountResponse\x12;\n\x06Scroll\x12\x17.shoal.v1.ScrollRequest\x1a\x18.shoal.v1.ScrollResponse\x12G\n\nSetPayload\x12\x1b.shoal.v1.SetPayloadRequest\x1a\x1c.shoal.v1.SetPayloadResponse\x12;\n\x06Search\x12\x17.shoal.v1.SearchRequest\x1a\x18.shoal.v1.SearchResponse\x12\x45\n\x0cSearchStream\x12\x17.shoal.v1.SearchRequest\x1a\x18.shoal.v1.SearchResponse(\x01\x30\x01\x12\x41\n\x08Snapshot\x12\x19.shoal.v1.SnapshotRequest\x1a\x1a.shoal.v1.SnapshotResponse\x12;\n\x06\x42\x61\x63kup\x12\x17.shoal.v1.BackupRequest\x1a\x18.shoal.v1.BackupResponse\x12;\n\x06Verify\x12\x17.shoal.v1.VerifyRequest\x1a\x18.shoal.v1.VerifyResponse\x12\x43\n\tReplicate\x12\x1a.shoal.v1.ReplicateRequest\x1a\x16.shoal.v1.ReplicateAck(\x01\x30\x01\x12M\n\x0cReplicaState\x12\x1d.shoal.v1.ReplicaStateRequest\x1a\x1e.shoal.v1.ReplicaStateResponse\x12\x41\n\x07ReadLog\x12\x18.shoal.v1.ReadLogRequest\x1a\x1a.shoal.v1.ReplicateRequest0\x01\x12\x45\n\x0b\x45xportRange\x12\x1c.shoal.v1.ExportRangeRequest\x1a\x18.shoal.v1.ExportResponse\x12I\n\rExportChanges\x12\x1e.shoal.v1.ExportChangesRequest\x1a\x18.shoal.v1.ExportResponse\x12;\n\x06Import\x12\x17.shoal.v1.ImportRequest\x1a\x18.shoal.v1.ImportResponse\x12J\n\x0b\x44\x65leteRange\x12\x1c.shoal.v1.DeleteRangeRequest\x1a\x1d.shoal.v1.DeleteRangeResponse\x12P\n\rAwaitTopology\x12\x1e.shoal.v1.AwaitTopologyRequest\x1a\x1f.shoal.v1.AwaitTopologyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shoal.v1.shard_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPLICATEREQUEST']._serialized_start=56
-  _globals['_REPLICATEREQUEST']._serialized_end=132
-  _globals['_REPLICATEACK']._serialized_start=134
-  _globals['_REPLICATEACK']._serialized_end=191
-  _globals['_REPLICASTATEREQUEST']._serialized_start=193
-  _globals['_REPLICASTATEREQUEST']._serialized_end=214
-  _globals['_REPLICASTATERESPONSE']._serialized_start=216
-  _globals['_REPLICASTATERESPONSE']._serialized_end=329
-  _globals['_READLOGREQUEST']._serialized_start=331
-  _globals['_READLOGREQUEST']._serialized_end=362
-  _globals['_SNAPSHOTREQUEST']._serialized_start=364
-  _globals['_SNAPSHOTREQUEST']._serialized_end=381
-  _globals['_COLLECTIONSEQUENCE']._serialized_start=383
-  _globals['_COLLECTIONSEQUENCE']._serialized_end=441
-  _globals['_SNAPSHOTRESPONSE']._serialized_start=443
-  _globals['_SNAPSHOTRESPONSE']._serialized_end=526
-  _globals['_BACKUPREQUEST']._serialized_start=528
-  _globals['_BACKUPREQUEST']._serialized_end=557
-  _globals['_BACKUPRESPONSE']._serialized_start=559
-  _globals['_BACKUPRESPONSE']._serialized_end=626
-  _globals['_VERIFYREQUEST']._serialized_start=628
-  _globals['_VERIFYREQUEST']._serialized_end=663
-  _globals['_VERIFYRESPONSE']._serialized_start=666
-  _globals['_VERIFYRESPONSE']._serialized_end=813
-  _globals['_SHARD']._serialized_start=816
-  _globals['_SHARD']._serialized_end=2137
+  _globals['_EXPORTRANGEREQUEST']._serialized_start=56
+  _globals['_EXPORTRANGEREQUEST']._serialized_end=155
+  _globals['_EXPORTCHANGESREQUEST']._serialized_start=157
+  _globals['_EXPORTCHANGESREQUEST']._serialized_end=256
+  _globals['_EXPORTRESPONSE']._serialized_start=258
+  _globals['_EXPORTRESPONSE']._serialized_end=376
+  _globals['_IMPORTREQUEST']._serialized_start=378
+  _globals['_IMPORTREQUEST']._serialized_end=466
+  _globals['_IMPORTRESPONSE']._serialized_start=468
+  _globals['_IMPORTRESPONSE']._serialized_end=501
+  _globals['_DELETERANGEREQUEST']._serialized_start=503
+  _globals['_DELETERANGEREQUEST']._serialized_end=571
+  _globals['_DELETERANGERESPONSE']._serialized_start=573
+  _globals['_DELETERANGERESPONSE']._serialized_end=611
+  _globals['_AWAITTOPOLOGYREQUEST']._serialized_start=613
+  _globals['_AWAITTOPOLOGYREQUEST']._serialized_end=652
+  _globals['_AWAITTOPOLOGYRESPONSE']._serialized_start=654
+  _globals['_AWAITTOPOLOGYRESPONSE']._serialized_end=707
+  _globals['_REPLICATEREQUEST']._serialized_start=709
+  _globals['_REPLICATEREQUEST']._serialized_end=785
+  _globals['_REPLICATEACK']._serialized_start=787
+  _globals['_REPLICATEACK']._serialized_end=844
+  _globals['_REPLICASTATEREQUEST']._serialized_start=846
+  _globals['_REPLICASTATEREQUEST']._serialized_end=867
+  _globals['_REPLICASTATERESPONSE']._serialized_start=869
+  _globals['_REPLICASTATERESPONSE']._serialized_end=982
+  _globals['_READLOGREQUEST']._serialized_start=984
+  _globals['_READLOGREQUEST']._serialized_end=1015
+  _globals['_SNAPSHOTREQUEST']._serialized_start=1017
+  _globals['_SNAPSHOTREQUEST']._serialized_end=1034
+  _globals['_COLLECTIONSEQUENCE']._serialized_start=1036
+  _globals['_COLLECTIONSEQUENCE']._serialized_end=1094
+  _globals['_SNAPSHOTRESPONSE']._serialized_start=1096
+  _globals['_SNAPSHOTRESPONSE']._serialized_end=1179
+  _globals['_BACKUPREQUEST']._serialized_start=1181
+  _globals['_BACKUPREQUEST']._serialized_end=1210
+  _globals['_BACKUPRESPONSE']._serialized_start=1212
+  _globals['_BACKUPRESPONSE']._serialized_end=1279
+  _globals['_VERIFYREQUEST']._serialized_start=1281
+  _globals['_VERIFYREQUEST']._serialized_end=1316
+  _globals['_VERIFYRESPONSE']._serialized_start=1319
+  _globals['_VERIFYRESPONSE']._serialized_end=1466
+  _globals['_SHARD']._serialized_start=1469
+  _globals['_SHARD']._serialized_end=3155
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,90 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ExportRangeRequest(_message.Message):
+    __slots__ = ("collection", "start", "end", "cursor", "limit")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    start: int
+    end: int
+    cursor: str
+    limit: int
+    def __init__(self, collection: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., cursor: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ExportChangesRequest(_message.Message):
+    __slots__ = ("collection", "start", "end", "after", "upto")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    UPTO_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    start: int
+    end: int
+    after: int
+    upto: int
+    def __init__(self, collection: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., after: _Optional[int] = ..., upto: _Optional[int] = ...) -> None: ...
+
+class ExportResponse(_message.Message):
+    __slots__ = ("points", "deleted", "cursor", "seq")
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    points: _types_pb2.UpsertRequest
+    deleted: _types_pb2.Ids
+    cursor: str
+    seq: int
+    def __init__(self, points: _Optional[_Union[_types_pb2.UpsertRequest, _Mapping]] = ..., deleted: _Optional[_Union[_types_pb2.Ids, _Mapping]] = ..., cursor: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class ImportRequest(_message.Message):
+    __slots__ = ("points", "deleted")
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    points: _types_pb2.UpsertRequest
+    deleted: _types_pb2.Ids
+    def __init__(self, points: _Optional[_Union[_types_pb2.UpsertRequest, _Mapping]] = ..., deleted: _Optional[_Union[_types_pb2.Ids, _Mapping]] = ...) -> None: ...
+
+class ImportResponse(_message.Message):
+    __slots__ = ("written",)
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    written: int
+    def __init__(self, written: _Optional[int] = ...) -> None: ...
+
+class DeleteRangeRequest(_message.Message):
+    __slots__ = ("collection", "start", "end")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    start: int
+    end: int
+    def __init__(self, collection: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
+
+class DeleteRangeResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+
+class AwaitTopologyRequest(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...
+
+class AwaitTopologyResponse(_message.Message):
+    __slots__ = ("version", "seq")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    seq: int
+    def __init__(self, version: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
+
 class ReplicateRequest(_message.Message):
     __slots__ = ("term", "seq", "plan", "primary")
     TERM_FIELD_NUMBER: _ClassVar[int]

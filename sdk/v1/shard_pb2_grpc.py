@@ -130,6 +130,31 @@ class ShardStub:
                 request_serializer=shoal_dot_v1_dot_shard__pb2.ReadLogRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_shard__pb2.ReplicateRequest.FromString,
                 _registered_method=True)
+        self.ExportRange = channel.unary_unary(
+                '/shoal.v1.Shard/ExportRange',
+                request_serializer=shoal_dot_v1_dot_shard__pb2.ExportRangeRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_shard__pb2.ExportResponse.FromString,
+                _registered_method=True)
+        self.ExportChanges = channel.unary_unary(
+                '/shoal.v1.Shard/ExportChanges',
+                request_serializer=shoal_dot_v1_dot_shard__pb2.ExportChangesRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_shard__pb2.ExportResponse.FromString,
+                _registered_method=True)
+        self.Import = channel.unary_unary(
+                '/shoal.v1.Shard/Import',
+                request_serializer=shoal_dot_v1_dot_shard__pb2.ImportRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_shard__pb2.ImportResponse.FromString,
+                _registered_method=True)
+        self.DeleteRange = channel.unary_unary(
+                '/shoal.v1.Shard/DeleteRange',
+                request_serializer=shoal_dot_v1_dot_shard__pb2.DeleteRangeRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_shard__pb2.DeleteRangeResponse.FromString,
+                _registered_method=True)
+        self.AwaitTopology = channel.unary_unary(
+                '/shoal.v1.Shard/AwaitTopology',
+                request_serializer=shoal_dot_v1_dot_shard__pb2.AwaitTopologyRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_shard__pb2.AwaitTopologyResponse.FromString,
+                _registered_method=True)
 
 
 class ShardServicer:
@@ -267,6 +292,44 @@ class ShardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportRange(self, request, context):
+        """Slot moves (the mover; shard groups only). A page of the points of slots [start, end) of a collection
+        after a cursor, in key order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportChanges(self, request, context):
+        """The current state of every point of slots [start, end) that the writes after sequence `after` (up to
+        `upto`, or a bounded number of them) touched: those that exist, and the ids of those that do not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Import(self, request, context):
+        """On the target's primary: write the mover's copies (upserts, then deletes) of slots moving to this group.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRange(self, request, context):
+        """On a primary: delete every point of slots [start, end), which this group must not own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AwaitTopology(self, request, context):
+        """Wait (up to the deadline) until this member applied topology `version` or a newer one; then, once every
+        write checked under an older one is durable, answer with the sequence reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -364,6 +427,31 @@ def add_ShardServicer_to_server(servicer, server):
                     servicer.ReadLog,
                     request_deserializer=shoal_dot_v1_dot_shard__pb2.ReadLogRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_shard__pb2.ReplicateRequest.SerializeToString,
+            ),
+            'ExportRange': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportRange,
+                    request_deserializer=shoal_dot_v1_dot_shard__pb2.ExportRangeRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_shard__pb2.ExportResponse.SerializeToString,
+            ),
+            'ExportChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportChanges,
+                    request_deserializer=shoal_dot_v1_dot_shard__pb2.ExportChangesRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_shard__pb2.ExportResponse.SerializeToString,
+            ),
+            'Import': grpc.unary_unary_rpc_method_handler(
+                    servicer.Import,
+                    request_deserializer=shoal_dot_v1_dot_shard__pb2.ImportRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_shard__pb2.ImportResponse.SerializeToString,
+            ),
+            'DeleteRange': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRange,
+                    request_deserializer=shoal_dot_v1_dot_shard__pb2.DeleteRangeRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_shard__pb2.DeleteRangeResponse.SerializeToString,
+            ),
+            'AwaitTopology': grpc.unary_unary_rpc_method_handler(
+                    servicer.AwaitTopology,
+                    request_deserializer=shoal_dot_v1_dot_shard__pb2.AwaitTopologyRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_shard__pb2.AwaitTopologyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -879,6 +967,141 @@ class Shard:
             '/shoal.v1.Shard/ReadLog',
             shoal_dot_v1_dot_shard__pb2.ReadLogRequest.SerializeToString,
             shoal_dot_v1_dot_shard__pb2.ReplicateRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportRange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shard/ExportRange',
+            shoal_dot_v1_dot_shard__pb2.ExportRangeRequest.SerializeToString,
+            shoal_dot_v1_dot_shard__pb2.ExportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shard/ExportChanges',
+            shoal_dot_v1_dot_shard__pb2.ExportChangesRequest.SerializeToString,
+            shoal_dot_v1_dot_shard__pb2.ExportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Import(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shard/Import',
+            shoal_dot_v1_dot_shard__pb2.ImportRequest.SerializeToString,
+            shoal_dot_v1_dot_shard__pb2.ImportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shard/DeleteRange',
+            shoal_dot_v1_dot_shard__pb2.DeleteRangeRequest.SerializeToString,
+            shoal_dot_v1_dot_shard__pb2.DeleteRangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AwaitTopology(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shard/AwaitTopology',
+            shoal_dot_v1_dot_shard__pb2.AwaitTopologyRequest.SerializeToString,
+            shoal_dot_v1_dot_shard__pb2.AwaitTopologyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -169,7 +169,7 @@ class UpsertResponse(_message.Message):
     def __init__(self, upserted: _Optional[int] = ..., token: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class GetRequest(_message.Message):
-    __slots__ = ("collection", "ids", "with_vectors", "with_payload", "token")
+    __slots__ = ("collection", "ids", "with_vectors", "with_payload", "token", "topology")
     class TokenEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -182,12 +182,14 @@ class GetRequest(_message.Message):
     WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
     WITH_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: Ids
     with_vectors: bool
     with_payload: bool
     token: _containers.ScalarMap[str, int]
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Union[Ids, _Mapping]] = ..., with_vectors: _Optional[bool] = ..., with_payload: _Optional[bool] = ..., token: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    topology: int
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Union[Ids, _Mapping]] = ..., with_vectors: _Optional[bool] = ..., with_payload: _Optional[bool] = ..., token: _Optional[_Mapping[str, int]] = ..., topology: _Optional[int] = ...) -> None: ...
 
 class GetResponse(_message.Message):
     __slots__ = ("ids", "vectors", "payloads")
@@ -225,7 +227,7 @@ class DeleteResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ..., token: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class CountRequest(_message.Message):
-    __slots__ = ("collection", "filter", "token")
+    __slots__ = ("collection", "filter", "token", "topology")
     class TokenEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -236,10 +238,12 @@ class CountRequest(_message.Message):
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
     collection: str
     filter: str
     token: _containers.ScalarMap[str, int]
-    def __init__(self, collection: _Optional[str] = ..., filter: _Optional[str] = ..., token: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    topology: int
+    def __init__(self, collection: _Optional[str] = ..., filter: _Optional[str] = ..., token: _Optional[_Mapping[str, int]] = ..., topology: _Optional[int] = ...) -> None: ...
 
 class CountResponse(_message.Message):
     __slots__ = ("count",)
@@ -248,7 +252,7 @@ class CountResponse(_message.Message):
     def __init__(self, count: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "k", "ef", "with_payload", "with_vectors", "request_id", "filter", "cancel", "traceparent", "token")
+    __slots__ = ("collection", "queries", "k", "ef", "with_payload", "with_vectors", "request_id", "filter", "cancel", "traceparent", "token", "topology")
     class TokenEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -267,6 +271,7 @@ class SearchRequest(_message.Message):
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: Matrix
     k: int
@@ -278,7 +283,8 @@ class SearchRequest(_message.Message):
     cancel: bool
     traceparent: str
     token: _containers.ScalarMap[str, int]
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[Matrix, _Mapping]] = ..., k: _Optional[int] = ..., ef: _Optional[int] = ..., with_payload: _Optional[bool] = ..., with_vectors: _Optional[bool] = ..., request_id: _Optional[int] = ..., filter: _Optional[str] = ..., cancel: _Optional[bool] = ..., traceparent: _Optional[str] = ..., token: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    topology: int
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[Matrix, _Mapping]] = ..., k: _Optional[int] = ..., ef: _Optional[int] = ..., with_payload: _Optional[bool] = ..., with_vectors: _Optional[bool] = ..., request_id: _Optional[int] = ..., filter: _Optional[str] = ..., cancel: _Optional[bool] = ..., traceparent: _Optional[str] = ..., token: _Optional[_Mapping[str, int]] = ..., topology: _Optional[int] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("k", "ids", "distances", "counts", "payloads", "vectors", "request_id", "plan", "error")
@@ -303,7 +309,7 @@ class SearchResponse(_message.Message):
     def __init__(self, k: _Optional[int] = ..., ids: _Optional[_Union[Ids, _Mapping]] = ..., distances: _Optional[_Union[Matrix, _Mapping]] = ..., counts: _Optional[bytes] = ..., payloads: _Optional[_Iterable[bytes]] = ..., vectors: _Optional[_Union[Matrix, _Mapping]] = ..., request_id: _Optional[int] = ..., plan: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class ScrollRequest(_message.Message):
-    __slots__ = ("collection", "filter", "limit", "cursor", "with_payload", "with_vectors", "max_bytes")
+    __slots__ = ("collection", "filter", "limit", "cursor", "with_payload", "with_vectors", "max_bytes", "topology")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
@@ -311,6 +317,7 @@ class ScrollRequest(_message.Message):
     WITH_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
     collection: str
     filter: str
     limit: int
@@ -318,7 +325,8 @@ class ScrollRequest(_message.Message):
     with_payload: bool
     with_vectors: bool
     max_bytes: int
-    def __init__(self, collection: _Optional[str] = ..., filter: _Optional[str] = ..., limit: _Optional[int] = ..., cursor: _Optional[str] = ..., with_payload: _Optional[bool] = ..., with_vectors: _Optional[bool] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+    topology: int
+    def __init__(self, collection: _Optional[str] = ..., filter: _Optional[str] = ..., limit: _Optional[int] = ..., cursor: _Optional[str] = ..., with_payload: _Optional[bool] = ..., with_vectors: _Optional[bool] = ..., max_bytes: _Optional[int] = ..., topology: _Optional[int] = ...) -> None: ...
 
 class ScrollResponse(_message.Message):
     __slots__ = ("ids", "vectors", "payloads", "next_cursor")

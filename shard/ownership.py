@@ -1,0 +1,96 @@
+"""Which slots a shard's group owns under a topology version, and what its reads may see while slots move.
+
+The group's slots come from the topology in etcd (group.py follows it). While a slot range moves, the
+target holds the mover's copies before it owns them, and the source keeps its old copies after the switch
+until the mover deletes them: those points are hidden from every read (search, get, count, scroll), so a
+search at one topology version sees each point in exactly one group. With no move touching the group,
+nothing is hidden and reads take their usual paths at no cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from shoal._config import SLOTS
+from shoal._errors import FailedPrecondition, Unavailable
+from shoal._filter import Node
+from shoal._hash import slots_of
+from shoal._meta_values import Topology
+from shoal.shard.collection import Collection, matching
+from shoal.shard.planner import Matching
+from shoal.shard.storage import pack_keys
+
+FROZEN_RETRY = 0.05  # seconds a writer to frozen slots is told to wait before it tries again
+_NONE = np.zeros(SLOTS, dtype=bool)
+
+
+@dataclass(frozen=True, eq=False)
+class Ownership:
+    """A group's slots under one topology version: owned, frozen (writes wait), importing (mover copies land)."""
+
+    version: int
+    owned: np.ndarray  # bool per slot
+    frozen: np.ndarray = field(default_factory=lambda: _NONE)
+    importing: np.ndarray = field(default_factory=lambda: _NONE)
+    hiding: bool = False  # the group may hold points of slots it does not own: reads leave them out
+
+
+def ownership(topology: Topology, group: str) -> Ownership:
+    """What `group` owns, freezes and imports under `topology`."""
+    owned, frozen, importing = (np.zeros(SLOTS, dtype=bool) for _ in range(3))
+    for start, end in topology.owned(group):
+        owned[start:end] = True
+    hiding = False
+    for m in topology.moves:
+        if m.source == group and m.phase == "frozen":
+            frozen[m.start : m.end] = True
+        if m.target == group and m.phase in ("copy", "frozen"):
+            importing[m.start : m.end] = True
+        hiding |= (m.target == group and m.phase != "cleanup") or (m.source == group and m.phase == "cleanup")
+    return Ownership(topology.version, owned, frozen, importing, hiding)
+
+
+def static(ranges: list[tuple[int, int]], version: int = 0) -> Ownership:
+    """Slot ranges owned with nothing moving."""
+    owned = np.zeros(SLOTS, dtype=bool)
+    for start, end in ranges:
+        owned[start:end] = True
+    return Ownership(version, owned)
+
+
+def check_write(own: Ownership, slots: np.ndarray, importing: bool = False) -> None:
+    """Refuse a write to slots the group does not own (FailedPrecondition), to frozen slots (Unavailable, retry
+    soon), or a mover's copy to slots it is not importing (FailedPrecondition)."""
+    if importing:
+        stray = np.flatnonzero(~own.importing[slots])
+        if len(stray):
+            raise FailedPrecondition(f"slot {int(slots[stray[0]])} is not moving to this shard group")
+        return
+    foreign = np.flatnonzero(~own.owned[slots])
+    if len(foreign):
+        raise FailedPrecondition(
+            f"slot {int(slots[foreign[0]])} is not owned by this shard group (the topology changed?)"
+        )
+    if own.frozen[slots].any():
+        raise Unavailable("slots moving: try again", retry_after=FROZEN_RETRY)
+
+
+def slots_of_keys(coll: Collection, keys: np.ndarray) -> np.ndarray:
+    """The slot of each internal key (its id's slot; string ids are read from RocksDB)."""
+    if coll.config.id_type == "uint64":
+        return slots_of(keys)
+    names = coll.store.ids_of(pack_keys(keys))
+    return slots_of([n.decode() if n is not None else "" for n in names])
+
+
+def visible(coll: Collection, own: Ownership, text: str = "", node: Node | None = None) -> Matching:
+    """On the index worker: the keys a read may see (those matching the filter, if any) in owned slots,
+    cached until the collection's next write."""
+
+    def compute() -> Matching:
+        keys = matching(coll, text, node).keys if node is not None else coll.filters.live()
+        return Matching(keys[own.owned[slots_of_keys(coll, keys)]] if len(keys) else keys)
+
+    return coll.filters.cached(f"\0visible {own.version}\0{text}", compute)
