@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 
 from shoal._meta import MetaStore
-from shoal._meta_values import GroupState, Topology
+from shoal._meta_values import GroupState
 from shoal._rpc import member_channel
 from shoal._tls import ClusterCredentials
 from shoal.v1 import shard_pb2, shard_pb2_grpc
@@ -92,7 +92,7 @@ async def meta_status(
         topology = await meta.get_topology()
         states = await meta.get_groups()
         endpoints = await meta.endpoints()
-    moves = [move_json(m) for m in topology_moves(topology)]
+        moves = [{**m.to_json(), "progress": await meta.get_progress(m.id)} for m in topology.moves]
     names = list(dict.fromkeys([*(r.group for r in topology.ranges), *sorted(states)]))
     found: list[GroupStatus] = []
     for name in names:
@@ -122,16 +122,6 @@ async def meta_status(
                 m.lag = max(primary - m.seq, 0)
         found.append(status)
     return MetaStatus(endpoints, topology.version, found, moves)
-
-
-def topology_moves(topology: Topology) -> tuple[object, ...]:
-    """The moves in progress the topology records."""
-    return tuple(getattr(topology, "moves", ()))
-
-
-def move_json(move: object) -> dict[str, object]:
-    """A move in progress as a JSON object."""
-    return {k: getattr(move, k) for k in ("id", "start", "end", "source", "target", "phase")}
 
 
 async def _none() -> int:
