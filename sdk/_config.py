@@ -19,6 +19,13 @@ KEEPALIVE_TIMEOUT_MS = 5_000  # and counts it dead when the answer takes longer
 MAX_NAME_LENGTH = 128
 MAX_STRING_ID_BYTES = 512
 SLOTS = 4096
+# Slot moves (`shoal rebalance`, `shoal drain`). A move copies its range, then freezes writes to it for the
+# last catch-up: a bounded range keeps each move (and the work a cut-off move loses) short; 256 slots ≈ 6%.
+DEFAULT_MOVE_SLOTS = 256
+DEFAULT_MOVE_PARALLEL = 2  # ranges moved at a time: one copies while another freezes and switches
+# Points per second copied over all moves at once: the throttle that keeps the foreground served (measured by
+# loadtest/bench_move.py; raise it on idle clusters).
+DEFAULT_MOVE_RATE = 5_000.0
 DEFAULT_SCROLL = 100  # points in one scroll page when no limit is given
 MAX_SCROLL = 10_000  # points in one scroll page
 MAX_SCROLL_BYTES = 32 * 1024 * 1024  # a scroll page, over all shards, stops growing here (half the message limit)

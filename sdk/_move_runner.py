@@ -12,10 +12,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from shoal._config import DEFAULT_MOVE_PARALLEL, DEFAULT_MOVE_SLOTS
 from shoal._meta import MetaStore
-from shoal._move_plan import DEFAULT_MOVE_SLOTS, RangeMove, plan
+from shoal._move_plan import RangeMove, plan
+from shoal._tls import ClusterCredentials
 
-DEFAULT_PARALLEL = 2  # ranges moved at a time: one copies while another freezes and switches
 REPORT_EVERY = 2.0  # seconds between progress lines
 
 Report = Callable[[str], None]
@@ -68,7 +69,7 @@ async def run_moves(
     *,
     drain: tuple[str, ...] = (),
     rate: float,
-    parallel: int = DEFAULT_PARALLEL,
+    parallel: int = DEFAULT_MOVE_PARALLEL,
     max_slots: int = DEFAULT_MOVE_SLOTS,
     dry_run: bool = False,
 ) -> RunProgress:
@@ -112,6 +113,11 @@ async def run_moves(
         reporter.cancel()
     report(f"done: {progress.line()}")
     return progress
+
+
+def mover_functions(credentials: ClusterCredentials) -> tuple[MoveFn, ResumeFn]:
+    """The mover's `move` and `resume`, reaching the shards with `credentials`."""
+    raise NotImplementedError("the mover is not merged yet")
 
 
 async def _report_every(progress: RunProgress, report: Report) -> None:

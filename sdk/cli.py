@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shoal import __version__
-from shoal._config import DEFAULT_ADDRESS, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SHARDS
+from shoal._config import (
+    DEFAULT_ADDRESS,
+    DEFAULT_HOST,
+    DEFAULT_MOVE_PARALLEL,
+    DEFAULT_MOVE_RATE,
+    DEFAULT_MOVE_SLOTS,
+    DEFAULT_PORT,
+    DEFAULT_SHARDS,
+)
 from shoal._errors import ShoalError
 from shoal._logs import LOG_FORMATS
 from shoal._logs import configure as configure_logging
@@ -309,6 +317,50 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if same else 1
 
 
+def cmd_rebalance(args: argparse.Namespace) -> int:
+    """Move slots until every group owns an equal share (resuming a run that was cut off)."""
+    return _move_slots(args, ())
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    """Move every slot of a group to the others, so that its members can be stopped."""
+    _move_slots(args, (args.group,))
+    print(f"group {args.group} owns no slots now: its members can be stopped", flush=True)
+    return 0
+
+
+def _move_slots(args: argparse.Namespace, drain: tuple[str, ...]) -> int:
+    from shoal._meta import MetaStore
+    from shoal._move_runner import mover_functions, run_moves
+
+    endpoint = _meta_endpoint(args)
+    if not endpoint:
+        raise SystemExit(f"shoal {args.command} needs --meta or --data (the cluster's etcd)")
+    if args.rate <= 0 or args.parallel < 1:
+        raise SystemExit(f"shoal {args.command}: --rate must be above 0 and --parallel at least 1")
+
+    def report(line: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+
+    async def main() -> None:
+        async with await MetaStore.connect(endpoint, args.cluster) as meta:
+            move, resume = mover_functions(_member_credentials(args))
+            await run_moves(
+                meta,
+                move,
+                resume,
+                report,
+                drain=drain,
+                rate=args.rate,
+                parallel=args.parallel,
+                max_slots=args.max_slots,
+                dry_run=args.dry_run,
+            )
+
+    asyncio.run(main())
+    return 0
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
     """Copy every shard of a running cluster into a new folder."""
     from shoal._backup import backup_cluster
@@ -506,6 +558,39 @@ def parser() -> argparse.ArgumentParser:
             "--cluster-secret-file", help="ask the group members with the cluster secret (default with --data: its own)"
         )
     check.add_argument("--tls-ca", help="with --cluster-secret-file: the CA of the members' certificates (TLS)")
+
+    rebalance = sub.add_parser(
+        "rebalance", help="move slots online until every shard group owns an equal share (rerun: resume)"
+    )
+    rebalance.set_defaults(func=cmd_rebalance)
+    drain = sub.add_parser("drain", help="move every slot of a shard group to the others, online (rerun: resume)")
+    drain.add_argument("group", help="the group to empty, as `shoal status` names it")
+    drain.set_defaults(func=cmd_drain)
+    for command in (rebalance, drain):
+        command.add_argument("--meta", default="", help="the cluster's etcd endpoint HOST:PORT")
+        command.add_argument("--data", default="", help="or: the data folder of a `shoal up` cluster")
+        command.add_argument("--cluster", default="default", help="the cluster's name in etcd")
+        command.add_argument("--cluster-secret-file", help="reach the shards with the cluster secret")
+        command.add_argument("--tls-ca", help="with --cluster-secret-file: the CA of the members' certificates (TLS)")
+        command.add_argument(
+            "--rate",
+            type=float,
+            default=DEFAULT_MOVE_RATE,
+            help=f"points per second copied, over all moves at once (default {DEFAULT_MOVE_RATE:,.0f})",
+        )
+        command.add_argument(
+            "--parallel",
+            type=int,
+            default=DEFAULT_MOVE_PARALLEL,
+            help=f"ranges moved at a time (default {DEFAULT_MOVE_PARALLEL})",
+        )
+        command.add_argument(
+            "--max-slots",
+            type=int,
+            default=DEFAULT_MOVE_SLOTS,
+            help=f"slots in one move at most (default {DEFAULT_MOVE_SLOTS} of 4096)",
+        )
+        command.add_argument("--dry-run", action="store_true", help="print the moves, move nothing")
 
     backup = sub.add_parser("backup", help="copy every shard of a running cluster into a new folder")
     backup.add_argument("--address", default=DEFAULT_ADDRESS, help="a coordinator's address")

@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal._config import SLOTS
+from shoal._config import DEFAULT_MOVE_SLOTS, SLOTS
 from shoal._errors import InvalidArgument
 from shoal._meta_init import even_ranges
 from shoal._meta_values import SlotRange, check_ranges
-from shoal._move_plan import DEFAULT_MOVE_SLOTS, RangeMove, apply, plan, shares, slot_counts
+from shoal._move_plan import RangeMove, apply, plan, shares, slot_counts
 
 
 def test_grow_two_to_three_moves_a_third_to_the_new_group() -> None:
