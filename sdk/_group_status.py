@@ -54,6 +54,7 @@ class MetaStatus:
     topology_version: int
     groups: list[GroupStatus]
     moves: list[dict[str, object]]
+    mover: str | None = None  # who holds the mover lock (None: no mover runs)
 
 
 def endpoint_of(data: Path) -> str:
@@ -92,6 +93,7 @@ async def meta_status(
         topology = await meta.get_topology()
         states = await meta.get_groups()
         endpoints = await meta.endpoints()
+        mover = await meta.mover()
         moves = [{**m.to_json(), "progress": await meta.get_progress(m.id)} for m in topology.moves]
     names = list(dict.fromkeys([*(r.group for r in topology.ranges), *sorted(states)]))
     found: list[GroupStatus] = []
@@ -121,7 +123,7 @@ async def meta_status(
             if primary >= 0 and m.seq >= 0:
                 m.lag = max(primary - m.seq, 0)
         found.append(status)
-    return MetaStatus(endpoints, topology.version, found, moves)
+    return MetaStatus(endpoints, topology.version, found, moves, mover)
 
 
 async def _none() -> int:

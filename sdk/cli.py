@@ -252,7 +252,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         doc = json.loads(to_json(status))
         if found is not None:
             meta = dataclasses.asdict(found)
-            doc.update(etcd=meta["etcd"], groups=meta["groups"], moves=meta["moves"])
+            doc.update(etcd=meta["etcd"], groups=meta["groups"], moves=meta["moves"], mover=meta["mover"])
         print(json.dumps(doc, indent=2))
     else:
         print(to_table(status))

@@ -67,7 +67,7 @@ def test_a_joined_shard_is_a_new_empty_group_and_keeps_its_name(two_groups: Loca
     doc = json.loads(status.stdout)
     assert [(g["group"], g["slot_count"]) for g in doc["groups"]] == [("g0", 2048), ("g1", 2048), ("g2", 0)]
     assert doc["groups"][2]["slots"] == [] and doc["groups"][2]["members"][0]["role"] == "primary"
-    assert doc["moves"] == [] and all(g["moves"] == [] for g in doc["groups"])
+    assert doc["moves"] == [] and all(g["moves"] == [] for g in doc["groups"]) and doc["mover"] is None
     assert two_groups.etcd is not None
     assert doc["etcd"] == [f"http://{two_groups.etcd.endpoint}"]
     table = shoal_cli("status", "--address", two_groups.address, "--data", data)
