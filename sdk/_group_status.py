@@ -136,12 +136,16 @@ def groups_json(found: list[GroupStatus]) -> str:
 
 
 def meta_table(status: MetaStatus) -> str:
-    """What etcd says as text: the endpoints, the groups' table, then a line per move in progress."""
+    """What etcd says as text: the endpoints, the groups' table, a line per move in progress, the mover."""
     lines = [f"etcd {', '.join(status.etcd)}: topology version {status.topology_version}", groups_table(status.groups)]
     for m in status.moves:
-        lines.append(
-            f"moving slots {m['start']}-{int(str(m['end'])) - 1} from {m['source']} to {m['target']}: {m['phase']}"
-        )
+        line = f"moving slots {m['start']}-{int(str(m['end'])) - 1} from {m['source']} to {m['target']}: {m['phase']}"
+        progress = m.get("progress")
+        if isinstance(progress, dict) and "points" in progress:
+            line += f", {progress['points']:,} points copied"
+        lines.append(line)
+    if status.mover:
+        lines.append(f"mover: {status.mover}")
     return "\n".join(lines)
 
 

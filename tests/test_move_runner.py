@@ -15,6 +15,10 @@ from shoal._move_plan import RangeMove, slot_counts
 from shoal._move_runner import Progress, RunProgress, run_moves
 
 
+class CutOff(Exception):
+    """The run stops half-way."""
+
+
 class FakeMeta:
     """The two reads the runner makes, over a topology the fake mover changes."""
 
@@ -40,7 +44,7 @@ class FakeMover:
 
     async def move(self, meta: MetaStore, move: RangeMove, rate: float, progress: Progress) -> None:
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
-            raise KeyboardInterrupt  # as Ctrl-C would cut the run off
+            raise CutOff("as Ctrl-C or a kill would cut the run off")
         self.calls.append((move, rate))
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
@@ -90,7 +94,7 @@ def test_drain_empties_the_group_and_a_dry_run_moves_nothing() -> None:
 def test_a_rerun_after_a_cut_off_resumes_then_moves_only_what_is_left() -> None:
     meta = FakeMeta(even_ranges(2), ["g0", "g1", "g2"])
     mover = FakeMover(meta, fail_after=2)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(CutOff):
         run(meta, mover, parallel=1)
     assert len(mover.calls) == 2
     first = [m for m, _ in mover.calls]
@@ -108,3 +112,25 @@ def test_progress_line_tells_rate_and_time_left() -> None:
     p = RunProgress(ranges=4, slots=400, ranges_done=1, slots_done=100, points=1000, started=0.0)
     p.copied[RangeMove(0, 100, "g0", "g1")] = 1000
     assert p.line(now=10.0) == "1/4 ranges, 2,000 points moved, 200 points/s, about 30 s left"
+
+
+def test_status_table_shows_endpoints_empty_groups_moves_and_the_mover() -> None:
+    from shoal._group_status import GroupStatus, MemberStatus, MetaStatus, meta_table
+
+    move = {"id": "m1", "start": 1366, "end": 1622, "source": "g0", "target": "g2", "phase": "copy"}
+    status = MetaStatus(
+        ["http://127.0.0.1:2379"],
+        7,
+        [
+            GroupStatus("g0", [[0, 2048]], 1, [MemberStatus("s0", "h:1", "primary", "in-sync", 9, 0)], 2048, [move]),
+            GroupStatus("g2", [], 1, [], 0, [move]),
+        ],
+        [{**move, "progress": {"points": 12345}}],
+        "rebalance@host",
+    )
+    lines = meta_table(status).splitlines()
+    assert lines[0] == "etcd http://127.0.0.1:2379: topology version 7"
+    assert lines[2].startswith("g0     2048 0-2047")
+    assert lines[3].startswith("g2     0 (none)") and lines[3].endswith("(no live member)")
+    assert lines[4] == "moving slots 1366-1621 from g0 to g2: copy, 12,345 points copied"
+    assert lines[5] == "mover: rebalance@host"
