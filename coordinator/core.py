@@ -16,7 +16,16 @@ from grpc import StatusCode
 
 from shoal import _tracing
 from shoal._config import DEFAULT_SCROLL, MAX_SCROLL, MAX_SCROLL_BYTES, CollectionConfig, check_k, check_name
-from shoal._errors import AlreadyExists, DeadlineExceeded, Internal, InvalidArgument, NotFound, ShoalError
+from shoal._errors import (
+    Aborted,
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ShoalError,
+)
 from shoal._filter import check_path, parse_json
 from shoal._results import Found, Page, TopK, check_answer_budget, found_from_proto, topk_from_proto
 from shoal._search import Search
@@ -101,6 +110,17 @@ class Catalogue(Protocol):
 
 
 CATALOGUE_POLL = 0.05  # seconds between checks that every shard group applied a catalogue change
+REFRESH_STEP = 0.25  # seconds a call waits for a newer topology before it tries again (the shard may lag)
+MOVE_BUDGET = 30.0  # seconds a call without a deadline keeps retrying through a slot move
+NOT_OWNED = "is not owned by this shard group"  # a write routed by an older topology (shard/ownership.py)
+
+# Wait until the routing is newer than a topology version, at most some seconds (None: a fixed topology).
+Refresh = Callable[[int, float], Awaitable[None]]
+
+
+def stale_routing(exc: BaseException) -> bool:
+    """Whether a shard refused a call for being routed by another topology version than its own."""
+    return isinstance(exc, Aborted) or (isinstance(exc, FailedPrecondition) and NOT_OWNED in exc.message)
 
 
 class Coordinator:
@@ -120,6 +140,7 @@ class Coordinator:
     ) -> None:
         self.retarget(topology, shards)
         self.catalogue = catalogue
+        self.refresh: Refresh | None = None  # set over shard groups, whose slots move
         # None: every search fans out on its own (no coalescing).
         self.batcher = SearchBatcher(self._search_shards, batching) if batching is not None else None
 
@@ -139,6 +160,59 @@ class Coordinator:
 
     async def _all(self, call: Callable[[ShardConnection], Awaitable[T]]) -> list[T]:
         return await self._fan_out(range(len(self.shards)), lambda i: call(self.shards[i]))
+
+    async def _after_move(self, version: int, deadline: float | None, error: BaseException) -> None:
+        """Wait for a topology newer than `version` (a shard said the routing is stale), or re-raise `error`."""
+        loop = asyncio.get_running_loop()
+        left = (deadline if deadline is not None else loop.time() + REFRESH_STEP) - loop.time()
+        if self.refresh is None or left <= 0:
+            raise error
+        await self.refresh(version, min(left, REFRESH_STEP))
+
+    def _deadline(self, timeout: float | None) -> float:
+        return asyncio.get_running_loop().time() + (timeout if timeout is not None else MOVE_BUDGET)
+
+    async def _at_one_version(self, run: Callable[[int], Awaitable[T]], timeout: float | None) -> T:
+        """Run a read of every shard at the current topology version; when a shard is at another one (slots
+        moved), run it again once the routing caught up, within the deadline."""
+        deadline = self._deadline(timeout)
+        while True:
+            version = self.topology.version
+            try:
+                return await run(version)
+            except Aborted as exc:
+                await self._after_move(version, deadline, exc)
+
+    async def _by_slot(
+        self, ids: np.ndarray, call: Callable[[ShardConnection, np.ndarray, int], Awaitable[T]], timeout: float | None
+    ) -> list[T]:
+        """Call the shard of each id's slot with the positions of its ids (and the topology version); ids whose
+        shard answers that it no longer owns their slot (it moved) are routed again by a newer topology."""
+        deadline = self._deadline(timeout)
+        todo = np.arange(len(ids))
+        answers: list[T] = []
+        while True:
+            topology, shards = self.topology, self.shards
+            groups = topology.route(ids[todo])
+            results = await asyncio.gather(
+                *(call(shards[i], todo[g], topology.version) for i, g in groups.items()), return_exceptions=True
+            )
+            stale: list[np.ndarray] = []
+            errors: list[BaseException] = []
+            for positions, result in zip(groups.values(), results, strict=True):
+                if not isinstance(result, BaseException):
+                    answers.append(result)
+                elif stale_routing(result):
+                    stale.append(todo[positions])
+                else:
+                    errors.append(result)
+            if errors:
+                raise pick_error(errors)
+            if not stale:
+                return answers
+            first = next(r for r in results if isinstance(r, BaseException))
+            await self._after_move(topology.version, deadline, first)
+            todo = np.sort(np.concatenate(stale))
 
     async def create_collection(self, config: CollectionConfig, timeout: float | None) -> pb.CollectionInfo:
         """Create the collection on every shard; AlreadyExists when no shard had to create it."""
@@ -237,8 +311,7 @@ class Coordinator:
                 payloads=[payloads[i] for i in positions.tolist()] if payloads else [],
             )
 
-        groups = self.topology.route(ids)
-        answers = await self._fan_out(groups, lambda i: self.shards[i].upsert(request(groups[i]), timeout))
+        answers = await self._by_slot(ids, lambda s, positions, _: s.upsert(request(positions), timeout), timeout)
         return sum(a.upserted for a in answers), merge_tokens(a.token for a in answers)
 
     async def get(
@@ -253,16 +326,15 @@ class Coordinator:
         """The points that exist among `ids`, in request order."""
         check_name(name)
         check_ids(ids)
-        groups = self.topology.route(ids)
 
-        async def get(i: int) -> Found:
-            shard = self.shards[i]
+        async def get(shard: ShardConnection, positions: np.ndarray, version: int) -> Found:
             request = pb.GetRequest(
                 collection=name,
-                ids=encode_ids(ids[groups[i]]),
+                ids=encode_ids(ids[positions]),
                 with_vectors=with_vectors,
                 with_payload=with_payload,
                 token=token,
+                topology=version,
             )
             answer = await shard.get(request, timeout)
             try:
@@ -270,7 +342,7 @@ class Coordinator:
             except (ValueError, InvalidArgument) as exc:
                 raise Internal(f"shard {shard.address} answered get with a bad result: {exc}") from exc
 
-        parts = await self._fan_out(groups, get)
+        parts = await self._by_slot(ids, get, timeout)
         try:
             return merge_found(ids, parts)
         except ValueError as exc:
@@ -288,18 +360,25 @@ class Coordinator:
             answers = await self._all(lambda s: s.delete(request, timeout))
             return sum(a.deleted for a in answers), merge_tokens(a.token for a in answers)
         check_ids(ids)
-        groups = self.topology.route(ids)
-        answers = await self._fan_out(
-            groups,
-            lambda i: self.shards[i].delete(pb.DeleteRequest(collection=name, ids=encode_ids(ids[groups[i]])), timeout),
+        answers = await self._by_slot(
+            ids,
+            lambda s, positions, _: s.delete(
+                pb.DeleteRequest(collection=name, ids=encode_ids(ids[positions])), timeout
+            ),
+            timeout,
         )
         return sum(a.deleted for a in answers), merge_tokens(a.token for a in answers)
 
     async def count(self, name: str, timeout: float | None, filter_text: str = "", token: Token | None = None) -> int:
         """The number of points over all shards, or of those matching a filter."""
         check_name(name)
-        request = pb.CountRequest(collection=name, filter=check_filter(filter_text) if filter_text else "", token=token)
-        return sum(a.count for a in await self._all(lambda s: s.count(request, timeout)))
+        text = check_filter(filter_text) if filter_text else ""
+
+        async def count(version: int) -> int:
+            request = pb.CountRequest(collection=name, filter=text, token=token, topology=version)
+            return sum(a.count for a in await self._all(lambda s: s.count(request, timeout)))
+
+        return await self._at_one_version(count, timeout)
 
     async def set_payload(
         self, name: str, ids: np.ndarray, set_raw: bytes, unset: Sequence[str], timeout: float | None
@@ -312,12 +391,11 @@ class Coordinator:
             check_path(path, "unset path")
         if not set_raw and not unset:
             raise InvalidArgument("nothing to change: give keys to set or paths to unset")
-        groups = self.topology.route(ids)
 
-        def request(i: int) -> pb.SetPayloadRequest:
-            return pb.SetPayloadRequest(collection=name, ids=encode_ids(ids[groups[i]]), set=set_raw, unset=list(unset))
+        def request(positions: np.ndarray) -> pb.SetPayloadRequest:
+            return pb.SetPayloadRequest(collection=name, ids=encode_ids(ids[positions]), set=set_raw, unset=list(unset))
 
-        answers = await self._fan_out(groups, lambda i: self.shards[i].set_payload(request(i), timeout))
+        answers = await self._by_slot(ids, lambda s, positions, _: s.set_payload(request(positions), timeout), timeout)
         return sum(a.updated for a in answers), merge_tokens(a.token for a in answers)
 
     async def scroll(
@@ -340,13 +418,35 @@ class Coordinator:
         limit = limit or DEFAULT_SCROLL
         if not 1 <= limit <= MAX_SCROLL:
             raise InvalidArgument(f"limit must be between 1 and {MAX_SCROLL}, got {limit}")
+        if not cursor:
+            return await self._at_one_version(
+                lambda v: self._scroll_at(name, filter_text, limit, cursor, with_payload, with_vectors, timeout, v),
+                timeout,
+            )
         version = self.topology.version
+        try:
+            return await self._scroll_at(name, filter_text, limit, cursor, with_payload, with_vectors, timeout, version)
+        except Aborted:
+            raise InvalidArgument("slots moved during the scroll (the topology changed): start over") from None
+
+    async def _scroll_at(
+        self,
+        name: str,
+        filter_text: str,
+        limit: int,
+        cursor: str,
+        with_payload: bool,
+        with_vectors: bool,
+        timeout: float | None,
+        version: int,
+    ) -> Page:
         position, shard_cursor = decode_cursor(cursor, version, len(self.shards))
+        shards = self.shards
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         answers: list[pb.ScrollResponse] = []
         remaining, room = limit, MAX_SCROLL_BYTES
-        while position < len(self.shards) and remaining > 0 and room > 0:
+        while position < len(shards) and remaining > 0 and room > 0:
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left <= 0:
                 raise DeadlineExceeded("the deadline passed during the scroll")
@@ -358,15 +458,16 @@ class Coordinator:
                 with_payload=with_payload,
                 with_vectors=with_vectors,
                 max_bytes=room,
+                topology=version,
             )
-            answer = await self.shards[position].scroll(request, left)
+            answer = await shards[position].scroll(request, left)
             answers.append(answer)
             remaining -= points_in(answer)
             room -= answer.ByteSize()
             shard_cursor = answer.next_cursor
             if not shard_cursor:
                 position += 1
-        next_cursor = encode_cursor(version, position, shard_cursor) if position < len(self.shards) else ""
+        next_cursor = encode_cursor(version, position, shard_cursor) if position < len(shards) else ""
         return join_pages(answers, with_payload, with_vectors, next_cursor)
 
     def submit_search(self, search: Search, timeout: float | None) -> asyncio.Future[Answer]:
@@ -387,8 +488,15 @@ class Coordinator:
         return asyncio.ensure_future(self._search_shards(search, timeout))
 
     async def _search_shards(self, search: Search, timeout: float | None) -> Answer:
+        """Every shard's local top-k of all the queries at one topology version, merged, and each shard's plan."""
+        if self.refresh is None:
+            return await self._search_at(search, timeout, self.topology.version)
+        return await self._at_one_version(lambda version: self._search_at(search, timeout, version), timeout)
+
+    async def _search_at(self, search: Search, timeout: float | None, version: int) -> Answer:
         """One fan-out: every shard's local top-k of all the queries, merged, and each shard's plan."""
         request = search.to_proto()
+        request.topology = version
         if _tracing.ENABLED:  # each shard's search becomes a child of this fan-out (or learns it is not sampled)
             request.traceparent = _tracing.traceparent()
         rows, shape = len(search.queries), search.shape

@@ -81,6 +81,8 @@ class GroupView:
 
     async def _reload(self) -> None:
         topology = await self.meta.get_topology()
+        if topology.version < self.topology.version:
+            topology = self.topology  # an older read that finished after a newer one
         names = list(dict.fromkeys(r.group for r in topology.ranges))
         groups = dict(zip(names, await asyncio.gather(*(self.meta.get_group(g) for g in names)), strict=True))
         self.topology, self.groups = topology, groups
@@ -120,6 +122,13 @@ class GroupView:
         """Wait for the next change, at most `timeout` seconds."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), max(timeout, 0.0))
+
+    async def newer(self, version: int, timeout: float) -> None:
+        """Wait until the topology is newer than `version`, at most `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while self.topology.version <= version and loop.time() < end:
+            await self.changed(end - loop.time())
 
     def routing(self) -> tuple[Topology, list[GroupConnection]]:
         """The core's topology and one connection per shard of it, in its order."""

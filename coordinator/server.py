@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
@@ -23,9 +24,10 @@ from shoal._server import (
     set_serving,
     wait_for_signal,
 )
-from shoal._tls import TLS
+from shoal._tls import TLS, ClusterCredentials
 from shoal.coordinator.core import Coordinator
 from shoal.coordinator.groups import GroupView, MetaCatalogue
+from shoal.coordinator.mover import janitor
 from shoal.coordinator.servicer import ShoalServicer
 from shoal.coordinator.shards import ShardPool
 from shoal.coordinator.topology import Topology, TopologyError
@@ -72,6 +74,7 @@ class CoordinatorServer:
         self._pool: ShardPool | None = None
         self._health: health.aio.HealthServicer | None = None
         self._probes: grpc.aio.Server | None = None
+        self._janitor: asyncio.Task[None] | None = None
 
     async def start(self) -> str:
         """Bind and start (health still NOT_SERVING); return the bound address."""
@@ -84,7 +87,10 @@ class CoordinatorServer:
             view = self.view
             topology, connections = view.routing()
             core = Coordinator(topology, connections, catalogue=MetaCatalogue(view))
+            core.refresh = view.newer
             view.on_change = lambda: core.retarget(*view.routing())
+            credentials = ClusterCredentials(tls=self.shard_tls, secret=self.cluster_secret)
+            self._janitor = asyncio.create_task(janitor(view.meta, credentials), name="moves left behind")
         else:
             assert self.topology is not None
             self._pool = ShardPool(self.topology.addresses, self.shard_tls, self.cluster_secret)
@@ -111,6 +117,10 @@ class CoordinatorServer:
             await self._probes.stop(None)
         if self._pool is not None:
             await self._pool.close()
+        if self._janitor is not None:
+            self._janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._janitor
         if self.view is not None:
             await self.view.close()
             await self.view.meta.close()

@@ -70,10 +70,18 @@ def _joined(parts: list[np.ndarray], coll: Collection) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def _points(coll: Collection, ids: np.ndarray) -> Found:
+    """The stored points of ids (with vectors and payloads)."""
+    if not len(ids):
+        dim = coll.config.dim
+        return Found(ids, np.zeros((0, dim), np.float32), np.zeros(0, dtype=object))
+    return reads.get(coll, ids)
+
+
 def export_range(coll: Collection, start: int, end: int, cursor: str, limit: int) -> Export:
     """A page of the points of slots [start, end) after `cursor`."""
     ids, next_cursor = range_ids(coll, start, end, cursor, limit)
-    return Export(reads.get(coll, ids), ids[:0], next_cursor)
+    return Export(_points(coll, ids), ids[:0], next_cursor)
 
 
 def touched_ids(coll: Collection, plan: WritePlan) -> np.ndarray:
@@ -102,12 +110,12 @@ def export_changes(coll: Collection, storage: Storage, start: int, end: int, aft
         if isinstance(plan, WritePlan) and plan.collection == coll.store.name:
             touched.append(touched_ids(coll, plan))
     if not touched:
-        return Export(reads.get(coll, _joined([], coll)), _joined([], coll), seq=seq)
+        return Export(_points(coll, _joined([], coll)), _joined([], coll), seq=seq)
     ids = np.unique(np.concatenate(touched)) if coll.config.id_type == "uint64" else _unique_str(touched)
     if len(ids):
         slots = coll_slots(coll, ids)
         ids = ids[(slots >= start) & (slots < end)]
-    found = reads.get(coll, ids)
+    found = _points(coll, ids)
     deleted = ids[~np.isin(ids, found.ids)] if len(ids) else ids
     return Export(found, deleted, seq=seq)
 
