@@ -22,7 +22,9 @@ SLOTS = 4096
 # Slot moves (`shoal rebalance`, `shoal drain`). A move copies its range, then freezes writes to it for the
 # last catch-up: a bounded range keeps each move (and the work a cut-off move loses) short; 256 slots ≈ 6%.
 DEFAULT_MOVE_SLOTS = 256
-DEFAULT_MOVE_PARALLEL = 2  # ranges moved at a time: one copies while another freezes and switches
+# Ranges moved at a time. Moves side by side race for the topology's compare-and-swap, and the loser is rolled
+# back and copied again: one at a time unless asked.
+DEFAULT_MOVE_PARALLEL = 1
 # Points per second copied over all moves at once: the throttle that keeps the foreground served (measured by
 # loadtest/bench_move.py; raise it on idle clusters).
 DEFAULT_MOVE_RATE = 5_000.0

@@ -1,6 +1,7 @@
 """`shoal rebalance` and `shoal drain`: finish moves left behind, plan the rest, run them a few at a time.
 
-Server-side imports (the etcd client and the mover), loaded only by those commands, never by `import shoal`.
+Server-side imports (the etcd client), loaded only by those commands, never by `import shoal`; the mover's
+`move` and `resume` are passed in by the command.
 A run first resumes (completes or rolls back) any move an earlier run was cut off in, then plans from the
 topology as it is now: so rerunning an interrupted command carries on where it stopped.
 """
@@ -13,16 +14,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from shoal._config import DEFAULT_MOVE_PARALLEL, DEFAULT_MOVE_SLOTS
+from shoal._errors import FailedPrecondition
 from shoal._meta import MetaStore
 from shoal._move_plan import RangeMove, plan
-from shoal._tls import ClusterCredentials
 
 REPORT_EVERY = 2.0  # seconds between progress lines
+ATTEMPTS = 3  # tries of a move rolled back because the topology changed under it (say, by a move beside it)
 
 Report = Callable[[str], None]
 Progress = Callable[[int], None]  # points of the current move copied so far
 MoveFn = Callable[[MetaStore, RangeMove, float, Progress], Awaitable[None]]
-ResumeFn = Callable[[MetaStore, Progress], Awaitable[None]]
+ResumeFn = Callable[[MetaStore, Progress], Awaitable[int]]  # how many moves left behind it finished
 
 
 @dataclass
@@ -77,8 +79,8 @@ async def run_moves(
 
     `rate` (points/s) bounds the whole run: each of the `parallel` moves in flight gets its part.
     """
-    if not dry_run:
-        await resume(meta, lambda points: None)
+    if not dry_run and (left := await resume(meta, lambda points: None)):
+        report(f"finished {left} move(s) an earlier run left behind (completed after the switch, else rolled back)")
     topology = await meta.get_topology()
     live = [name for name, state in (await meta.get_groups()).items() if state.members]
     moves = plan(topology.ranges, live, drain, max_slots)
@@ -100,7 +102,15 @@ async def run_moves(
             def copied(points: int) -> None:
                 progress.copied[m] = points
 
-            await move(meta, m, each, copied)
+            for attempt in range(1, ATTEMPTS + 1):
+                try:
+                    await move(meta, m, each, copied)
+                    break
+                except FailedPrecondition as exc:
+                    if attempt == ATTEMPTS:
+                        raise
+                    report(f"slots {m.start}-{m.end - 1}: rolled back ({exc.message}); moving them again")
+                    progress.copied[m] = 0
             progress.points += progress.copied.pop(m)
             progress.ranges_done += 1
             progress.slots_done += m.slots
@@ -113,11 +123,6 @@ async def run_moves(
         reporter.cancel()
     report(f"done: {progress.line()}")
     return progress
-
-
-def mover_functions(credentials: ClusterCredentials) -> tuple[MoveFn, ResumeFn]:
-    """The mover's `move` and `resume`, reaching the shards with `credentials`."""
-    raise NotImplementedError("the mover is not merged yet")
 
 
 async def _report_every(progress: RunProgress, report: Report) -> None:

@@ -331,7 +331,9 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 def _move_slots(args: argparse.Namespace, drain: tuple[str, ...]) -> int:
     from shoal._meta import MetaStore
-    from shoal._move_runner import mover_functions, run_moves
+    from shoal._move_plan import RangeMove
+    from shoal._move_runner import Progress, run_moves
+    from shoal.coordinator.mover import move, resume
 
     endpoint = _meta_endpoint(args)
     if not endpoint:
@@ -342,13 +344,22 @@ def _move_slots(args: argparse.Namespace, drain: tuple[str, ...]) -> int:
     def report(line: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
 
+    credentials = _member_credentials(args)
+
+    async def move_one(meta: MetaStore, m: RangeMove, rate: float, progress: Progress) -> None:
+        await move(
+            meta, m.start, m.end, m.target, rate=rate, progress=lambda p: progress(p.points), credentials=credentials
+        )
+
+    async def resume_left(meta: MetaStore, progress: Progress) -> int:
+        return await resume(meta, lambda p: progress(p.points), credentials=credentials)
+
     async def main() -> None:
         async with await MetaStore.connect(endpoint, args.cluster) as meta:
-            move, resume = mover_functions(_member_credentials(args))
             await run_moves(
                 meta,
-                move,
-                resume,
+                move_one,
+                resume_left,
                 report,
                 drain=drain,
                 rate=args.rate,

@@ -8,6 +8,7 @@ from typing import cast
 
 import pytest
 
+from shoal._errors import FailedPrecondition
 from shoal._meta import MetaStore
 from shoal._meta_init import even_ranges
 from shoal._meta_values import GroupState, SlotRange, Topology, assign
@@ -36,8 +37,8 @@ class FakeMeta:
 class FakeMover:
     """Moves ranges in the fake topology, 10 points a slot, and records what it was asked."""
 
-    def __init__(self, meta: FakeMeta, fail_after: int | None = None) -> None:
-        self.meta, self.fail_after = meta, fail_after
+    def __init__(self, meta: FakeMeta, fail_after: int | None = None, conflicts: int = 0) -> None:
+        self.meta, self.fail_after, self.conflicts = meta, fail_after, conflicts
         self.calls: list[tuple[RangeMove, float]] = []
         self.resumed = 0
         self.in_flight = self.most_in_flight = 0
@@ -46,6 +47,9 @@ class FakeMover:
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise CutOff("as Ctrl-C or a kill would cut the run off")
         self.calls.append((move, rate))
+        if self.conflicts:
+            self.conflicts -= 1
+            raise FailedPrecondition("topology is at version 3, not 2")  # rolled back: tried again
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         progress(5 * move.slots)
@@ -55,8 +59,9 @@ class FakeMover:
         self.meta.topology = Topology(assign(t.ranges, move.start, move.end, move.target), t.version + 1)
         self.in_flight -= 1
 
-    async def resume(self, meta: MetaStore, progress: Progress) -> None:
+    async def resume(self, meta: MetaStore, progress: Progress) -> int:
         self.resumed += 1
+        return 0
 
 
 def run(meta: FakeMeta, mover: FakeMover, **options: object) -> tuple[RunProgress, list[str]]:
@@ -106,6 +111,19 @@ def test_a_rerun_after_a_cut_off_resumes_then_moves_only_what_is_left() -> None:
     assert slot_counts(meta.topology.ranges) == {"g0": 1366, "g1": 1365, "g2": 1365}
     _, lines = run(meta, mover)
     assert lines == ["nothing to move: every group owns its share"]
+
+
+def test_a_move_rolled_back_by_a_topology_conflict_is_tried_again_a_bounded_number_of_times() -> None:
+    meta = FakeMeta(even_ranges(2), ["g0", "g1", "g2"])
+    mover = FakeMover(meta, conflicts=2)
+    done, lines = run(meta, mover, parallel=1)
+    assert len(mover.calls) == done.ranges + 2
+    assert mover.calls[0][0] == mover.calls[1][0] == mover.calls[2][0]
+    assert sum("moving them again" in line for line in lines) == 2
+    assert slot_counts(meta.topology.ranges) == {"g0": 1366, "g1": 1365, "g2": 1365}
+    mover = FakeMover(FakeMeta(even_ranges(2), ["g0", "g1", "g2"]), conflicts=3)
+    with pytest.raises(FailedPrecondition):
+        run(mover.meta, mover, parallel=1)
 
 
 def test_progress_line_tells_rate_and_time_left() -> None:
