@@ -267,7 +267,7 @@ def progress(p):
     if p.phase == pause:
         print("PAUSED", p.phase, flush=True)
         time.sleep(3600)  # the whole mover stands still here, until it is killed
-    if not started:
+    if not started and pause == "none":
         started = True
         print("STARTED", p.phase, flush=True)
 
@@ -324,14 +324,17 @@ def test_an_interrupted_move_is_rolled_back_or_completed(
         finally:
             mover.kill()
             mover.wait()
+            assert mover.stdout is not None
+            mover.stdout.close()
         meta_call(three, lambda meta: resume(meta))
         topology = meta_call(three, lambda meta: meta.get_topology())
         assert topology.moves == ()
         assert owner_of(topology.ranges, *MOVED) == owner
         settle(three, topology.version)
         # Writes go on, and every acknowledged one is there, on one group only.
-        client.upsert(name, ids=np.arange(2000, 2100), vectors=x[:100], timeout=30)
-        model.update({2000 + i: x[i] for i in range(100)})
+        more = clustered(100, DIM, seed=5)
+        client.upsert(name, ids=np.arange(2000, 2100), vectors=more, timeout=30)
+        model.update({2000 + i: more[i] for i in range(100)})
         check_exact(client, name, model)
         stored = 0
         for proc in three.shard_procs:

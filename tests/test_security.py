@@ -182,7 +182,7 @@ def test_access_table_of_every_method_and_caller(secure: LocalCluster, tokens: d
     assert seen == set(ACCESS) == {f"/shoal.v1.{s}/{m}" for s, ms in NEEDS.items() for m in ms}
     wrong = {k: v for k, v in got.items() if v != expected(*k)}
     assert not wrong, wrong
-    assert {OK, UNAUTH, DENIED} == set(got.values()) and len(got) == 6 * 15 + 3 * 19
+    assert {OK, UNAUTH, DENIED} == set(got.values()) and len(got) == 6 * 15 + 3 * 24
 
 
 def test_a_key_limited_to_a_collection_sees_and_uses_only_it(secure: LocalCluster, tokens: dict[str, str]) -> None:
