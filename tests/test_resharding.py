@@ -116,7 +116,8 @@ class Load:
                     res = c.search(COLLECTION, self.x[ids], k=3, ef=512)
                     # Each static point finds itself (distance 0), never twice: no miss, no duplicate.
                     missed = ids[res.ids[:, 0] != ids]
-                    assert not len(missed), f"{time.strftime('%T')} missed {missed} in slots {slots_of(missed)}"
+                    slots = slots_of(missed.astype(np.uint64))
+                    assert not len(missed), f"{time.strftime('%T')} missed {missed} in slots {slots}"
                     assert all(len(set(row)) == len(row) for row in res.ids.tolist())
                     self.calls += 1
                 except BaseException as exc:
