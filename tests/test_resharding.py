@@ -199,3 +199,27 @@ def test_drain_a_group_under_load_then_stop_it(cluster_of: Callable[[int], Local
     (g1,) = cluster.members(1)
     g1.stop()
     check_data(cluster.address, load.model)
+
+
+def test_a_killed_rebalance_is_resumed_by_the_rerun(cluster_of: Callable[[int], LocalCluster]) -> None:
+    cluster = cluster_of(2)
+    load = loaded(cluster)
+    cluster.join("shard-new")
+    wait_for(lambda: meta_read(cluster)[1].get("g2", GroupState("g2")).primary is not None)
+    args = ["rebalance", "--data", str(cluster.data), "--rate", "150", "--max-slots", "128"]
+    first = subprocess.Popen([sys.executable, "-m", "shoal", *args], stdout=subprocess.PIPE, text=True)
+    assert first.stdout is not None
+    # Cut off in the middle of a move: after one range has moved, while the next one is under way.
+    wait_for(lambda: first.stdout is not None and "moved slots" in first.stdout.readline(), timeout=120)
+    wait_for(lambda: meta_read(cluster)[0].moves != ())
+    first.kill()
+    first.wait()
+    first.stdout.close()
+    done = shoal_cli(*args[:3])
+    load.finish()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "done: " in done.stdout, done.stdout
+    assert load.failures == [], "\n".join([*map(str, load.failures[:5]), done.stdout, done.stderr])
+    topology, _ = meta_read(cluster)
+    assert topology.moves == () and sorted(slot_counts(topology.ranges).values()) == [1365, 1365, 1366]
+    check_data(cluster.address, load.model)
