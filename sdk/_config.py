@@ -25,9 +25,10 @@ DEFAULT_MOVE_SLOTS = 256
 # Ranges moved at a time. Moves side by side race for the topology's compare-and-swap, and the loser is rolled
 # back and copied again: one at a time unless asked.
 DEFAULT_MOVE_PARALLEL = 1
-# Points per second copied over all moves at once: the throttle that keeps the foreground served (measured by
-# loadtest/bench_move.py; raise it on idle clusters).
-DEFAULT_MOVE_RATE = 5_000.0
+# Points per second copied over all moves at once (≈ 0.8 MB/s of 96-d float32). The mover reached 4,900/s on an
+# idle 2-core machine and 350-1,500/s under foreground search (loadtest/bench_move.py): this bounds the burst an
+# idle cluster takes; `--rate` raises it.
+DEFAULT_MOVE_RATE = 2_000.0
 DEFAULT_SCROLL = 100  # points in one scroll page when no limit is given
 MAX_SCROLL = 10_000  # points in one scroll page
 MAX_SCROLL_BYTES = 32 * 1024 * 1024  # a scroll page, over all shards, stops growing here (half the message limit)
