@@ -20,7 +20,6 @@ from shoal._errors import (
     Aborted,
     AlreadyExists,
     DeadlineExceeded,
-    FailedPrecondition,
     Internal,
     InvalidArgument,
     NotFound,
@@ -34,6 +33,7 @@ from shoal._token import merge as merge_tokens
 from shoal._wire import check_ids, check_payloads, check_queries, check_upsert, encode_ids, encode_matrix
 from shoal.coordinator.batcher import DEFAULT_BATCHING, Answer, BatchConfig, SearchBatcher
 from shoal.coordinator.merge import merge, merge_found
+from shoal.coordinator.reroute import Refresh, at_one_version, by_slot
 from shoal.coordinator.scroll import decode_cursor, encode_cursor, join_pages, points_in
 from shoal.coordinator.topology import Topology
 from shoal.v1 import types_pb2 as pb
@@ -110,17 +110,6 @@ class Catalogue(Protocol):
 
 
 CATALOGUE_POLL = 0.05  # seconds between checks that every shard group applied a catalogue change
-REFRESH_STEP = 0.25  # seconds a call waits for a newer topology before it tries again (the shard may lag)
-MOVE_BUDGET = 30.0  # seconds a call without a deadline keeps retrying through a slot move
-NOT_OWNED = "is not owned by this shard group"  # a write routed by an older topology (shard/ownership.py)
-
-# Wait until the routing is newer than a topology version, at most some seconds (None: a fixed topology).
-Refresh = Callable[[int, float], Awaitable[None]]
-
-
-def stale_routing(exc: BaseException) -> bool:
-    """Whether a shard refused a call for being routed by another topology version than its own."""
-    return isinstance(exc, Aborted) or (isinstance(exc, FailedPrecondition) and NOT_OWNED in exc.message)
 
 
 class Coordinator:
@@ -161,58 +150,16 @@ class Coordinator:
     async def _all(self, call: Callable[[ShardConnection], Awaitable[T]]) -> list[T]:
         return await self._fan_out(range(len(self.shards)), lambda i: call(self.shards[i]))
 
-    async def _after_move(self, version: int, deadline: float | None, error: BaseException) -> None:
-        """Wait for a topology newer than `version` (a shard said the routing is stale), or re-raise `error`."""
-        loop = asyncio.get_running_loop()
-        left = (deadline if deadline is not None else loop.time() + REFRESH_STEP) - loop.time()
-        if self.refresh is None or left <= 0:
-            raise error
-        await self.refresh(version, min(left, REFRESH_STEP))
-
-    def _deadline(self, timeout: float | None) -> float:
-        return asyncio.get_running_loop().time() + (timeout if timeout is not None else MOVE_BUDGET)
+    def _routing(self) -> tuple[Topology, Sequence[ShardConnection]]:
+        return self.topology, self.shards
 
     async def _at_one_version(self, run: Callable[[int], Awaitable[T]], timeout: float | None) -> T:
-        """Run a read of every shard at the current topology version; when a shard is at another one (slots
-        moved), run it again once the routing caught up, within the deadline."""
-        deadline = self._deadline(timeout)
-        while True:
-            version = self.topology.version
-            try:
-                return await run(version)
-            except Aborted as exc:
-                await self._after_move(version, deadline, exc)
+        return await at_one_version(self.refresh, lambda: self.topology.version, run, timeout)
 
     async def _by_slot(
         self, ids: np.ndarray, call: Callable[[ShardConnection, np.ndarray, int], Awaitable[T]], timeout: float | None
     ) -> list[T]:
-        """Call the shard of each id's slot with the positions of its ids (and the topology version); ids whose
-        shard answers that it no longer owns their slot (it moved) are routed again by a newer topology."""
-        deadline = self._deadline(timeout)
-        todo = np.arange(len(ids))
-        answers: list[T] = []
-        while True:
-            topology, shards = self.topology, self.shards
-            groups = topology.route(ids[todo])
-            results = await asyncio.gather(
-                *(call(shards[i], todo[g], topology.version) for i, g in groups.items()), return_exceptions=True
-            )
-            stale: list[np.ndarray] = []
-            errors: list[BaseException] = []
-            for positions, result in zip(groups.values(), results, strict=True):
-                if not isinstance(result, BaseException):
-                    answers.append(result)
-                elif stale_routing(result):
-                    stale.append(todo[positions])
-                else:
-                    errors.append(result)
-            if errors:
-                raise pick_error(errors)
-            if not stale:
-                return answers
-            first = next(r for r in results if isinstance(r, BaseException))
-            await self._after_move(topology.version, deadline, first)
-            todo = np.sort(np.concatenate(stale))
+        return await by_slot(self.refresh, self._routing, ids, call, timeout, pick_error)
 
     async def create_collection(self, config: CollectionConfig, timeout: float | None) -> pb.CollectionInfo:
         """Create the collection on every shard; AlreadyExists when no shard had to create it."""

@@ -25,17 +25,17 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 
-from shoal._errors import FailedPrecondition, InvalidArgument, ShoalError, Unavailable, from_rpc_error
+from shoal._errors import FailedPrecondition, InvalidArgument, ShoalError
 from shoal._meta import Membership, MetaStore
 from shoal._meta_values import Move, Phase, Topology, owner_of
-from shoal._rpc import member_channel
 from shoal._tls import ClusterCredentials
+from shoal.coordinator.group_calls import CALL_TIMEOUT, RETRY_STEP, GroupCalls
 from shoal.v1 import shard_pb2, shard_pb2_grpc
 
 log = logging.getLogger("shoal.coordinator.mover")
@@ -43,11 +43,9 @@ log = logging.getLogger("shoal.coordinator.mover")
 T = TypeVar("T")
 LOCK_TTL = 3  # seconds: a dead mover's lock is free again after about this long
 PAGE = 1024  # points per export page
-CALL_TIMEOUT = 30.0  # seconds for one call to a shard
-RETRY_FOR = 60.0  # seconds a call to a group's primary is retried through a failover or a restart
-RETRY_STEP = 0.3
 TAIL_ROUNDS = 5  # change replays before freezing, at most (each one shorter than the last)
 TAIL_SMALL = 256  # points changed since the last replay that are few enough to freeze
+DELETE_TIMEOUT = 900.0  # seconds for a range delete, which may rebuild the group's index (a compaction)
 JANITOR_EVERY = 1.0  # seconds between a coordinator's looks for moves left behind
 
 
@@ -101,69 +99,10 @@ class _Lock:
                 cls.held[meta] = (membership, count - 1)
 
 
-class _Groups:
-    """Calls to shard groups' primaries (and members), found in etcd, retried through failovers."""
-
-    def __init__(self, meta: MetaStore, credentials: ClusterCredentials) -> None:
-        self.meta, self.credentials = meta, credentials
-        self._channels: dict[str, grpc.aio.Channel] = {}
-
-    def stub(self, address: str) -> shard_pb2_grpc.ShardStub:
-        channel = self._channels.get(address)
-        if channel is None:
-            channel = self._channels[address] = member_channel(address, self.credentials)
-        return shard_pb2_grpc.ShardStub(channel)
-
-    async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self._channels.values()), return_exceptions=True)
-
-    async def primary(self, group: str, call: Callable[[shard_pb2_grpc.ShardStub, Any], Awaitable[T]]) -> T:
-        """`call(stub, metadata)` on the group's primary, again on the next one while the group fails over."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + RETRY_FOR
-        while True:
-            state = await self.meta.get_group(group)
-            address = state.members.get(state.primary) if state.primary else None
-            error: ShoalError = Unavailable(f"shard group {group} has no primary")
-            if address is not None:
-                try:
-                    return await call(self.stub(address), self.credentials.metadata)
-                except grpc.aio.AioRpcError as exc:
-                    error = from_rpc_error(exc)
-                    retry = isinstance(error, Unavailable) or "not the primary" in error.message
-                    if not retry:
-                        raise error from exc
-            if loop.time() > deadline:
-                raise error
-            await asyncio.sleep(RETRY_STEP)
-
-    async def applied(self, group: str, version: int) -> None:
-        """Wait until every live member of a group applied topology `version` (or a newer one)."""
-        state = await self.meta.get_group(group)
-        request = shard_pb2.AwaitTopologyRequest(version=version)
-        for address in state.members.values():
-            try:
-                await self.stub(address).AwaitTopology(
-                    request, timeout=CALL_TIMEOUT, metadata=self.credentials.metadata
-                )
-            except grpc.aio.AioRpcError as exc:
-                # A member that does not answer is no reader either: it rejoins at the current version.
-                log.warning("member %s of %s did not confirm topology %d: %s", address, group, version, exc.details())
-
-    async def sequence(self, group: str, version: int) -> int:
-        """The primary's sequence once it applied topology `version` and every write checked before is durable."""
-        request = shard_pb2.AwaitTopologyRequest(version=version)
-
-        async def ask(stub: shard_pb2_grpc.ShardStub, md: Any) -> int:
-            return int((await stub.AwaitTopology(request, timeout=CALL_TIMEOUT, metadata=md)).seq)
-
-        return await self.primary(group, ask)
-
-
 class _Run:
     """One move's work: copy, replay, freeze, switch, clean up (or roll back)."""
 
-    def __init__(self, meta: MetaStore, groups: _Groups, move: Move, rate: float, progress: Progress) -> None:
+    def __init__(self, meta: MetaStore, groups: GroupCalls, move: Move, rate: float, progress: Progress) -> None:
         self.meta, self.groups, self.move = meta, groups, move
         self.rate, self.report = rate, progress
         self.points = 0
@@ -205,50 +144,59 @@ class _Run:
         return n + gone
 
     async def copy(self, collections: list[str]) -> dict[str, int]:
-        """Copy every collection's points of the range; the source sequence each one's replays start after."""
-        m = self.move
+        """Copy every collection's points of the range; the source sequence each one's replays start after
+        (a collection dropped meanwhile is left out)."""
         after = {}
         for name in collections:
-            after[name] = await self.groups.sequence(m.source, 0)
-            cursor = ""
-            while True:
-                request = shard_pb2.ExportRangeRequest(
-                    collection=name, start=m.start, end=m.end, cursor=cursor, limit=PAGE
-                )
-
-                async def page(stub: shard_pb2_grpc.ShardStub, md: Any, r: Any = request) -> Any:
-                    return await stub.ExportRange(r, timeout=CALL_TIMEOUT, metadata=md)
-
-                answer = await self.groups.primary(m.source, page)
-                await self._import(answer)
-                await self._record("copy")
-                await self._throttle()
-                cursor = answer.cursor
-                if not cursor:
-                    break
+            after[name] = await self.groups.sequence(self.move.source, 0)
+            with _unless_dropped():
+                await self._copy(name)
         return after
+
+    async def _copy(self, name: str) -> None:
+        m = self.move
+        cursor = ""
+        while True:
+            request = shard_pb2.ExportRangeRequest(collection=name, start=m.start, end=m.end, cursor=cursor, limit=PAGE)
+
+            async def page(stub: shard_pb2_grpc.ShardStub, md: Any, r: Any = request) -> Any:
+                return await stub.ExportRange(r, timeout=CALL_TIMEOUT, metadata=md)
+
+            answer = await self.groups.primary(m.source, page)
+            await self._import(answer)
+            await self._record("copy")
+            await self._throttle()
+            cursor = answer.cursor
+            if not cursor:
+                break
 
     async def replay(self, after: dict[str, int], upto: int = 0) -> int:
         """Replay on the target the changes to the range after each collection's sequence (up to `upto`, or to
         the end of the source's log now); how many points changed."""
-        m, changed = self.move, 0
-        for name in after:
-            while True:
-                request = shard_pb2.ExportChangesRequest(
-                    collection=name, start=m.start, end=m.end, after=after[name], upto=upto
-                )
-
-                async def read(stub: shard_pb2_grpc.ShardStub, md: Any, r: Any = request) -> Any:
-                    return await stub.ExportChanges(r, timeout=CALL_TIMEOUT, metadata=md)
-
-                answer = await self.groups.primary(m.source, read)
-                changed += await self._import(answer)
-                if answer.seq <= after[name]:
-                    break
-                after[name] = int(answer.seq)
-                if upto and after[name] >= upto:
-                    break
+        changed = 0
+        for name in list(after):
+            with _unless_dropped():
+                changed += await self._replay(name, after, upto)
         await self._record("replay")
+        return changed
+
+    async def _replay(self, name: str, after: dict[str, int], upto: int) -> int:
+        m, changed = self.move, 0
+        while True:
+            request = shard_pb2.ExportChangesRequest(
+                collection=name, start=m.start, end=m.end, after=after[name], upto=upto
+            )
+
+            async def read(stub: shard_pb2_grpc.ShardStub, md: Any, r: Any = request) -> Any:
+                return await stub.ExportChanges(r, timeout=CALL_TIMEOUT, metadata=md)
+
+            answer = await self.groups.primary(m.source, read)
+            changed += await self._import(answer)
+            if answer.seq <= after[name]:
+                break
+            after[name] = int(answer.seq)
+            if upto and after[name] >= upto:
+                break
         return changed
 
     async def step(self, topology: Topology, phase: Phase | None) -> Topology:
@@ -273,6 +221,10 @@ class _Run:
             self._progress("frozen")
             upto = await self.groups.sequence(m.source, topology.version)
             await self.replay(after, upto)
+            for config in await self.meta.list_collections():  # created during the copy: the range is still now
+                if config.name not in after:
+                    with _unless_dropped():
+                        await self._copy(config.name)
             topology = await self.step(topology, "cleanup")
         except BaseException:
             log.warning("move %s of slots [%d, %d) failed before the switch: rolling back", m.id, m.start, m.end)
@@ -312,7 +264,7 @@ class _Run:
             request = shard_pb2.DeleteRangeRequest(collection=config.name, start=m.start, end=m.end)
 
             async def delete(stub: shard_pb2_grpc.ShardStub, md: Any, r: Any = request) -> None:
-                await stub.DeleteRange(r, timeout=CALL_TIMEOUT * 4, metadata=md)
+                await stub.DeleteRange(r, timeout=DELETE_TIMEOUT, metadata=md)
 
             try:
                 await self.groups.primary(group, delete)
@@ -324,6 +276,16 @@ class _Run:
         self._progress(phase)
         with contextlib.suppress(ShoalError):
             await self.meta.drop_progress(self.move.id)
+
+
+@contextlib.contextmanager
+def _unless_dropped() -> Iterator[None]:
+    """Skip a collection dropped during the move: it has nothing left to move."""
+    try:
+        yield
+    except ShoalError as exc:
+        if exc.code is not grpc.StatusCode.NOT_FOUND:
+            raise
 
 
 async def move(
@@ -341,7 +303,7 @@ async def move(
     Raises InvalidArgument when one group does not own the whole range (or owns it already); a move that
     fails is rolled back before the switch (the error is raised) and completed after it.
     """
-    groups = _Groups(meta, credentials or ClusterCredentials())
+    groups = GroupCalls(meta, credentials or ClusterCredentials())
     try:
         async with _Lock.of(meta):
             topology = await meta.get_topology()
@@ -363,7 +325,7 @@ async def resume(
 
     Without `wait`, returns 0 at once when another mover holds the lock.
     """
-    groups = _Groups(meta, credentials or ClusterCredentials())
+    groups = GroupCalls(meta, credentials or ClusterCredentials())
     done = 0
     try:
         async with _Lock.of(meta, wait) as locked:

@@ -18,6 +18,7 @@ the slots its group owns (`owned`), a slot check.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -239,9 +240,13 @@ class Shard:
         return sorted(self._collections)
 
     def describe(self, name: str) -> CollectionStats:
-        """A collection's config, count and memory."""
+        """A collection's config, count (of the points callers may see) and memory."""
         coll = self._collection(name)
-        return self._worker.call(lambda: stats(coll)).result()
+        found = self._worker.call(lambda: stats(coll)).result()
+        own = self.ownership
+        if own is not None and own.hiding:
+            return dataclasses.replace(found, count=reads.count(coll, self._worker, "", own))
+        return found
 
     def status(self, timeout: float | None = None) -> list[CollectionStatus]:
         """Every collection's points, memory, payload-index entries and snapshot age, by name."""
@@ -418,7 +423,13 @@ class Shard:
             if len(ids):
                 deleted += int(self._submit(Delete(name, coll.store.born, ids)).result())
             if not cursor:
-                return deleted
+                break
+        # A range is a large share of a group's points: past the policy's share of tombstones, usearch leaves
+        # some live points unreachable, so the index is rebuilt now rather than once a large minimum is reached.
+        index, share = coll.index, self.options.compaction.share
+        if deleted and self._snapshotter is not None and index.removed >= share * (index.count + index.removed):
+            self._snapshotter.compact(coll)
+        return deleted
 
     # Payload writes
 

@@ -1,0 +1,131 @@
+"""A shard's side of slot moves, in process: ownership per phase, hidden points, exports, imports, range deletes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shoal._config import SLOTS, CollectionConfig
+from shoal._errors import Aborted, FailedPrecondition, Unavailable
+from shoal._hash import slots_of
+from shoal._meta_values import Move, SlotRange, Topology
+from shoal.shard.core import Shard
+from shoal.shard.options import ShardOptions
+from shoal.shard.ownership import check_write, ownership
+from tests.conftest import clustered
+
+HALF = SLOTS // 2
+MOVING = (0, 512)
+DIM = 8
+
+
+def topology(phase: str | None, version: int) -> Topology:
+    """g0 and g1 own half each; slots MOVING go from g0 to g2 in `phase` (None: no move)."""
+    ranges = (SlotRange(0, HALF, "g0"), SlotRange(HALF, SLOTS, "g1"))
+    if phase == "cleanup":
+        ranges = (SlotRange(0, MOVING[1], "g2"), SlotRange(MOVING[1], HALF, "g0"), ranges[1])
+    moves = () if phase is None else (Move("m", *MOVING, "g0", "g2", phase),)  # type: ignore[arg-type]
+    return Topology(ranges, version, moves=moves)
+
+
+def test_each_phase_sets_what_the_source_and_the_target_own_freeze_import_and_hide() -> None:
+    inside = np.array([MOVING[0]])
+    for phase, source, target in [
+        ("copy", (True, False, False, False), (False, False, True, True)),
+        ("frozen", (True, True, False, False), (False, False, True, True)),
+        ("cleanup", (False, False, False, True), (True, False, False, False)),
+        ("abort", (True, False, False, False), (False, False, False, True)),
+        (None, (True, False, False, False), (False, False, False, False)),
+    ]:
+        for group, want in (("g0", source), ("g2", target)):
+            own = ownership(topology(phase, 5), group)
+            got = (bool(own.owned[inside][0]), bool(own.frozen[inside][0]), bool(own.importing[inside][0]), own.hiding)
+            assert got == want, (phase, group)
+    frozen = ownership(topology("frozen", 5), "g0")
+    with pytest.raises(Unavailable) as info:
+        check_write(frozen, inside)
+    assert info.value.retry_after is not None and "slots moving" in info.value.message
+    check_write(frozen, np.array([MOVING[1]]))  # the rest of g0's slots take writes
+    with pytest.raises(FailedPrecondition):
+        check_write(ownership(topology("copy", 5), "g2"), inside)  # a caller's write before the switch
+    with pytest.raises(FailedPrecondition):
+        check_write(ownership(topology("abort", 5), "g2"), inside, importing=True)  # no copies after a rollback
+
+
+@pytest.fixture(params=["uint64", "string"])
+def shard(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Shard, np.ndarray]]:
+    """A shard of group g0 with 800 points; the ids (of the collection's id type)."""
+    with Shard(tmp_path, options=ShardOptions(threads=1, oplog=True)) as s:
+        s.create_collection(CollectionConfig("c", dim=DIM, metric="l2", id_type=request.param))
+        n = 800
+        ids = (
+            np.arange(n, dtype=np.uint64)
+            if request.param == "uint64"
+            else np.array([f"p{i}" for i in range(n)], object)
+        )
+        s.upsert("c", ids, clustered(n, DIM))
+        s.set_ownership(ownership(topology(None, 1), "g0"))
+        yield s, ids
+
+
+def slots(ids: np.ndarray) -> np.ndarray:
+    return slots_of(ids if ids.dtype == np.uint64 else list(ids))
+
+
+def test_a_range_exports_whole_and_the_changes_after_a_sequence(shard: tuple[Shard, np.ndarray]) -> None:
+    s, ids = shard
+    inside = ids[(slots(ids) >= MOVING[0]) & (slots(ids) < MOVING[1])]
+    got, cursor = [], ""
+    while True:
+        page = s.export_range("c", *MOVING, cursor, 7)
+        got.extend(page.found.ids.tolist())
+        assert page.found.vectors is not None and len(page.found.vectors) == len(page.found.ids)
+        cursor = page.cursor
+        if not cursor:
+            break
+    assert sorted(got) == sorted(inside.tolist())
+    s.set_owned([(0, SLOTS)])  # callers may write every id here
+    start = s.sequence
+    s.upsert("c", ids[:50], clustered(50, DIM, seed=3))
+    s.delete("c", ids[50:100])
+    changes = s.export_changes("c", *MOVING, start)
+    first = ids[:100]
+    moved = first[(slots(first) >= MOVING[0]) & (slots(first) < MOVING[1])]
+    assert changes.seq == s.sequence
+    assert sorted(changes.found.ids.tolist()) == sorted(x for x in moved.tolist() if x in set(ids[:50].tolist()))
+    assert sorted(changes.deleted.tolist()) == sorted(x for x in moved.tolist() if x in set(ids[50:100].tolist()))
+
+
+def test_the_target_hides_imported_copies_until_it_owns_them(shard: tuple[Shard, np.ndarray]) -> None:
+    s, ids = shard
+    inside = ids[(slots(ids) >= MOVING[0]) & (slots(ids) < MOVING[1])]
+    s.set_owned([(0, SLOTS)])
+    s.delete("c", ids[(slots(ids) < MOVING[0]) | (slots(ids) >= MOVING[1])])  # it holds just the range's points
+    # This shard is the target now: g2, importing MOVING from g0 (its points stand in for earlier copies).
+    s.set_ownership(ownership(topology("copy", 2), "g2"))
+    x = clustered(len(inside), DIM, seed=4)
+    written = sum(f.result() for f in s.submit_import("c", inside, x, [], ids[:0]))
+    assert written == len(inside)
+    assert s.count("c", version=2) == 0  # all hidden
+    assert s.describe("c").count == 0
+    assert s.search("c", x[:3], k=2).counts.tolist() == [0, 0, 0]
+    assert len(s.get("c", inside, version=2).ids) == 0
+    assert len(s.scroll("c", version=2).ids) == 0
+    with pytest.raises(Aborted):
+        s.count("c", version=1)
+    with pytest.raises(FailedPrecondition):
+        s.delete_range("c", *MOVING)  # never the slots being imported
+    s.set_ownership(ownership(topology("cleanup", 3), "g2"))
+    assert s.count("c", version=3) == len(inside)  # owned now: visible, the rest stays hidden
+    found = s.search("c", x[:3], k=1)
+    assert found.ids[:, 0].tolist() == inside[:3].tolist()
+    assert sorted(s.get("c", ids, version=3).ids.tolist()) == sorted(inside.tolist())
+    # The source's side of the same version: it hides its old copies, then deletes them.
+    s.set_ownership(ownership(topology("cleanup", 3), "g0"))
+    assert s.count("c", version=3) == 0
+    assert s.delete_range("c", *MOVING) == len(inside)
+    s.set_ownership(ownership(topology(None, 4), "g0"))
+    assert s.count("c", version=4) == 0 and s.verify("c").consistent
