@@ -8,6 +8,7 @@ from typing import Any, TypeVar, cast
 import grpc
 
 from shoal import _rpc
+from shoal._aio import AsyncClient
 from shoal._base import (
     USE_CLIENT_DEFAULT,
     BaseClient,
@@ -32,7 +33,7 @@ from shoal._config import (
     DEFAULT_WITH_PAYLOAD,
     DEFAULT_WITH_VECTORS,
 )
-from shoal._errors import DeadlineExceeded, from_rpc_error
+from shoal._errors import DeadlineExceeded, InvalidArgument, from_rpc_error
 from shoal._tls import TLS, resolve
 from shoal._tracing import caller_traceparent
 from shoal._types import (
@@ -81,6 +82,23 @@ class Client(BaseClient):
             timeout=timeout,
             batch_rows=batch_rows,
             api_key=key,
+        )
+        # What `_async_copy` opens the same connection with (None: on the caller's channel, which it cannot copy).
+        self._connection = (tuple(options), key, tls_) if channel is None else None
+
+    def _async_copy(self) -> AsyncClient:
+        """An AsyncClient like this one (address, options, credentials, timeout); make it in the loop that uses it."""
+        if self._connection is None:
+            raise InvalidArgument("a Client on a channel passed in cannot be copied: give an AsyncClient too")
+        options, key, tls = self._connection
+        return AsyncClient(
+            self.address,
+            timeout=self.timeout,
+            batch_rows=self.batch_rows,
+            options=options,
+            # As resolved for this client: the SHOAL_* variables are not read again, so none stays none.
+            api_key=key if key is not None else "",
+            tls=tls if tls is not None else False,
         )
 
     def close(self) -> None:

@@ -60,11 +60,24 @@ VARIANTS = {
         "coordinator.headlessService=false",
         "metrics.enabled=false",
     ),
+    "two groups of three copies over etcd": ("shards.groups=2", "shards.replicas=3"),
+    "copies with TLS, keys, five etcd members": (
+        "shards.groups=3",
+        "shards.replicas=2",
+        "etcd.replicas=5",
+        "etcd.storage.storageClassName=fast",
+        "tls.enabled=true",
+        "tls.secretName=shoal-tls",
+        "tls.serverName=shoal.example",
+        "auth.secretName=shoal-keys",
+        "metrics.enabled=false",
+    ),
 }
 
 
-def test_the_chart_lints_strictly() -> None:
-    out = _run("lint", "--strict", str(CHART))
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_the_chart_lints_strictly(replicas: int) -> None:
+    out = _run("lint", "--strict", str(CHART), "--set", f"shards.replicas={replicas}")
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -75,7 +88,9 @@ def test_rendered_manifests_validate_against_kubernetes_schemas(variant: str, ve
     if version == "latest":
         version = kv.latest_version()
     docs = _render(*VARIANTS[variant])
-    assert {d["kind"] for d in docs} >= {"StatefulSet", "Deployment", "Service", "ConfigMap", "PodDisruptionBudget"}
+    # A static topology is a ConfigMap; copies follow a topology that an init Job writes into etcd.
+    topology = "Job" if any(s.startswith("shards.replicas=") for s in VARIANTS[variant]) else "ConfigMap"
+    assert {d["kind"] for d in docs} >= {"StatefulSet", "Deployment", "Service", topology, "PodDisruptionBudget"}
     for doc in docs:
         try:
             kv.validate(doc, version, strict=True)
@@ -177,8 +192,159 @@ def test_tls_and_keys_reach_every_process() -> None:
         "image.pullPolicy=Sometimes",
         "metrics.port=70000",
         "unknown=1",
+        "shards.replicas=0",
+        "etcd.replicas=2",  # an even member count buys no fault tolerance
+        "etcd.image.tag=v3.5.0",  # 3.5.0-3.5.2 can lose consistency between members after a crash
+        "etcd.image.tag=v3.5.2",
+        "etcd.image.tag=v3.4.0",
+        "etcd.image.tag=latest",
     ],
 )
 def test_the_values_schema_refuses_bad_values(bad: str) -> None:
     out = _run("template", "rel", str(CHART), "--set", bad)
     assert out.returncode != 0 and "values don't meet the specifications of the schema" in out.stderr, out.stderr
+
+
+# --- shard groups with copies over etcd ----------------------------------------------------------------
+
+
+def _args(container: dict[str, Any], flag: str) -> str:
+    args: list[str] = container["args"]
+    return args[args.index(flag) + 1]
+
+
+def _required_anti_affinity(template: dict[str, Any]) -> dict[str, str]:
+    [term] = template["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    selector: dict[str, str] = term["labelSelector"]["matchLabels"]
+    assert template["metadata"]["labels"].items() >= selector.items()
+    return selector
+
+
+def _etcd_version(image: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in image.rpartition(":v")[2].split("."))
+
+
+def test_one_copy_keeps_one_statefulset_a_static_topology_and_no_etcd() -> None:
+    docs = _render("shards.replicas=1", "shards.groups=3")
+    [sts] = [d for d in docs if d["kind"] == "StatefulSet"]
+    assert sts["metadata"]["name"] == "rel-shoal-shard" and sts["spec"]["replicas"] == 3
+    affinity = sts["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in affinity  # one copy: spread where possible
+    assert "--meta" not in _container(sts)["args"] and "env" not in _container(sts)
+    coordinator = _container(_one(docs, "Deployment", "rel-shoal-coordinator"))
+    assert "--meta" not in coordinator["args"] and _args(coordinator, "--topology").endswith("topology.json")
+    assert _one(docs, "ConfigMap", "rel-shoal-topology")
+    assert not [d for d in docs if d["kind"] == "Job" or "etcd" in d["metadata"]["name"]]
+    assert _one(docs, "PodDisruptionBudget", "rel-shoal-shard")["spec"]["maxUnavailable"] == 0
+
+
+@pytest.mark.parametrize(("groups", "replicas"), [(1, 3), (2, 3), (4, 2)])
+def test_each_group_is_a_statefulset_of_copies_on_different_nodes_following_etcd(groups: int, replicas: int) -> None:
+    from shoal._meta_init import even_ranges
+
+    docs = _render(f"shards.groups={groups}", f"shards.replicas={replicas}", namespace="vectors")
+    endpoint = "rel-shoal-etcd:2379"
+    assert _one(docs, "Service", "rel-shoal-etcd")["spec"]["ports"][0]["port"] == int(endpoint.rpartition(":")[2])
+    sets = {d["metadata"]["labels"].get("shoal.io/group"): d for d in docs if d["kind"] == "StatefulSet"}
+    shard_sets = {g: d for g, d in sets.items() if g is not None}
+    assert sorted(shard_sets) == sorted(r.group for r in even_ranges(groups))  # the groups `shoal init` writes
+    assert sorted(d["metadata"]["name"] for d in sets.values()) == sorted(
+        ["rel-shoal-etcd", *(f"rel-shoal-shard-g{i}" for i in range(groups))]
+    )
+    service = _one(docs, "Service", "rel-shoal-shard")
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    for group, sts in shard_sets.items():
+        spec = sts["spec"]
+        assert spec["replicas"] == replicas and spec["serviceName"] == "rel-shoal-shard"
+        labels = spec["template"]["metadata"]["labels"]
+        assert labels["shoal.io/group"] == group and labels.items() >= spec["selector"]["matchLabels"].items()
+        assert spec["selector"]["matchLabels"]["shoal.io/group"] == group  # one group per StatefulSet
+        assert labels.items() >= service["spec"]["selector"].items()  # every member has its DNS name
+        assert _required_anti_affinity(spec["template"]) == {
+            "app.kubernetes.io/name": "shoal",
+            "app.kubernetes.io/instance": "rel",
+            "shoal.io/group": group,
+        }
+        c = _container(sts)
+        assert c["args"][:1] == ["shard"] and _args(c, "--data") == "/data" and "--insecure" in c["args"]
+        assert _args(c, "--meta") == endpoint and _args(c, "--group") == group
+        assert _args(c, "--member") == "$(POD_NAME)"
+        assert _args(c, "--advertise") == "$(POD_NAME).rel-shoal-shard.vectors.svc.cluster.local:7100"
+        assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in c["env"]
+        assert c["readinessProbe"]["grpc"] == {"port": 7100}
+        [pdb] = [d for d in pdbs if labels.items() >= d["spec"]["selector"]["matchLabels"].items()]
+        assert pdb["spec"]["selector"]["matchLabels"]["shoal.io/group"] == group
+        assert 1 <= pdb["spec"]["maxUnavailable"] < replicas  # a drain keeps a copy serving
+    [job] = [d for d in docs if d["kind"] == "Job"]
+    init = _container(job)
+    assert init["args"][:1] == ["init"] and _args(init, "--meta") == endpoint
+    assert int(_args(init, "--groups")) == groups
+    coordinator = _one(docs, "Deployment", "rel-shoal-coordinator")
+    c = _container(coordinator)
+    assert _args(c, "--meta") == endpoint and "--topology" not in c["args"]
+    assert "checksum/topology" not in coordinator["spec"]["template"]["metadata"].get("annotations", {})
+    assert not [d for d in docs if d["kind"] == "ConfigMap"]
+    assert not [v for v in coordinator["spec"]["template"]["spec"]["volumes"] if "configMap" in v]
+    shard_policy = _one(docs, "NetworkPolicy", "rel-shoal-shard")["spec"]["ingress"][0]["from"]
+    assert {"app.kubernetes.io/component": "shard"}.items() <= shard_policy[1]["podSelector"]["matchLabels"].items()
+
+
+@pytest.mark.parametrize("members", [3, 5])
+def test_etcd_is_a_statefulset_of_a_safe_version_one_member_per_node(members: int) -> None:
+    from shoal._etcd import BAD_VERSIONS
+
+    docs = _render("shards.replicas=3", f"etcd.replicas={members}", namespace="vectors")
+    sts = _one(docs, "StatefulSet", "rel-shoal-etcd")
+    spec = sts["spec"]
+    assert spec["replicas"] == members
+    [container] = spec["template"]["spec"]["containers"]
+    version = _etcd_version(container["image"])
+    assert version >= (3, 5, 3) and version not in BAD_VERSIONS
+    assert _required_anti_affinity(spec["template"])["app.kubernetes.io/component"] == "etcd"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    peers = spec["serviceName"]
+    members_ = dict(m.split("=", 1) for m in env["ETCD_INITIAL_CLUSTER"].split(","))
+    assert members_ == {f"rel-shoal-etcd-{i}": f"http://rel-shoal-etcd-{i}.{peers}:2380" for i in range(members)}
+    assert env["ETCD_NAME"] == "$(POD_NAME)" and env["ETCD_INITIAL_CLUSTER_STATE"] == "new"
+    assert env["ETCD_ADVERTISE_CLIENT_URLS"] == f"http://$(POD_NAME).{peers}:2379"
+    peer_service = _one(docs, "Service", peers)["spec"]
+    assert peer_service["clusterIP"] == "None" and peer_service["publishNotReadyAddresses"] is True
+    [claim] = spec["volumeClaimTemplates"]
+    assert {"name": claim["metadata"]["name"], "mountPath": env["ETCD_DATA_DIR"]} in container["volumeMounts"]
+    assert _one(docs, "PodDisruptionBudget", "rel-shoal-etcd")["spec"]["maxUnavailable"] == 1
+    ingress = _one(docs, "NetworkPolicy", "rel-shoal-etcd")["spec"]["ingress"]
+    clients = {p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in ingress[0]["from"]}
+    assert clients == {"shard", "coordinator", "init"} and ingress[0]["ports"] == [{"port": 2379, "protocol": "TCP"}]
+    assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in ingress[1]["from"]] == ["etcd"]
+    assert ingress[1]["ports"] == [{"port": 2380, "protocol": "TCP"}]
+    for tag in ("v3.5.3", "v3.6.4"):  # newer releases pass the schema
+        image = _container(_one(_render("shards.replicas=2", f"etcd.image.tag={tag}"), "StatefulSet", "rel-shoal-etcd"))
+        assert image["image"] == f"quay.io/coreos/etcd:{tag}"
+
+
+def test_copies_reach_each_other_over_tls_with_the_cluster_certificate() -> None:
+    docs = _render(*VARIANTS["copies with TLS, keys, five etcd members"])
+    for i in range(3):
+        c = _container(_one(docs, "StatefulSet", f"rel-shoal-shard-g{i}"))
+        assert "--insecure" not in c["args"] and _args(c, "--tls-client-ca") == "/etc/shoal/tls/ca.crt"
+        assert _args(c, "--shard-tls-ca") == "/etc/shoal/tls/ca.crt"
+        assert _args(c, "--shard-tls-cert") == "/etc/shoal/tls/tls.crt"
+        assert _args(c, "--shard-tls-key") == "/etc/shoal/tls/tls.key"
+        assert "ssl_channel_credentials" in " ".join(c["readinessProbe"]["exec"]["command"])
+    coordinator = _container(_one(docs, "Deployment", "rel-shoal-coordinator"))
+    assert _args(coordinator, "--auth") == "/etc/shoal/auth/keys" and "--meta" in coordinator["args"]
+    # etcd speaks plaintext whatever tls says: its NetworkPolicy stays.
+    policies = {d["metadata"]["name"] for d in docs if d["kind"] == "NetworkPolicy"}
+    assert policies == {"rel-shoal-shard", "rel-shoal-etcd"}
+
+
+def test_the_init_job_is_renamed_when_what_it_runs_changes() -> None:
+    def name(*sets: str) -> str:
+        [job] = [d for d in _render("shards.replicas=3", *sets) if d["kind"] == "Job"]
+        assert job["spec"]["template"]["metadata"]["labels"].get("helm.sh/chart") is None  # stable across charts
+        return str(job["metadata"]["name"])
+
+    assert name() == name() == name("coordinator.replicas=5")
+    assert len({name(), name("image.tag=0.2.0"), name("shards.groups=4")}) == 3  # a Job's template is immutable

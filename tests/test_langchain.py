@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Iterator
 
@@ -15,6 +16,7 @@ from langchain_core.embeddings import Embeddings  # noqa: E402
 from langchain_tests.integration_tests.vectorstores import VectorStoreIntegrationTests  # noqa: E402
 
 import shoal  # noqa: E402
+from shoal._local import LocalCluster  # noqa: E402
 from shoal.langchain import ShoalVectorStore, metadata_filter  # noqa: E402
 
 _names = itertools.count()
@@ -34,6 +36,20 @@ class TestShoalStandard(VectorStoreIntegrationTests):
     @pytest.fixture
     def vectorstore(self, client: shoal.Client, collection: str) -> ShoalVectorStore:  # type: ignore[override]
         return ShoalVectorStore(client=client, collection_name=collection, embedding=self.get_embeddings())
+
+
+class TestShoalStandardAsyncOverAsyncClient(VectorStoreIntegrationTests):
+    """The suite's async half on a store whose blocking client is closed: every call goes through an AsyncClient."""
+
+    @property
+    def has_sync(self) -> bool:
+        return False
+
+    @pytest.fixture
+    def vectorstore(self, cluster: LocalCluster, collection: str) -> ShoalVectorStore:  # type: ignore[override]
+        closed = shoal.Client(cluster.address)
+        closed.close()
+        return ShoalVectorStore(client=closed, collection_name=collection, embedding=self.get_embeddings())
 
 
 class Axes(Embeddings):
@@ -73,3 +89,59 @@ def test_max_marginal_relevance_prefers_diverse_documents(client: shoal.Client, 
     diverse = store.max_marginal_relevance_search("1,0", k=2, fetch_k=4, lambda_mult=0.3)
     assert [d.id for d in diverse] == ["p0", "far"]
     assert store.max_marginal_relevance_search("1,0", k=2, filter={"missing": 1}) == []
+
+
+def test_async_methods_filter_and_diversify_through_an_async_client(cluster: LocalCluster, collection: str) -> None:
+    closed = shoal.Client(cluster.address)  # the blocking client is closed: only the async path can answer
+    closed.close()
+    angles = [0.0, 0.01, 0.02, 1.5]
+
+    async def body() -> None:
+        store = await ShoalVectorStore.afrom_texts(
+            [f"{np.cos(a)},{np.sin(a)}" for a in angles],
+            Axes(),
+            metadatas=[{"n": 0}, {"n": 1}, {"n": 2}, {"n": 3}],
+            ids=["p0", "p1", "p2", "far"],
+            client=closed,
+            collection_name=collection,
+        )
+        assert [d.id for d in await store.asimilarity_search("1,0", k=2)] == ["p0", "p1"]
+        found = await store.asimilarity_search("1,0", k=4, filter={"n": {"$gte": 2}})
+        assert [d.id for d in found] == ["p2", "far"] and found[1].metadata == {"n": 3}
+        scored = await store.asimilarity_search_with_relevance_scores("1,0", k=1)
+        assert scored[0][0].id == "p0" and scored[0][1] == pytest.approx(1.0, abs=1e-5)
+        diverse = await store.amax_marginal_relevance_search("1,0", k=2, fetch_k=4, lambda_mult=0.3)
+        assert [d.id for d in diverse] == ["p0", "far"]
+        assert await store.amax_marginal_relevance_search("1,0", k=2, filter={"missing": 1}) == []
+        assert [d.id for d in await store.aget_by_ids(["far", "nope", "p1"])] == ["far", "p1"]
+        assert await store.adelete(["p0", "p1"])
+        assert [d.id for d in await store.asimilarity_search("1,0", k=4)] == ["p2", "far"]
+        with pytest.raises(ValueError, match="closed channel"):
+            store.similarity_search("1,0", k=1)  # the sync path really is the closed client
+
+    asyncio.run(body())
+
+
+def test_the_async_client_copies_the_clients_settings_per_event_loop(client: shoal.Client, collection: str) -> None:
+    tuned = shoal.Client(client.address, timeout=7.5, batch_rows=64)
+    store = ShoalVectorStore(client=tuned, collection_name=collection, embedding=Axes())
+
+    async def twice() -> shoal.AsyncClient:
+        first = store.async_client
+        assert store.async_client is first and isinstance(first, shoal.AsyncClient)
+        assert (first.address, first.timeout, first.batch_rows) == (client.address, 7.5, 64)
+        await store.aadd_texts(["1,2"], ids=["a"])
+        return first
+
+    one, other = asyncio.run(twice()), asyncio.run(twice())
+    assert one is not other  # a grpc.aio channel belongs to its loop: a new loop gets its own client
+    tuned.close()
+    assert client.count(collection) == 1
+
+    async def given() -> None:
+        async with shoal.AsyncClient(client.address) as mine:
+            own = ShoalVectorStore(client=client, collection_name=collection, embedding=Axes(), async_client=mine)
+            assert own.async_client is mine
+            assert [d.id for d in await own.asimilarity_search("1,2", k=1)] == ["a"]
+
+    asyncio.run(given())

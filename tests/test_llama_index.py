@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Iterator
 
@@ -21,6 +22,7 @@ from llama_index.core.vector_stores.types import (  # noqa: E402
 )
 
 import shoal  # noqa: E402
+from shoal._local import LocalCluster  # noqa: E402
 from shoal.llama_index import ShoalVectorStore, shoal_filter  # noqa: E402
 
 _names = itertools.count()
@@ -96,6 +98,51 @@ def test_an_index_over_shoal_retrieves_filters_and_deletes_by_document(client: s
     assert client.count(collection) == 2
     assert sorted(n.get_content() for n in store.get_nodes()) == ["apple banana", "banana bread"]
     assert [n.get_content() for n in store.get_nodes(node_ids=[nodes[3].node_id])] == ["banana bread"]
+
+
+def test_async_methods_go_through_an_async_client(cluster: LocalCluster, client: shoal.Client, collection: str) -> None:
+    closed = shoal.Client(cluster.address)  # the blocking client is closed: only the async path can answer
+    closed.close()
+    store = ShoalVectorStore(shoal_client=closed, collection_name=collection)
+    nodes = [
+        _node("zebra zoo zigzag", "doc-a", lang="en", year=2021),
+        _node("zebras in a zoo", "doc-a", lang="de", year=2019),
+        _node("apple banana", "doc-b", lang="en", year=2024),
+        _node("banana bread", "doc-c", lang="fr", year=2022),
+    ]
+
+    async def body() -> None:
+        index = VectorStoreIndex(
+            [], storage_context=StorageContext.from_defaults(vector_store=store), embed_model=Letters()
+        )
+        await index.ainsert_nodes(nodes)  # embeds them and awaits store.async_add
+        assert await store.aclient.count(collection) == 4
+
+        found = await index.as_retriever(similarity_top_k=2).aretrieve("zebra zoo")
+        assert [n.node.get_content() for n in found] == ["zebra zoo zigzag", "zebras in a zoo"]
+        assert found[0].node.metadata == {"lang": "en", "year": 2021}
+        english_recent = MetadataFilters(
+            filters=[MetadataFilter(key="lang", value="en"), MetadataFilter(key="year", value=2022, operator=">=")]
+        )
+        found = await index.as_retriever(similarity_top_k=3, filters=english_recent).aretrieve("zebra zoo")
+        assert [n.node.get_content() for n in found] == ["apple banana"]
+
+        await index.adelete_ref_doc("doc-a")  # awaits store.adelete
+        assert await store.aclient.count(collection) == 2
+        assert sorted(n.get_content() for n in await store.aget_nodes()) == ["apple banana", "banana bread"]
+        assert [n.get_content() for n in await store.aget_nodes(node_ids=[nodes[3].node_id])] == ["banana bread"]
+        with pytest.raises(ValueError, match="closed channel"):
+            store.get_nodes()  # the sync path really is the closed client
+
+    asyncio.run(body())
+    assert client.count(collection) == 2
+
+    async def given() -> None:
+        async with shoal.AsyncClient(client.address) as mine:
+            own = ShoalVectorStore(shoal_client=client, collection_name=collection, shoal_async_client=mine)
+            assert own.aclient is mine and len(await own.aget_nodes()) == 2
+
+    asyncio.run(given())
 
 
 def test_metadata_filters_map_onto_shoals_language() -> None:

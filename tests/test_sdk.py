@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -241,15 +240,39 @@ def test_version() -> None:
     assert shoal.__version__ == importlib.metadata.version("shoal")
 
 
-def test_a_folder_named_shoal_does_not_shadow_the_package(tmp_path: Path) -> None:
-    # Python run from the parent of a clone named `shoal` sees that folder as a namespace package.
-    clone = tmp_path / "shoal"
-    (clone / "sdk").mkdir(parents=True)
-    (clone / "README.md").write_text("a clone\n")
-    code = "import shoal; print(shoal.Client.__name__, shoal.__version__)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.split()[0] == "Client", out.stderr
-    out = subprocess.run(
-        [sys.executable, "-m", "shoal", "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0 and out.stdout.startswith("shoal "), out.stderr
+def test_an_async_copy_has_the_address_options_credentials_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal import _rpc
+
+    opened: list[tuple[str, tuple[tuple[str, Any], ...], shoal.TLS | None]] = []
+
+    def channel(address: str, options: Any = (), tls: shoal.TLS | None = None) -> grpc.aio.Channel:
+        opened.append((address, tuple(options), tls))
+        return grpc.aio.insecure_channel(address)
+
+    monkeypatch.setattr(_rpc, "aio_client_channel", channel)
+    for variable in ("SHOAL_API_KEY", "SHOAL_TLS_CA", "SHOAL_TLS_CERT", "SHOAL_TLS_KEY"):  # set by --secure runs
+        monkeypatch.delenv(variable, raising=False)
+    options = [("grpc.lb_policy_name", "round_robin")]
+    tls = shoal.TLS()
+    secure = shoal.Client("dns:///coordinators:7070", timeout=3.0, batch_rows=99, options=options, api_key="k", tls=tls)
+    plain = shoal.Client("127.0.0.1:7070", tls=False)
+    # Set after the plaintext client was made: its copy must stay plaintext and keyless, as the client is.
+    monkeypatch.setenv("SHOAL_TLS_CA", "/nonexistent/ca.pem")
+    monkeypatch.setenv("SHOAL_API_KEY", "shoal_later_key")
+
+    async def body() -> None:
+        for client in (secure, plain):
+            copy = client._async_copy()
+            assert isinstance(copy, shoal.AsyncClient)
+            assert (copy.address, copy.timeout, copy.batch_rows) == (client.address, client.timeout, client.batch_rows)
+            assert copy._metadata == client._metadata
+            await copy.close()
+
+    asyncio.run(body())
+    assert [o[0] for o in opened] == ["dns:///coordinators:7070", "127.0.0.1:7070"]
+    assert opened[0][1:] == (tuple(options), tls) and opened[1][1:] == ((), None)
+    assert secure._metadata and not plain._metadata
+    for client in (secure, plain):
+        client.close()
+    with grpc.insecure_channel("127.0.0.1:1") as given, pytest.raises(shoal.InvalidArgument, match="channel passed in"):
+        shoal.Client("x", channel=given)._async_copy()

@@ -25,6 +25,16 @@ app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* "true" when shard groups have copies: each group a StatefulSet whose members follow etcd, else "". */}}
+{{- define "shoal.replicated" -}}
+{{- if gt (int .Values.shards.replicas) 1 -}}true{{- end -}}
+{{- end -}}
+
+{{/* The etcd endpoint every process of a replicated cluster uses: the client Service. */}}
+{{- define "shoal.etcdEndpoint" -}}
+{{ include "shoal.fullname" . }}-etcd:2379
+{{- end -}}
+
 {{/* The stable address of shard pod i: its StatefulSet DNS name through the headless Service. */}}
 {{- define "shoal.shardAddress" -}}
 {{- $name := printf "%s-shard" (include "shoal.fullname" .ctx) -}}
@@ -98,6 +108,19 @@ podAntiAffinity:
         labelSelector:
           matchLabels:
             {{- include "shoal.selector" . | nindent 12 }}
+{{- end -}}
+
+{{/* Pods matching these labels never share a node; call with (dict "ctx" $ "labels" (dict ...)). */}}
+{{- define "shoal.requiredAntiAffinity" -}}
+requiredDuringSchedulingIgnoredDuringExecution:
+  - topologyKey: kubernetes.io/hostname
+    labelSelector:
+      matchLabels:
+        app.kubernetes.io/name: shoal
+        app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+        {{- range $k, $v := .labels }}
+        {{ $k }}: {{ $v }}
+        {{- end }}
 {{- end -}}
 
 {{/* Prometheus scrape annotations of a pod template. */}}
