@@ -33,7 +33,7 @@ log = logging.getLogger("shoal.shard.servicer")
 SEARCH_SPAN = "/shoal.v1.Shard/search"
 # A status waits for the index worker at most this long (behind queued searches and writes).
 STATUS_TIMEOUT_SECONDS = 5.0
-TOPOLOGY_WAIT = 0.2  # seconds a read from a coordinator at a newer topology version waits for this shard's
+TOPOLOGY_WAIT = 0.2  # seconds a read at a newer topology version waits for this shard's own watch to reach it
 TOPOLOGY_POLL = 0.01
 AWAIT_TOPOLOGY_LIMIT = 30.0  # seconds AwaitTopology waits at most
 MAX_EXPORT = 4096  # points per export page
