@@ -196,6 +196,7 @@ class LocalCluster:
     # Arguments every process gets after its command, e.g. ["--otlp-endpoint", "http://collector:4317"].
     server_args: list[str] = field(default_factory=list)
     shard_procs: list[Process] = field(default_factory=list)
+    joined: list[Process] = field(default_factory=list)  # shards started later by `join`
     coordinator: Process | None = None
     replicas: int = 1  # copies of each shard group's data (1: a primary only)
     meta: bool = True  # cluster metadata in an embedded etcd (False: a fixed list of shards, no replicas)
@@ -429,6 +430,34 @@ class LocalCluster:
 
         asyncio.run(wait())
 
+    def join(self, member: str, group: str = "", cores: list[int] | None = None) -> Process:
+        """Start one more shard, `shoal shard --join`: a new empty group (named `group`, else the first free
+        gN) or a new replica of an existing `group`; return it once it serves."""
+        assert self.etcd is not None, "joining needs the cluster metadata (meta=True)"
+        proc = Process(
+            member,
+            [
+                *self.common_args,
+                "shard",
+                "--data",
+                str(self.data / member),
+                "--listen",
+                f"{self.host}:0",
+                *(["--cores", ",".join(map(str, cores))] if cores else []),
+                *("--meta", self.etcd.endpoint, "--cluster", self.cluster, "--join"),
+                *(["--group", group] if group else []),
+                *self._shard_security(),
+                *self.server_args,
+            ],
+            self.logs / f"{member}.log",
+            env={**SHARD_ENV, **self.shard_env},
+        )
+        proc.start(self.timeout)
+        proc.args[proc.args.index("--listen") + 1] = proc.address
+        self.joined.append(proc)
+        wait_serving(proc.address, self.timeout, self.tls)
+        return proc
+
     def restart(self, proc: Process) -> None:
         """Start a stopped or killed process again on its old address and wait until it serves."""
         if self.etcd is not None and not self.etcd.running:
@@ -438,7 +467,7 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stop the coordinator, then the shards, each with SIGTERM, then etcd."""
-        for proc in [self.coordinator, *self.shard_procs]:
+        for proc in [self.coordinator, *self.shard_procs, *self.joined]:
             if proc is not None:
                 proc.stop()
         if self.etcd is not None:

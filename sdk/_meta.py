@@ -356,6 +356,28 @@ class MetaStore:
                 raise AlreadyExists(f"member {member!r} of group {group!r} is already listed by a live lease")
         return Membership(self, group, member, lease, ttl)
 
+    async def register_group(self, group: str) -> bool:
+        """Claim a new group's name; False if it was claimed before (by anyone)."""
+        check_name(group)
+        key = self.keys.registered(group)
+        with _translated():
+            ok, _ = await self._client.transaction(
+                compare=[self._tx.create(key) == 0], success=[self._tx.put(key, encode(True))], failure=[]
+            )
+        return bool(ok)
+
+    async def get_groups(self) -> dict[str, GroupState]:
+        """Every group etcd has any key of (members, term, a registered name), by name."""
+        prefix = self.keys.section("groups")
+        with _translated():
+            got = await self._client.get_prefix(prefix)
+        kvs: dict[str, dict[str, Any]] = {}
+        for kv in got:
+            name, _, rest = kv.key[len(prefix) :].decode().partition("/")
+            kvs.setdefault(name, {})[rest] = decode(kv.value)
+        revision = int(got.header.revision)
+        return {name: group_from_kvs(name, kvs[name], revision) for name in sorted(kvs)}
+
     async def _group_kvs(self, group: str) -> tuple[dict[str, Any], int]:
         """A group's keys (relative to its prefix) with their etcd records, and the read's revision."""
         check_name(group)
@@ -434,6 +456,11 @@ class MetaStore:
         with _translated():
             got = await self._client.get_prefix(self.keys.root)
         return int(got.header.revision)
+
+    async def endpoints(self) -> list[str]:
+        """The client URLs of every etcd member: the endpoints the cluster's metadata is served on."""
+        with _translated():
+            return sorted({url async for m in self._client.members() for url in m.client_urls})
 
     async def cluster_id(self) -> int:
         """etcd's cluster id: a fresh etcd (say, of a restored cluster) has a new one."""

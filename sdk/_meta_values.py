@@ -11,6 +11,7 @@ Keys live under `/shoal/<cluster>/`:
     groups/<group>/term             the group's current term (an int; never attached to a lease)
     groups/<group>/primary          {"member": ..., "term": ...}, attached to the primary's lease
     groups/<group>/in_sync          {"term": ..., "members": [...]}
+    groups/<group>/registered       true: the name is taken (a group made by `shoal shard --join`)
     keys/<key id>                   an API key's record: {"id", "role", "hash", "collections", "created", "revoked"}
 """
 
@@ -285,6 +286,10 @@ class Keys:
     def in_sync(self, group: str) -> bytes:
         """A group's in-sync set."""
         return self.group(group) + b"in_sync"
+
+    def registered(self, group: str) -> bytes:
+        """The key that claims a group's name."""
+        return self.group(group) + b"registered"
 
     @property
     def mover(self) -> bytes:

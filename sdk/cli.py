@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shoal import __version__
-from shoal._config import DEFAULT_ADDRESS, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SHARDS
+from shoal._config import (
+    DEFAULT_ADDRESS,
+    DEFAULT_HOST,
+    DEFAULT_MOVE_PARALLEL,
+    DEFAULT_MOVE_RATE,
+    DEFAULT_MOVE_SLOTS,
+    DEFAULT_PORT,
+    DEFAULT_SHARDS,
+)
 from shoal._errors import ShoalError
 from shoal._logs import LOG_FORMATS
 from shoal._logs import configure as configure_logging
@@ -74,12 +82,14 @@ def cmd_shard(args: argparse.Namespace) -> int:
     _tracing(args, "shoal-shard")
     group = None
     if args.meta:
-        if not args.group:
-            raise SystemExit("shoal shard: --meta needs --group")
+        if not args.group and not args.join:
+            raise SystemExit("shoal shard: --meta needs --group, or --join for a new group")
         member = args.member or Path(args.data).resolve().name
         # The other members are reached as the coordinators reach shards: over TLS, with the cluster secret.
         peers = ClusterCredentials(_tls(args.shard_tls_ca, args.shard_tls_cert, args.shard_tls_key), _secret(args))
-        group = GroupSettings(args.meta, args.cluster, args.group, member, args.advertise, peers)
+        group = GroupSettings(args.meta, args.cluster, args.group, member, args.advertise, peers, args.join)
+    elif args.join:
+        raise SystemExit("shoal shard: --join needs --meta (the cluster's etcd)")
     # Cluster members prove themselves by a certificate of the cluster CA (mutual TLS) or the cluster secret.
     guard = Guard(cluster_secret=_secret(args), members_by_certificate=args.tls_client_ca is not None)
     backup_root = Path(args.backup_root) if args.backup_root else None
@@ -244,21 +254,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     status = cluster_status(args.address, *_client_security(args))
     found = None
     if endpoint:
-        from shoal._group_status import groups
+        from shoal._group_status import meta_status
 
-        found = asyncio.run(groups(endpoint, args.cluster, _member_credentials(args)))
+        found = asyncio.run(meta_status(endpoint, args.cluster, _member_credentials(args)))
     if args.json:
         doc = json.loads(to_json(status))
         if found is not None:
-            doc["groups"] = [dataclasses.asdict(g) for g in found]
+            meta = dataclasses.asdict(found)
+            doc.update(etcd=meta["etcd"], groups=meta["groups"], moves=meta["moves"], mover=meta["mover"])
         print(json.dumps(doc, indent=2))
     else:
         print(to_table(status))
         if found is not None:
-            from shoal._group_status import groups_table
+            from shoal._group_status import meta_table
 
             print()
-            print(groups_table(found))
+            print(meta_table(found))
     return 1 if args.check and not healthy(status) else 0
 
 
@@ -313,6 +324,61 @@ def cmd_check(args: argparse.Namespace) -> int:
     same, lines = asyncio.run(check(endpoint, args.cluster, _member_credentials(args)))
     print("\n".join(lines))
     return 0 if same else 1
+
+
+def cmd_rebalance(args: argparse.Namespace) -> int:
+    """Move slots until every group owns an equal share (resuming a run that was cut off)."""
+    return _move_slots(args, ())
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    """Move every slot of a group to the others, so that its members can be stopped."""
+    _move_slots(args, (args.group,))
+    print(f"group {args.group} owns no slots now: its members can be stopped", flush=True)
+    return 0
+
+
+def _move_slots(args: argparse.Namespace, drain: tuple[str, ...]) -> int:
+    from shoal._meta import MetaStore
+    from shoal._move_plan import RangeMove
+    from shoal._move_runner import Progress, run_moves
+    from shoal.coordinator.mover import move, resume
+
+    endpoint = _meta_endpoint(args)
+    if not endpoint:
+        raise SystemExit(f"shoal {args.command} needs --meta or --data (the cluster's etcd)")
+    if args.rate <= 0 or args.parallel < 1:
+        raise SystemExit(f"shoal {args.command}: --rate must be above 0 and --parallel at least 1")
+
+    def report(line: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+
+    credentials = _member_credentials(args)
+
+    async def move_one(meta: MetaStore, m: RangeMove, rate: float, progress: Progress) -> None:
+        await move(
+            meta, m.start, m.end, m.target, rate=rate, progress=lambda p: progress(p.points), credentials=credentials
+        )
+
+    async def resume_left(meta: MetaStore, progress: Progress) -> int:
+        return await resume(meta, lambda p: progress(p.points), credentials=credentials)
+
+    async def main() -> None:
+        async with await MetaStore.connect(endpoint, args.cluster) as meta:
+            await run_moves(
+                meta,
+                move_one,
+                resume_left,
+                report,
+                drain=drain,
+                rate=args.rate,
+                parallel=args.parallel,
+                max_slots=args.max_slots,
+                dry_run=args.dry_run,
+            )
+
+    asyncio.run(main())
+    return 0
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -459,6 +525,12 @@ def parser() -> argparse.ArgumentParser:
     shard.add_argument("--meta", default="", help=f"{ENDPOINTS}: run as a member of a shard group")
     shard.add_argument("--cluster", default="default", help="the cluster's name in etcd (default 'default')")
     shard.add_argument("--group", default="", help="with --meta: the shard group to join, e.g. g0")
+    shard.add_argument(
+        "--join",
+        action="store_true",
+        help="with --meta: join a running cluster as a new empty group (named --group, else the first free gN; "
+        "kept in the data folder), or with --group of an existing group as a new replica of it",
+    )
     shard.add_argument("--member", default="", help="with --meta: this member's name (default: the data folder's name)")
     shard.add_argument("--advertise", default="", help="with --meta: HOST:PORT others reach it at (default: --listen)")
     _shard_tls_args(shard)
@@ -516,6 +588,39 @@ def parser() -> argparse.ArgumentParser:
             "--cluster-secret-file", help="ask the group members with the cluster secret (default with --data: its own)"
         )
     check.add_argument("--tls-ca", help="with --cluster-secret-file: the CA of the members' certificates (TLS)")
+
+    rebalance = sub.add_parser(
+        "rebalance", help="move slots online until every shard group owns an equal share (rerun: resume)"
+    )
+    rebalance.set_defaults(func=cmd_rebalance)
+    drain = sub.add_parser("drain", help="move every slot of a shard group to the others, online (rerun: resume)")
+    drain.add_argument("group", help="the group to empty, as `shoal status` names it")
+    drain.set_defaults(func=cmd_drain)
+    for command in (rebalance, drain):
+        command.add_argument("--meta", default="", help="the cluster's etcd endpoint HOST:PORT")
+        command.add_argument("--data", default="", help="or: the data folder of a `shoal up` cluster")
+        command.add_argument("--cluster", default="default", help="the cluster's name in etcd")
+        command.add_argument("--cluster-secret-file", help="reach the shards with the cluster secret")
+        command.add_argument("--tls-ca", help="with --cluster-secret-file: the CA of the members' certificates (TLS)")
+        command.add_argument(
+            "--rate",
+            type=float,
+            default=DEFAULT_MOVE_RATE,
+            help=f"points per second copied, over all moves at once (default {DEFAULT_MOVE_RATE:,.0f})",
+        )
+        command.add_argument(
+            "--parallel",
+            type=int,
+            default=DEFAULT_MOVE_PARALLEL,
+            help=f"ranges moved at a time (default {DEFAULT_MOVE_PARALLEL})",
+        )
+        command.add_argument(
+            "--max-slots",
+            type=int,
+            default=DEFAULT_MOVE_SLOTS,
+            help=f"slots in one move at most (default {DEFAULT_MOVE_SLOTS} of 4096)",
+        )
+        command.add_argument("--dry-run", action="store_true", help="print the moves, move nothing")
 
     backup = sub.add_parser("backup", help="copy every shard of a running cluster into a new folder")
     backup.add_argument("--address", default=DEFAULT_ADDRESS, help="a coordinator's address")

@@ -8,12 +8,17 @@ catalogue (collection create and drop) as writes, so replicas get them in order.
 callers' writes and applies its primary's stream (`ReplicaSide`). Every member refuses a term lower than
 the highest it accepted, and keeps that term in RocksDB. A replica outside the in-sync set whose next write
 its primary's op log no longer holds copies the primary's data first (catchup.py).
+
+A member started with `join` and no group name takes a new group's name (the first free gN, claimed in
+etcd) and keeps it in its data folder, so a restart rejoins that group; with a name, it joins that group
+(a new one, or as a new replica of an existing one, which catch-up fills).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +41,7 @@ log = logging.getLogger("shoal.shard.group")
 
 LEASE_TTL = 3  # seconds: a dead primary is noticed (and replaced) after about this long
 RESYNC = 1.0  # seconds between re-reads of the group besides watch events (a watch can break)
+GROUP_FILE = "group"  # in a joined member's data folder: the group it joined
 
 
 class GroupMember:
@@ -52,8 +58,10 @@ class GroupMember:
         lease_ttl: int = LEASE_TTL,
         ack_timeout: float = ACK_TIMEOUT,
         credentials: ClusterCredentials | None = None,
+        join: bool = False,
     ) -> None:
         self.shard, self.endpoint, self.cluster = shard, endpoint, cluster
+        self.join = join  # claim a new group's name in etcd ("" group: the first free one)
         self.credentials = credentials or ClusterCredentials()  # how it reaches the others: TLS, cluster secret
         self.group, self.member, self.address = group, member, address
         self.lease_ttl, self.ack_timeout = lease_ttl, ack_timeout
@@ -123,6 +131,8 @@ class GroupMember:
                 log.warning("etcd at %s: %s", self.endpoint, exc)
                 await asyncio.sleep(RESYNC)
         meta = self._meta
+        if self.join:
+            self.group = await self._choose_group(meta)
         revision = await meta.revision()
         self._owned(await meta.get_topology())
         for section in ("topology", "groups", "catalogue"):
@@ -145,6 +155,31 @@ class GroupMember:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), RESYNC)
             self._changed.clear()
+
+    async def _choose_group(self, meta: MetaStore) -> str:
+        """The group a joining member belongs to: the one its data folder names, the one asked for, or a new one."""
+        saved = self.shard.data / GROUP_FILE
+        name = self.group or (saved.read_text().strip() if saved.exists() else "")
+        while True:
+            try:
+                taken = set(await meta.get_groups()) | {r.group for r in (await meta.get_topology()).ranges}
+                if name and name not in taken and await meta.register_group(name):
+                    log.info("group %s: registered as a new group", name)
+                # A name in use (or claimed just now by another) is an existing group: this is a new replica of it.
+                for i in itertools.count(len(taken)):
+                    if name:
+                        break
+                    if f"g{i}" not in taken and await meta.register_group(f"g{i}"):
+                        name = f"g{i}"
+                        log.info("group %s: registered as a new group", name)
+                break
+            except ShoalError as exc:
+                log.warning("cannot register a group in etcd: %s", exc)
+                await asyncio.sleep(RESYNC)
+        temporary = saved.with_suffix(".tmp")
+        temporary.write_text(name + "\n")
+        temporary.replace(saved)
+        return name
 
     async def _join(self, meta: MetaStore) -> Membership:
         while True:

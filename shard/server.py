@@ -48,6 +48,7 @@ class GroupSettings:
     member: str
     advertise: str = ""  # the address others reach this shard at (default: the bound address)
     credentials: ClusterCredentials = field(default_factory=ClusterCredentials)  # how it reaches the others
+    join: bool = False  # register a new group (named `group`, or the first free gN when "")
 
 
 def run(
@@ -118,6 +119,7 @@ async def _serve(
                     group.member,
                     group.advertise or servicer.address,
                     credentials=group.credentials,
+                    join=group.join,
                 )
                 await servicer.member.start()
             await set_serving(health, [SERVICE], True)
