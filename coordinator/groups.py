@@ -33,6 +33,7 @@ log = logging.getLogger("shoal.coordinator.groups")
 T = TypeVar("T")
 RETRY_BUDGET = 8.0  # seconds a call keeps retrying on other members or a new primary
 WAIT_STEP = 0.05  # seconds between retries when no change arrives
+WATCH_LAG = 0.02  # seconds a caller waits for the watch to bring a version before it reads etcd itself
 
 
 def routing_topology(
@@ -70,6 +71,7 @@ class GroupView:
         self.on_change: Callable[[], None] = lambda: None
         self._changed = asyncio.Event()  # set (and replaced) on every change
         self._tasks: list[asyncio.Task[None]] = []
+        self._reading: asyncio.Task[None] | None = None  # a direct read of etcd for callers the watch left behind
 
     async def start(self) -> None:
         """Read everything once, then follow changes."""
@@ -123,12 +125,23 @@ class GroupView:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), max(timeout, 0.0))
 
-    async def newer(self, version: int, timeout: float) -> None:
-        """Wait until the topology is newer than `version`, at most `timeout` seconds."""
+    async def reach(self, version: int, timeout: float) -> None:
+        """Wait until the topology is at `version` or newer, at most `timeout` seconds: woken by the watch, and
+        reading etcd directly (once, shared by every waiter) when the watch lags behind a version a shard has."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
-        while self.topology.version <= version and loop.time() < end:
-            await self.changed(end - loop.time())
+        read = False
+        while self.topology.version < version and loop.time() < end:
+            if read:
+                await self.changed(end - loop.time())
+                continue
+            await self.changed(min(WATCH_LAG, end - loop.time()))
+            if self.topology.version < version and loop.time() < end:
+                read = True
+                if self._reading is None or self._reading.done():
+                    self._reading = asyncio.create_task(self._reload())
+                with contextlib.suppress(ShoalError, TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._reading), max(end - loop.time(), 0.0))
 
     def routing(self) -> tuple[Topology, list[GroupConnection]]:
         """The core's topology and one connection per shard of it, in its order."""

@@ -9,6 +9,7 @@ coordinator waits briefly for its view of etcd to move on (`Refresh`) and tries 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -19,12 +20,13 @@ from shoal.coordinator.topology import Topology
 
 T = TypeVar("T")
 C = TypeVar("C")  # a shard connection
-REFRESH_STEP = 0.25  # seconds a call waits for a newer topology before it tries again (the shard may lag)
+REFRESH_STEP = 0.25  # seconds a call waits at most for a newer topology before it tries again
 MOVE_BUDGET = 30.0  # seconds a call without a deadline keeps retrying through a slot move
 NOT_OWNED = "is not owned by this shard group"  # a write routed by an older topology (shard/ownership.py)
 FROZEN = "slots moving"  # a write to slots frozen for a move's switch (shard/ownership.py)
+SHARD_HAS = re.compile(r"shard has (\d+)")  # a read refused at another version names the shard's (shard/core.py)
 
-# Wait until the routing is newer than a topology version, at most some seconds (None: a fixed topology).
+# Wait until the routing is at a topology version or newer, at most some seconds (None: a fixed topology).
 Refresh = Callable[[int, float], Awaitable[None]]
 
 
@@ -41,8 +43,15 @@ def deadline_of(timeout: float | None) -> float:
     return asyncio.get_running_loop().time() + (timeout if timeout is not None else MOVE_BUDGET)
 
 
+def shard_version(exc: Aborted, routed: int) -> int:
+    """The version to reach before a read refused at another version runs again: the refusing shard's when it
+    is ahead (a shard behind already waited for its own watch: run again at once), else a newer one."""
+    found = SHARD_HAS.search(exc.message)
+    return int(found.group(1)) if found is not None else routed + 1
+
+
 async def after_move(refresh: Refresh | None, version: int, deadline: float, error: BaseException) -> None:
-    """Wait for a topology newer than `version` (a shard said the routing is stale), or re-raise `error`."""
+    """Wait for the topology to reach `version` (a shard said the routing is stale), or re-raise `error`."""
     left = deadline - asyncio.get_running_loop().time()
     if refresh is None or left <= 0:
         raise error
@@ -60,7 +69,7 @@ async def at_one_version(
         try:
             return await run(current)
         except Aborted as exc:
-            await after_move(refresh, current, deadline, exc)
+            await after_move(refresh, shard_version(exc, current), deadline, exc)
 
 
 async def by_slot(
@@ -96,5 +105,5 @@ async def by_slot(
         if not stale:
             return answers
         first = next(r for r in results if isinstance(r, BaseException))
-        await after_move(refresh, topology.version, deadline, first)
+        await after_move(refresh, topology.version + 1, deadline, first)
         todo = np.sort(np.concatenate(stale))

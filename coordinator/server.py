@@ -89,7 +89,7 @@ class CoordinatorServer:
             view = self.view
             topology, connections = view.routing()
             core = Coordinator(topology, connections, catalogue=MetaCatalogue(view))
-            core.refresh = view.newer
+            core.refresh = view.reach
             view.on_change = lambda: core.retarget(*view.routing())
             credentials = ClusterCredentials(tls=self.shard_tls, secret=self.cluster_secret)
             self._janitor = asyncio.create_task(janitor(view.meta, credentials), name="moves left behind")

@@ -79,6 +79,7 @@ class Shard:
         # In a shard group: raises when callers may not write here (a replica); the slots the group owns.
         self.gate: Callable[[], None] | None = None
         self.ownership: Ownership | None = None  # None: no slot check (static mode)
+        self.on_ownership: Callable[[], None] = lambda: None  # told (on any thread) after every set_ownership
         # Held while a write's slots are checked and it is queued, and while the ownership changes: once a new
         # ownership is set, every write checked under the old one is already in the committer's queue.
         self._owning = threading.Lock()
@@ -181,6 +182,7 @@ class Shard:
         """The slots this shard's group owns, freezes and imports under its current topology version."""
         with self._owning:
             self.ownership = ownership
+        self.on_ownership()
 
     def barrier(self) -> Future[Any]:
         """Resolves once every write queued before it is durable and applied."""
@@ -192,7 +194,7 @@ class Shard:
         own = self.ownership
         if own is None:
             return None
-        if version and own.version != version:
+        if not own.serves(version):
             raise Aborted(f"topology version {version}, shard has {own.version}")
         return own if own.hiding else None
 

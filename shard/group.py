@@ -219,7 +219,7 @@ class GroupMember:
 
     def _owned(self, topology: Topology) -> None:
         if topology.ranges:
-            self.shard.set_ownership(ownership(topology, self.group))
+            self.shard.set_ownership(ownership(topology, self.group, self.shard.ownership))
 
     async def _react(self, state: GroupState) -> None:
         if self.role == "primary":

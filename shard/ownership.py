@@ -17,7 +17,7 @@ from shoal._config import SLOTS
 from shoal._errors import FailedPrecondition, Unavailable
 from shoal._filter import Node
 from shoal._hash import slots_of
-from shoal._meta_values import Topology
+from shoal._meta_values import SlotRange, Topology
 from shoal.shard.collection import Collection, matching
 from shoal.shard.planner import Matching
 from shoal.shard.storage import pack_keys
@@ -35,10 +35,22 @@ class Ownership:
     frozen: np.ndarray = field(default_factory=lambda: _NONE)
     importing: np.ndarray = field(default_factory=lambda: _NONE)
     hiding: bool = False  # the group may hold points of slots it does not own: reads leave them out
+    ranges: tuple[SlotRange, ...] = ()  # every group's slots under this version
+    since: int = 0  # the first version of the unbroken run of versions with these ranges (0: this version)
+
+    def serves(self, version: int) -> bool:
+        """Whether a read routed by topology `version` (0: any) may be answered here: the same version, or an
+        older one of the same run of versions with every group's slots unchanged (only moves' phases changed).
+
+        Exact because this shard answers with what it owns under its own version, which under such a version
+        is what it owned then, and every other group answering within that run owns what it owned then too:
+        each slot is read in exactly one group. Newer versions are not known here: the servicer waits for them.
+        """
+        return not version or version == self.version or 0 < self.since <= version < self.version
 
 
-def ownership(topology: Topology, group: str) -> Ownership:
-    """What `group` owns, freezes and imports under `topology`."""
+def ownership(topology: Topology, group: str, before: Ownership | None = None) -> Ownership:
+    """What `group` owns, freezes and imports under `topology` (`before`: under the version applied so far)."""
     owned, frozen, importing = (np.zeros(SLOTS, dtype=bool) for _ in range(3))
     for start, end in topology.owned(group):
         owned[start:end] = True
@@ -49,7 +61,12 @@ def ownership(topology: Topology, group: str) -> Ownership:
         if m.target == group and m.phase in ("copy", "frozen"):
             importing[m.start : m.end] = True
         hiding |= (m.target == group and m.phase != "cleanup") or (m.source == group and m.phase == "cleanup")
-    return Ownership(topology.version, owned, frozen, importing, hiding)
+    since = topology.version
+    # A version missed by the watch could have changed the slots and changed them back: only a next version
+    # with the same ranges continues the run.
+    if before is not None and before.ranges == topology.ranges and 0 <= topology.version - before.version <= 1:
+        since = before.since or before.version
+    return Ownership(topology.version, owned, frozen, importing, hiding, topology.ranges, since)
 
 
 def static(ranges: list[tuple[int, int]], version: int = 0) -> Ownership:

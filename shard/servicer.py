@@ -35,7 +35,6 @@ SEARCH_SPAN = "/shoal.v1.Shard/search"
 # A status waits for the index worker at most this long (behind queued searches and writes).
 STATUS_TIMEOUT_SECONDS = 5.0
 TOPOLOGY_WAIT = 0.2  # seconds a read at a newer topology version waits for this shard's own watch to reach it
-TOPOLOGY_POLL = 0.01
 AWAIT_TOPOLOGY_LIMIT = 30.0  # seconds AwaitTopology waits at most
 MAX_EXPORT = 4096  # points per export page
 # A search of a stream being answered: the index worker's future, or a task for a traced one.
@@ -50,6 +49,9 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         self.address = address  # reported in ShardStats; set once the port is bound
         self.metrics_address = metrics_address  # reported in GetStatus; empty when metrics are not served
         self.member: GroupMember | None = None  # set when the shard is a member of a shard group
+        self._loop: asyncio.AbstractEventLoop | None = None  # the server's, once a read waited for a version
+        self._versions = asyncio.Event()  # set (and replaced) when the shard applies a topology version
+        shard.on_ownership = self._applied
 
     def _member(self) -> GroupMember:
         if self.member is None:
@@ -65,23 +67,32 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         if token and self.member is not None:
             await self.member.caught_up(token)
 
+    def _applied(self) -> None:
+        """The shard applied a topology version (on any thread): wake the reads waiting for one."""
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        woken, self._versions = self._versions, asyncio.Event()
+        woken.set()
+
     async def _topology(self, version: int, wait: float = TOPOLOGY_WAIT) -> None:
-        """Give this shard's own watch a moment to reach a read's newer topology version (the core then answers,
-        or refuses with ABORTED at another version)."""
-        own = self._shard.ownership
-        if not version or own is None or own.version >= version:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        while loop.time() < deadline:
-            await asyncio.sleep(TOPOLOGY_POLL)
+        """Wait (at most `wait` seconds) until this shard's own watch applied a read's newer topology version,
+        waking the moment it does (the core then answers, or refuses with ABORTED at another version)."""
+        self._loop = asyncio.get_running_loop()
+        deadline = self._loop.time() + wait
+        while True:
             own = self._shard.ownership
-            if own is not None and own.version >= version:
+            left = deadline - self._loop.time()
+            if not version or own is None or own.version >= version or left <= 0:
                 return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._versions.wait(), left)
 
     def _at_other_version(self, version: int) -> bool:
         own = self._shard.ownership
-        return bool(version) and own is not None and own.version != version
+        return own is not None and not own.serves(version)
 
     def _info(self, stats: CollectionStats) -> pb.CollectionInfo:
         shard = pb.ShardStats(address=self.address, count=stats.count, memory_bytes=stats.memory_bytes)

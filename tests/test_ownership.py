@@ -129,3 +129,28 @@ def test_the_target_hides_imported_copies_until_it_owns_them(shard: tuple[Shard,
     assert s.delete_range("c", *MOVING) == len(inside)
     s.set_ownership(ownership(topology(None, 4), "g0"))
     assert s.count("c", version=4) == 0 and s.verify("c").consistent
+
+
+def test_reads_of_older_versions_are_served_while_only_move_phases_changed() -> None:
+    v1 = ownership(topology(None, 1), "g0")
+    v2 = ownership(topology("copy", 2), "g0", v1)
+    v3 = ownership(topology("frozen", 3), "g0", v2)
+    assert [v3.serves(v) for v in (0, 1, 2, 3, 4)] == [True, True, True, True, False]  # newer: the servicer waits
+    v4 = ownership(topology("cleanup", 4), "g0", v3)  # the switch: the slots changed hands
+    assert [v4.serves(v) for v in (1, 2, 3, 4)] == [False, False, False, True]
+    v5 = ownership(Topology(v4.ranges, 5), "g0", v4)  # the move ends, g2 keeps the slots
+    assert [v5.serves(v) for v in (3, 4, 5)] == [False, True, True]
+    skipped = ownership(topology(None, 5), "g0", v3)  # version 4 was never seen here: it may have moved slots
+    assert [skipped.serves(v) for v in (3, 4, 5)] == [False, False, True]
+    assert not ownership(topology("copy", 2), "g0").serves(1)  # nothing before: its own version only
+
+
+def test_a_shard_answers_an_older_version_of_the_same_slots(shard: tuple[Shard, np.ndarray]) -> None:
+    s, ids = shard
+    s.set_ownership(ownership(topology("copy", 2), "g0", s.ownership))
+    s.set_ownership(ownership(topology("frozen", 3), "g0", s.ownership))
+    assert s.count("c", version=1) == s.count("c", version=3) == len(ids)
+    s.set_ownership(ownership(topology("cleanup", 4), "g0", s.ownership))
+    for version in (1, 3, 5):
+        with pytest.raises(Aborted, match="shard has 4"):
+            s.count("c", version=version)
