@@ -37,6 +37,7 @@ STATUS_TIMEOUT_SECONDS = 5.0
 TOPOLOGY_WAIT = 0.2  # seconds a read at a newer topology version waits for this shard's own watch to reach it
 AWAIT_TOPOLOGY_LIMIT = 30.0  # seconds AwaitTopology waits at most
 MAX_EXPORT = 4096  # points per export page
+IMPORT_SLICE = 128  # imported points indexed at once (a search waits for one slice, not for the mover's page)
 # A search of a stream being answered: the index worker's future, or a task for a traced one.
 Withdrawable = Future[tuple[TopK, str]] | asyncio.Future[pb.SearchResponse]
 
@@ -370,10 +371,21 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
         ids = decode_ids(points.ids) if points.ids.u64 or points.ids.str else np.zeros(0, np.uint64)
         vectors = decode_matrix(points.vectors) if len(ids) else np.zeros((0, 1), np.float32)
         deleted = decode_ids(request.deleted) if request.deleted.u64 or request.deleted.str else np.zeros(0, np.uint64)
-        futures = await asyncio.to_thread(
-            self._shard.submit_import, points.collection, ids, vectors, list(points.payloads), deleted
-        )
-        written = sum([await asyncio.wrap_future(f) for f in futures])
+        payloads = list(points.payloads)
+        written = 0
+        # Applied a slice at a time: searches queued meanwhile run between slices, not after the whole page.
+        for at in range(0, max(len(ids), 1), IMPORT_SLICE):
+            rest = at + IMPORT_SLICE >= len(ids)
+            part = slice(at, at + IMPORT_SLICE)
+            futures = await asyncio.to_thread(
+                self._shard.submit_import,
+                points.collection,
+                ids[part],
+                vectors[part],
+                payloads[part],
+                deleted if rest else deleted[:0],
+            )
+            written += sum([await asyncio.wrap_future(f) for f in futures])
         return shard_pb2.ImportResponse(written=written)
 
     async def DeleteRange(
