@@ -140,6 +140,7 @@ class GroupView:
                 read = True
                 if self._reading is None or self._reading.done():
                     self._reading = asyncio.create_task(self._reload())
+                    self._reading.add_done_callback(lambda t: t.cancelled() or t.exception())  # seen: not logged
                 with contextlib.suppress(ShoalError, TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._reading), max(end - loop.time(), 0.0))
 
