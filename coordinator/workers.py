@@ -9,7 +9,6 @@ channels) spread over the workers, one channel does not.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import os
@@ -21,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from shoal._local import stop_process
 from shoal._ports import port_problem
 from shoal._supervisor import STABLE_AFTER, Backoff
 
@@ -125,18 +125,7 @@ class Worker:
 
     def stop(self, timeout: float = STOP_SECONDS) -> int | None:
         """SIGTERM, wait, SIGKILL if needed; the exit code (reaped)."""
-        if self.popen is None:
-            return None
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout)
-        if self.popen.poll() is None:
-            self.popen.kill()
-        code = self.popen.wait()
-        if self.popen.stdout is not None:
-            self.popen.stdout.close()
-        return code
+        return None if self.popen is None else stop_process(self.popen, timeout)
 
 
 def _supervise(workers: list[Worker], stopping: list[int]) -> None:

@@ -132,24 +132,25 @@ class Process:
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM, wait for a clean exit, SIGKILL if it does not come; the exit code."""
-        if self.popen is None:
-            return None
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout)
-        return self.kill()
+        return None if self.popen is None else stop_process(self.popen, timeout)
 
     def kill(self) -> int | None:
         """SIGKILL, as a crash would."""
-        if self.popen is None:
-            return None
-        if self.popen.poll() is None:
-            self.popen.kill()
-        code = self.popen.wait()
-        if self.popen.stdout:
-            self.popen.stdout.close()
-        return code
+        return None if self.popen is None else stop_process(self.popen, None)
+
+
+def stop_process(popen: subprocess.Popen[bytes], timeout: float | None) -> int:
+    """SIGTERM and up to `timeout` seconds for a clean exit (None: straight to SIGKILL), then SIGKILL; reaped."""
+    if timeout is not None and popen.poll() is None:
+        popen.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(timeout)
+    if popen.poll() is None:
+        popen.kill()
+    code = popen.wait()
+    if popen.stdout:
+        popen.stdout.close()
+    return code
 
 
 def last_line(log: Path) -> str:
