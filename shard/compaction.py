@@ -13,16 +13,22 @@ tombstones pass a share of the graph (options.CompactionPolicy), a second index 
    The old index is exactly RocksDB at the worker's applied sequence, so the writes still on their way to
    the worker apply to the new index as they would have to the old one, and none is lost.
 
-Searches pause only for step 3 (a few thousand keys at most), no longer than a snapshot's fork.
+Searches pause only for step 3 (a few thousand keys at most), no longer than a snapshot's fork. Steps 1
+and 2 run on a thread of the lowest CPU priority: the shard's own threads and the other processes serving
+calls on the same cores go first, so a compaction (after a slot move's range delete, say) takes spare CPU
+rather than the foreground's.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -40,6 +46,8 @@ log = logging.getLogger("shoal.shard.compaction")
 BUILD_THREADS = 1
 CATCH_UP_ROUNDS = 4  # off the worker; writes faster than a round re-reads them are caught up on the worker
 SWAP_KEYS = 4096  # catch up off the worker until at most this many changed keys are left for the swap
+
+T = TypeVar("T")
 
 
 class Abandoned(Exception):
@@ -67,18 +75,23 @@ def compact(
     """Rebuild a collection's index from RocksDB and swap it in (see the module docstring); Abandoned if stopped."""
     started = time.perf_counter()
     store = coll.store
-    after = storage.seq  # every batch up to here is in RocksDB, so the scan sees it
-    fresh = VectorIndex(coll.config, coll.index.threads)
-    for keys, vectors in store.scan():
-        if stopping.is_set():
-            raise Abandoned("the shard is closing")
-        fresh.extend(keys, vectors, BUILD_THREADS)
-    for _ in range(CATCH_UP_ROUNDS):
-        upto = storage.seq
-        changed = replay(fresh, store, storage, after)
-        after = upto
-        if changed <= SWAP_KEYS:
-            break
+
+    def build() -> tuple[VectorIndex, int]:
+        after = storage.seq  # every batch up to here is in RocksDB, so the scan sees it
+        fresh = VectorIndex(coll.config, coll.index.threads)
+        for keys, vectors in store.scan():
+            if stopping.is_set():
+                raise Abandoned("the shard is closing")
+            fresh.extend(keys, vectors, BUILD_THREADS)
+        for _ in range(CATCH_UP_ROUNDS):
+            upto = storage.seq
+            changed = replay(fresh, store, storage, after)
+            after = upto
+            if changed <= SWAP_KEYS:
+                break
+        return fresh, after
+
+    fresh, after = at_idle_priority(build)
 
     def swap() -> tuple[VectorIndex, int, float]:
         began = time.perf_counter()
@@ -114,3 +127,24 @@ def align(fresh: VectorIndex, old: VectorIndex, store: CollectionStore, keys: np
         if not stored.all():  # deleted by a write still on its way to the worker, which removes it again
             vectors[~stored] = old.vectors(kept[~stored])
         fresh.upsert(kept, vectors)
+
+
+def at_idle_priority(fn: Callable[[], T]) -> T:
+    """Run `fn` on a new thread at the lowest CPU priority (nice 19) and return its result or raise its error."""
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        if sys.platform == "linux":  # there a nice value is per thread; elsewhere it would slow the whole process
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        try:
+            result.append(fn())
+        except BaseException as exc:
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name="shoal-compaction", daemon=True)
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
