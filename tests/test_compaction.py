@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -238,3 +240,18 @@ def test_the_background_policy_compacts_after_churn_and_every_point_finds_itself
         points.check(ef=256)
     finally:
         shard.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a nice value per thread is Linux's")
+def test_the_build_runs_at_idle_priority_and_passes_results_and_errors_back() -> None:
+    """The rebuild's thread runs at nice 19 while the caller's stays as it was; a result or an error comes back."""
+    caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = compaction.at_idle_priority(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+    assert seen == 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller
+
+    def fails() -> None:
+        raise compaction.Abandoned("the shard is closing")
+
+    with pytest.raises(compaction.Abandoned, match="closing"):
+        compaction.at_idle_priority(fails)
