@@ -37,7 +37,7 @@ STATUS_TIMEOUT_SECONDS = 5.0
 TOPOLOGY_WAIT = 0.2  # seconds a read at a newer topology version waits for this shard's own watch to reach it
 AWAIT_TOPOLOGY_LIMIT = 30.0  # seconds AwaitTopology waits at most
 MAX_EXPORT = 4096  # points per export page
-IMPORT_SLICE = 128  # imported points indexed at once (a search waits for one slice, not for the mover's page)
+IMPORT_SLICE = 32  # imported points indexed at once: a search waits for one slice (~10 ms), not a page
 # A search of a stream being answered: the index worker's future, or a task for a traced one.
 Withdrawable = Future[tuple[TopK, str]] | asyncio.Future[pb.SearchResponse]
 
