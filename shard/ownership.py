@@ -9,6 +9,7 @@ nothing is hidden and reads take their usual paths at no cost.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,10 +21,13 @@ from shoal._hash import slots_of
 from shoal._meta_values import SlotRange, Topology
 from shoal.shard.collection import Collection, matching
 from shoal.shard.planner import Matching
-from shoal.shard.storage import pack_keys
+from shoal.shard.storage import CollectionStore, pack_keys
 
 FROZEN_RETRY = 0.05  # seconds a writer to frozen slots is told to wait before it tries again
 _NONE = np.zeros(SLOTS, dtype=bool)
+# The slots of string ids' internal keys, sorted by key: a key names one id for as long as the shard runs (keys
+# are never handed out twice), so its slot is read from RocksDB once, not at every write while points are hidden.
+_KEY_SLOTS: weakref.WeakKeyDictionary[CollectionStore, tuple[np.ndarray, np.ndarray]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,8 +102,26 @@ def slots_of_keys(coll: Collection, keys: np.ndarray) -> np.ndarray:
     """The slot of each internal key (its id's slot; string ids are read from RocksDB)."""
     if coll.config.id_type == "uint64":
         return slots_of(keys)
-    names = coll.store.ids_of(pack_keys(keys))
-    return slots_of([n.decode() if n is not None else "" for n in names])
+    known, slots = _KEY_SLOTS.get(coll.store, (keys[:0], np.zeros(0, np.int64)))
+    at = np.minimum(np.searchsorted(known, keys), max(len(known) - 1, 0))
+    hit = known[at] == keys if len(known) else np.zeros(len(keys), bool)
+    if hit.all():
+        return slots[at]
+    fresh = np.unique(keys[~hit])
+    names = coll.store.ids_of(pack_keys(fresh))
+    fresh_slots = slots_of([n.decode() if n is not None else "" for n in names])
+    found = np.empty(len(keys), np.int64)
+    found[hit] = slots[at[hit]]
+    found[~hit] = fresh_slots[np.searchsorted(fresh, keys[~hit])]
+    if len(known) > 2 * len(keys) + 65536:  # mostly keys deleted since: start again from these
+        known, slots = keys[hit], slots[at[hit]]
+    stored = np.array([n is not None for n in names], bool)
+    known = np.concatenate([known, fresh[stored]])
+    order = np.argsort(known, kind="stable")
+    known, slots = known[order], np.concatenate([slots, fresh_slots[stored]])[order]
+    keep = np.concatenate([[True], known[1:] != known[:-1]]) if len(known) else np.zeros(0, bool)
+    _KEY_SLOTS[coll.store] = (known[keep], slots[keep])  # a key twice: `keys` repeated one
+    return found
 
 
 def visible(coll: Collection, own: Ownership, text: str = "", node: Node | None = None) -> Matching:

@@ -14,7 +14,8 @@ from shoal._hash import slots_of
 from shoal._meta_values import Move, SlotRange, Topology
 from shoal.shard.core import Shard
 from shoal.shard.options import ShardOptions
-from shoal.shard.ownership import check_write, ownership
+from shoal.shard.ownership import check_write, ownership, slots_of_keys
+from shoal.shard.storage import pack_keys
 from tests.conftest import clustered
 
 HALF = SLOTS // 2
@@ -154,3 +155,27 @@ def test_a_shard_answers_an_older_version_of_the_same_slots(shard: tuple[Shard, 
     for version in (1, 3, 5):
         with pytest.raises(Aborted, match="shard has 4"):
             s.count("c", version=version)
+
+
+def test_string_ids_slots_are_read_from_rocksdb_once_while_points_are_hidden(tmp_path: Path) -> None:
+    """While a group hides points, each write makes reads recompute what is visible: of string ids only the
+    new keys' ids are read again, and the slots found agree with the ids' own."""
+    with Shard(tmp_path, options=ShardOptions(threads=1, oplog=True)) as s:
+        s.create_collection(CollectionConfig("c", dim=DIM, metric="l2", id_type="string"))
+        ids = np.array([f"p{i}" for i in range(300)], object)
+        s.upsert("c", ids, clustered(300, DIM))
+        own = ownership(topology("cleanup", 3), "g0")  # g2 owns MOVING now: g0 hides its old copies
+        s.set_ownership(own)
+        coll = s._collection("c")
+        read: list[int] = []
+        ids_of = coll.store.ids_of
+        coll.store.ids_of = lambda keys: read.append(len(keys)) or ids_of(keys)  # type: ignore[method-assign]
+        owned = int(own.owned[slots(ids)].sum())
+        assert 0 < s.count("c", version=3) == owned < len(ids)
+        assert read == [300]
+        s.upsert("c", np.array(["new"], object), clustered(1, DIM, seed=9))
+        assert s.count("c", version=3) == owned + int(own.owned[slots(np.array(["new"], object))[0]])
+        assert read == [300, 1]
+        keys = coll.filters.live()
+        want = slots_of([coll.store.ids_of(pack_keys(keys[i : i + 1]))[0].decode() for i in range(len(keys))])
+        assert slots_of_keys(coll, keys).tolist() == want.tolist()
