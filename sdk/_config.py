@@ -22,8 +22,9 @@ SLOTS = 4096
 # Slot moves (`shoal rebalance`, `shoal drain`). A move copies its range, then freezes writes to it for the
 # last catch-up: a bounded range keeps each move (and the work a cut-off move loses) short; 256 slots ≈ 6%.
 DEFAULT_MOVE_SLOTS = 256
-# Ranges moved at a time. Moves side by side race for the topology's compare-and-swap, and the loser is rolled
-# back and copied again: one at a time unless asked.
+# Ranges moved at a time. Moves side by side each step through their phases by compare-and-swap (a conflict reads
+# the topology again; tests/test_resharding.py drains two at a time under load); one at a time by default, as the
+# rate limit is shared and one move finishes (and frees its source's copies) sooner.
 DEFAULT_MOVE_PARALLEL = 1
 # Points per second copied over all moves at once (≈ 0.8 MB/s of 96-d float32). The mover reached 4,900/s on an
 # idle 2-core machine and 350-1,500/s under foreground search (loadtest/bench_move.py): this bounds the burst an
