@@ -26,10 +26,11 @@ DEFAULT_MOVE_SLOTS = 256
 # the topology again; tests/test_resharding.py drains two at a time under load); one at a time by default, as the
 # rate limit is shared and one move finishes (and frees its source's copies) sooner.
 DEFAULT_MOVE_PARALLEL = 1
-# Points per second copied over all moves at once (≈ 0.8 MB/s of 96-d float32). The mover reached 4,900/s on an
-# idle 2-core machine and 350-1,500/s under foreground search (loadtest/bench_move.py): this bounds the burst an
-# idle cluster takes; `--rate` raises it.
-DEFAULT_MOVE_RATE = 2_000.0
+# Points per second copied over all moves at once (≈ 0.4 MB/s of 96-d float32). On 2 shared cores
+# (loadtest/bench_move.py, 50k x 96-d) a drain under single-query search kept 0.64-0.71 of the foreground's
+# throughput at 1,000/s (moving ~600/s) against 0.47-0.62 at 2,000/s (~750/s) and 0.47 unthrottled; `--rate`
+# raises it when the cluster is idle.
+DEFAULT_MOVE_RATE = 1_000.0
 DEFAULT_SCROLL = 100  # points in one scroll page when no limit is given
 MAX_SCROLL = 10_000  # points in one scroll page
 MAX_SCROLL_BYTES = 32 * 1024 * 1024  # a scroll page, over all shards, stops growing here (half the message limit)
