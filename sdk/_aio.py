@@ -7,12 +7,14 @@ blocking client, above all over `search_stream` (one long-lived stream per concu
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 import grpc
 
 from shoal import _rpc
+from shoal._aio_mux import AsyncSearchMux
 from shoal._base import (
     USE_CLIENT_DEFAULT,
     BaseClient,
@@ -20,6 +22,7 @@ from shoal._base import (
     InOrder,
     TimeoutLike,
     Watched,
+    as_matrix,
     progress_bar,
     stream_request,
 )
@@ -38,6 +41,8 @@ from shoal._config import (
     DEFAULT_WITH_VECTORS,
 )
 from shoal._errors import DeadlineExceeded, from_rpc_error
+from shoal._mux import ChannelClosed
+from shoal._search import Search
 from shoal._tls import TLS, resolve
 from shoal._tracing import caller_traceparent
 from shoal._types import (
@@ -86,9 +91,12 @@ class AsyncClient(BaseClient):
             batch_rows=batch_rows,
             api_key=key,
         )
+        open_stream = functools.partial(self._stub.SearchStream, timeout=None, metadata=self._metadata)
+        self._searches = AsyncSearchMux(open_stream)  # plain searches ride one stream (_aio_mux.py)
 
     async def close(self) -> None:
-        """Close the channel (unless it was passed in), cancelling calls still running."""
+        """Close the search stream and the channel (unless it was passed in), cancelling calls still running."""
+        await self._searches.close()
         if self._owns_channel:
             await self._channel.close()
 
@@ -292,7 +300,11 @@ class AsyncClient(BaseClient):
         With a `filter`, only points whose payload matches it: min(k, matches) hits per query.
         """
         shape, fields = self._search_shape(collection, k, ef, with_payload, with_vectors, filter)
-        return await self._send(self._search(shape, fields, queries), timeout)
+        search = Search(shape, as_matrix(queries, "queries"), self.token)
+        try:
+            return await self._searches.search(search, self._timeout(timeout), caller_traceparent(), fields)
+        except ChannelClosed:
+            return await self._send(self._search(shape, fields, queries), timeout)  # raises what it always raised
 
     async def search_stream(
         self,

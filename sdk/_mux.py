@@ -15,6 +15,7 @@ A forked child searches with unary calls, as every search did before.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import queue
@@ -63,9 +64,19 @@ class _Asked:
     # It may share a message: it has rows and none the server would refuse (NaN, Inf, all zeros), so a
     # message's error is always one each of its searches would have got alone.
     joinable: bool = False
-    future: Future[SearchResult] = field(default_factory=Future)
+    # A thread's future (the blocking client) or the event loop's (the asyncio client, _aio_mux.py).
+    future: Future[SearchResult] | asyncio.Future[SearchResult] = field(default_factory=Future)
     request_id: int = 0  # of the message it travelled in, once sent
     alone: bool = True  # its message carried only it
+
+
+def asking(
+    search: Search, fields: Fields, traceparent: str, future: Future[SearchResult] | asyncio.Future[SearchResult]
+) -> _Asked:
+    """A caller's search, joinable when it has rows and none the server would refuse (a traced one goes alone)."""
+    queries = search.queries
+    joinable = not traceparent and len(queries) > 0 and bool(np.isfinite(queries).all() and queries.any(axis=1).all())
+    return _Asked(search, fields, traceparent, joinable, future)
 
 
 _END = object()  # in the outbox: the stream is closing
@@ -146,22 +157,16 @@ class _Stream:
             assert isinstance(item, _Asked)
             if item.future.done():  # withdrawn before it was sent
                 continue
-            batch, rows = [item], len(item.search.queries)
-            limit = _rows_for(item)
-            while rows < limit:
-                try:
-                    more = self._outbox.get_nowait()
-                except queue.Empty:
-                    break
-                if not isinstance(more, _Asked) or not _joins(item, more) or rows + len(more.search.queries) > limit:
-                    held = more
-                    break
-                if not more.future.done():
-                    batch.append(more)
-                    rows += len(more.search.queries)
+            batch, held = gather(item, self._take)
             message = self._message(batch)
             if message is not None:
                 yield message
+
+    def _take(self) -> object:
+        try:
+            return self._outbox.get_nowait()
+        except queue.Empty:
+            return None
 
     def _idle(self) -> bool:
         """Close the stream for new searches when nothing is queued or awaited; whether it was."""
@@ -178,20 +183,8 @@ class _Stream:
             if self.broken or not batch:
                 return None
             request_id = next(self._ids)
-            alone = len(batch) == 1
-            for a in batch:
-                a.request_id, a.alone = request_id, alone
             self._sent[request_id] = batch
-        first = batch[0].search
-        if alone:
-            search = first
-        else:
-            queries = np.concatenate([a.search.queries for a in batch])
-            search = Search(first.shape, queries, merge(a.search.token for a in batch))
-        message = search.to_proto(request_id)
-        if batch[0].traceparent:
-            message.traceparent = batch[0].traceparent
-        return message
+        return message(batch, request_id)
 
     def _read(self) -> None:
         try:
@@ -199,7 +192,7 @@ class _Stream:
                 with self._lock:
                     batch = self._sent.pop(reply.request_id, None)
                 if batch is not None:
-                    _answer(batch, reply)
+                    answer(batch, reply)
             self._break(Unavailable("the server ended the search stream"))
         except grpc.RpcError as exc:
             self._break(from_rpc_error(exc))
@@ -219,10 +212,44 @@ class _Stream:
                     break
         self._outbox.put(_END)
         for asked in itertools.chain.from_iterable(batches):
-            _fail(asked, error)
+            fail(asked, error)
         for item in waiting:
             if isinstance(item, _Asked):
-                _fail(item, error)
+                fail(item, error)
+
+
+def gather(first: _Asked, take: Callable[[], object]) -> tuple[list[_Asked], object]:
+    """`first` and the searches queued right behind it that can share its message (`take()` gives the next
+    queued item, None when there is none), and the item taken that cannot (None when none was)."""
+    batch, rows = [first], len(first.search.queries)
+    limit = _rows_for(first)
+    while rows < limit:
+        more = take()
+        if more is None:
+            break
+        if not isinstance(more, _Asked) or not _joins(first, more) or rows + len(more.search.queries) > limit:
+            return batch, more
+        if not more.future.done():
+            batch.append(more)
+            rows += len(more.search.queries)
+    return batch, None
+
+
+def message(batch: list[_Asked], request_id: int) -> pb.SearchRequest:
+    """The message carrying `batch` as request `request_id` (each search notes the message it travels in)."""
+    alone = len(batch) == 1
+    for a in batch:
+        a.request_id, a.alone = request_id, alone
+    first = batch[0].search
+    if alone:
+        search = first
+    else:
+        queries = np.concatenate([a.search.queries for a in batch])
+        search = Search(first.shape, queries, merge(a.search.token for a in batch))
+    request = search.to_proto(request_id)
+    if batch[0].traceparent:
+        request.traceparent = batch[0].traceparent
+    return request
 
 
 def _rows_for(asked: _Asked) -> int:
@@ -241,17 +268,18 @@ def _joins(first: _Asked, other: _Asked) -> bool:
     )
 
 
-def _fail(asked: _Asked, error: ShoalError) -> None:
+def fail(asked: _Asked, error: ShoalError) -> None:
+    """Fail a search still waiting."""
     if not asked.future.done():
         asked.future.set_exception(error)
 
 
-def _answer(batch: list[_Asked], reply: pb.SearchResponse) -> None:
+def answer(batch: list[_Asked], reply: pb.SearchResponse) -> None:
     """Give each search of a message its rows of the answer (or the message's error)."""
     if reply.error.code:
         error = from_status(reply.error)
         for asked in batch:
-            _fail(asked, error)
+            fail(asked, error)
         return
     result = SearchResult.from_proto(reply, batch[0].fields)
     if len(batch) == 1:
@@ -290,21 +318,18 @@ class SearchMux:
         self, search: Search, timeout: float | None, traceparent: str = "", fields: Fields = None
     ) -> SearchResult:
         """The answer of one search, waited for at most `timeout` seconds."""
-        queries = search.queries
-        joinable = (
-            not traceparent and len(queries) > 0 and bool(np.isfinite(queries).all() and queries.any(axis=1).all())
-        )
-        asked = _Asked(search, fields, traceparent, joinable)
         while True:
+            future: Future[SearchResult] = Future()
+            asked = asking(search, fields, traceparent, future)
             stream = self._submit(asked)
             try:
-                return asked.future.result(timeout)
+                return future.result(timeout)
             except _Paused:  # a fork closed the stream: ask again on the next one
-                asked = _Asked(search, fields, traceparent, joinable)
+                continue
             except FutureTimeout:
                 stream.withdraw(asked)
-                if asked.future.done() and not asked.future.cancelled():
-                    return asked.future.result()  # answered just now
+                if future.done() and not future.cancelled():
+                    return future.result()  # answered just now
                 raise DeadlineExceeded(f"no answer within the timeout of {timeout} s") from None
             except BaseException:
                 if not asked.future.done():  # interrupted: withdraw it, then let the interruption go on
