@@ -13,11 +13,12 @@ and the median is reported. Modes:
     usearch  all            every query in one call, on all cores (the ceiling the targets refer to)
     usearch  batch          --batch queries per call, on all cores
     usearch  single         one query per call, one thread
-    shoal    batch          one client, --batch queries per unary call, one call at a time
+    shoal    batch          one client, --batch queries per `search` call, one call at a time
     shoal    batch-stream   one client, --batch queries per message over one search stream, --pipeline in flight
-    shoal    single-unary   --clients asyncio clients, one query per unary call
-    shoal    single-stream  --clients asyncio clients, each one query at a time over its own search stream
-    shoal    single-sync    --clients threads with the blocking Client, one query per unary call
+    shoal    single-unary   --clients tasks of one AsyncClient, one query per unary Search call
+    shoal    single-async   --clients tasks of one AsyncClient calling `search` (its stream; concurrent ones coalesce)
+    shoal    single-stream  --clients tasks, each one query at a time over its own `search_stream`
+    shoal    single-sync    --clients threads sharing the blocking Client (its stream; concurrent ones coalesce)
 
 Shoal's throughput at the target recall is interpolated on its recall-throughput curve and divided by
 in-process `all` at the same recall. The single-query modes are then run again at half their top load
@@ -75,7 +76,7 @@ from shoal._local import LocalCluster
 K = 10  # neighbours per query: recall@10 throughout
 METRIC = {"cosine": "cos", "l2": "l2sq", "ip": "ip"}
 USEARCH_MODES = ["all", "batch", "single"]
-SHOAL_MODES = ["batch", "batch-stream", "single-unary", "single-stream", "single-sync"]
+SHOAL_MODES = ["batch", "batch-stream", "single-unary", "single-async", "single-stream", "single-sync"]
 
 
 def load(args: argparse.Namespace) -> tuple[str, np.ndarray, np.ndarray]:
@@ -270,11 +271,20 @@ class Bench:
         async with shoal.AsyncClient(self.address, timeout=600) as client:
             await client.search(collection, q[:1], k=K, ef=ef, with_payload=False)  # connect before the clock starts
 
-            async def unary(rows: int) -> Any:
+            async def searches(rows: int) -> Any:
                 async def ask(i: int) -> np.ndarray:
                     return (
                         await client.search(collection, q[i * rows : (i + 1) * rows], k=K, ef=ef, with_payload=False)
                     ).ids
+
+                return ask, _noop
+
+            async def unary() -> Any:
+                # The call AsyncClient.search made before it rode a stream: one unary Search per query.
+                shape, fields = client._search_shape(collection, K, ef, False, False, None)
+
+                async def ask(i: int) -> np.ndarray:
+                    return (await client._send(client._search(shape, fields, q[i : i + 1]))).ids
 
                 return ask, _noop
 
@@ -300,11 +310,12 @@ class Bench:
 
             session: Session
             if mode == "batch":
-                return await drive(lambda: unary(b), len(q) // b, 1, a.seconds)
+                return await drive(lambda: searches(b), len(q) // b, 1, a.seconds)
             if mode == "batch-stream":
                 # One client pipelining batches: --pipeline streams of one batch in flight each, one channel.
                 return await drive(lambda: stream(b), len(q) // b, a.pipeline, a.seconds)
-            session = (lambda: unary(1)) if mode == "single-unary" else (lambda: stream(1))
+            sessions = {"single-unary": unary, "single-async": lambda: searches(1), "single-stream": lambda: stream(1)}
+            session = sessions[mode]
             return await drive(session, len(q), a.clients, a.seconds * (2 if rate else 1), rate)
 
     def half_load(self, precision: str, collection: str) -> None:

@@ -79,7 +79,7 @@ def test_bench_runs_against_a_cluster_and_writes_its_report(cluster: LocalCluste
         "--repeat",
         "1",
         "--modes",
-        "batch,single-stream",
+        "batch,single-unary,single-async,single-stream",
         "--clients",
         "3",
         "--target-recall",
@@ -97,11 +97,13 @@ def test_bench_runs_against_a_cluster_and_writes_its_report(cluster: LocalCluste
         ("usearch", "batch"),
         ("usearch", "single"),
         ("shoal", "batch"),
+        ("shoal", "single-unary"),
+        ("shoal", "single-async"),
         ("shoal", "single-stream"),
     }
     assert all(s["recall"] > 0.9 for s in report["summary"] if s["ef"] == 64)
     assert {r["mode"] for r in report["at_target_recall"]} >= {"batch", "single-stream"}
-    assert [h["mode"] for h in report["half_load"]] == ["single-stream"]
+    assert [h["mode"] for h in report["half_load"]] == ["single-unary", "single-async", "single-stream"]
     one = report["one_client"]
     assert len(one) == 1 and 0 < one[0]["p50_ms"] <= one[0]["p99_ms"]
     assert "\ntargets (" in done.stdout and "bench_f32" not in _collections(cluster)
