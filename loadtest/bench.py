@@ -19,6 +19,7 @@ and the median is reported. Modes:
     shoal    single-async   --clients tasks of one AsyncClient calling `search` (its stream; concurrent ones coalesce)
     shoal    single-stream  --clients tasks, each one query at a time over its own `search_stream`
     shoal    single-sync    --clients threads sharing the blocking Client (its stream; concurrent ones coalesce)
+    shoal    single-procs   --clients separate processes, a blocking Client each (nothing coalesces in a client)
 
 Shoal's throughput at the target recall is interpolated on its recall-throughput curve and divided by
 in-process `all` at the same recall. The single-query modes are then run again at half their top load
@@ -50,6 +51,7 @@ from loadgen import (
     Run,
     Session,
     drive,
+    drive_processes,
     drive_threads,
     ground_truth,
     percentiles,
@@ -76,7 +78,7 @@ from shoal._local import LocalCluster
 K = 10  # neighbours per query: recall@10 throughout
 METRIC = {"cosine": "cos", "l2": "l2sq", "ip": "ip"}
 USEARCH_MODES = ["all", "batch", "single"]
-SHOAL_MODES = ["batch", "batch-stream", "single-unary", "single-async", "single-stream", "single-sync"]
+SHOAL_MODES = ["batch", "batch-stream", "single-unary", "single-async", "single-stream", "single-sync", "single-procs"]
 
 
 def load(args: argparse.Namespace) -> tuple[str, np.ndarray, np.ndarray]:
@@ -222,11 +224,16 @@ class Bench:
     def shoal(self, precision: str, collection: str, mode: str, ef: int, rnd: int) -> Run:
         """Measure one Shoal mode and record it."""
         self.meter.start()
+        children = 0.0  # CPU seconds of client processes the meter does not see
         if mode == "single-sync":
             run = self._sync(collection, ef)
+        elif mode == "single-procs":
+            a = self.args
+            run, children = drive_processes(self.address, collection, self.queries, K, ef, a.clients, a.seconds)
         else:
             run = asyncio.run(self._async(collection, mode, ef, None))
         cpu = self.meter.stop()
+        cpu["client"] = cpu.get("client", 0.0) + children
         rows = run.items * (self.args.batch if mode.startswith("batch") else 1)
         found = first_pass(run, len(self.queries))
         self._add(
@@ -321,7 +328,7 @@ class Bench:
     def half_load(self, precision: str, collection: str) -> None:
         """Run each single-query mode at half the throughput it reached at the target recall."""
         mine = [p for p in self.points if p.precision == precision and p.system == "shoal"]
-        for mode in (m for m in self.args.modes if m in SINGLE_MODES and m != "single-sync"):
+        for mode in (m for m in self.args.modes if m in SINGLE_MODES and m not in ("single-sync", "single-procs")):
             curve = sorted((p for p in mine if p.mode == mode), key=lambda p: p.ef)
             ok = [p for p in curve if p.recall >= self.args.target_recall]
             if not ok:

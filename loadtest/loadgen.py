@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -189,3 +191,66 @@ def repeat_for(fn: Callable[[], np.ndarray], seconds: float) -> tuple[np.ndarray
             first = out
     assert first is not None
     return first, latencies, time.perf_counter() - t0
+
+
+def drive_processes(
+    address: str, collection: str, queries: np.ndarray, k: int, ef: int, clients: int, seconds: float
+) -> tuple[Run, float]:
+    """The closed loop of `drive` from `clients` separate processes, each with its own blocking Client (as many
+    application servers would be); and the CPU seconds those processes spent while the clock ran."""
+    ctx = multiprocessing.get_context("spawn")  # a fork would copy this process's gRPC state
+    go, results = ctx.Event(), ctx.Queue()
+    args = (address, collection, queries, k, ef, clients, seconds, go, results)
+    procs = [ctx.Process(target=_client_process, args=(i, *args), daemon=True) for i in range(clients)]
+    for p in procs:
+        p.start()
+    ready = [results.get(timeout=120) for _ in procs]  # each connected and searched once
+    assert all(r == "ready" for r in ready), ready
+    t0 = time.perf_counter()
+    go.set()
+    answers: list[np.ndarray | None] = [None] * len(queries)
+    latencies: list[float] = []
+    cpu = 0.0
+    for _ in procs:
+        mine, ids, lat, spent = results.get(timeout=seconds + 120)
+        for j, row in zip(mine, ids, strict=True):
+            answers[j] = row
+        latencies.extend(lat)
+        cpu += spent
+    wall = time.perf_counter() - t0
+    for p in procs:
+        p.join(30)
+    return Run(answers, latencies, len(latencies), wall), cpu
+
+
+def _client_process(
+    i: int,
+    address: str,
+    collection: str,
+    queries: np.ndarray,
+    k: int,
+    ef: int,
+    clients: int,
+    seconds: float,
+    go: Any,
+    results: Any,
+) -> None:
+    import shoal  # in the child: the parent's modules are not carried over a spawn
+
+    with shoal.Client(address, timeout=600) as client:
+        client.search(collection, queries[i : i + 1], k=k, ef=ef, with_payload=False)
+        results.put("ready")
+        go.wait()
+        cpu0, start = time.process_time(), time.perf_counter()
+        end = start + seconds
+        mine, ids, latencies = [], [], []
+        j = i
+        while j < len(queries) or time.perf_counter() < end:
+            t = time.perf_counter()
+            found = client.search(collection, queries[j % len(queries)], k=k, ef=ef, with_payload=False).ids
+            latencies.append(time.perf_counter() - t)
+            if j < len(queries):
+                mine.append(j)
+                ids.append(found)
+            j += clients
+        results.put((mine, ids, latencies, time.process_time() - cpu0))

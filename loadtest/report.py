@@ -12,7 +12,7 @@ from typing import Any
 from loadgen import qps_at_recall
 
 K = 10
-SINGLE_MODES = ["single-unary", "single-async", "single-stream", "single-sync"]
+SINGLE_MODES = ["single-unary", "single-async", "single-stream", "single-sync", "single-procs"]
 
 
 @dataclass

@@ -79,7 +79,7 @@ def test_bench_runs_against_a_cluster_and_writes_its_report(cluster: LocalCluste
         "--repeat",
         "1",
         "--modes",
-        "batch,single-unary,single-async,single-stream",
+        "batch,single-unary,single-async,single-stream,single-procs",
         "--clients",
         "3",
         "--target-recall",
@@ -100,6 +100,7 @@ def test_bench_runs_against_a_cluster_and_writes_its_report(cluster: LocalCluste
         ("shoal", "single-unary"),
         ("shoal", "single-async"),
         ("shoal", "single-stream"),
+        ("shoal", "single-procs"),
     }
     assert all(s["recall"] > 0.9 for s in report["summary"] if s["ef"] == 64)
     assert {r["mode"] for r in report["at_target_recall"]} >= {"batch", "single-stream"}
