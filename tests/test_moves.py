@@ -318,11 +318,11 @@ def test_writes_to_frozen_slots_are_refused_retryably_and_the_coordinator_retrie
 
 
 MOVER = """
-import asyncio, sys, time
+import asyncio, os, sys, time
 from shoal._meta import MetaStore
 from shoal.coordinator.mover import move
 
-endpoint, cluster, pause = sys.argv[1:4]
+endpoint, cluster, pause, release = sys.argv[1:5]
 
 started = False
 
@@ -330,7 +330,9 @@ def progress(p):
     global started
     if p.phase == pause:
         print("PAUSED", p.phase, flush=True)
-        time.sleep(3600)  # the whole mover stands still here, until it is killed
+        # The whole mover stands still here, until it is killed or the release file appears.
+        while not (release and os.path.exists(release)):
+            time.sleep(0.05)
     if not started and pause == "none":
         started = True
         print("STARTED", p.phase, flush=True)
@@ -343,10 +345,11 @@ asyncio.run(main())
 """
 
 
-def start_mover(cluster: LocalCluster, pause: str) -> subprocess.Popen[str]:
+def start_mover(cluster: LocalCluster, pause: str, release: str = "") -> subprocess.Popen[str]:
+    """A mover process of slots MOVED to g2 that stops at phase `pause` until killed or `release` exists."""
     assert cluster.etcd is not None
     proc = subprocess.Popen(
-        [sys.executable, "-c", MOVER, cluster.etcd.endpoint, cluster.cluster, pause],
+        [sys.executable, "-c", MOVER, cluster.etcd.endpoint, cluster.cluster, pause, release],
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,
@@ -365,10 +368,14 @@ def start_mover(cluster: LocalCluster, pause: str) -> subprocess.Popen[str]:
         ("cleanup", "mover", "g2"),  # killed after the switch: completed
         ("none", "source", "g2"),  # the mover waits for the restarted primary and completes
         ("none", "target", "g2"),
+        ("frozen", "source", "g2"),  # restarted while writes to the range are refused: it refuses them again
+        ("frozen", "target", "g2"),
+        ("cleanup", "source", "g2"),  # restarted holding the old copies, which stay hidden until deleted
+        ("cleanup", "target", "g2"),
     ],
 )
 def test_an_interrupted_move_is_rolled_back_or_completed(
-    three: LocalCluster, pause: str, victim: str, owner: str
+    three: LocalCluster, pause: str, victim: str, owner: str, tmp_path: Path
 ) -> None:
     name = "cut"
     x = clustered(2000, DIM)
@@ -376,14 +383,16 @@ def test_an_interrupted_move_is_rolled_back_or_completed(
         client.create_collection(name, dim=DIM, metric="l2")
         client.upsert(name, ids=np.arange(2000), vectors=x)
         model = {i: x[i] for i in range(2000)}
-        mover = start_mover(three, pause)
+        release = tmp_path / "release"
+        mover = start_mover(three, pause, str(release))
         try:
             if victim == "mover":
                 os.killpg(mover.pid, signal.SIGKILL)
-            else:
+            else:  # the mover goes on once the shard is back
                 proc = three.shard_procs[0 if victim == "source" else 2]
                 proc.kill()
                 three.restart(proc)
+                release.touch()
                 assert mover.wait(120) == 0
         finally:
             mover.kill()
