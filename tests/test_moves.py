@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -67,20 +68,27 @@ def settle(cluster: LocalCluster, version: int) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture
-def three(tmp_path: Path) -> Iterator[LocalCluster]:
-    """Three one-member shard groups; g0 and g1 own half of the slots each, g2 none (a group that joined)."""
+@contextlib.contextmanager
+def halves(tmp_path: Path, replicas: int) -> Iterator[LocalCluster]:
+    """Three shard groups of `replicas` members; g0 and g1 own half of the slots each, g2 none (as if joined)."""
     try:
         find_binary()
     except FailedPrecondition as exc:
         pytest.skip(f"no etcd binary can run here: {exc}")
-    with LocalCluster(data=tmp_path / "c", shards=3, replicas=1) as c:
+    with LocalCluster(data=tmp_path / "c", shards=3, replicas=replicas) as c:
 
-        async def halves(meta: MetaStore) -> Topology:
+        async def split(meta: MetaStore) -> Topology:
             t = await meta.get_topology()
             return await meta.replace_topology((SlotRange(0, HALF, "g0"), SlotRange(HALF, SLOTS, "g1")), t.version)
 
-        settle(c, meta_call(c, halves).version)
+        settle(c, meta_call(c, split).version)
+        yield c
+
+
+@pytest.fixture
+def three(tmp_path: Path) -> Iterator[LocalCluster]:
+    """Three one-member shard groups (see `halves`)."""
+    with halves(tmp_path, 1) as c:
         yield c
 
 
@@ -415,3 +423,35 @@ def test_an_interrupted_move_is_rolled_back_or_completed(
                 request = shard_pb2.VerifyRequest(collection=name)
                 stored += shard_pb2_grpc.ShardStub(channel).Verify(request, timeout=30).stored
         assert stored == len(model)
+
+
+def test_a_move_completes_across_a_failover_of_the_sources_primary(tmp_path: Path) -> None:
+    """Groups of two members: the source's primary dies during the copy and stays down; its replica takes over,
+    the mover goes on with it, and every acknowledged write of a load meanwhile is there exactly once."""
+    with halves(tmp_path, 2) as cluster:
+        name = "failover"
+        x = clustered(3000, DIM)
+        release = tmp_path / "release"
+        with shoal.Client(cluster.address) as client:
+            client.create_collection(name, dim=DIM, metric="l2")
+            for start in range(0, len(x), 500):
+                client.upsert(name, ids=np.arange(start, start + 500), vectors=x[start : start + 500])
+            with Load(client, name, x, fixed=1000) as load:
+                mover = start_mover(cluster, "copy", str(release))
+                try:
+                    primary = meta_call(cluster, lambda meta: meta.get_group("g0")).primary
+                    (victim,) = [p for p in cluster.members(0) if p.role == primary]
+                    victim.kill()
+                    release.touch()
+                    assert mover.wait(120) == 0
+                finally:
+                    mover.kill()
+                    mover.wait()
+                    assert mover.stdout is not None
+                    mover.stdout.close()
+                time.sleep(1.0)
+            assert load.failures == [] and load.misses == []
+            topology = meta_call(cluster, lambda meta: meta.get_topology())
+            assert topology.moves == () and owner_of(topology.ranges, *MOVED) == "g2"
+            assert meta_call(cluster, lambda meta: meta.get_group("g0")).primary not in (None, primary)
+            check_exact(client, name, load.model)
