@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from shoal._errors import DeadlineExceeded, ShoalError, Unavailable, from_rpc_error
-from shoal._mux import IDLE_SECONDS, ChannelClosed, _Asked, answer, asking, fail, gather, message
+from shoal._mux import IDLE_SECONDS, ChannelClosed, _Asked, answer, asking, fail, message, outgoing
 from shoal._search import Search
 from shoal._types import Fields, SearchResult
 from shoal.v1 import types_pb2 as pb
@@ -80,18 +80,13 @@ class _Stream:
                     continue
             if item is _END:
                 return
-            if isinstance(item, pb.SearchRequest):  # a cancel
-                yield item
-                continue
-            assert isinstance(item, _Asked)
-            if item.future.done():  # withdrawn before it was sent
-                continue
-            batch, held = gather(item, self._take)
-            batch = [a for a in batch if not a.future.done()]
-            if batch and not self.broken:
+            out, held = outgoing(item, self._take)
+            if isinstance(out, pb.SearchRequest):
+                yield out
+            elif out and not self.broken:
                 request_id = next(self._ids)
-                self._sent[request_id] = batch
-                yield message(batch, request_id)
+                self._sent[request_id] = out
+                yield message(out, request_id)
 
     def _take(self) -> object:
         try:

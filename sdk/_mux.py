@@ -148,18 +148,12 @@ class _Stream:
                 if self._idle():
                     return  # the server ends the stream once it has answered; the reader then ends
                 continue
-            held = None
             if item is _END:
                 return
-            if isinstance(item, pb.SearchRequest):  # a cancel
-                yield item
-                continue
-            assert isinstance(item, _Asked)
-            if item.future.done():  # withdrawn before it was sent
-                continue
-            batch, held = gather(item, self._take)
-            message = self._message(batch)
-            if message is not None:
+            out, held = outgoing(item, self._take)
+            if isinstance(out, pb.SearchRequest):
+                yield out
+            elif out and (message := self._message(out)) is not None:
                 yield message
 
     def _take(self) -> object:
@@ -216,6 +210,17 @@ class _Stream:
         for item in waiting:
             if isinstance(item, _Asked):
                 fail(item, error)
+
+
+def outgoing(item: object, take: Callable[[], object]) -> tuple[pb.SearchRequest | list[_Asked], object]:
+    """What an outbox item sends: a cancel request as it is, or the search with those queued behind it that can
+    share its message (none when it was withdrawn); and an item taken that cannot join (None when none was)."""
+    if isinstance(item, pb.SearchRequest):
+        return item, None
+    assert isinstance(item, _Asked)
+    if item.future.done():  # withdrawn before it was sent
+        return [], None
+    return gather(item, take)
 
 
 def gather(first: _Asked, take: Callable[[], object]) -> tuple[list[_Asked], object]:

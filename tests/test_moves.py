@@ -368,6 +368,14 @@ def start_mover(cluster: LocalCluster, pause: str, release: str = "") -> subproc
     return proc
 
 
+def stop_mover(mover: subprocess.Popen[str]) -> None:
+    """Kill the mover process if it still runs, and reap it."""
+    mover.kill()
+    mover.wait()
+    assert mover.stdout is not None
+    mover.stdout.close()
+
+
 @pytest.mark.parametrize(
     ("pause", "victim", "owner"),
     [
@@ -403,10 +411,7 @@ def test_an_interrupted_move_is_rolled_back_or_completed(
                 release.touch()
                 assert mover.wait(120) == 0
         finally:
-            mover.kill()
-            mover.wait()
-            assert mover.stdout is not None
-            mover.stdout.close()
+            stop_mover(mover)
         meta_call(three, lambda meta: resume(meta))
         topology = meta_call(three, lambda meta: meta.get_topology())
         assert topology.moves == ()
@@ -445,10 +450,7 @@ def test_a_move_completes_across_a_failover_of_the_sources_primary(tmp_path: Pat
                     release.touch()
                     assert mover.wait(120) == 0
                 finally:
-                    mover.kill()
-                    mover.wait()
-                    assert mover.stdout is not None
-                    mover.stdout.close()
+                    stop_mover(mover)
                 time.sleep(1.0)
             assert load.failures == [] and load.misses == []
             topology = meta_call(cluster, lambda meta: meta.get_topology())
