@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from shoal._errors import DeadlineExceeded, ShoalError, Unavailable, from_rpc_error
-from shoal._mux import IDLE_SECONDS, ChannelClosed, _Asked, answer, asking, fail, message, outgoing
+from shoal._mux import IDLE_SECONDS, ChannelClosed, _Asked, answer, asking, fail_all, message, outgoing, withdrawn
 from shoal._search import Search
 from shoal._types import Fields, SearchResult
 from shoal.v1 import types_pb2 as pb
@@ -50,11 +50,8 @@ class _Stream:
 
     def withdraw(self, asked: _Asked) -> None:
         """The caller gave up: a search not yet sent is dropped; one sent alone is cancelled on the server."""
-        asked.future.cancel()
-        if not asked.request_id or not asked.alone:  # not sent, or others still want its message
-            return
-        if self._sent.pop(asked.request_id, None) is not None and not self.broken:
-            self._outbox.put_nowait(pb.SearchRequest(request_id=asked.request_id, cancel=True))
+        if (cancel := withdrawn(asked, self._sent, self.broken)) is not None:
+            self._outbox.put_nowait(cancel)
 
     def close(self, error: ShoalError) -> None:
         """End the stream, failing the searches still waiting with `error`."""
@@ -124,11 +121,7 @@ class _Stream:
         while (item := self._take()) is not None:
             waiting.append(item)
         self._outbox.put_nowait(_END)
-        for asked in itertools.chain.from_iterable(batches):
-            fail(asked, error)
-        for item in waiting:
-            if isinstance(item, _Asked):
-                fail(item, error)
+        fail_all(itertools.chain(itertools.chain.from_iterable(batches), waiting), error)
 
 
 class AsyncSearchMux:

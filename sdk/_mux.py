@@ -21,7 +21,7 @@ import os
 import queue
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -108,11 +108,8 @@ class _Stream:
     def withdraw(self, asked: _Asked) -> None:
         """The caller gave up: a search not yet sent is dropped; one sent alone is cancelled on the server."""
         with self._lock:
-            asked.future.cancel()  # one still in the outbox is skipped when its turn comes
-            if not asked.request_id or not asked.alone:  # not sent, or others still want its message
-                return
-            if self._sent.pop(asked.request_id, None) is not None and not self.broken:
-                self._outbox.put(pb.SearchRequest(request_id=asked.request_id, cancel=True))
+            if (cancel := withdrawn(asked, self._sent, self.broken)) is not None:
+                self._outbox.put(cancel)
 
     def close(self, error: ShoalError, wait: float | None = None) -> None:
         """End the stream, failing the searches still waiting with `error`; wait up to `wait` s for its thread."""
@@ -199,17 +196,28 @@ class _Stream:
             self._sent.clear()
             self.broken = True
             waiting = []
-            while True:
-                try:
-                    waiting.append(self._outbox.get_nowait())
-                except queue.Empty:
-                    break
+            while (item := self._take()) is not None:
+                waiting.append(item)
         self._outbox.put(_END)
-        for asked in itertools.chain.from_iterable(batches):
-            fail(asked, error)
-        for item in waiting:
-            if isinstance(item, _Asked):
-                fail(item, error)
+        fail_all(itertools.chain(itertools.chain.from_iterable(batches), waiting), error)
+
+
+def withdrawn(asked: _Asked, sent: dict[int, list[_Asked]], broken: bool) -> pb.SearchRequest | None:
+    """Withdraw a search whose caller gave up: one not yet sent is skipped when its turn comes; for one sent alone
+    on a live stream, the cancel request to send (others in its message still want the answer)."""
+    asked.future.cancel()
+    if not asked.request_id or not asked.alone:
+        return None
+    if sent.pop(asked.request_id, None) is None or broken:
+        return None
+    return pb.SearchRequest(request_id=asked.request_id, cancel=True)
+
+
+def fail_all(items: Iterable[object], error: ShoalError) -> None:
+    """Fail every search among a broken stream's items (sent or still queued) with `error`."""
+    for item in items:
+        if isinstance(item, _Asked):
+            fail(item, error)
 
 
 def outgoing(item: object, take: Callable[[], object]) -> tuple[pb.SearchRequest | list[_Asked], object]:
