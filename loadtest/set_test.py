@@ -8,16 +8,21 @@ Clients add ids (each once, with a vector derived from the id) and delete some t
 operation as acknowledged, failed or unknown (an error after the request left: it may have been applied).
 The nemesis applies `--faults` random faults one after the other, a second one overlapping now and then
 (`--overlap`): kill -9 and restart of a primary, a replica, a coordinator or an etcd member, and cutting a
-host off the network for a while. The faults go to stderr as they happen. At the end it
-heals everything, waits until every group is whole and in sync, and checks: every acknowledged add is
+host off the network for a while. The faults go to stderr as they happen. Meanwhile (unless `--no-moves`) a
+mover moves random ranges of 64 slots between the groups, one after the other; a move a fault cuts short
+is rolled back or completed by the next one (`resume`). At the end it stops the mover, finishes any move
+left, heals everything, waits until every group is whole and in sync, and checks: every acknowledged add is
 present unless its delete was acknowledged or may have happened; no acknowledged delete came back; no id
 that was never added exists; every vector is the one written; the members of every group are identical
-(`shoal check`); exact searches equal numpy brute force over the final set.
+(`shoal check`); exact searches equal numpy brute force over the final set; no move is left and every slot
+has one owner.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import random
 import subprocess
 import sys
@@ -31,8 +36,11 @@ from pathlib import Path
 import numpy as np
 
 import shoal
-from shoal._config import MAX_EF
-from tests.grouplab import Lab, Server
+from shoal._config import MAX_EF, SLOTS
+from shoal._meta import MetaStore
+from shoal._meta_values import Topology
+from shoal.coordinator.mover import move, resume
+from tests.grouplab import CLUSTER, Lab, Server
 
 DIM = 8
 BATCH = 4  # ids per add
@@ -42,6 +50,8 @@ LIVE_PER_CLIENT = 1500
 CALL_TIMEOUT = 5.0  # seconds a client call may take before it counts as unknown
 GET_BATCH = 50_000  # ids per get of the final check (a call takes at most 100k)
 SETTLE = 180.0  # seconds the healed cluster may take to be whole and in sync again
+MOVE_SLOTS = 64  # slots per move of the mover
+MOVE_RATE = 2000.0  # points per second a move copies
 
 
 def vectors_of(ids: np.ndarray) -> np.ndarray:
@@ -171,6 +181,67 @@ class Nemesis:
         time.sleep(self.rng.uniform(0.2, 1.5))
 
 
+class Mover:
+    """Moves random ranges of MOVE_SLOTS slots to the other group, one after the other, in a thread of its own."""
+
+    def __init__(self, lab: Lab, rng: random.Random, log: list[str]) -> None:
+        self.lab, self.rng, self.log = lab, rng, log
+        self.moved = self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> Mover:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(600)
+
+    def _note(self, line: str) -> None:
+        self.log.append(f"{time.strftime('%H:%M:%S')} {line}")
+        print(self.log[-1], file=sys.stderr, flush=True)
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                async with await MetaStore.connect(self.lab.meta_endpoints, CLUSTER, timeout=5) as meta:
+                    await resume(meta)  # a move a fault cut short: rolled back or completed first
+                    start, end, target = self._pick(await meta.get_topology())
+                    self._note(f"move slots {start}-{end - 1} to {target}")
+                    await move(meta, start, end, target, rate=MOVE_RATE)
+                    self.moved += 1
+            except Exception as exc:  # noqa: BLE001 - a fault cut the move short; the next round resumes it
+                self.failed += 1
+                self._note(f"move failed ({type(exc).__name__}: {exc}); resumed next")
+                await asyncio.sleep(1.0)
+
+    def _pick(self, topology: Topology) -> tuple[int, int, str]:
+        """A random range of MOVE_SLOTS slots inside one group's range, and another group to move it to."""
+        ranges = [r for r in topology.ranges if r.end - r.start >= 1]
+        chosen = self.rng.choice(ranges)
+        start = self.rng.randrange(chosen.start, max(chosen.start + 1, chosen.end - MOVE_SLOTS + 1))
+        end = min(start + MOVE_SLOTS, chosen.end)
+        target = self.rng.choice([g for g in self.lab.group_names() if g != chosen.group])
+        return start, end, target
+
+
+def finish_moves(lab: Lab) -> list[str]:
+    """Finish any move left and check that every slot has exactly one owner; the problems found."""
+
+    async def finish(meta: MetaStore) -> Topology:
+        await resume(meta)
+        return await meta.get_topology()
+
+    topology = lab.meta_call(finish)
+    assert isinstance(topology, Topology)
+    problems = [f"move {m.id} of slots {m.start}-{m.end - 1} was left in phase {m.phase}" for m in topology.moves]
+    covered = sorted((r.start, r.end) for r in topology.ranges)
+    if [a for a, _ in covered] != [0, *(b for _, b in covered[:-1])] or covered[-1][1] != SLOTS:
+        problems.append(f"the slots are not owned exactly once: {covered}")
+    return problems
+
+
 def final_check(lab: Lab, history: History) -> list[str]:
     """Every invariant the run must keep; the problems found (empty: none)."""
     problems: list[str] = []
@@ -212,7 +283,13 @@ def final_check(lab: Lab, history: History) -> list[str]:
 
 
 def run(
-    root: Path, faults: int, seed: int, clients: int = 4, netns: bool = True, overlap: float = 0.3
+    root: Path,
+    faults: int,
+    seed: int,
+    clients: int = 4,
+    netns: bool = True,
+    overlap: float = 0.3,
+    moves: bool = True,
 ) -> tuple[list[str], str]:
     """The whole test; the problems found and a summary."""
     rng = random.Random(seed)
@@ -233,15 +310,17 @@ def run(
         for t in threads:
             t.start()
         nemesis = Nemesis(lab, rng, log, overlap)
+        mover = Mover(lab, random.Random(seed + 1), log)
         try:
-            for _ in range(faults):
-                nemesis.fault()
+            with mover if moves else contextlib.nullcontext():
+                for _ in range(faults):
+                    nemesis.fault()
         finally:
             stop.set()
             for t in threads:
                 t.join()
             lab.heal()
-        problems = final_check(lab, history)
+        problems = (finish_moves(lab) if moves else []) + final_check(lab, history)
     acked = sum(1 for o in history.added.values() if o == "acked")
     logs = "".join(p.read_text(errors="replace") for p in root.glob("g*-m*.log"))
     repairs = (
@@ -252,7 +331,8 @@ def run(
         f"{faults} faults ({faults_kind}), "
         f"seed {seed}, {time.monotonic() - started:.0f} s; ops: {dict(sorted(history.ops.items()))}; "
         f"{acked} ids acknowledged added, {sum(1 for o in history.deleted.values() if o == 'acked')} "
-        f"acknowledged deleted; {repairs}; {len(problems)} problems"
+        f"acknowledged deleted; {repairs}; "
+        f"{f'{mover.moved} slot moves done, {mover.failed} cut short; ' if moves else ''}{len(problems)} problems"
     )
     return problems, summary  # the faults went to stderr as they happened
 
@@ -264,11 +344,14 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
     parser.add_argument("--overlap", type=float, default=0.3, help="chance that a second fault overlaps one")
     parser.add_argument("--no-netns", action="store_true", help="everything on loopback, kills only")
+    parser.add_argument("--no-moves", action="store_true", help="no slot moves during the run")
     parser.add_argument("--keep", help="keep the cluster's data and logs in this folder")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep) if args.keep else Path(tmp)
-        problems, summary = run(root, args.faults, args.seed, args.clients, not args.no_netns, args.overlap)
+        problems, summary = run(
+            root, args.faults, args.seed, args.clients, not args.no_netns, args.overlap, not args.no_moves
+        )
     print(summary)
     for problem in problems[:50]:
         print("PROBLEM:", problem)

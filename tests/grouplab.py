@@ -232,7 +232,7 @@ class Lab:
         """The member processes of one group, by name."""
         return {n: p for n, p in self.shards.items() if n.startswith(f"{group}-")}
 
-    def _meta_call(self, call: Callable[[MetaStore], object]) -> object:
+    def meta_call(self, call: Callable[[MetaStore], object]) -> object:
         """Run `call` against the first etcd member that answers."""
 
         async def run() -> object:
@@ -251,7 +251,7 @@ class Lab:
 
     def group_state(self, group: str = "g0") -> GroupState:
         """A group as etcd has it."""
-        state = self._meta_call(lambda meta: meta.get_group(group))
+        state = self.meta_call(lambda meta: meta.get_group(group))
         assert isinstance(state, GroupState)
         return state
 

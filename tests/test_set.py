@@ -1,7 +1,9 @@
-"""The Jepsen-style set test (loadtest/set_test.py), short: a few random kills and cuts, every invariant kept."""
+"""The Jepsen-style set test (loadtest/set_test.py), short: a few random kills and cuts while slot ranges move
+between the groups, every invariant kept."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -24,3 +26,5 @@ def test_no_acknowledged_write_is_lost_under_random_kills_and_cuts(tmp_path: Pat
     print(summary)
     assert problems == [], "\n".join([summary, *problems[:20]])
     assert f"{FAULTS} faults" in summary and "ids acknowledged added" in summary
+    moved = re.search(r"(\d+) slot moves done", summary)
+    assert moved is not None and int(moved.group(1)) > 0, summary  # the faults met moves under way
