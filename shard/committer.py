@@ -13,6 +13,10 @@ later write after a failed append anyway; a restart recovers from what is really
 On a group's primary, `replicate` is set: once a group is durable, every logged write is handed to it
 (sequence and serialized plan) and its caller is resolved only when both the index part is applied and
 the replicas have it (the future `replicate` returns). Without it nothing changes on the write path.
+A caller's write admitted on the primary carries the `replicate` in force then: should the shard step down
+(or a new term begin) before the write is made, it is refused, not written ("not the primary", which the
+coordinator retries on the new primary), since nothing would ship it and an acknowledgement would promise
+what the new primary does not have.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from shoal._errors import ShoalError, Unavailable
+from shoal._errors import FailedPrecondition, ShoalError, Unavailable
 from shoal._metrics import WAL_SYNC
 from shoal.shard.execute import Job, Writer
 from shoal.shard.faults import CrashPoints, fatal
@@ -38,12 +42,14 @@ log = logging.getLogger("shoal.shard.committer")
 
 # Ship a durable write (sequence, serialized plan) to the replicas; resolves once the in-sync ones have it.
 Replicate = Callable[[int, bytes], "Future[None]"]
+STEPPED_DOWN = "not the primary of its group any more: the write was not made"
 
 
 @dataclass
 class _Job:
     job: Job
     future: Future[Any]
+    via: Replicate | None = None  # a primary's write: the replicate in force when it was admitted
 
 
 class _Both:
@@ -88,10 +94,13 @@ class Committer(QueueThread[_Job]):
         self.replicate: Replicate | None = None  # set while this shard is its group's primary
         super().__init__("shoal-committer")
 
-    def submit(self, job: Job) -> Future[Any]:
-        """Queue a write; the future resolves to its result once it is durable and applied to the index."""
+    def submit(self, job: Job, via: Replicate | None = None) -> Future[Any]:
+        """Queue a write; the future resolves to its result once it is durable and applied to the index.
+
+        `via`: a primary's write, made only while that replicate is still in force (see the module docstring).
+        """
         future: Future[Any] = Future()
-        self._put(_Job(job, future))
+        self._put(_Job(job, future, via))
         return future
 
     def _run(self) -> None:
@@ -116,6 +125,9 @@ class Committer(QueueThread[_Job]):
         for job in group:
             if not job.future.set_running_or_notify_cancel():
                 continue  # cancelled before anything was written
+            if job.via is not None and job.via is not replicate:
+                job.future.set_exception(FailedPrecondition(STEPPED_DOWN))
+                continue
             seq = None
             before = self._storage.seq
             try:

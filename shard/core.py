@@ -162,6 +162,13 @@ class Shard:
         if self.gate is not None:
             self.gate()
 
+    def _submit_write(self, job: Job) -> Future[Any]:
+        """Queue a caller's (or the catalogue's) write: on a group's primary, tied to its current replicate."""
+        if not self._ready or self._committer is None:
+            raise Unavailable("the shard is not open")
+        via = self._committer.replicate if self.gate is not None else None
+        return self._committer.submit(job, via)
+
     def _submit_owned(self, job: Job, ids: np.ndarray | None = None, importing: bool = False) -> Future[Any]:
         """Queue a caller's write after checking, in write order, that this group may write its ids' slots
         (a mover's copy: that they are moving here)."""
@@ -172,7 +179,7 @@ class Shard:
                 check_write(own, slots_of(ids), importing)
             elif importing and own is None:
                 raise FailedPrecondition("this shard is not a member of a shard group")
-            return self._submit(job)
+            return self._submit_write(job)
 
     def set_owned(self, ranges: Sequence[tuple[int, int]]) -> None:
         """The slot ranges [start, end) this shard's group owns, nothing moving."""
@@ -216,18 +223,18 @@ class Shard:
     def create_collection(self, config: CollectionConfig) -> tuple[CollectionStats, bool]:
         """Create a collection; (stats, False) if it exists with the same config."""
         self._writable()
-        result: tuple[CollectionStats, bool] = self._submit(CreateCollection(config)).result()
+        result: tuple[CollectionStats, bool] = self._submit_write(CreateCollection(config)).result()
         return result
 
     def drop_collection(self, name: str) -> bool:
         """Drop a collection and all its points; False if it did not exist."""
         check_name(name)
         self._writable()
-        return bool(self._submit(DropCollection(name)).result())
+        return bool(self._submit_write(DropCollection(name)).result())
 
     def submit_catalogue(self, config: CollectionConfig | None, name: str) -> Future[Any]:
         """On a group's primary: apply the catalogue's create (config) or drop (None) of a collection as a write."""
-        return self._submit(CreateCollection(config) if config is not None else DropCollection(name))
+        return self._submit_write(CreateCollection(config) if config is not None else DropCollection(name))
 
     # Replication
 
@@ -440,7 +447,7 @@ class Shard:
         while True:
             ids, cursor = moving.range_ids(coll, start, end, cursor, 4096)
             if len(ids):
-                deleted += int(self._submit(Delete(name, coll.store.born, ids)).result())
+                deleted += int(self._submit_write(Delete(name, coll.store.born, ids)).result())
             if not cursor:
                 break
         # A range is a large share of a group's points: past the policy's share of tombstones, usearch leaves
@@ -463,7 +470,7 @@ class Shard:
                 raise Unavailable("slots moving: try again", retry_after=FROZEN_RETRY)
             # While slots move, the points of slots not owned are the mover's, not the caller's.
             owned = own.owned if own is not None and own.hiding else None
-            return self._submit(DeleteByFilter(name, coll.store.born, node, owned))
+            return self._submit_write(DeleteByFilter(name, coll.store.born, node, owned))
 
     def submit_set_payload(self, name: str, ids: np.ndarray, set_raw: bytes, unset: Sequence[str]) -> Future[int]:
         """Queue setting and removing payload keys of existing points; resolves to how many exist."""

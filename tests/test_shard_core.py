@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from shoal._config import CollectionConfig
-from shoal._errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from shoal._errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shoal._search import Search, SearchShape
 from shoal.shard import records
 from shoal.shard.collection import Collection
@@ -459,6 +459,59 @@ class FailingSync(Storage):
         if self.failing:
             raise OSError(5, "Input/output error")
         super().flush_wal()
+
+
+def test_a_primary_write_queued_before_a_step_down_is_refused_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller's write admitted while the shard was its group's primary, but reached by the committer after it
+    stepped down, is refused ("not the primary": the coordinator retries it on the new primary), never made
+    durable and acknowledged without replicas; a write of a shard outside any group is unaffected."""
+    storage = Storage(tmp_path)
+    worker = IndexWorker()
+    writing: dict[str, Collection] = {}
+    committer = Committer(Writer(storage, writing, {}, 1, True), worker)  # with the op log, as a group member
+    worker.start()
+    committer.start()
+    release, entered = threading.Event(), threading.Event()
+    shipped: list[int] = []
+
+    def replicate(seq: int, raw: bytes) -> Future[None]:
+        shipped.append(seq)
+        done: Future[None] = Future()
+        done.set_result(None)
+        return done
+
+    try:
+        committer.submit(CreateCollection(CollectionConfig("c", 2))).result()
+        store = writing["c"].store
+
+        def blocking() -> np.ndarray:
+            entered.set()
+            release.wait()
+            return np.zeros(0, np.uint64)
+
+        def write(i: int) -> Upsert:
+            return Upsert("c", store.born, np.array([i], np.uint64), np.ones((1, 2), np.float32))
+
+        committer.replicate = replicate
+        assert committer.submit(write(1), via=replicate).result() == 1 and len(shipped) == 1  # as primary
+        monkeypatch.setattr(store, "stored_keys", blocking)  # a Verify job holds the committer up
+        first = committer.submit(Verify("c", store.born))
+        entered.wait()
+        late = committer.submit(write(2), via=replicate)  # admitted while primary...
+        plain = committer.submit(write(3))
+        committer.replicate = None  # ...then the shard stepped down
+        before = storage.seq
+        release.set()
+        first.result()
+        with pytest.raises(FailedPrecondition, match="not the primary"):
+            late.result()
+        assert plain.result() == 1 and storage.seq == before + 1  # only the write outside the primary's term
+        assert len(shipped) == 1
+    finally:
+        committer.stop()
+        worker.stop()
 
 
 def test_a_failed_wal_sync_fails_the_callers_and_is_fatal(tmp_path: Path) -> None:
