@@ -326,31 +326,17 @@ class LocalCluster:
             for n, cores in enumerate(cores_of):
                 group, replica = divmod(n, self.replicas)
                 member = self.member_name(group, replica)
-                proc = Process(
+                proc = self._start_shard(
                     member,
+                    cores,
                     [
-                        *self.common_args,
-                        "shard",
-                        "--data",
-                        str(self.data / member),
-                        "--listen",
-                        f"{self.host}:0",
-                        "--cores",
-                        ",".join(map(str, cores)),
                         *group_args,
                         *(["--group", f"g{group}"] if self.meta else []),
                         "--backup-root",
                         str(backup_root),
-                        *self._shard_security(),
                         *self._metrics_args(1 + n),
-                        *self.server_args,
                     ],
-                    self.logs / f"{member}.log",
-                    env={**SHARD_ENV, **self.shard_env},
                 )
-                proc.start(self.timeout)
-                # Later restarts keep the ports, so the coordinator's topology and the scrape targets stay right.
-                proc.args[proc.args.index("--listen") + 1] = proc.address
                 _keep_metrics_port(proc)
                 self.shard_procs.append(proc)
             for proc in self.shard_procs:
@@ -435,6 +421,14 @@ class LocalCluster:
         """Start one more shard, `shoal shard --join`: a new empty group (named `group`, else the first free
         gN) or a new replica of an existing `group`; return it once it serves."""
         assert self.etcd is not None, "joining needs the cluster metadata (meta=True)"
+        meta = ["--meta", self.etcd.endpoint, "--cluster", self.cluster, "--join"]
+        proc = self._start_shard(member, cores, [*meta, *(["--group", group] if group else [])])
+        self.joined.append(proc)
+        wait_serving(proc.address, self.timeout, self.tls)
+        return proc
+
+    def _start_shard(self, member: str, cores: list[int] | None, extra: list[str]) -> Process:
+        """Start `shoal shard` for `member` (its data folder, a free port, `cores` if given, then `extra`)."""
         proc = Process(
             member,
             [
@@ -445,8 +439,7 @@ class LocalCluster:
                 "--listen",
                 f"{self.host}:0",
                 *(["--cores", ",".join(map(str, cores))] if cores else []),
-                *("--meta", self.etcd.endpoint, "--cluster", self.cluster, "--join"),
-                *(["--group", group] if group else []),
+                *extra,
                 *self._shard_security(),
                 *self.server_args,
             ],
@@ -454,9 +447,8 @@ class LocalCluster:
             env={**SHARD_ENV, **self.shard_env},
         )
         proc.start(self.timeout)
+        # Later restarts keep the port, so the coordinator's topology and the scrape targets stay right.
         proc.args[proc.args.index("--listen") + 1] = proc.address
-        self.joined.append(proc)
-        wait_serving(proc.address, self.timeout, self.tls)
         return proc
 
     def restart(self, proc: Process) -> None:

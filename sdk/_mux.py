@@ -175,7 +175,7 @@ class _Stream:
                 return None
             request_id = next(self._ids)
             self._sent[request_id] = batch
-        return message(batch, request_id)
+            return message(batch, request_id)  # under the lock: a withdrawal sees the id it travels in
 
     def _read(self) -> None:
         try:

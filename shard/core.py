@@ -164,10 +164,8 @@ class Shard:
 
     def _submit_write(self, job: Job) -> Future[Any]:
         """Queue a caller's (or the catalogue's) write: on a group's primary, tied to its current replicate."""
-        if not self._ready or self._committer is None:
-            raise Unavailable("the shard is not open")
-        via = self._committer.replicate if self.gate is not None else None
-        return self._committer.submit(job, via)
+        via = self._committer.replicate if self.gate is not None and self._committer is not None else None
+        return self._submit(job, via)
 
     def _submit_owned(self, job: Job, ids: np.ndarray | None = None, importing: bool = False) -> Future[Any]:
         """Queue a caller's write after checking, in write order, that this group may write its ids' slots
@@ -205,10 +203,10 @@ class Shard:
             raise Aborted(f"topology version {version}, shard has {own.version}")
         return own if own.hiding else None
 
-    def _submit(self, job: Job) -> Future[Any]:
+    def _submit(self, job: Job, via: Replicate | None = None) -> Future[Any]:
         if not self._ready or self._committer is None:
             raise Unavailable("the shard is not open")
-        return self._committer.submit(job)
+        return self._committer.submit(job, via)
 
     def _collection(self, name: str) -> Collection:
         if not self._ready:
