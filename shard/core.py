@@ -41,7 +41,7 @@ from shoal.shard import copies, moving, reads
 from shoal.shard import search as searching
 from shoal.shard.backup import backup_folder
 from shoal.shard.collection import Collection, CollectionStats, CollectionStatus, parse_filter, stats, status
-from shoal.shard.committer import Committer, Replicate
+from shoal.shard.committer import STEPPED_DOWN, Committer, Replicate
 from shoal.shard.compaction import Compacted
 from shoal.shard.execute import Barrier, Job, Replicated, Verify, Writer
 from shoal.shard.faults import CrashPoints, fatal
@@ -164,7 +164,13 @@ class Shard:
 
     def _submit_write(self, job: Job) -> Future[Any]:
         """Queue a caller's (or the catalogue's) write: on a group's primary, tied to its current replicate."""
-        via = self._committer.replicate if self.gate is not None and self._committer is not None else None
+        via = None
+        if self.gate is not None and self._committer is not None:
+            via = self._committer.replicate
+            # Writes are admitted on threads: the shard may have stepped down since its gate let this one in,
+            # and a group member's write with nothing to ship it through would be made on this member alone.
+            if via is None:
+                raise FailedPrecondition(STEPPED_DOWN)
         return self._submit(job, via)
 
     def _submit_owned(self, job: Job, ids: np.ndarray | None = None, importing: bool = False) -> Future[Any]:

@@ -514,6 +514,22 @@ def test_a_primary_write_queued_before_a_step_down_is_refused_not_written(
         worker.stop()
 
 
+def test_a_write_past_the_gate_of_a_primary_that_stepped_down_is_refused(shard: Shard) -> None:
+    """Writes are admitted on threads: one that passed a group member's gate before the shard stepped down finds
+    no replicate and is refused, not made on this member alone (nor is a move's range delete)."""
+    shard.create_collection(CollectionConfig("c", 2))
+    ids = np.arange(4, dtype=np.uint64)
+    shard.submit_upsert("c", ids, np.ones((4, 2), np.float32), payloads(4)).result()
+    shard.gate = lambda: None  # the gate let the write in while the shard was primary...
+    shard.set_replicate(None)  # ...and the shard stepped down before the write was queued
+    before = shard.sequence
+    with pytest.raises(FailedPrecondition, match="not the primary"):
+        shard.submit_upsert("c", np.array([9], np.uint64), np.ones((1, 2), np.float32), payloads(1))
+    with pytest.raises(FailedPrecondition, match="not the primary"):
+        shard.submit_delete("c", ids)
+    assert shard.sequence == before and shard.count("c") == 4
+
+
 def test_a_failed_wal_sync_fails_the_callers_and_is_fatal(tmp_path: Path) -> None:
     storage = FailingSync(tmp_path)
     fatal: list[str] = []
