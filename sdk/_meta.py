@@ -140,19 +140,25 @@ class Membership:
         self._task = asyncio.create_task(self._keep_alive(), name=f"lease {group}/{member}")
 
     async def _keep_alive(self) -> None:
-        while True:
-            # A third of the TTL leaves two more tries before the lease runs out.
-            await asyncio.sleep(self.ttl / 3)
-            try:
-                with _translated():
-                    reply = await self._lease.refresh()
-            except Unavailable as exc:
-                log.warning("lease %s/%s: renewal failed: %s", self.group, self.member, exc)
-                continue
-            if reply is None or reply.TTL <= 0:
-                log.warning("lease %s/%s expired", self.group, self.member)
-                self.lost.set()
-                return
+        try:
+            while True:
+                # A third of the TTL leaves two more tries before the lease runs out.
+                await asyncio.sleep(self.ttl / 3)
+                try:
+                    with _translated():
+                        reply = await self._lease.refresh()
+                except ShoalError as exc:  # whatever etcd (or the way to it) answered: try again
+                    log.warning("lease %s/%s: renewal failed: %s", self.group, self.member, exc)
+                    continue
+                if reply is None or reply.TTL <= 0:
+                    log.warning("lease %s/%s expired", self.group, self.member)
+                    return
+        except Exception:
+            log.exception("lease %s/%s: renewals stopped", self.group, self.member)
+        finally:
+            # However renewals end, the key is not kept alive any more: its owner must know (a member joins
+            # again), never keep believing it is listed while etcd lets the lease run out.
+            self.lost.set()
 
     async def abandon(self) -> None:
         """Stop renewing without revoking: the member disappears when the lease runs out, as after a crash."""

@@ -47,7 +47,10 @@ async def serve_copy(shard: Shard) -> AsyncIterator[shard_pb2.SnapshotChunk]:
             yield shard_pb2.SnapshotChunk(path=name, data=data)
         yield shard_pb2.SnapshotChunk(done=True, files=files, size=size)
     finally:
-        chunks.close()  # the member went away mid-copy: close the file being read
+        # The member went away mid-copy: close the file being read; a read still running on its thread (the
+        # call was cancelled, the thread was not) leaves the generator to close when it is collected.
+        with contextlib.suppress(ValueError):
+            chunks.close()
         await asyncio.to_thread(shutil.rmtree, folder, True)
 
 

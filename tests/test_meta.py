@@ -8,7 +8,9 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import aetcd
 import pytest
 
 from shoal._access import hash_token, new_key
@@ -175,6 +177,37 @@ def test_lease_expiry_removes_a_member_and_lets_another_be_elected(etcd: Embedde
         assert (await store.get_group("g0")).primary == "b"
         assert not b.lost.is_set()
         await b.leave()
+
+    run(etcd, body)
+
+
+def test_a_lease_is_renewed_past_any_failed_renewal_and_its_loss_is_always_told(etcd: EmbeddedEtcd) -> None:
+    """A renewal refused with any error (here etcd's INTERNAL) is tried again, so the member stays listed; when
+    renewals stop for a reason no retry mends, `lost` is set, so the member joins again instead of believing it
+    is listed while etcd lets its lease run out."""
+
+    async def body(store: MetaStore) -> None:
+        member = await store.join("g0", "a", "127.0.0.1:1001", ttl=TTL)
+        lease = member._lease
+        real = lease.refresh
+        failures = iter([aetcd.exceptions.InternalError("etcd hiccup")])
+
+        async def refresh() -> Any:
+            failure = next(failures, None)
+            if failure is not None:
+                raise failure
+            return await real()
+
+        lease.refresh = refresh
+        await asyncio.sleep(2.5 * TTL)  # past the TTL: only the renewals after the failed one keep it
+        assert "a" in (await store.get_group("g0")).members and not member.lost.is_set()
+
+        async def broken() -> Any:
+            raise RuntimeError("a bug in the client")
+
+        lease.refresh = broken
+        await asyncio.wait_for(member.lost.wait(), TTL)
+        await member.leave()
 
     run(etcd, body)
 
