@@ -197,10 +197,14 @@ class Replicator:
 
     def acked(self, link: Link) -> None:
         """A member acknowledged up to `link.acked`: release writes, and add a caught-up member to the in-sync set."""
+        self._add_caught_up(link)
+        self._release()
+
+    def _add_caught_up(self, link: Link) -> None:
+        """Add the member of `link` to the in-sync set if it has every write and agrees with this primary."""
         caught_up = link.member not in self.in_sync and not link.diverged and link.acked >= self.shard.sequence
         if caught_up and not self._changing:
             asyncio.create_task(self._change_in_sync(add={link.member}))
-        self._release()
 
     def diverged(self, link: Link) -> None:
         """A member's log has writes this primary lacks: it cannot count as in sync."""
@@ -237,6 +241,9 @@ class Replicator:
         while True:
             await asyncio.sleep(self.ack_timeout / 4)
             self.report()
+            # An addition etcd refused is tried again here: an idle group sends no acknowledgement to retry it.
+            for link in list(self.links.values()):
+                self._add_caught_up(link)
             if not self._waiting or self._changing:
                 continue
             seq, since, _ = self._waiting[0]

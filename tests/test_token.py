@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shoal._errors import FailedPrecondition
+from shoal._errors import FailedPrecondition, Unavailable
 from shoal._meta_values import GroupState
 from shoal._search import Search, SearchShape
 from shoal._token import BEHIND, merge
@@ -115,3 +115,45 @@ def test_a_primary_reports_each_members_lag_and_state() -> None:
         for m in "abcd"
     }
     assert states == {"a": ["in_sync"], "b": ["catching_up"], "c": ["out_of_sync"], "d": ["out_of_sync"]}
+
+
+def test_a_caught_up_member_etcd_refused_to_add_is_added_again_on_an_idle_group() -> None:
+    """The primary adds a member that has every write to the in-sync set; when etcd refuses that change (it was
+    unreachable), the primary tries again by itself, not only when the next write is acknowledged: a group
+    with no writes would otherwise keep a caught-up member out of the in-sync set for good."""
+    from shoal.shard.replication import Replicator
+
+    class Meta:
+        def __init__(self) -> None:
+            self.calls: list[list[str]] = []
+
+        async def set_in_sync(self, group: str, members: list[str], term: int) -> None:
+            self.calls.append(members)
+            if len(self.calls) == 1:
+                raise Unavailable("etcd: Deadline Exceeded")
+
+    class Link:
+        member, address, acked, diverged = "b", "b:1", 7, False
+
+        async def stop(self) -> None:
+            pass
+
+    class Shard:
+        sequence = 7
+
+    async def main() -> None:
+        meta = Meta()
+        rep = Replicator(Shard(), meta, "idle", "a", 1, {"a"}, lambda: None, ack_timeout=0.2)  # type: ignore[arg-type]
+        link = Link()
+        rep.links["b"] = link  # type: ignore[assignment]
+        try:
+            rep.acked(link)  # type: ignore[arg-type]
+            for _ in range(100):
+                if rep.in_sync == {"b"}:
+                    break
+                await asyncio.sleep(0.02)
+            assert rep.in_sync == {"b"} and meta.calls == [["a", "b"], ["a", "b"]]
+        finally:
+            await rep.stop()
+
+    asyncio.run(main())
