@@ -145,6 +145,8 @@ class GroupMember:
                 self.role = "replica"
             try:
                 state = await meta.get_group(self.group)
+                # A watch can miss a change without an error (cut off with its etcd member): read it here too.
+                self._owned(await meta.get_topology())
                 await self._react(state)
                 self._catch_up(state)
                 if self.role == "primary" and self._catalogue.is_set():
@@ -211,15 +213,18 @@ class GroupMember:
                 log.warning("watch of %s: %s", section, exc)
                 await asyncio.sleep(RESYNC)
                 with contextlib.suppress(ShoalError):  # etcd away for longer: try again after the next pause
-                    revision = await self._meta.revision() + 1
+                    now = await self._meta.revision() + 1
                     if section == "topology":  # what changed meanwhile, as a watch event would have said
                         self._owned(await self._meta.get_topology())
+                    revision = now  # only once the change is applied: else the watch replays it
                 self._catalogue.set()
                 self._changed.set()
 
     def _owned(self, topology: Topology) -> None:
-        if topology.ranges:
-            self.shard.set_ownership(ownership(topology, self.group, self.shard.ownership))
+        own = self.shard.ownership
+        # The watch and the periodic read both apply what they read: an older read never undoes a newer one.
+        if topology.ranges and (own is None or topology.version > own.version):
+            self.shard.set_ownership(ownership(topology, self.group, own))
 
     async def _react(self, state: GroupState) -> None:
         if self.role == "primary":
