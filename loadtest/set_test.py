@@ -182,7 +182,7 @@ class Nemesis:
 
 
 class Mover:
-    """Moves random ranges of MOVE_SLOTS slots to the other group, one after the other, in a thread of its own."""
+    """Moves random ranges of MOVE_SLOTS slots between the groups, one after the other, in a thread of its own."""
 
     def __init__(self, lab: Lab, rng: random.Random, log: list[str]) -> None:
         self.lab, self.rng, self.log = lab, rng, log
@@ -217,12 +217,15 @@ class Mover:
                 await asyncio.sleep(1.0)
 
     def _pick(self, topology: Topology) -> tuple[int, int, str]:
-        """A random range of MOVE_SLOTS slots inside one group's range, and another group to move it to."""
-        ranges = [r for r in topology.ranges if r.end - r.start >= 1]
-        chosen = self.rng.choice(ranges)
+        """A random range of up to MOVE_SLOTS slots of the group that owns the most, and another group to move
+        it to: the groups stay near equal (within a range or two), so the final search stays exhaustive in each."""
+        owned = {g: sum(r.end - r.start for r in topology.ranges if r.group == g) for g in self.lab.group_names()}
+        source = self.rng.choice(sorted(g for g, n in owned.items() if n == max(owned.values())))
+        ranges = [r for r in topology.ranges if r.group == source]
+        chosen = self.rng.choices(ranges, weights=[r.end - r.start for r in ranges])[0]
         start = self.rng.randrange(chosen.start, max(chosen.start + 1, chosen.end - MOVE_SLOTS + 1))
         end = min(start + MOVE_SLOTS, chosen.end)
-        target = self.rng.choice([g for g in self.lab.group_names() if g != chosen.group])
+        target = self.rng.choice([g for g in owned if g != source])
         return start, end, target
 
 
