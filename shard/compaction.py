@@ -40,10 +40,6 @@ from shoal.shard.storage import CollectionStore, Storage, pack_keys
 
 log = logging.getLogger("shoal.shard.compaction")
 
-# usearch's add on several threads leaves a few points unreachable (measured here: 2-9 of 20,000 at ef=256,
-# none on one thread), and a compaction runs in the background anyway: it builds on one thread, leaving the
-# shard's other cores to searches.
-BUILD_THREADS = 1
 CATCH_UP_ROUNDS = 4  # off the worker; writes faster than a round re-reads them are caught up on the worker
 SWAP_KEYS = 4096  # catch up off the worker until at most this many changed keys are left for the swap
 
@@ -82,7 +78,7 @@ def compact(
         for keys, vectors in store.scan():
             if stopping.is_set():
                 raise Abandoned("the shard is closing")
-            fresh.extend(keys, vectors, BUILD_THREADS)
+            fresh.extend(keys, vectors)
         for _ in range(CATCH_UP_ROUNDS):
             upto = storage.seq
             changed = replay(fresh, store, storage, after)

@@ -18,12 +18,13 @@ the slots its group owns (`owned`), a slot check.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from shoal._config import CollectionConfig, check_name
-from shoal._errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from shoal._errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shoal._filter import check_path
 from shoal._hash import slots_of
 from shoal._results import Found, Page, TopK
@@ -48,7 +49,7 @@ from shoal.shard.faults import CrashPoints, fatal
 from shoal.shard.index import IndexWorker
 from shoal.shard.moving import Export
 from shoal.shard.options import ShardOptions
-from shoal.shard.ownership import FROZEN_RETRY, Ownership, check_write, static
+from shoal.shard.ownership import FROZEN_RETRY, Ownership, Readers, check_write, hidden_by, static
 from shoal.shard.payload_index import columns, ensure_complete
 from shoal.shard.reads import Verification
 from shoal.shard.recovery import recover
@@ -58,6 +59,8 @@ from shoal.shard.storage import Storage
 from shoal.shard.writes import CreateCollection, Delete, DeleteByFilter, DropCollection, SetPayload, Upsert
 
 log = logging.getLogger("shoal.shard")
+
+READ_DRAIN = 30.0  # seconds a move's range delete waits for the reads admitted before its switch
 
 
 class Shard:
@@ -83,6 +86,7 @@ class Shard:
         # Held while a write's slots are checked and it is queued, and while the ownership changes: once a new
         # ownership is set, every write checked under the old one is already in the committer's queue.
         self._owning = threading.Lock()
+        self._readers = Readers()  # reads in flight by the ownership version that admitted them
 
     def open(self) -> None:
         """Open RocksDB and bring every index up to date with it (snapshot plus changes, or a rebuild)."""
@@ -202,12 +206,16 @@ class Shard:
     def reading(self, version: int) -> Ownership | None:
         """The ownership a read at topology `version` hides unowned points by (None: nothing to hide); Aborted
         when this shard is at another version (0: the caller does not say)."""
-        own = self.ownership
-        if own is None:
-            return None
-        if not own.serves(version):
-            raise Aborted(f"topology version {version}, shard has {own.version}")
-        return own if own.hiding else None
+        return hidden_by(self.ownership, version)
+
+    @contextlib.contextmanager
+    def _read(self, version: int) -> Iterator[Ownership | None]:
+        """A read at topology `version`: what it hides, with the read counted in flight meanwhile (Readers)."""
+        own = self._readers.admit(lambda: self.ownership)
+        try:
+            yield hidden_by(own, version)
+        finally:
+            self._readers.leave(own)
 
     def _submit(self, job: Job, via: Replicate | None = None) -> Future[Any]:
         if not self._ready or self._committer is None:
@@ -290,7 +298,9 @@ class Shard:
 
     def count(self, name: str, filter_text: str = "", version: int = 0) -> int:
         """The number of live points, or of those matching a filter (at topology `version`, 0: any)."""
-        return reads.count(self._collection(name), self._worker, filter_text, self.reading(version))
+        coll = self._collection(name)
+        with self._read(version) as hide:
+            return reads.count(coll, self._worker, filter_text, hide)
 
     # Writes
 
@@ -371,7 +381,9 @@ class Shard:
         self, name: str, ids: np.ndarray, with_vectors: bool = True, with_payload: bool = True, version: int = 0
     ) -> Found:
         """The stored points of ids, in request order; missing ids are left out (at topology `version`, 0: any)."""
-        return reads.get(self._collection(name), ids, with_vectors, with_payload, self.reading(version))
+        coll = self._collection(name)
+        with self._read(version) as hide:
+            return reads.get(coll, ids, with_vectors, with_payload, hide)
 
     def scroll(
         self,
@@ -386,8 +398,10 @@ class Shard:
     ) -> Page:
         """The points after `cursor` in key order, only those matching the filter if one is given."""
         coll = self._collection(name)
-        hide = self.reading(version)
-        return reads.scroll(coll, self._worker, filter_text, limit, cursor, with_payload, with_vectors, max_bytes, hide)
+        with self._read(version) as hide:
+            return reads.scroll(
+                coll, self._worker, filter_text, limit, cursor, with_payload, with_vectors, max_bytes, hide
+            )
 
     def submit_search(
         self, search: Search, times: list[int] | None = None, version: int = 0
@@ -398,7 +412,14 @@ class Shard:
         `version` is the caller's topology version (0: any).
         """
         coll = self._collection(search.shape.collection)
-        return searching.submit(coll, self._worker, self._lookups, search, times, self.reading(version))
+        own = self._readers.admit(lambda: self.ownership)
+        try:
+            future = searching.submit(coll, self._worker, self._lookups, search, times, hidden_by(own, version))
+        except BaseException:
+            self._readers.leave(own)
+            raise
+        future.add_done_callback(lambda _: self._readers.leave(own))
+        return future
 
     def search(
         self,
@@ -447,6 +468,8 @@ class Shard:
         own = self.ownership
         if own is None or own.owned[start:end].any() or own.importing[start:end].any():
             raise FailedPrecondition(f"slots [{start}, {end}) are owned by or moving to this shard group")
+        if not self._readers.drain(own.version, READ_DRAIN):
+            raise Unavailable(f"reads from before topology version {own.version} are still running: try again")
         deleted, cursor = 0, ""
         while True:
             ids, cursor = moving.range_ids(coll, start, end, cursor, 4096)

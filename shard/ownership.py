@@ -9,13 +9,16 @@ nothing is hidden and reads take their usual paths at no cost.
 
 from __future__ import annotations
 
+import threading
 import weakref
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from shoal._config import SLOTS
-from shoal._errors import FailedPrecondition, Unavailable
+from shoal._errors import Aborted, FailedPrecondition, Unavailable
 from shoal._filter import Node
 from shoal._hash import slots_of
 from shoal._meta_values import SlotRange, Topology
@@ -79,6 +82,52 @@ def static(ranges: list[tuple[int, int]], version: int = 0) -> Ownership:
     for start, end in ranges:
         owned[start:end] = True
     return Ownership(version, owned)
+
+
+def hidden_by(own: Ownership | None, version: int) -> Ownership | None:
+    """The ownership a read at topology `version` hides unowned points by (None: nothing to hide); Aborted when
+    `own` is at another version (0: the caller does not say)."""
+    if own is None:
+        return None
+    if not own.serves(version):
+        raise Aborted(f"topology version {version}, shard has {own.version}")
+    return own if own.hiding else None
+
+
+class Readers:
+    """Reads in flight, by the ownership version that admitted them.
+
+    A read admitted before a move's switch may run on the index worker (or read RocksDB) after it: the source
+    still owned the range then and answers from its copies, which the move's range delete removes. So the delete
+    first waits for every read admitted at an older version; reads at the new version hide the range anyway.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._in_flight: Counter[int] = Counter()
+
+    def admit(self, current: Callable[[], Ownership | None]) -> Ownership | None:
+        """The ownership in force now, with one more read counted under its version (None: not counted)."""
+        with self._changed:
+            own = current()
+            if own is not None:
+                self._in_flight[own.version] += 1
+            return own
+
+    def leave(self, own: Ownership | None) -> None:
+        """A read `admit` counted is done."""
+        if own is None:
+            return
+        with self._changed:
+            self._in_flight[own.version] -= 1
+            if not self._in_flight[own.version]:
+                del self._in_flight[own.version]
+                self._changed.notify_all()
+
+    def drain(self, version: int, timeout: float) -> bool:
+        """Wait until no read admitted at a version older than `version` is in flight; whether none is."""
+        with self._changed:
+            return self._changed.wait_for(lambda: all(v >= version for v in self._in_flight), timeout)
 
 
 def check_write(own: Ownership, slots: np.ndarray, importing: bool = False) -> None:

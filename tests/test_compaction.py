@@ -22,7 +22,7 @@ from tests.conftest import clustered
 DIM = 16
 NEVER = CompactionPolicy(share=2.0)  # compactions only when a test asks for one
 # One thread: usearch's add on several threads leaves a few points unreachable, which "every point finds
-# itself" would catch whether or not a compaction ran (see compaction.BUILD_THREADS).
+# itself" would catch whether or not a compaction ran (see index.ADD_THREADS).
 THREADS = 1
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ from shoal._config import SLOTS, CollectionConfig
 from shoal._errors import Aborted, FailedPrecondition, Unavailable
 from shoal._hash import slots_of
 from shoal._meta_values import Move, SlotRange, Topology
+from shoal._search import Search, SearchShape
 from shoal.shard.core import Shard
 from shoal.shard.options import ShardOptions
 from shoal.shard.ownership import check_write, ownership, slots_of_keys
@@ -179,3 +183,24 @@ def test_string_ids_slots_are_read_from_rocksdb_once_while_points_are_hidden(tmp
         keys = coll.filters.live()
         want = slots_of([coll.store.ids_of(pack_keys(keys[i : i + 1]))[0].decode() for i in range(len(keys))])
         assert slots_of_keys(coll, keys).tolist() == want.tolist()
+
+
+def test_a_range_delete_waits_for_the_reads_admitted_before_its_switch(shard: tuple[Shard, np.ndarray]) -> None:
+    """A search admitted while the source still owned the range may run after the switch: the range delete waits
+    for it, so it does not lose the points the search found (its payload look-up would find them deleted)."""
+    s, ids = shard
+    inside = ids[(slots(ids) >= MOVING[0]) & (slots(ids) < MOVING[1])]
+    found = s.get("c", inside[:1], with_vectors=True)
+    assert found.vectors is not None
+    release = threading.Event()
+    s._worker.call(release.wait)  # the index worker is busy: the search waits behind it
+    search = s.submit_search(Search(SearchShape("c", 1, with_payload=True), found.vectors), version=1)
+    s.set_ownership(ownership(topology("cleanup", 2), "g0"))  # the switch: the range is g2's now
+    with ThreadPoolExecutor(1) as pool:
+        deleting = pool.submit(s.delete_range, "c", *MOVING)
+        time.sleep(0.3)
+        assert not deleting.done()
+        release.set()
+        hits = search.result(10)[0]
+        assert hits.ids[0, 0] == inside[0] and hits.counts[0] == 1
+        assert deleting.result(10) == len(inside)

@@ -631,3 +631,19 @@ def test_a_coalesced_search_stops_between_calls_once_its_callers_left_or_the_sha
     finally:
         release.set()
         worker.stop()
+
+
+def test_every_point_of_a_two_thread_shard_finds_itself(tmp_path: Path) -> None:
+    """Points are added on one thread even when the shard searches on two: usearch's add on several threads
+    leaves a few points stored but unreachable by any search (usearch issue #735)."""
+    x = clustered(20_000, 16, seed=5)
+    with Shard(tmp_path, threads=2) as shard:
+        shard.create_collection(CollectionConfig("c", 16, metric="l2"))
+        for start in range(0, len(x), 2_000):
+            ids = np.arange(start, start + 2_000, dtype=np.uint64)
+            shard.submit_upsert("c", ids, x[start : start + 2_000], [b""] * 2_000).result()
+        first = np.concatenate(
+            [shard.search("c", x[i : i + 5_000], k=1, ef=256).ids[:, 0] for i in (0, 5_000, 10_000, 15_000)]
+        )
+    lost = np.flatnonzero(first != np.arange(len(x)))
+    assert not len(lost), f"{len(lost)} points not found by their own vector: {lost[:10]}"
