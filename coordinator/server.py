@@ -131,7 +131,8 @@ class CoordinatorServer:
 async def connect_view(
     endpoint: str, cluster: str, shard_tls: TLS | None = None, cluster_secret: bytes | None = None
 ) -> GroupView:
-    """The cluster's live view from etcd at `endpoint` (waiting for etcd to answer)."""
+    """The cluster's live view from etcd at `endpoint` (waiting for etcd to answer, and through its errors while
+    the view is first read: a leader election, say)."""
     while True:
         try:
             meta = await MetaStore.connect(endpoint, cluster)
@@ -140,8 +141,13 @@ async def connect_view(
             log.warning("etcd at %s: %s", endpoint, exc)
             await asyncio.sleep(0.5)
     view = GroupView(meta, shard_tls, cluster_secret)
-    await view.start()
-    return view
+    while True:
+        try:
+            await view.start()
+            return view
+        except ShoalError as exc:
+            log.warning("etcd at %s: %s", endpoint, exc)
+            await asyncio.sleep(0.5)
 
 
 async def serve_groups(

@@ -133,8 +133,14 @@ class GroupMember:
         meta = self._meta
         if self.join:
             self.group = await self._choose_group(meta)
-        revision = await meta.revision()
-        self._owned(await meta.get_topology())
+        while True:  # through etcd's errors (a leader election, say), as every later step goes
+            try:
+                revision = await meta.revision()
+                self._owned(await meta.get_topology())
+                break
+            except ShoalError as exc:
+                log.warning("etcd at %s: %s", self.endpoint, exc)
+                await asyncio.sleep(RESYNC)
         for section in ("topology", "groups", "catalogue"):
             self._tasks.append(asyncio.create_task(self._watch(section, revision + 1)))
         self._tasks.append(asyncio.create_task(self._trim()))

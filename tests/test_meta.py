@@ -370,3 +370,31 @@ def test_an_unsafe_etcd_first_on_path_is_passed_over_for_a_safe_one_behind_it(
         assert find_binary() == _distro_binary()  # only the local single-member fallback, with a warning
     with pytest.raises(FailedPrecondition, match="known data-inconsistency bug"):
         find_binary(str(unsafe))  # asked for by name: refused, never swapped for another
+
+
+def test_a_coordinator_starting_waits_out_an_etcd_error(etcd: EmbeddedEtcd, monkeypatch: pytest.MonkeyPatch) -> None:
+    """etcd refusing a read while a coordinator first reads the cluster (a leader election) delays its start; it
+    does not end the process."""
+    from shoal.coordinator.server import connect_view
+
+    real = MetaStore.revision
+    failures = iter([Unavailable("etcd: etcdserver: leader changed")])
+
+    async def revision(self: MetaStore) -> int:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return await real(self)
+
+    monkeypatch.setattr(MetaStore, "revision", revision)
+    cluster = f"c{next(_clusters)}"
+
+    async def main() -> None:
+        view = await asyncio.wait_for(connect_view(etcd.endpoint, cluster), 10)
+        try:
+            assert next(failures, None) is None  # the refused read was made, and the start went on
+        finally:
+            await view.close()
+            await view.meta.close()
+
+    asyncio.run(main())
